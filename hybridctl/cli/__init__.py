@@ -1,0 +1,1 @@
+"""The command line: stdlib argparse, lazy imports, one place that turns errors into exit codes."""

@@ -1,0 +1,354 @@
+"""`hybridctl`: the researcher's and admin's command line.
+
+Kept light on purpose: `submit`, `queue`, `show` and `cancel` import only the stdlib and the
+small pure core, and talk to the controller over its Unix socket. Heavy parts (the controller,
+the TUI) are imported only by the subcommands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from hybridctl.core.errors import HybridctlError, SpecError
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    """The controller is unreachable, or an action failed."""
+    USAGE = 2
+    """Bad input: a flag, a job spec, a job that can never fit."""
+    DENIED = 3
+    """The controller refused: not your job, not an admin."""
+    NOT_FOUND = 4
+
+
+EPILOG_SUBMIT = """\
+examples:
+  hybridctl submit job.yaml                      # a SkyPilot-style task YAML
+  hybridctl submit --gpus 2 -- python train.py   # no file: the command after --
+  hybridctl submit --gpus A100:1 --array 1-100%10 -- python sweep.py
+  id=$(hybridctl submit -- ./run.sh)             # the job id alone goes to stdout
+"""
+
+
+def _client() -> Any:
+    from hybridctl import paths
+    from hybridctl.control.client import Client
+
+    return Client(paths.socket_path())
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        from hybridctl.cli.output import emit_json
+
+        emit_json(data)
+    elif text:
+        print(text)
+
+
+# ---- submit ----------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
+    from hybridctl.core import spec as specmod
+
+    data: dict[str, Any] = {}
+    source = "command line"
+    if args.file:
+        source = args.file
+        try:
+            text = Path(args.file).read_text()
+        except OSError as exc:
+            raise SpecError("FILE", args.file, f"cannot read it ({exc.strerror}); give a job YAML file") from exc
+        data = specmod.load_yaml(text, source)
+    workdir = os.path.abspath(args.workdir) if args.workdir else None
+    data = specmod.apply_flags(
+        data, gpus=args.gpus, gpu_type=args.gpu_type, cpus=args.cpus, memory=args.memory, name=args.name,
+        priority=args.priority, time_limit=args.time_limit, array=args.array, envs=args.env or None,
+        run=command or None, num_nodes=args.nodes, placement=args.placement, max_restarts=args.max_restarts,
+        depends_on=args.dependency, workdir=workdir,
+    )
+    if data.get("workdir") and args.file and not os.path.isabs(str(data["workdir"])):
+        data["workdir"] = str((Path(args.file).resolve().parent / str(data["workdir"])).resolve())
+    _spec, warnings = specmod.parse_spec(data, source)  # fail fast, before the round trip
+    for w in warnings:
+        print(f"hybridctl: warning: {w}", file=sys.stderr)
+    with _client() as c:
+        res = c.call("submit", spec=data, source=source, full=bool(args.json))
+    if args.json:
+        _out(args, res["job"], "")
+    else:
+        print(res["id"])
+    return ExitCode.OK
+
+
+# ---- queue / show / cancel / priority / usage -------------------------------------------------
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from hybridctl.cli import output as o
+
+    states = [s for part in (args.state or []) for s in part.split(",") if s]
+    with _client() as c:
+        rows = c.call("queue", all=args.all, user=args.user, states=states, finished=args.finished)
+    if args.json:
+        o.emit_json(rows)
+        return ExitCode.OK
+    now = time.time()
+    shown = o.collapse_arrays(rows)
+    table_rows = []
+    for r in shown:
+        if r["state"] == "PENDING":
+            t = o.duration(now - r["submitted_at"])
+        elif r["started_at"]:
+            t = o.duration((r["ended_at"] or now) - r["started_at"])
+        else:
+            t = ""
+        where = r["nodes"] or ""
+        note = r["reason"] if r["state"] == "PENDING" else where
+        table_rows.append(
+            [o.label(r), r["user"], (r["name"] or "")[:16], r["state"], o.gpus_text(r["gpus"], r["gpu_type"], r["num_nodes"]),
+             t, note]
+        )
+    print(o.table(["JOBID", "USER", "NAME", "STATE", "GPUS", "TIME", "NODES/REASON"], table_rows, max_last=40))
+    return ExitCode.OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from hybridctl.cli import output as o
+
+    with _client() as c:
+        job = c.call("show", job=args.job)
+    if args.json:
+        o.emit_json(job)
+        return ExitCode.OK
+    s = job["spec"]
+    r = s["resources"]
+    lines = [
+        f"Job {job['id']}" + (f" ({job['name']})" if job["name"] else "") + f"  user {job['user']}  group {job['group']}",
+        f"  resources  {o.gpus_text(r['gpus'], r['gpu_type'], s['num_nodes'])} GPU, {r['cpus']:g} CPU"
+        + (f", {r['memory_mb'] // 1024}G" if r["memory_mb"] else ""),
+        f"  priority   {job['priority']}   submitted {o.when(job['submitted_at'])}",
+    ]
+    if job["array"]:
+        lines.append(f"  array      {job['array']}")
+    if s.get("time_limit"):
+        lines.append(f"  time limit {o.duration(s['time_limit'])}")
+    if s.get("workdir"):
+        lines.append(f"  workdir    {s['workdir']}")
+    lines.append("  run        " + s["run"].strip().replace("\n", "\n             "))
+    print("\n".join(lines))
+    print()
+    tasks = job["tasks"]
+    rows = [
+        [("" if not job["array"] else f"{job['id']}_{t['task']}") or str(job["id"]), t["state"], t["attempt"],
+         t["nodes"], t["gpu_ids"], t["exit_code"], t["reason"]]
+        for t in tasks[:50]
+    ]
+    print(o.table(["TASK", "STATE", "ATTEMPT", "NODES", "GPU IDS", "EXIT", "REASON"], rows, max_last=60))
+    if len(tasks) > 50:
+        print(f"… and {len(tasks) - 50} more tasks (--json lists all)")
+    print()
+    from hybridctl.control.identity import user_name
+
+    ev = [
+        [o.when(e["time"]), "" if e["task"] in (None, 0) else e["task"], (e["from"] or "") + " -> " + e["to"],
+         e["reason"], "" if e["actor_uid"] is None else user_name(e["actor_uid"])]
+        for e in job["events"][-30:]
+    ]
+    print(o.table(["TIME", "TASK", "CHANGE", "REASON", "BY"], ev))
+    return ExitCode.OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client() as c:
+        res = c.call("cancel", jobs=args.jobs, all_mine=args.all_mine)
+    text = ""
+    if res["cancelled"]:
+        text = "cancelled " + " ".join(res["cancelled"])
+    if res["skipped"]:
+        print("hybridctl: already finished: " + ", ".join(res["skipped"]), file=sys.stderr)
+    _out(args, res, text)
+    return ExitCode.OK
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    with _client() as c:
+        res = c.call("priority", job=args.job, priority=args.priority)
+    _out(args, res, f"job {res['id']}: priority {res['priority']}")
+    return ExitCode.OK
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from hybridctl.cli import output as o
+    from hybridctl.core.spec import parse_duration
+
+    since = parse_duration(args.since) if args.since else 7 * 86400
+    with _client() as c:
+        rows = c.call("usage", by=args.by, since=since)
+    if args.json:
+        o.emit_json(rows)
+        return ExitCode.OK
+    print(f"GPU usage over the last {o.duration(since)} ({args.by})")
+    print(o.table([args.by.upper(), "GPU-HOURS", "JOB-HOURS"],
+                  [[r[args.by], f"{r['gpu_hours']:.2f}", f"{r['job_hours']:.2f}"] for r in rows]))
+    return ExitCode.OK
+
+
+# ---- nodes -------------------------------------------------------------------------------------
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from hybridctl.cli import output as o
+
+    with _client() as c:
+        rows = c.call("nodes")
+    if args.json:
+        o.emit_json(rows)
+        return ExitCode.OK
+    out = []
+    for n in rows:
+        models = sorted({g["model"] for g in n["gpus"]})
+        out.append([n["name"], n["site"], n["state"], f"{n['gpus_used']}/{n['gpus_total']}", ",".join(models),
+                    f"{n['cpus'] - n['cpus_free']:g}/{n['cpus']:g}", n["state_reason"]])
+    print(o.table(["NODE", "SITE", "STATE", "GPUS", "MODEL", "CPUS", "REASON"], out, max_last=30))
+    return ExitCode.OK
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    with _client() as c:
+        if args.node_cmd == "drain":
+            res = c.call("drain", node=args.name, reason=args.reason or "")
+        else:
+            res = c.call("resume", node=args.name)
+    _out(args, res, f"node {res['node']}: {res['state']}")
+    return ExitCode.OK
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from hybridctl import config, paths
+    from hybridctl.control.daemon import serve
+
+    settings = config.load(Path(args.config) if args.config else paths.config_path())
+    serve(settings)
+    return ExitCode.OK
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hybridctl",
+        description="A cluster manager for GPU labs: on-prem GPU servers, with cloud spot bursting.",
+        epilog="Run `hybridctl COMMAND --help` for a command's options. With no command, opens the TUI.",
+    )
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    s = sub.add_parser("submit", help="submit a job (YAML file and/or flags, command after --)",
+                       description="Submit a job. Prints its id alone on stdout.", epilog=EPILOG_SUBMIT,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("file", nargs="?", metavar="FILE", help="job YAML (SkyPilot task format subset)")
+    s.add_argument("--gpus", metavar="N|TYPE:N", help="GPUs per node, e.g. 2 or A100:2")
+    s.add_argument("--gpu-type", metavar="TYPE", help="GPU model, e.g. A100 (same as --gpus TYPE:N)")
+    s.add_argument("--cpus", metavar="N", help="CPU cores per node")
+    s.add_argument("--memory", metavar="SIZE", help="host memory per node, e.g. 32G")
+    s.add_argument("--name", help="job name")
+    s.add_argument("--priority", metavar="N", help="higher runs first (-1000..1000; above 100 admins only)")
+    s.add_argument("--time-limit", metavar="T", help="e.g. 90m, 2h, 1-00:00:00; the job is stopped after it")
+    s.add_argument("--array", metavar="A-B[%N]", help="job array, e.g. 1-100%%10 (at most 10 tasks at once)")
+    s.add_argument("--env", action="append", metavar="K=V", help="environment variable (repeatable)")
+    s.add_argument("--nodes", metavar="N", help="number of nodes (multi-node job)")
+    s.add_argument("--placement", choices=["onprem", "cloud", "any"], help="where it may run")
+    s.add_argument("--max-restarts", metavar="N", help="requeue up to N times after preemption or node loss")
+    s.add_argument("--dependency", metavar="afterok:ID[:ID]", help="start only after these jobs succeeded")
+    s.add_argument("--workdir", metavar="DIR", help="working directory of the job")
+    s.add_argument("--json", action="store_true", help="print the whole job record as JSON")
+
+    q = sub.add_parser("queue", help="list jobs (yours by default)", description="List jobs, yours by default.")
+    q.add_argument("-a", "--all", action="store_true", help="every user's jobs")
+    q.add_argument("-u", "--user", help="this user's jobs")
+    q.add_argument("-s", "--state", action="append", metavar="STATE", help="only these states (comma list)")
+    q.add_argument("--finished", action="store_true", help="include finished jobs")
+    q.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="one job: spec, tasks, event history")
+    sh.add_argument("job", metavar="JOB")
+    sh.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("cancel", help="cancel jobs (JOB or JOB_TASK)")
+    c.add_argument("jobs", nargs="*", metavar="JOB")
+    c.add_argument("--all-mine", action="store_true", help="every unfinished job of yours")
+    c.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("priority", help="change a job's priority")
+    pr.add_argument("job", metavar="JOB")
+    pr.add_argument("priority", type=int, metavar="N")
+    pr.add_argument("--json", action="store_true")
+
+    u = sub.add_parser("usage", help="GPU-hours by user or group (like sreport)")
+    u.add_argument("--by", choices=["user", "group"], default="user")
+    u.add_argument("--since", metavar="T", help="window, e.g. 7d (default), 24h")
+    u.add_argument("--json", action="store_true")
+
+    n = sub.add_parser("nodes", help="list nodes")
+    n.add_argument("--json", action="store_true")
+
+    nd = sub.add_parser("node", help="drain or resume a node (admins)")
+    ndsub = nd.add_subparsers(dest="node_cmd", metavar="ACTION", required=True)
+    d = ndsub.add_parser("drain", help="stop placing jobs on a node; running jobs finish")
+    d.add_argument("name")
+    d.add_argument("--reason")
+    d.add_argument("--json", action="store_true")
+    r = ndsub.add_parser("resume", help="accept jobs again")
+    r.add_argument("name")
+    r.add_argument("--json", action="store_true")
+
+    sv = sub.add_parser("server", help="run the controller in the foreground")
+    sv.add_argument("--config", metavar="FILE", help="config YAML (default $HYBRIDCTL_CONFIG or /etc/hybridctl/config.yaml)")
+    return p
+
+
+COMMANDS = {
+    "queue": cmd_queue, "show": cmd_show, "cancel": cmd_cancel, "priority": cmd_priority, "usage": cmd_usage,
+    "nodes": cmd_nodes, "node": cmd_node, "server": cmd_server,
+}
+
+EXIT_BY_TYPE = {"PermissionDenied": ExitCode.DENIED, "NotFound": ExitCode.NOT_FOUND}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if command and args.cmd != "submit":
+        parser.error("a command after -- is only accepted by `submit`")
+    try:
+        if args.cmd is None:
+            parser.print_help()
+            return ExitCode.OK
+        if args.cmd == "submit":
+            return cmd_submit(args, command)
+        return COMMANDS[args.cmd](args)
+    except HybridctlError as exc:
+        print(f"hybridctl: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

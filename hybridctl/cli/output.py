@@ -1,0 +1,79 @@
+"""How the CLI prints: aligned tables readable at 80 columns, durations, and `--json`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, max_last: int = 0) -> str:
+    """Left-aligned columns separated by two spaces; the last column may be truncated to `max_last`."""
+    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    if max_last:
+        for r in rows:
+            if len(r[-1]) > max_last:
+                r[-1] = r[-1][: max_last - 1] + "…"
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    """Slurm-like: 5s, 12:03, 3:04:05, 2-03:04:05."""
+    if seconds is None:
+        return ""
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}-{h:02d}:{m:02d}:{s:02d}"
+    if h:
+        return f"{h}:{m:02d}:{s:02d}"
+    return f"{m}:{s:02d}"
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def gpus_text(count: int, gpu_type: str | None, num_nodes: int = 1) -> str:
+    base = f"{gpu_type}:{count}" if gpu_type else str(count)
+    return f"{num_nodes}x{base}" if num_nodes > 1 else base
+
+
+def collapse_arrays(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pending tasks of one array that wait for the same reason become one row, '42_[3-1000]'."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        prev = out[-1] if out else None
+        if (
+            prev is not None and r["array"] and r["state"] == "PENDING" and prev["state"] == "PENDING"
+            and prev["job_id"] == r["job_id"] and prev["reason"] == r["reason"]
+        ):
+            prev["_last"] = r["task"]
+            prev["_count"] = prev.get("_count", 1) + 1
+            continue
+        out.append(dict(r))
+    return out
+
+
+def label(r: dict[str, Any]) -> str:
+    if not r["array"]:
+        return str(r["job_id"])
+    if "_last" in r:
+        return f"{r['job_id']}_[{r['task']}-{r['_last']}]"
+    return f"{r['job_id']}_{r['task']}"

@@ -1,0 +1,1 @@
+"""The controller (service + daemon) and the client both front ends use."""

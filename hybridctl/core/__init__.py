@@ -1,0 +1,1 @@
+"""The pure core: job model, spec validation, state machine and scheduler. No I/O lives here."""

@@ -1,0 +1,270 @@
+"""The grammar of single job-spec values: GPUs, memory, durations, arrays, env vars, job ids.
+Separate from `spec.py` (which knows the document's keys) so the CLI and config can reuse them;
+every parser takes the `field` and `source` its errors should name."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from hybridctl.core.errors import SpecError
+from hybridctl.core.model import ArraySpec
+
+MAX_ARRAY_TASKS = 100_000
+MAX_ARRAY_INDEX = 4_000_000  # Slurm's largest MaxArraySize
+MAX_GPUS_PER_NODE = 1024
+MAX_CPUS = 100_000
+MAX_DURATION_S = 366 * 86400
+MAX_MEMORY_MB = 1024**3  # 1 PiB: stops nonsense before it overflows a SQLite integer
+PLACEMENTS = ("onprem", "cloud", "any")
+RESERVED_ENV_PREFIXES = ("HYBRIDCTL_", "CUDA_VISIBLE_DEVICES")
+
+ACCELERATORS = "expected COUNT or TYPE:COUNT with COUNT a whole number ≥ 0, e.g. 'A100:2' or '2'"
+MEMORY = "expected a size such as '32G', '512M' or '1.5T', or a number of GiB (32); '32+' = 32G"
+CPUS = f"expected a number of cores above 0 and at most {MAX_CPUS}, e.g. 4, 0.5 or '4+'"
+DURATION = (
+    "expected a duration such as '90s', '30m', '2h', '1d', '1h30m', 'H:MM:SS' or Slurm's"
+    " 'D-HH:MM:SS'; a bare number is minutes, as in Slurm"
+)
+ARRAY = "expected FIRST-LAST[:STEP][%MAX_RUNNING] or one index, e.g. '1-100%10', '0-15:4' or '7'"
+ENV_NAME = "a name must match [A-Za-z_][A-Za-z0-9_]*"
+DEPENDS_ON = "expected job ids: a list [12, 13], '12,13' or Slurm's 'afterok:12:13'"
+
+_GPU_TYPE = r"[A-Za-z][A-Za-z0-9_.\-]*"
+_GPU_TYPE_RE = re.compile(_GPU_TYPE)
+_ACCEL_RE = re.compile(rf"(?:(?P<type>{_GPU_TYPE})\s*(?::\s*(?P<count>\d+))?|(?P<bare>\d+))")
+_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
+_MEMORY_RE = re.compile(_NUMBER + r"\s*(?:([KMGTP])(?:I?B)?)?\s*\+?", re.IGNORECASE)
+_MIB_PER_UNIT = {"": 1024.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
+_CPUS_RE = re.compile(_NUMBER + r"\s*\+?")
+_UNITS_RE = re.compile(r"(?:\d+(?:\.\d+)?\s*[dhms]\s*)+")
+_UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_ARRAY_RE = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?(?:%(\d+))?")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+def parse_accelerators(
+    value: Any, *, field: str = "accelerators", source: str = ""
+) -> tuple[int, str | None]:
+    """'A100:2' -> (2, 'A100'); '2' or 2 -> (2, None); 'A100' -> (1, 'A100'); {'A100': 2} too."""
+    one_type = "give one GPU type; hybridctl does not pick among several"
+    if isinstance(value, Mapping):  # SkyPilot's {A100: 2}; {A100: null} means 1
+        if len(value) != 1:
+            raise SpecError(field, dict(value), one_type, source)
+        ((kind, count),) = value.items()
+        if not isinstance(kind, str) or not _GPU_TYPE_RE.fullmatch(kind):
+            raise SpecError(field, dict(value), ACCELERATORS, source)
+        count = 1 if count is None else count
+        return parse_int(count, field, source, 0, MAX_GPUS_PER_NODE, ACCELERATORS), kind
+    if isinstance(value, (list, tuple)):  # SkyPilot's "try these in order"
+        raise SpecError(field, value, one_type, source)
+    if not isinstance(value, str):
+        return parse_int(value, field, source, 0, MAX_GPUS_PER_NODE, ACCELERATORS), None
+    m = _ACCEL_RE.fullmatch(value.strip())
+    if not m:
+        raise SpecError(field, value, ACCELERATORS, source)
+    count = int(m["bare"] or m["count"] or 1)
+    if count > MAX_GPUS_PER_NODE:
+        raise SpecError(
+            field, value, f"must be at most {MAX_GPUS_PER_NODE}; {ACCELERATORS}", source
+        )
+    return count, m["type"]
+
+
+def parse_gpu_type(value: Any, *, field: str = "--gpu-type", source: str = "") -> str:
+    """A GPU model name such as 'A100' or 'H100-80GB'."""
+    if not isinstance(value, str) or not _GPU_TYPE_RE.fullmatch(value.strip()):
+        raise SpecError(field, value, "expected a GPU model such as 'A100' or 'H100-80GB'", source)
+    return value.strip()
+
+
+def parse_memory(value: Any, *, field: str = "memory", source: str = "") -> int:
+    """Host memory in MiB, rounded up. A bare number is GiB and 'N+' means N (as in SkyPilot)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        mib = float(value) * 1024
+    elif isinstance(value, str) and (m := _MEMORY_RE.fullmatch(value.strip())):
+        mib = float(m[1]) * _MIB_PER_UNIT[(m[2] or "").upper()]
+    else:
+        raise SpecError(field, value, MEMORY, source)
+    if not (math.isfinite(mib) and 0 <= mib <= MAX_MEMORY_MB):
+        raise SpecError(field, value, f"must be from 0 to 1P; {MEMORY}", source)
+    return math.ceil(mib)
+
+
+def parse_cpus(value: Any, *, field: str = "cpus", source: str = "") -> float:
+    """CPU cores, > 0; SkyPilot's '4+' ("at least 4") is taken as 4."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and (m := _CPUS_RE.fullmatch(value.strip())):
+        number = float(m[1])
+    if number is None or not (math.isfinite(number) and 0 < number <= MAX_CPUS):
+        raise SpecError(field, value, CPUS, source)
+    return number
+
+
+def parse_duration(value: Any, *, field: str = "time_limit", source: str = "") -> int:
+    """Seconds, rounded up. A bare number (2 or '2') is minutes, as Slurm's --time reads it."""
+    seconds: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value * 60
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdigit():
+            seconds = int(text) * 60
+        elif _UNITS_RE.fullmatch(text):
+            pairs = re.findall(r"([\d.]+)\s*([dhms])", text)
+            seconds = sum(float(n) * _UNIT_S[unit] for n, unit in pairs)
+        else:
+            seconds = _slurm_time(text)
+    if seconds is None:
+        raise SpecError(field, value, DURATION, source)
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise SpecError(field, value, f"must be above 0 and at most 366 days; {DURATION}", source)
+    return math.ceil(seconds)
+
+
+def parse_time_limit(value: Any, *, field: str = "time_limit", source: str = "") -> int | None:
+    """parse_duration, or None (no limit) for null, 'unlimited' or 'infinite' (Slurm's words)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _UNLIMITED):
+        return None
+    return parse_duration(value, field=field, source=source)
+
+
+_UNLIMITED = ("unlimited", "infinite")
+
+
+def _slurm_time(text: str) -> int | None:
+    """Slurm's MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; None if `text` is none of them."""
+    days, _, rest = text.rpartition("-")
+    parts = rest.split(":")
+    if len(parts) > 3 or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+        return None
+    nums = [int(p) for p in parts]
+    if days:  # D-HH[:MM[:SS]]
+        h, m, s = nums + [0] * (3 - len(nums))
+        return None if h >= 24 or m >= 60 or s >= 60 else int(days) * 86400 + h * 3600 + m * 60 + s
+    if len(nums) == 2:  # MM:SS
+        return None if nums[1] >= 60 else nums[0] * 60 + nums[1]
+    if len(nums) == 3:  # HH:MM:SS
+        h, m, s = nums
+        return None if m >= 60 or s >= 60 else h * 3600 + m * 60 + s
+    return None
+
+
+def parse_array(value: Any, *, field: str = "array", source: str = "") -> ArraySpec:
+    """Slurm's --array: '1-100', '1-100%10' (at most 10 at once), '0-15:4', '7'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    m = _ARRAY_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not m:
+        is_list = isinstance(value, str) and "," in value
+        extra = "; lists such as '1,3,5' are not supported" if is_list else ""
+        raise SpecError(field, value, ARRAY + extra, source)
+    first = int(m[1])
+    last = first if m[2] is None else int(m[2])
+    step = 1 if m[3] is None else int(m[3])
+    throttle = None if m[4] is None else int(m[4])
+    if first > last:
+        raise SpecError(field, value, f"FIRST ({first}) is above LAST ({last}); {ARRAY}", source)
+    if step < 1 or throttle == 0:
+        raise SpecError(field, value, f"STEP and MAX_RUNNING must be at least 1; {ARRAY}", source)
+    if last > MAX_ARRAY_INDEX:
+        raise SpecError(field, value, f"indices go up to {MAX_ARRAY_INDEX}; {ARRAY}", source)
+    tasks = (last - first) // step + 1
+    if tasks > MAX_ARRAY_TASKS:
+        raise SpecError(field, value, f"at most {MAX_ARRAY_TASKS} tasks, not {tasks}", source)
+    return ArraySpec(first, last, step, throttle)
+
+
+def parse_env(
+    items: Iterable[str] | Mapping[str, Any], *, field: str = "--env", source: str = ""
+) -> dict[str, str]:
+    """['K=V', ...] (flags) or {K: V} (YAML `envs`) -> {K: 'V'}. Values may be str, int, float
+    or bool (written 'true'/'false', as in the YAML); null is SkyPilot's "give it with --env"."""
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise SpecError(
+            field, items, "expected NAME: VALUE pairs or a list of 'NAME=VALUE'", source
+        )
+    else:
+        pairs = []
+        for item in items:
+            if not isinstance(item, str) or "=" not in item:
+                raise SpecError(field, item, f"expected NAME=VALUE; {ENV_NAME}", source)
+            name, _, text = item.partition("=")
+            pairs.append((name, text))
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+            raise SpecError(field, name, ENV_NAME, source)
+        where = f"{field}.{name}" if field == "envs" else field
+        if name.startswith(RESERVED_ENV_PREFIXES):
+            reserved = "HYBRIDCTL_* and CUDA_VISIBLE_DEVICES are reserved: hybridctl sets them"
+            raise SpecError(where, name, reserved, source)
+        if value is None:  # SkyPilot's mark for "must be given on the command line"
+            accepted = f"give it on the command line with --env {name}=VALUE, or a value here"
+            raise SpecError(where, value, accepted, source, problem="is null (set with --env)")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise SpecError(where, value, "expected a string, a number or true/false", source)
+        if "\0" in value:
+            raise SpecError(where, value, "a value cannot hold a NUL character", source)
+        out[name] = value
+    return out
+
+
+def parse_depends_on(value: Any, *, field: str = "depends_on", source: str = "") -> tuple[int, ...]:
+    """Job ids from [12, 13], 12, '12,13', 'afterok:12:13' or 'afterok:12,afterok:13'."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        ids: list[Any] = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            kind, colon, rest = part.partition(":")
+            if colon and kind.strip().lower() != "afterok":
+                accepted = f"only 'afterok' dependencies are supported; {DEPENDS_ON}"
+                raise SpecError(field, value, accepted, source)
+            ids += rest.split(":") if colon else [part]
+    elif isinstance(value, (list, tuple)):
+        ids = list(value)
+    else:
+        ids = [value]
+    out: list[int] = []
+    for job in ids:
+        job_id = parse_int(job, field, source, 1, 2**63 - 1, DEPENDS_ON)
+        if job_id not in out:
+            out.append(job_id)
+    return tuple(out)
+
+
+def parse_placement(value: Any, *, field: str = "placement", source: str = "") -> str:
+    """'onprem', 'cloud' or 'any' (any case)."""
+    if isinstance(value, str) and value.strip().lower() in PLACEMENTS:
+        return value.strip().lower()
+    raise SpecError(field, value, "expected one of onprem, cloud, any", source)
+
+
+def parse_int(
+    value: Any, field: str, source: str, lo: int, hi: int, accepted: str | None = None
+) -> int:
+    """A whole number in lo..hi: an int, a whole float or a decimal string; never a bool."""
+    generic = f"expected a whole number from {lo} to {hi}"
+    number = value
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+        number = int(value)
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise SpecError(field, value, accepted or generic, source)
+    if not lo <= number <= hi:
+        bound = f"must be at least {lo}" if number < lo else f"must be at most {hi}"
+        raise SpecError(field, value, f"{bound}; {accepted}" if accepted else generic, source)
+    return number

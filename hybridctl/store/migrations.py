@@ -1,0 +1,133 @@
+"""Forward-only schema migrations, each an ordered function recorded in `_migrations` and run in
+one transaction, after sqlite-utils' migrations pattern. Never edit a released migration: add one."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it COMMITs first, which would break the migration's transaction.
+    for stmt in script.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            uid INTEGER NOT NULL,
+            user TEXT NOT NULL,
+            gid INTEGER NOT NULL,
+            grp TEXT NOT NULL,
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,            -- JobSpec.to_dict() as JSON
+            priority INTEGER NOT NULL,
+            submitted_at REAL NOT NULL,
+            num_tasks INTEGER NOT NULL,    -- 1 for a plain job, N for an array
+            array_spec TEXT,               -- '1-100%10' for arrays, else NULL
+            throttle INTEGER,
+            gpus INTEGER NOT NULL,
+            gpu_type TEXT,
+            cpus REAL NOT NULL,
+            memory_mb INTEGER NOT NULL,
+            num_nodes INTEGER NOT NULL,
+            placement TEXT NOT NULL,
+            max_restarts INTEGER NOT NULL,
+            depends_on TEXT NOT NULL DEFAULT '[]'
+        );
+        CREATE TABLE tasks (
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            task INTEGER NOT NULL,         -- 0 for a plain job, the array index otherwise
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            attempt INTEGER NOT NULL DEFAULT 0,
+            nodes TEXT NOT NULL DEFAULT '',  -- comma list, one per rank
+            gpus TEXT NOT NULL DEFAULT '',   -- GPU indices of rank 0, comma list
+            started_at REAL,
+            ended_at REAL,
+            exit_code INTEGER,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (job_id, task)
+        ) WITHOUT ROWID;
+        CREATE INDEX tasks_state ON tasks(state);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL,
+            task INTEGER,                  -- NULL: the event is about the whole job (submit)
+            time REAL NOT NULL,
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            actor_uid INTEGER              -- NULL: the controller itself
+        );
+        CREATE INDEX events_job ON events(job_id);
+        CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            port INTEGER NOT NULL,
+            ssh_user TEXT,
+            identity TEXT,
+            agent_socket TEXT,
+            site TEXT NOT NULL,
+            state TEXT NOT NULL,
+            state_reason TEXT NOT NULL DEFAULT '',
+            gpus TEXT NOT NULL DEFAULT '[]', -- [{index, model, memory_mb, healthy, reason}]
+            cpus REAL NOT NULL DEFAULT 0,
+            memory_mb INTEGER NOT NULL DEFAULT 0,
+            simulated INTEGER NOT NULL DEFAULT 0,
+            added_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE allocations (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL,
+            task INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            rank INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            gpus TEXT NOT NULL,            -- JSON list of GPU indices
+            cpus REAL NOT NULL,
+            memory_mb INTEGER NOT NULL,
+            user TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL                       -- NULL while held
+        );
+        CREATE INDEX allocations_open ON allocations(end) WHERE end IS NULL;
+        CREATE INDEX allocations_task ON allocations(job_id, task);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial]
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply every migration not yet recorded; return the schema version (count applied in all)."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    db.commit()
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        # BEGIN IMMEDIATE so that two controllers racing on a fresh file cannot both migrate.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM _migrations WHERE name=?", (fn.__name__,)).fetchone():
+                db.execute("ROLLBACK")
+                continue
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller
+
+
+@pytest.fixture
+def start_controller(tmp_path: Path) -> Iterator[Callable[..., ControllerProc]]:
+    started: list[ControllerProc] = []
+
+    def start(config: dict[str, Any] | None = None) -> ControllerProc:
+        c = make_controller(tmp_path / f"c{len(started)}", SMALL_FLEET if config is None else config)
+        c.start()
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+@pytest.fixture
+def controller(start_controller: Callable[..., ControllerProc]) -> ControllerProc:
+    return start_controller()

@@ -1,0 +1,146 @@
+"""The controller's handlers in-process: a real SQLite file, an injected clock, no socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from hybridctl.config import NodeConfig, SchedulerConfig, Settings
+from hybridctl.control.daemon import _node_record
+from hybridctl.control.identity import Caller
+from hybridctl.control.service import Controller
+from hybridctl.core.errors import IllegalTransition, PermissionDenied, SpecError, Unschedulable
+from hybridctl.core.model import JobStatus
+from hybridctl.store.sqlite import Store
+
+ALICE = Caller(1001, 1001, "alice", "lab", admin=False)
+BOB = Caller(1002, 1002, "bob", "lab", admin=False)
+ROOT = Caller(0, 0, "root", "root", admin=True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, clock: Clock) -> Iterator[Controller]:
+    settings = Settings(home=str(tmp_path), scheduler=SchedulerConfig(user_gpu_quota={"*": 6}))
+    store = Store(tmp_path / "hybridctl.db")
+    for n in (NodeConfig(name="n1", gpus="8xA100", cpus=32, memory="256G", simulated=True),):
+        store.upsert_node(_node_record(n), clock())
+    yield Controller(store, settings, clock=clock)
+    store.close()
+
+
+def submit(ctl: Controller, who: Caller, **spec: object) -> int:
+    spec.setdefault("run", "true")
+    return int(ctl.op_submit(who, spec)["id"])
+
+
+def task(ctl: Controller, job: int, t: int = 0) -> dict:
+    return ctl.op_show(ROOT, str(job))["tasks"][t]
+
+
+def test_usage_is_gpus_times_hours_held(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE, resources={"accelerators": "A100:4"})
+    ctl.schedule()
+    clock.t += 1800
+    ctl.op_cancel(ALICE, jobs=[str(j)])
+    clock.t += 3600  # time after release does not count
+    rows = ctl.op_usage(ROOT, by="user", since=86400)
+    assert rows == [{"user": "alice", "gpu_hours": 2.0, "job_hours": 0.5}]
+    assert ctl.op_usage(ROOT, by="group")[0]["group"] == "lab"
+
+
+def test_user_quota_holds_and_reason_says_so(ctl: Controller) -> None:
+    a = submit(ctl, ALICE, resources={"accelerators": 4})
+    b = submit(ctl, ALICE, resources={"accelerators": 4})
+    c = submit(ctl, BOB, resources={"accelerators": 2})
+    ctl.schedule()
+    assert task(ctl, a)["state"] == "STARTING"
+    assert task(ctl, b)["state"] == "PENDING" and "quota" in task(ctl, b)["reason"]
+    assert task(ctl, c)["state"] == "STARTING"
+
+
+def test_fair_share_puts_the_lighter_user_first(ctl: Controller, clock: Clock) -> None:
+    big = submit(ctl, ALICE, resources={"accelerators": 6})
+    ctl.schedule()
+    clock.t += 10 * 3600
+    ctl.op_cancel(ALICE, jobs=[str(big)])
+    ctl._usage_cache = (0.0, {})
+    a = submit(ctl, ALICE, resources={"accelerators": 6})
+    b = submit(ctl, BOB, resources={"accelerators": 6})  # later, but bob has used nothing
+    ctl.schedule()
+    assert task(ctl, b)["state"] == "STARTING"
+    assert task(ctl, a)["state"] == "PENDING"
+
+
+def test_dependency_waits_then_cancels_when_parent_fails(ctl: Controller, clock: Clock) -> None:
+    parent = submit(ctl, ALICE)
+    child = submit(ctl, ALICE, depends_on=[parent])
+    ctl.schedule()
+    assert "dependency" in task(ctl, child)["reason"]
+    ctl.store.transition(parent, 0, JobStatus.FAILED, reason="exit 1", actor_uid=None, now=clock(), exit_code=1)
+    ctl.schedule()
+    t = task(ctl, child)
+    assert t["state"] == "CANCELLED"
+    events = ctl.op_show(ROOT, str(child))["events"]
+    assert events[-1]["reason"] == f"dependency {parent} did not succeed"
+
+
+def test_priority_permissions(ctl: Controller) -> None:
+    j = submit(ctl, ALICE)
+    with pytest.raises(PermissionDenied, match="belongs to alice"):
+        ctl.op_priority(BOB, str(j), 5)
+    with pytest.raises(PermissionDenied, match="above 100"):
+        ctl.op_priority(ALICE, str(j), 500)
+    assert ctl.op_priority(ROOT, str(j), 500)["priority"] == 500
+    with pytest.raises(SpecError, match="-1000 to 1000"):
+        ctl.op_priority(ROOT, str(j), 5000)
+
+
+def test_refused_when_it_can_never_fit(ctl: Controller) -> None:
+    with pytest.raises(Unschedulable, match="n1"):
+        submit(ctl, ALICE, resources={"accelerators": "A100:9"})
+    with pytest.raises(Unschedulable):
+        submit(ctl, ALICE, resources={"accelerators": "H100:1"})
+
+
+def test_illegal_transition_is_refused_by_the_store(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE)
+    ctl.op_cancel(ALICE, jobs=[str(j)])
+    with pytest.raises(IllegalTransition, match="CANCELLED to RUNNING"):
+        ctl.store.transition(j, 0, JobStatus.RUNNING, reason="x", actor_uid=None, now=clock())
+    assert task(ctl, j)["state"] == "CANCELLED"
+
+
+def test_requeue_bumps_attempt_and_frees_gpus(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE, resources={"accelerators": 6})
+    ctl.schedule()
+    ctl.store.transition(j, 0, JobStatus.NODE_LOST, reason="n1 silent", actor_uid=None, now=clock())
+    assert ctl.store.open_allocations() == []
+    ctl.store.transition(j, 0, JobStatus.PENDING, reason="requeued", actor_uid=None, now=clock())
+    t = task(ctl, j)
+    assert (t["state"], t["attempt"], t["nodes"]) == ("PENDING", 1, "")
+    ctl.schedule()
+    assert task(ctl, j)["state"] == "STARTING"
+
+
+def test_schema_reopens_without_migrating_twice(tmp_path: Path) -> None:
+    s1 = Store(tmp_path / "x.db")
+    s1.close()
+    s2 = Store(tmp_path / "x.db")
+    n = s2.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]
+    s2.close()
+    assert n == 1
