@@ -57,6 +57,26 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    poll_interval: float = 1.0
+    """Seconds between telemetry/job polls of each node, over its one persistent SSH channel."""
+    unreachable_after: float = 30.0
+    """A node silent this long is UNREACHABLE: nothing new is placed there, its jobs are kept."""
+    lost_after: float = 300.0
+    """A node silent this long is LOST: its jobs are requeued (attempt + 1) or failed."""
+    connect_concurrency: int = 8
+    """At most this many SSH handshakes at once (OpenSSH's MaxStartups drops bursts)."""
+    foreign_gpu_busy: bool = True
+    """A GPU used by a process that is not a hybridctl job counts as busy."""
+    known_hosts: str = ""
+    """The controller's own known_hosts file; empty = <home>/known_hosts."""
+    bridge: bool = False
+    """Reach agents through `hybridctl-agent bridge` on an exec channel instead of stream-local forwarding."""
+    agent_command: str = "hybridctl-agent"
+    """The agent command on nodes (for the bridge)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     home: str = ""
     """State directory (database, socket, logs); empty = `$HYBRIDCTL_HOME` or ~/.local/state/hybridctl."""
@@ -70,6 +90,7 @@ class Settings:
     max_user_priority: int = 100
     """Non-admins may set priorities up to this value; admins up to 1000."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     nodes: tuple[NodeConfig, ...] = ()
 
     @property
@@ -89,6 +110,10 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.home_path / "hybridctl.db"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return Path(self.fleet.known_hosts) if self.fleet.known_hosts else self.home_path / "known_hosts"
 
 
 def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:

@@ -226,10 +226,52 @@ def cmd_node(args: argparse.Namespace) -> int:
     with _client() as c:
         if args.node_cmd == "drain":
             res = c.call("drain", node=args.name, reason=args.reason or "")
-        else:
+        elif args.node_cmd == "resume":
             res = c.call("resume", node=args.name)
+        elif args.node_cmd == "remove":
+            res = c.call("node_remove", name=args.name)
+            _out(args, res, f"node {args.name} removed")
+            return ExitCode.OK
+        else:
+            print(f"hybridctl: contacting {args.host}:{args.port} …", file=sys.stderr)
+            res = c.call("node_add", name=args.name, host=args.host, port=args.port, user=args.user,
+                         identity=os.path.abspath(args.identity) if args.identity else None,
+                         agent_socket=args.agent_socket, accept_new=args.accept_new, site=args.site)
+            gpus = ", ".join(f"{g['index']}:{g['model']}" for g in res["gpus"]) or "none"
+            text = f"node {res['node']} added: {len(res['gpus'])} GPUs ({gpus}), {res['cpus']:g} CPUs"
+            if res.get("gpu_error"):
+                text += f"\n  no GPUs: {res['gpu_error']}"
+            if res.get("host_key"):
+                text += f"\n  pinned host key {res['host_key']}"
+            _out(args, res, text)
+            return ExitCode.OK
     _out(args, res, f"node {res['node']}: {res['state']}")
     return ExitCode.OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a job's log; with -f, follow it until the job ends (like `tail -f`)."""
+    stream = "stderr" if args.stderr else "stdout"
+    offset = -args.tail * 200 if args.tail else 0  # a rough byte window, trimmed to whole lines below
+    out = sys.stdout
+    with _client() as c:
+        first = True
+        while True:
+            res = c.call("logs", job=args.job, stream=stream, offset=offset, max_bytes=1 << 20, rank=args.rank)
+            data = res["data"]
+            if first and args.tail:
+                data = "\n".join(data.split("\n")[-args.tail - 1:])
+            first = False
+            if data:
+                out.write(data)
+                out.flush()
+            offset = res["offset"]
+            if res.get("note") and not args.follow:
+                print(f"hybridctl: {res['note']}", file=sys.stderr)
+            if not args.follow or (res["eof"] and not data):
+                return ExitCode.OK
+            if not data:
+                time.sleep(0.5)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -301,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nodes", help="list nodes")
     n.add_argument("--json", action="store_true")
 
-    nd = sub.add_parser("node", help="drain or resume a node (admins)")
+    nd = sub.add_parser("node", help="add, remove, drain or resume a node (admins)")
     ndsub = nd.add_subparsers(dest="node_cmd", metavar="ACTION", required=True)
     d = ndsub.add_parser("drain", help="stop placing jobs on a node; running jobs finish")
     d.add_argument("name")
@@ -311,6 +353,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("name")
     r.add_argument("--json", action="store_true")
 
+    a = ndsub.add_parser("add", help="add a GPU server reached over SSH (probes its agent)",
+                         description="Add a node: pin its SSH host key (--accept-new), reach its agent over SSH, "
+                         "and print the GPUs it reports.")
+    a.add_argument("name")
+    a.add_argument("--host", required=True, help="SSH host name or address ('local': this host's agent socket)")
+    a.add_argument("--port", type=int, default=22)
+    a.add_argument("--user", help="SSH user (default: the controller's)")
+    a.add_argument("--identity", metavar="KEY", help="SSH private key file")
+    a.add_argument("--accept-new", action="store_true", help="pin the host key on first contact (like OpenSSH)")
+    a.add_argument("--agent-socket", metavar="PATH", help="the agent's socket path on the node")
+    a.add_argument("--site", choices=["onprem", "cloud"], default="onprem")
+    a.add_argument("--json", action="store_true")
+    rm = ndsub.add_parser("remove", help="forget a node (it must run no jobs)")
+    rm.add_argument("name")
+    rm.add_argument("--json", action="store_true")
+
+    lg = sub.add_parser("logs", help="a job's output (-f to follow)")
+    lg.add_argument("job", metavar="JOB")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    lg.add_argument("--stderr", action="store_true", help="the job's stderr instead of stdout")
+    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    lg.add_argument("--rank", type=int, default=0, help="which node of a multi-node job (default 0)")
+
     sv = sub.add_parser("server", help="run the controller in the foreground")
     sv.add_argument("--config", metavar="FILE", help="config YAML (default $HYBRIDCTL_CONFIG or /etc/hybridctl/config.yaml)")
     return p
@@ -318,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "queue": cmd_queue, "show": cmd_show, "cancel": cmd_cancel, "priority": cmd_priority, "usage": cmd_usage,
-    "nodes": cmd_nodes, "node": cmd_node, "server": cmd_server,
+    "nodes": cmd_nodes, "node": cmd_node, "server": cmd_server, "logs": cmd_logs,
 }
 
 EXIT_BY_TYPE = {"PermissionDenied": ExitCode.DENIED, "NotFound": ExitCode.NOT_FOUND}

@@ -12,16 +12,15 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
-from hybridctl.config import NodeConfig, Settings
+from hybridctl.config import Settings
 from hybridctl.control.identity import caller as make_caller
 from hybridctl.control.identity import peer_credentials
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import HybridctlError
-from hybridctl.core.model import NodeState
-from hybridctl.store.sqlite import NodeRecord, Store
+from hybridctl.control.nodes import config_record
+from hybridctl.store.sqlite import Store
 
 log = logging.getLogger("hybridctl.controller")
 
@@ -30,33 +29,6 @@ MAX_REQUEST = 8 * 1024 * 1024
 
 class AlreadyRunning(HybridctlError):
     """Another controller already owns this state directory."""
-
-
-def parse_gpu_shape(text: str) -> list[dict[str, Any]]:
-    """'8xA100' / 'A100:8' / '2xRTX3090,1xA6000' -> [{index, model}] in order."""
-    gpus: list[dict[str, Any]] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "x" in part and part.split("x", 1)[0].isdigit():
-            count, model = part.split("x", 1)
-        elif ":" in part:
-            model, count = part.rsplit(":", 1)
-        else:
-            count, model = "1", part
-        if not count.isdigit() or not model:
-            raise HybridctlError(f"nodes: gpus: {text!r} is not valid; expected e.g. '8xA100' or '2xRTX3090,1xA6000'")
-        gpus += [{"index": len(gpus) + i, "model": model} for i in range(int(count))]
-    return gpus
-
-
-def _node_record(n: NodeConfig) -> NodeRecord:
-    from hybridctl.core.spec import parse_memory
-
-    return NodeRecord(
-        name=n.name, host=n.host, port=n.port, ssh_user=n.user, identity=n.identity, agent_socket=n.agent_socket,
-        site=n.site, state=NodeState.UP, state_reason="", gpus=tuple(parse_gpu_shape(n.gpus)),
-        cpus=float(n.cpus or os.cpu_count() or 1), memory_mb=parse_memory(n.memory) if n.memory else 0,
-        simulated=n.simulated,
-    )
 
 
 class Daemon:
@@ -69,6 +41,7 @@ class Daemon:
         self.store: Store | None = None
         self.controller: Controller | None = None
         self._lock_fd: int | None = None
+        self.fleet: Any = None
 
     def _lock(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -91,8 +64,12 @@ class Daemon:
         self.store = Store(self.settings.db_path)
         self.controller = Controller(self.store, self.settings)
         self.controller.on_change = self.wake.set
+        from hybridctl.control.fleet import Fleet
+
+        self.fleet = Fleet(self.controller)
+        self.controller.fleet = self.fleet
         for n in self.settings.nodes:
-            self.store.upsert_node(_node_record(n), time.time())
+            self.store.add_node(config_record(n), time.time())
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale: we hold the lock, so no live controller owns it
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +79,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         log.info("controller ready: socket %s, database %s", self.socket_path, self.settings.db_path)
-        tasks = [asyncio.create_task(self._schedule_loop(), name="schedule")]
+        self.fleet.sync()
+        tasks = [
+            asyncio.create_task(self._schedule_loop(), name="schedule"),
+            asyncio.create_task(self.fleet.monitor(), name="fleet-monitor"),
+        ]
         try:
             stop = asyncio.create_task(self.stop_event.wait(), name="stop")
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -113,6 +94,9 @@ class Daemon:
         finally:
             for t in tasks:
                 t.cancel()
+            for session in self.fleet.sessions.values():
+                if session.task is not None:
+                    session.task.cancel()
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
@@ -137,6 +121,8 @@ class Daemon:
             await asyncio.sleep(0)
             started = time.perf_counter()
             decision = self.controller.schedule()
+            for node in {p.node for p in decision.placements}:
+                self.fleet.kick(node)
             if decision.placements:
                 log.info("scheduled %d placements in %.1f ms", len(decision.placements),
                          (time.perf_counter() - started) * 1000)
@@ -148,7 +134,7 @@ class Daemon:
             _pid, uid, gid = peer_credentials(sock)
             who = make_caller(uid, gid, self.settings.admin_group)
             while line := await reader.readline():
-                writer.write(self._answer(who, line))
+                writer.write(await self._answer(who, line))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -157,7 +143,7 @@ class Daemon:
         finally:
             writer.close()
 
-    def _answer(self, who: Any, line: bytes) -> bytes:
+    async def _answer(self, who: Any, line: bytes) -> bytes:
         assert self.controller is not None
         try:
             req = json.loads(line)
@@ -166,6 +152,8 @@ class Daemon:
             if not isinstance(args, dict):
                 raise HybridctlError("request args must be an object")
             result = self.controller.handle(who, op, args)
+            if asyncio.iscoroutine(result):
+                result = await result
             return json.dumps({"ok": True, "result": result}).encode() + b"\n"
         except HybridctlError as exc:
             return _error(exc)

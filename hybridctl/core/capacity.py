@@ -15,6 +15,17 @@ Models = frozenset[str] | None
 _EPS = 1e-9  # CPU counts are floats: 0.1 + 0.2 must still fit in 0.3
 
 
+class Misses:
+    """What a search saw on nodes that had the GPUs but could not take the task: did some have
+    the CPUs, did some have the memory (then the other one is what is short)."""
+
+    __slots__ = ("cpus", "memory")
+
+    def __init__(self) -> None:
+        self.cpus = False
+        self.memory = False
+
+
 class FreeIndex:
     """The accepting nodes of one site, bucketed by how many free, healthy GPUs of `models` each
     has. Bucket k is a min-heap of node ids; ids follow node names, so the top of the lowest
@@ -24,8 +35,19 @@ class FreeIndex:
     behind, dropped when it reaches the top of its heap.
     """
 
-    __slots__ = ("models", "count", "heaps", "size", "top", "keep_empty", "dropped", "static_all",
-                 "static_up")
+    __slots__ = (
+        "models",
+        "count",
+        "heaps",
+        "size",
+        "top",
+        "keep_empty",
+        "dropped",
+        "dropped_cpus",
+        "dropped_mem",
+        "static_all",
+        "static_up",
+    )
 
     def __init__(self, models: Models, n_nodes: int, max_gpus: int) -> None:
         self.models = models
@@ -38,7 +60,11 @@ class FreeIndex:
         self.keep_empty = models is None
         """The any-model index keeps nodes with no free GPU, for CPU-only tasks."""
         self.dropped = [0] * (max_gpus + 1)
-        """Free-GPU counts of nodes taken out for lack of CPUs/memory (for wait reasons)."""
+        """Nodes taken out for lack of CPUs/memory, by free GPUs (these feed wait reasons)."""
+        self.dropped_cpus = [-1.0] * (max_gpus + 1)
+        """Most free CPUs among the dropped nodes, by free GPUs."""
+        self.dropped_mem = [-1] * (max_gpus + 1)
+        """Most free memory among the dropped nodes, by free GPUs."""
         self.static_all = [0] * (max_gpus + 1)
         """Nodes of the site by GPUs of `models` installed, whatever their state or health."""
         self.static_up = [0] * (max_gpus + 1)
@@ -63,12 +89,17 @@ class FreeIndex:
             self.count[node] = -1
         self._lower_top()
 
-    def drop(self, node: int, k: int) -> None:
+    def drop(self, node: int, k: int, cpus: float, mem: int) -> None:
         """Take the node out: it can no longer hold any pending task."""
         self.size[self.count[node]] -= 1
         self.count[node] = -1
-        self.dropped[k] += 1
         self._lower_top()
+        self.note_dropped(k, cpus, mem)
+
+    def note_dropped(self, k: int, cpus: float, mem: int) -> None:
+        self.dropped[k] += 1
+        self.dropped_cpus[k] = max(self.dropped_cpus[k], cpus)
+        self.dropped_mem[k] = max(self.dropped_mem[k], mem)
 
     def _lower_top(self) -> None:
         top, size = self.top, self.size
@@ -81,7 +112,7 @@ class FreeIndex:
         return sum(self.size[g : self.top + 1])
 
     def first(
-        self, g: int, cpus: list[float], mem: list[int], c: float, m: int
+        self, g: int, cpus: list[float], mem: list[int], c: float, m: int, misses: Misses
     ) -> tuple[int, int] | None:
         """(free count, node) of the best-fit node for g GPUs, c CPUs and m MiB, or None."""
         count, heaps = self.count, self.heaps
@@ -93,15 +124,24 @@ class FreeIndex:
                 node = h[0]
                 if cpus[node] + _EPS >= c and mem[node] >= m:
                     return k, node
-                picks = self.pick(k, 1, cpus, mem, c, m)
+                picks = self.pick(k, 1, cpus, mem, c, m, misses)
                 return picks[0] if picks else None
         return None
 
     def pick(
-        self, g: int, want: int, cpus: list[float], mem: list[int], c: float, m: int
+        self,
+        g: int,
+        want: int,
+        cpus: list[float],
+        mem: list[int],
+        c: float,
+        m: int,
+        misses: Misses,
     ) -> list[tuple[int, int]]:
-        """Up to `want` distinct nodes that can hold g GPUs, c CPUs and m MiB, best fit first."""
-        count, picks = self.count, []
+        """Up to `want` distinct nodes that can hold g GPUs, c CPUs and m MiB, best fit first.
+        Nodes with the GPUs but not the rest are noted in `misses`."""
+        count = self.count
+        picks: list[tuple[int, int]] = []
         for k in range(g, self.top + 1):
             h = self.heaps[k]
             seen = []
@@ -112,8 +152,13 @@ class FreeIndex:
                 if count[node] != k:
                     continue
                 seen.append(node)
-                if cpus[node] + _EPS >= c and mem[node] >= m:
+                cpus_ok = cpus[node] + _EPS >= c
+                mem_ok = mem[node] >= m
+                if cpus_ok and mem_ok:
                     picks.append((k, node))
+                else:
+                    misses.cpus |= cpus_ok
+                    misses.memory |= mem_ok
             for node in seen:
                 heapq.heappush(h, node)
             if len(picks) == want:
@@ -137,6 +182,8 @@ class Fleet:
         self.installed: list[dict[str, tuple[int, int]]] = []
         """Per node: model -> (GPUs installed, of which healthy)."""
         self.site_nodes: dict[str, list[int]] = {}
+        self.site_model_nodes: dict[str, dict[str, list[int]]] = {}
+        """Per site: model -> nodes with that model installed, ascending."""
         self.site_shapes: dict[str, dict[object, list[Any]]] = {}
         """Per site: node shape -> [its first node by name, how many nodes have it]."""
         self.site_models: dict[str, set[str]] = {}
@@ -159,8 +206,14 @@ class Fleet:
             models.update(installed)
             site = node.site
             self.site_nodes.setdefault(site, []).append(i)
-            shape = (tuple((m, n) for m, (n, _) in installed.items()), node.cpus_total,
-                     node.memory_total_mb)
+            by_model = self.site_model_nodes.setdefault(site, {})
+            for model in installed:
+                by_model.setdefault(model, []).append(i)
+            shape = (
+                tuple((m, n) for m, (n, _) in installed.items()),
+                node.cpus_total,
+                node.memory_total_mb,
+            )
             same = self.site_shapes.setdefault(site, {}).setdefault(shape, [node, 0])
             same[1] += 1
             self.site_models.setdefault(site, set()).update(free)
@@ -198,7 +251,15 @@ class Fleet:
 
     def _build(self, site: str, models: Models) -> FreeIndex:
         ix = FreeIndex(models, len(self.nodes), self.max_gpus)
-        for i in self.site_nodes.get(site, ()):
+        on_site = self.site_nodes.get(site, [])
+        ids = on_site
+        if models is not None:
+            # Only nodes with one of the models installed; the rest count as having none.
+            by_model = self.site_model_nodes.get(site, {})
+            ids = sorted({i for m in models for i in by_model.get(m, ())})
+            ix.static_all[0] += len(on_site) - len(ids)
+            ix.static_up[0] += sum(self.up[i] for i in on_site) - sum(self.up[i] for i in ids)
+        for i in ids:
             total = healthy = 0
             for model, (n, ok) in self.installed[i].items():
                 if models is None or model in models:
@@ -212,7 +273,7 @@ class Fleet:
             mine = tuple(m for m in free if models is None or m in models)
             k = sum(len(free[m]) for m in mine)
             if not self.alive[i]:
-                ix.dropped[k] += 1
+                ix.note_dropped(k, self.cpus[i], self.mem[i])
             elif k or ix.keep_empty:
                 ix.add(i, k)
                 self.members[i].append((ix, mine))
@@ -254,7 +315,7 @@ class Fleet:
                 continue  # already left that index (no free GPU of its models)
             k = len(free[mine[0]]) if len(mine) == 1 else sum(len(free[x]) for x in mine)
             if not alive:
-                member.drop(node, k)
+                member.drop(node, k, self.cpus[node], self.mem[node])
             elif k != member.count[node]:
                 member.move(node, k)
         if not alive:

@@ -65,7 +65,8 @@ def gpu_phrase(count: int, gpu_type: str | None, free: bool = False) -> str:
 
 
 def describe_shape(node: NodeView) -> str:
-    """A node's full size in words: '8× A100 80GB, 64 CPUs, 512G' or '2× RTX 3090 + 1× RTX A6000, ...'."""
+    """A node's full size in words: '8× A100 80GB, 64 CPUs, 512G', or for a node with mixed
+    models '2× RTX 3090 + 1× RTX A6000, 32 CPUs, 128G'."""
     counts: dict[str, int] = {}
     for slot in node.gpus:
         counts[slot.model] = counts.get(slot.model, 0) + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from hybridctl.core.capacity import Fleet, FreeIndex
+from hybridctl.core.capacity import Fleet, FreeIndex, Misses
 from hybridctl.core.fairshare import decayed_usage, priority_key
 from hybridctl.core.fit import (
     cpu_phrase,
@@ -59,19 +59,21 @@ class _Shape:
             self.reason = "no nodes in the fleet yet"
         elif not self.sites:
             self.reason = f"placement: '{placement}' is not one of onprem, cloud, any"
-        elif not any(site in fleet.max_cpus for site in self.sites):
+        elif not any(site in fleet.site_nodes for site in self.sites):
             self.reason = f"no {_SITE_WORDS[self.sites[0]]} nodes yet"
         for site in self.sites:
-            if site not in fleet.max_cpus:
+            if site not in fleet.site_nodes:
                 continue
             if res.gpus > 1 and self.kinds is None:
                 # One model per job where any model has enough; mixing models is the fallback.
                 models = sorted(fleet.site_models.get(site, ()))
-                self.phases.append([fleet.index(site, frozenset((m,))) for m in models])
+                if models:
+                    self.phases.append([fleet.index(site, frozenset((m,))) for m in models])
             self.phases.append([fleet.index(site, self.kinds)])
 
-    def find(self, fleet: Fleet) -> list[tuple[int, FreeIndex]] | None:
-        """Nodes (one per rank) and the index whose models to take, or None if it fits nowhere."""
+    def find(self, fleet: Fleet, misses: Misses) -> list[tuple[int, FreeIndex]] | None:
+        """Nodes (one per rank) and the index whose models to take, or None if it fits nowhere
+        (then `misses` says what the nodes with the GPUs had)."""
         g, c, m, want = self.res.gpus, self.res.cpus, self.res.memory_mb, self.num_nodes
         cpus, mem = fleet.cpus, fleet.mem
         for phase in self.phases:
@@ -80,7 +82,7 @@ class _Shape:
                 best_ix = phase[0]
                 for ix in phase:
                     if ix.top >= g:
-                        hit = ix.first(g, cpus, mem, c, m)
+                        hit = ix.first(g, cpus, mem, c, m, misses)
                         if hit is not None and (best is None or hit < best):
                             best, best_ix = hit, ix
                 if best is not None:
@@ -90,7 +92,7 @@ class _Shape:
             for ix in phase:
                 if ix.top < g or ix.supply(g) < want:
                     continue
-                picks = ix.pick(g, want, cpus, mem, c, m)
+                picks = ix.pick(g, want, cpus, mem, c, m, misses)
                 if len(picks) == want:
                     nodes = [n for _, n in picks]
                     key = (sum(k for k, _ in picks), nodes)
@@ -106,6 +108,7 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
 
     Tasks are taken in `priority_key` order. Each is checked for unmet dependencies, its array's
     throttle, the user and group GPU quotas, then placed on its best-fit node(s), or waits.
+    Placement 'any' tries on-prem nodes first and cloud nodes only when none on-prem fits.
     """
     usage = view.usage_by_user
     ordered = sorted(pending, key=lambda t: priority_key(t, usage))
@@ -144,28 +147,37 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
             limit = user_quota.get(t.user, user_default)
             used = user_used.get(t.user, 0)
             if limit is not None and used + need > limit:
-                waiting.append(Waiting(t.job_id, t.task, _quota_reason("user", t.user, used, limit, need)))
+                waiting.append(
+                    Waiting(t.job_id, t.task, _quota_reason("user", t.user, used, limit, need))
+                )
                 continue
             limit = group_quota.get(t.group, group_default)
             used = group_used.get(t.group, 0)
             if limit is not None and used + need > limit:
-                waiting.append(Waiting(t.job_id, t.task, _quota_reason("group", t.group, used, limit, need)))
+                waiting.append(
+                    Waiting(t.job_id, t.task, _quota_reason("group", t.group, used, limit, need))
+                )
                 continue
         if shape.reason is not None:
             waiting.append(Waiting(t.job_id, t.task, shape.reason))
             continue
-        found = shape.find(fleet)
+        misses = Misses()
+        found = shape.find(fleet, misses)
         if found is None:
             # Free capacity only shrinks during a pass, so every later task of this shape is
             # blocked too: diagnose once, and point the others at this task.
-            reason, shortage = _diagnose(fleet, shape)
-            shape.reason = f"priority: behind job {task_label(t.job_id, t.task)}" if shortage else reason
+            reason, shortage = _diagnose(fleet, shape, misses)
+            shape.reason = (
+                f"priority: behind job {task_label(t.job_id, t.task)}" if shortage else reason
+            )
             waiting.append(Waiting(t.job_id, t.task, reason))
             continue
         for rank, (node, ix) in enumerate(found):
             gpus = fleet.take(node, ix, res.gpus, res.cpus, res.memory_mb)
             name = fleet.nodes[node].name
-            placements.append(Placement(t.job_id, t.task, name, gpus, res.cpus, res.memory_mb, rank))
+            placements.append(
+                Placement(t.job_id, t.task, name, gpus, res.cpus, res.memory_mb, rank)
+            )
         if need:
             user_used[t.user] = user_used.get(t.user, 0) + need
             group_used[t.group] = group_used.get(t.group, 0) + need
@@ -184,11 +196,11 @@ def _quota_reason(kind: str, who: str, used: int, limit: int, need: int) -> str:
     return reason if used >= limit else f"{reason}, this task needs {need}"
 
 
-def _diagnose(fleet: Fleet, shape: _Shape) -> tuple[str, bool]:
+def _diagnose(fleet: Fleet, shape: _Shape, misses: Misses) -> tuple[str, bool]:
     """Why `shape` fits nowhere, and whether that is a shortage of free resources (which later
     tasks of the same shape are said to wait behind) rather than the fleet's make-up."""
     res, want, g = shape.res, shape.num_nodes, shape.res.gpus
-    sites = [s for s in shape.sites if s in fleet.max_cpus]
+    sites = [s for s in shape.sites if s in fleet.site_nodes]
     indexes = [fleet.index(s, shape.kinds) for s in sites]
     installed = max(sum(ix.static_all[g:]) for ix in indexes)
     if (
@@ -196,9 +208,8 @@ def _diagnose(fleet: Fleet, shape: _Shape) -> tuple[str, bool]:
         or res.cpus > max(fleet.max_cpus[s] for s in sites)
         or res.memory_mb > max(fleet.max_mem[s] for s in sites)
     ):
-        message = never_fits_grouped(fleet.shapes(sites), res, want)
-        if message:
-            return f"resources: {message}", False
+        message = never_fits_grouped(fleet.shapes(sites), res, want) or _one_site(shape)
+        return f"resources: {message}", False
     usable = max(sum(ix.static_up[g:]) for ix in indexes)
     if usable < want:
         return _down_reason(fleet, sites, shape, usable), False
@@ -209,13 +220,20 @@ def _diagnose(fleet: Fleet, shape: _Shape) -> tuple[str, bool]:
         if want == 1 or not with_gpus:
             extra = "" if want == 1 else f" (the job needs {want} such nodes)"
             return f"resources: no node has {gpus}{extra}", True
-        return f"resources: only {with_gpus} nodes have {gpus}, the job needs {want}", True
+        have = "node has" if with_gpus == 1 else "nodes have"
+        return f"resources: only {with_gpus} {have} {gpus}, the job needs {want}", True
+    if want == 1:
+        # Every node with the GPUs was looked at by the failed search, or dropped earlier.
+        cpus_ok = misses.cpus or any(max(ix.dropped_cpus[g:]) + 1e-9 >= res.cpus for ix in indexes)
+        mem_ok = misses.memory or any(max(ix.dropped_mem[g:]) >= res.memory_mb for ix in indexes)
+        return f"resources: {_lacking(shape, gpus, int(cpus_ok), int(mem_ok))}", True
     return f"resources: {_cpu_memory_shortage(fleet, sites, shape, gpus)}", True
 
 
 def _cpu_memory_shortage(fleet: Fleet, sites: list[str], shape: _Shape, gpus: str) -> str:
-    """Enough nodes have the free GPUs: say whether CPUs, memory or both are what they lack."""
-    res, want = shape.res, shape.num_nodes
+    """Enough nodes have the free GPUs for a multi-node job: count which have its CPUs, which
+    its memory (one pass over the nodes; gangs are few)."""
+    res = shape.res
     cpu_ok = mem_ok = 0
     for i, node in enumerate(fleet.nodes):
         if node.site not in sites or not fleet.up[i]:
@@ -225,6 +243,13 @@ def _cpu_memory_shortage(fleet: Fleet, sites: list[str], shape: _Shape, gpus: st
         if k >= res.gpus:
             cpu_ok += fleet.cpus[i] + 1e-9 >= res.cpus
             mem_ok += fleet.mem[i] >= res.memory_mb
+    return _lacking(shape, gpus, cpu_ok, mem_ok)
+
+
+def _lacking(shape: _Shape, gpus: str, cpu_ok: int, mem_ok: int) -> str:
+    """'no node with 4 free GPUs also has 32 free CPUs', given how many nodes with the GPUs
+    have the CPUs (`cpu_ok`) and how many the memory (`mem_ok`)."""
+    res, want = shape.res, shape.num_nodes
     cpu_short, mem_short = cpu_ok < want, mem_ok < want
     lacking = []
     # Neither short alone means each exists, but not on the same node: name both.
@@ -239,6 +264,14 @@ def _cpu_memory_shortage(fleet: Fleet, sites: list[str], shape: _Shape, gpus: st
     return f"{nodes} with {gpus} also {'has' if want == 1 else 'have'} {also}"
 
 
+def _one_site(shape: _Shape) -> str:
+    want = shape.num_nodes
+    return (
+        f"the {want} nodes of a job must be on one site, and no site has {want}"
+        f" that can hold {request_phrase(shape.res)}"
+    )
+
+
 def _down_reason(fleet: Fleet, sites: list[str], shape: _Shape, usable: int) -> str:
     """The nodes big enough for the task are not accepting jobs or have too few healthy GPUs."""
     res, kinds = shape.res, shape.kinds
@@ -247,7 +280,11 @@ def _down_reason(fleet: Fleet, sites: list[str], shape: _Shape, usable: int) -> 
         if node.site not in sites:
             continue
         slots = [s for s in node.gpus if kinds is None or s.model in kinds]
-        if len(slots) < res.gpus or node.cpus_total < res.cpus or node.memory_total_mb < res.memory_mb:
+        if (
+            len(slots) < res.gpus
+            or node.cpus_total < res.cpus
+            or node.memory_total_mb < res.memory_mb
+        ):
             continue
         if not fleet.up[i]:
             listed.append(f"{node.name} ({node.state.value})")
@@ -256,16 +293,15 @@ def _down_reason(fleet: Fleet, sites: list[str], shape: _Shape, usable: int) -> 
         if len(slots) - sick < res.gpus:
             listed.append(f"{node.name} ({sick} GPU{'' if sick == 1 else 's'} unhealthy)")
     if not listed:
-        # The GPUs and the CPUs/memory exist, but never together on one node.
-        return "resources: " + (
-            never_fits_grouped(fleet.shapes(sites), res, shape.num_nodes)
-            or f"no node can hold {request_phrase(res)} together"
-        )
+        # Every node that could hold it is up and healthy: a gang spread over two sites.
+        message = never_fits_grouped(fleet.shapes(sites), res, shape.num_nodes)
+        return f"resources: {message or _one_site(shape)}"
     more = len(listed) - _LISTED
     names = ", ".join(listed[:_LISTED]) + (f" and {more} more" if more > 0 else "")
     if usable:
         return (
-            f"only {usable} of the {shape.num_nodes} nodes the job needs are up and healthy;"
+            f"only {usable} of the {shape.num_nodes} nodes the job needs"
+            f" {'is' if usable == 1 else 'are'} up and healthy;"
             f" the others that fit are drained or unhealthy: {names}"
         )
     return f"all nodes that fit are drained or unhealthy: {names}"

@@ -77,8 +77,11 @@ def m001_initial(db: sqlite3.Connection) -> None:
             identity TEXT,
             agent_socket TEXT,
             site TEXT NOT NULL,
-            state TEXT NOT NULL,
-            state_reason TEXT NOT NULL DEFAULT '',
+            link_state TEXT NOT NULL,        -- UP, UNREACHABLE or LOST: can the controller reach it
+            link_reason TEXT NOT NULL DEFAULT '',
+            drained INTEGER NOT NULL DEFAULT 0,  -- an admin's drain, independent of the link
+            drain_reason TEXT NOT NULL DEFAULT '',
+            last_seen REAL,
             gpus TEXT NOT NULL DEFAULT '[]', -- [{index, model, memory_mb, healthy, reason}]
             cpus REAL NOT NULL DEFAULT 0,
             memory_mb INTEGER NOT NULL DEFAULT 0,

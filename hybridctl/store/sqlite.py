@@ -50,26 +50,42 @@ class NodeRecord:
     identity: str | None
     agent_socket: str | None
     site: str
-    state: NodeState
-    state_reason: str
+    link_state: NodeState
+    """UP, UNREACHABLE or LOST: whether the controller can reach the node's agent."""
+    link_reason: str
+    drained: bool
+    drain_reason: str
     gpus: tuple[dict[str, Any], ...]
+    """[{index, model, memory_mb?, healthy?, reason?, foreign?}] as the agent last reported."""
     cpus: float
     memory_mb: int
     simulated: bool
+    last_seen: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def state(self, busy: bool) -> tuple[NodeState, str]:
+        """The state users see: a link problem first, then an admin's drain, else UP."""
+        if self.link_state is not NodeState.UP:
+            return self.link_state, self.link_reason
+        if self.drained:
+            return (NodeState.DRAINING if busy else NodeState.DRAINED), self.drain_reason
+        return NodeState.UP, ""
+
+    def to_dict(self, busy: bool = False) -> dict[str, Any]:
+        state, reason = self.state(busy)
         return {
             "name": self.name,
             "host": self.host,
             "port": self.port,
             "ssh_user": self.ssh_user,
             "site": self.site,
-            "state": self.state.value,
-            "state_reason": self.state_reason,
+            "state": state.value,
+            "state_reason": reason,
+            "drained": self.drained,
             "gpus": list(self.gpus),
             "cpus": self.cpus,
             "memory_mb": self.memory_mb,
             "simulated": self.simulated,
+            "last_seen": self.last_seen,
         }
 
 
@@ -161,15 +177,18 @@ class Store:
         actor_uid: int | None,
         now: float,
         exit_code: int | None = None,
+        release: bool = True,
         conn: sqlite3.Connection | None = None,
     ) -> JobStatus:
         """Move one task to `new` (raising IllegalTransition if the state machine forbids it),
-        record the event, and release its allocations when it leaves STARTING/RUNNING.
+        record the event, and release its allocations when it leaves STARTING/RUNNING — unless
+        `release` is False: a cancelled job keeps its GPUs until its node confirms the processes
+        are gone (`release_rank`), so the next job never shares a GPU with a dying one.
         Runs inside the caller's transaction when `conn` is given, else in its own."""
         if conn is None:
             with self.tx() as c:
                 return self.transition(job_id, task, new, reason=reason, actor_uid=actor_uid,
-                                       now=now, exit_code=exit_code, conn=c)
+                                       now=now, exit_code=exit_code, release=release, conn=c)
         row = conn.execute("SELECT state FROM tasks WHERE job_id=? AND task=?", (job_id, task)).fetchone()
         if row is None:
             raise NotFound(f"job {task_label(job_id, task)} does not exist")
@@ -193,7 +212,7 @@ class Store:
             "INSERT INTO events (job_id, task, time, from_state, to_state, reason, actor_uid) VALUES (?,?,?,?,?,?,?)",
             (job_id, task, now, old.value, new.value, reason, actor_uid),
         )
-        if old.is_active() and not new.is_active():
+        if old.is_active() and not new.is_active() and release:
             conn.execute(
                 "UPDATE allocations SET end=? WHERE job_id=? AND task=? AND end IS NULL", (now, job_id, task)
             )
@@ -227,6 +246,67 @@ class Store:
                         for p in ranks
                     ],
                 )
+
+    def release_rank(self, job_id: int, task: int, attempt: int, rank: int, now: float) -> None:
+        """End the allocation of one rank (its processes are gone)."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE allocations SET end=? WHERE job_id=? AND task=? AND attempt=? AND rank=? AND end IS NULL",
+                (now, job_id, task, attempt, rank),
+            )
+
+    def max_restarts(self, job_id: int) -> int:
+        return int(self.conn.execute("SELECT max_restarts FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+
+    def task_nodes(self, job_id: int, task: int) -> list[str]:
+        return [n for (n,) in self.conn.execute(
+            "SELECT node FROM allocations WHERE job_id=? AND task=? AND end IS NULL", (job_id, task))]
+
+    def rank_node(self, job_id: int, task: int, attempt: int, rank: int) -> str | None:
+        """The node that runs (or ran) one rank of one attempt."""
+        row = self.conn.execute(
+            "SELECT node FROM allocations WHERE job_id=? AND task=? AND attempt=? AND rank=? ORDER BY id DESC LIMIT 1",
+            (job_id, task, attempt, rank),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def release_node(self, name: str, now: float) -> None:
+        """End every allocation on a node (it is lost: whatever ran there is gone for us)."""
+        with self.tx() as c:
+            c.execute("UPDATE allocations SET end=? WHERE node=? AND end IS NULL", (now, name))
+
+    def active_ranks(self, node: str) -> list[tuple[int, int, int, int, str]]:
+        """(job, task, attempt, rank, state) of every held allocation on `node` whose task is active."""
+        return list(
+            self.conn.execute(
+                "SELECT a.job_id, a.task, a.attempt, a.rank, t.state FROM allocations a"
+                " JOIN tasks t ON t.job_id=a.job_id AND t.task=a.task AND t.attempt=a.attempt"
+                " WHERE a.node=? AND a.end IS NULL AND t.state IN ('STARTING','RUNNING')",
+                (node,),
+            )
+        )
+
+    def tasks_on(self, node: str) -> list[tuple[int, int, str]]:
+        """(job, task, state) of every task holding an allocation on `node`."""
+        return list(
+            self.conn.execute(
+                "SELECT DISTINCT a.job_id, a.task, t.state FROM allocations a"
+                " JOIN tasks t ON t.job_id=a.job_id AND t.task=a.task WHERE a.node=? AND a.end IS NULL",
+                (node,),
+            )
+        )
+
+    def launch_info(self, job_id: int, task: int, attempt: int, rank: int) -> dict[str, Any]:
+        """What an agent needs to start one rank: owner, spec and the rank's GPUs."""
+        uid, gid, user, spec, array = self.conn.execute(
+            "SELECT uid, gid, user, spec, array_spec FROM jobs WHERE id=?", (job_id,)
+        ).fetchone()
+        row = self.conn.execute(
+            "SELECT gpus, node FROM allocations WHERE job_id=? AND task=? AND attempt=? AND rank=? AND end IS NULL",
+            (job_id, task, attempt, rank),
+        ).fetchone()
+        return {"uid": uid, "gid": gid, "user": user, "spec": json.loads(spec), "array": array,
+                "gpus": json.loads(row[0]) if row else [], "node": row[1] if row else None}
 
     def set_reasons(self, waiting: Sequence[Waiting], now: float) -> None:
         """Record why each pending task waits; writes only the reasons that changed."""
@@ -378,35 +458,76 @@ class Store:
 
     # ---- nodes --------------------------------------------------------------------------------
 
-    def upsert_node(self, rec: NodeRecord, now: float) -> None:
+    _NODE_COLS = (
+        "name, host, port, ssh_user, identity, agent_socket, site, link_state, link_reason, drained, drain_reason,"
+        " gpus, cpus, memory_mb, simulated, last_seen"
+    )
+
+    def add_node(self, rec: NodeRecord, now: float, *, replace: bool = True) -> None:
+        """Insert a node, or (replace=True) update its address and shape, keeping an admin's drain."""
+        conflict = (
+            " ON CONFLICT(name) DO UPDATE SET host=excluded.host, port=excluded.port, ssh_user=excluded.ssh_user,"
+            " identity=excluded.identity, agent_socket=excluded.agent_socket, site=excluded.site,"
+            " gpus=excluded.gpus, cpus=excluded.cpus, memory_mb=excluded.memory_mb,"
+            " simulated=excluded.simulated, updated_at=excluded.updated_at"
+            if replace else ""
+        )
         with self.tx() as c:
+            if not replace and c.execute("SELECT 1 FROM nodes WHERE name=?", (rec.name,)).fetchone():
+                from hybridctl.core.errors import HybridctlError
+
+                raise HybridctlError(f"node {rec.name!r} already exists; `hybridctl node remove {rec.name}` first")
             c.execute(
-                "INSERT INTO nodes (name, host, port, ssh_user, identity, agent_socket, site, state, state_reason, gpus,"
-                " cpus, memory_mb, simulated, added_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(name) DO UPDATE SET host=excluded.host, port=excluded.port, ssh_user=excluded.ssh_user,"
-                " identity=excluded.identity, agent_socket=excluded.agent_socket, site=excluded.site,"
-                " gpus=excluded.gpus, cpus=excluded.cpus, memory_mb=excluded.memory_mb,"
-                " simulated=excluded.simulated, updated_at=excluded.updated_at",
-                (rec.name, rec.host, rec.port, rec.ssh_user, rec.identity, rec.agent_socket, rec.site, rec.state.value,
-                 rec.state_reason, json.dumps(list(rec.gpus)), rec.cpus, rec.memory_mb, int(rec.simulated), now, now),
+                f"INSERT INTO nodes ({self._NODE_COLS}, added_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                + conflict,
+                (rec.name, rec.host, rec.port, rec.ssh_user, rec.identity, rec.agent_socket, rec.site,
+                 rec.link_state.value, rec.link_reason, int(rec.drained), rec.drain_reason,
+                 json.dumps(list(rec.gpus)), rec.cpus, rec.memory_mb, int(rec.simulated), rec.last_seen, now, now),
             )
 
-    def set_node_state(self, name: str, state: NodeState, reason: str, now: float) -> None:
+    def remove_node(self, name: str) -> None:
         with self.tx() as c:
-            cur = c.execute(
-                "UPDATE nodes SET state=?, state_reason=?, updated_at=? WHERE name=?", (state.value, reason, now, name)
-            )
+            if c.execute("SELECT 1 FROM allocations WHERE node=? AND end IS NULL", (name,)).fetchone():
+                from hybridctl.core.errors import HybridctlError
+
+                raise HybridctlError(
+                    f"node {name} still runs jobs; drain it (`hybridctl node drain {name}`) and wait, or cancel them"
+                )
+            if c.execute("DELETE FROM nodes WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
+
+    def set_drain(self, name: str, drained: bool, reason: str, now: float) -> None:
+        self._update_node(name, now, drained=int(drained), drain_reason=reason if drained else "")
+
+    def set_link(self, name: str, state: NodeState, reason: str, now: float, seen: bool = False) -> None:
+        fields: dict[str, Any] = {"link_state": state.value, "link_reason": reason}
+        if seen:
+            fields["last_seen"] = now
+        self._update_node(name, now, **fields)
+
+    def set_hardware(self, name: str, gpus: Sequence[dict[str, Any]], cpus: float, memory_mb: int, now: float) -> None:
+        self._update_node(name, now, gpus=json.dumps(list(gpus)), cpus=cpus, memory_mb=memory_mb)
+
+    def _update_node(self, name: str, now: float, **fields: Any) -> None:
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self.tx() as c:
+            cur = c.execute(f"UPDATE nodes SET {sets}, updated_at=? WHERE name=?", (*fields.values(), now, name))
             if cur.rowcount == 0:
                 raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
 
     def nodes(self) -> list[NodeRecord]:
         return [
-            NodeRecord(n, h, p, u, i, a, s, NodeState(st), r, tuple(json.loads(g)), c, m, bool(sim))
-            for n, h, p, u, i, a, s, st, r, g, c, m, sim in self.conn.execute(
-                "SELECT name, host, port, ssh_user, identity, agent_socket, site, state, state_reason, gpus, cpus,"
-                " memory_mb, simulated FROM nodes ORDER BY name"
+            NodeRecord(n, h, p, u, i, a, s, NodeState(ls), lr, bool(d), dr, tuple(json.loads(g)), c, m, bool(sim), seen)
+            for n, h, p, u, i, a, s, ls, lr, d, dr, g, c, m, sim, seen in self.conn.execute(
+                f"SELECT {self._NODE_COLS} FROM nodes ORDER BY name"
             )
         ]
+
+    def node(self, name: str) -> NodeRecord:
+        for n in self.nodes():
+            if n.name == name:
+                return n
+        raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
 
     def node_views(self) -> list[NodeView]:
         """Nodes with what is free on them now (total minus held allocations)."""
@@ -425,9 +546,10 @@ class Store:
                         healthy=bool(g.get("healthy", True)))
                 for g in n.gpus
             )
+            state, _reason = n.state(busy=n.name in held_cpu)
             views.append(
                 NodeView(n.name, slots, n.cpus, n.cpus - held_cpu.get(n.name, 0.0), n.memory_mb,
-                         n.memory_mb - held_mem.get(n.name, 0), n.state, n.site)
+                         n.memory_mb - held_mem.get(n.name, 0), state, n.site)
             )
         return views
 

@@ -139,12 +139,15 @@ def test_controller_down_is_one_line_exit_1(tmp_path: Path) -> None:
 def test_drain_moves_work_elsewhere_and_reason_names_the_node(controller: ControllerProc) -> None:
     controller.cli("node", "drain", "gpu01", "--reason", "fan noise", check=True)
     nodes = {n["name"]: n for n in controller.cli_json("nodes")}
-    assert nodes["gpu01"]["state"] == "DRAINING" and nodes["gpu01"]["state_reason"] == "fan noise"
+    assert nodes["gpu01"]["state"] == "DRAINED" and nodes["gpu01"]["state_reason"] == "fan noise"
     job = controller.cli("submit", "--gpus", "A100:1", "--", "true", check=True).stdout.strip()
     row = wait_for(lambda: next((r for r in controller.cli_json("queue") if r["reason"]), None), what="reason")
     assert str(row["job_id"]) == job and "gpu01" in row["reason"]
     controller.cli("node", "resume", "gpu01", check=True)
     wait_for(lambda: controller.cli_json("queue")[0]["state"] == "STARTING", what="placed after resume")
+    # A node with work on it drains (DRAINING) rather than being DRAINED.
+    controller.cli("node", "drain", "gpu01", check=True)
+    assert {n["name"]: n["state"] for n in controller.cli_json("nodes")}["gpu01"] == "DRAINING"
 
 
 def test_usage_counts_gpu_hours(controller: ControllerProc) -> None:

@@ -1,0 +1,212 @@
+"""The fleet: one persistent link per node, kept alive with capped exponential backoff.
+
+Each node session polls its agent (telemetry samples and the job list) every `poll_interval`,
+or at once when the scheduler placed work there, and hands the job list to the reconciler, so
+dispatch, adoption after a reconnect, and recording results are one code path. A monitor turns
+silence into UNREACHABLE (keep jobs) and, much later, LOST (requeue them)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from hybridctl.core.model import NodeState
+from hybridctl.core.reconcile import (
+    AgentJob,
+    Finished,
+    Forget,
+    Launch,
+    Started,
+    Stop,
+    Vanished,
+    reconcile,
+)
+from hybridctl.ssh.link import AgentLink, AgentRefused, HostKeyRefused, NodeUnreachable, Target, connect
+
+if TYPE_CHECKING:
+    from hybridctl.control.service import Controller
+
+log = logging.getLogger("hybridctl.fleet")
+
+
+class NodeSession:
+    """The controller's side of one node: its link, latest telemetry and liveness."""
+
+    def __init__(self, fleet: Fleet, name: str) -> None:
+        self.fleet = fleet
+        self.name = name
+        self.kick = asyncio.Event()
+        self.link: AgentLink | None = None
+        self.hello: dict[str, Any] | None = None
+        self.latest: dict[str, Any] | None = None
+        self.seq: int | None = None
+        self.last_ok = time.monotonic()
+        self.error = "not contacted yet"
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                async with self.fleet.connect_slots:
+                    self.link = await connect(self.fleet.target(self.name))
+                self.hello = await self.link.call("hello")
+                self.fleet.on_hello(self, self.hello)
+                backoff = 0.25
+                while True:
+                    await self.poll()
+                    try:
+                        await asyncio.wait_for(self.kick.wait(), self.fleet.interval)
+                    except asyncio.TimeoutError:
+                        pass
+                    self.kick.clear()
+            except HostKeyRefused as exc:
+                self.error = exc.message
+                log.error("%s", exc.message)
+                self.fleet.on_silence(self, exc.message, force=True)
+                backoff = 30.0
+            except NodeUnreachable as exc:
+                self.error = exc.message
+                log.warning("%s", exc.message)
+            finally:
+                if self.link is not None:
+                    await self.link.close()
+                    self.link = None
+            await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
+            backoff = min(backoff * 2, 15.0)
+
+    async def poll(self) -> None:
+        link = self.link
+        assert link is not None
+        sample = await link.call("sample", **({} if self.seq is None else {"since": self.seq}))
+        if sample.get("samples"):
+            self.latest = sample["samples"][-1]
+            self.seq = sample.get("seq", self.seq)
+            self.fleet.on_sample(self, self.latest)
+        listing = await link.call("jobs")
+        self.last_ok = time.monotonic()
+        self.error = ""
+        self.fleet.on_alive(self)
+        await self.converge(listing.get("jobs", []))
+
+    async def converge(self, records: list[dict[str, Any]]) -> None:
+        ctl = self.fleet.controller
+        link = self.link
+        assert link is not None
+        agent_jobs = [
+            AgentJob(r["key"], r.get("state") == "running", r.get("exit_code"), r.get("signal"), r.get("reason"))
+            for r in records
+        ]
+        changed = False
+        for action in reconcile(ctl.active_ranks(self.name), agent_jobs):
+            if isinstance(action, Launch):
+                payload = ctl.launch_payload(action.rank, self.name)
+                try:
+                    answer = await link.call("launch", job=payload)
+                except AgentRefused as exc:
+                    ctl.finish(action.rank.job_id, action.rank.task, None, f"launch refused by {self.name}: {exc}")
+                    changed = True
+                    continue
+                rec = answer.get("job") or {}
+                if rec.get("state") == "running":
+                    ctl.mark_running(action.rank.job_id, action.rank.task)
+                else:
+                    self.kick.set()  # already exited (or failed to launch): the next listing records it
+            elif isinstance(action, Started):
+                ctl.mark_running(action.job_id, action.task)
+            elif isinstance(action, Finished):
+                ctl.finish(action.job_id, action.task, action.exit_code, action.reason, status=action.status)
+                await link.call("forget", key=action.key)
+                changed = True
+            elif isinstance(action, Vanished):
+                ctl.requeue_or_fail(action.job_id, action.task, f"the agent on {self.name} has no record of it")
+                changed = True
+            elif isinstance(action, Stop):
+                await link.call("cancel", key=action.key, grace=ctl.settings.fleet.poll_interval * 10)
+            elif isinstance(action, Forget):
+                await link.call("forget", key=action.key)
+                ctl.release(action.key)
+        if changed:
+            ctl.on_change()
+
+
+class Fleet:
+    """All node sessions of one controller."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        cfg = controller.settings.fleet
+        self.interval = cfg.poll_interval
+        self.connect_slots = asyncio.Semaphore(cfg.connect_concurrency)
+        self.sessions: dict[str, NodeSession] = {}
+
+    def target(self, name: str) -> Target:
+        n = self.controller.store.node(name)
+        cfg = self.controller.settings.fleet
+        return Target(
+            name=n.name, host=n.host, port=n.port, user=n.ssh_user, identity=n.identity, agent_socket=n.agent_socket,
+            known_hosts=str(self.controller.settings.known_hosts_path), bridge=cfg.bridge,
+            agent_command=cfg.agent_command,
+        )
+
+    def sync(self) -> None:
+        """Start sessions for new real nodes, stop those of removed ones."""
+        wanted = {n.name for n in self.controller.store.nodes() if not n.simulated}
+        for name in wanted - self.sessions.keys():
+            s = NodeSession(self, name)
+            s.task = asyncio.create_task(s.run(), name=f"node:{name}")
+            self.sessions[name] = s
+        for name in self.sessions.keys() - wanted:
+            s = self.sessions.pop(name)
+            if s.task is not None:
+                s.task.cancel()
+
+    def kick(self, name: str) -> None:
+        s = self.sessions.get(name)
+        if s is not None:
+            s.kick.set()
+
+    async def monitor(self) -> None:
+        """Turn silence into UNREACHABLE, then LOST. Runs forever."""
+        while True:
+            await asyncio.sleep(min(1.0, self.interval))
+            for s in list(self.sessions.values()):
+                self.on_silence(s, s.error or "no answer")
+
+    def on_silence(self, s: NodeSession, why: str, force: bool = False) -> None:
+        cfg = self.controller.settings.fleet
+        silent = time.monotonic() - s.last_ok
+        n = self.controller.store.node(s.name)
+        if silent >= cfg.lost_after and n.link_state is not NodeState.LOST:
+            reason = f"silent for {silent:.0f}s: {why}"
+            log.error("node %s LOST (%s); requeueing its jobs", s.name, reason)
+            self.controller.node_lost(s.name, reason)
+        elif (silent >= cfg.unreachable_after or force) and n.link_state is NodeState.UP:
+            self.controller.set_link(s.name, NodeState.UNREACHABLE, why)
+
+    def on_alive(self, s: NodeSession) -> None:
+        n = self.controller.store.node(s.name)
+        if n.link_state is not NodeState.UP:
+            log.info("node %s is back", s.name)
+            self.controller.set_link(s.name, NodeState.UP, "")
+
+    def on_hello(self, s: NodeSession, hello: dict[str, Any]) -> None:
+        gpus = [{"index": g["index"], "model": g.get("name", "GPU"), "memory_mb": g.get("memory_total_mb")}
+                for g in hello.get("gpus", [])]
+        self.controller.node_hardware(s.name, gpus, float(hello.get("cpus") or 1), int(hello.get("memory_mb") or 0))
+
+    def on_sample(self, s: NodeSession, sample: dict[str, Any]) -> None:
+        """Fold GPU health and foreign processes into the node's GPU list (written only on change)."""
+        busy_foreign = self.controller.settings.fleet.foreign_gpu_busy
+        health = {}
+        for g in sample.get("gpus", []):
+            foreign = busy_foreign and any(p.get("job") is None for p in g.get("processes") or [])
+            health[g["index"]] = (bool(g.get("healthy", True)), g.get("health_reason") or "", foreign)
+        self.controller.node_gpu_health(s.name, health)
+
+    def telemetry(self) -> dict[str, dict[str, Any]]:
+        """Latest sample per node (for `nodes` and the TUI)."""
+        return {name: s.latest for name, s in self.sessions.items() if s.latest is not None}
