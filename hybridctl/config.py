@@ -74,6 +74,8 @@ class FleetConfig:
     """Reach agents through `hybridctl-agent bridge` on an exec channel instead of stream-local forwarding."""
     agent_command: str = "hybridctl-agent"
     """The agent command on nodes (for the bridge)."""
+    log_pull_cap_mb: int = 64
+    """When a job ends, up to this much of each of its logs is copied back to the controller."""
 
 
 @dataclass(frozen=True)

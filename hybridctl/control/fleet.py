@@ -118,6 +118,7 @@ class NodeSession:
             elif isinstance(action, Started):
                 ctl.mark_running(action.job_id, action.task)
             elif isinstance(action, Finished):
+                await self.pull_logs(action.key)
                 ctl.finish(action.job_id, action.task, action.exit_code, action.reason, status=action.status)
                 await link.call("forget", key=action.key)
                 changed = True
@@ -131,6 +132,27 @@ class NodeSession:
                 ctl.release(action.key)
         if changed:
             ctl.on_change()
+
+
+    async def pull_logs(self, key: str) -> None:
+        """Copy a finished job's logs to the controller, so `hybridctl logs` works after the node
+        forgets the job, goes away, or (cloud) is terminated. Capped per stream."""
+        link = self.link
+        assert link is not None
+        cap = self.fleet.controller.settings.fleet.log_pull_cap_mb * 1024 * 1024
+        for stream in ("stdout", "stderr"):
+            dest = self.fleet.controller.log_path(key, stream)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            offset = 0
+            with open(dest, "w", encoding="utf-8") as f:
+                while offset < cap:
+                    res = await link.call("logs", key=key, stream=stream, offset=offset, max_bytes=1 << 20)
+                    f.write(res.get("data", ""))
+                    if res.get("offset", offset) == offset:
+                        break
+                    offset = res["offset"]
+                if offset >= cap:
+                    f.write(f"\n[hybridctl: log truncated at {cap >> 20} MiB; the rest is on the node]\n")
 
 
 class Fleet:

@@ -285,6 +285,14 @@ class Controller:
         if task is None and len(states) > 1:
             raise SpecError("JOB", job, f"job {job_id} is an array; name one task, e.g. {job_id}_{states[0][0]}")
         t, state, attempt = states[0]
+        key = job_key(job_id, t, attempt, rank)
+        local = self.log_path(key, stream)
+        if not state.is_active() and local.exists():
+            data = local.read_bytes()
+            start = max(0, len(data) + offset) if offset < 0 else min(offset, len(data))
+            chunk = data[start:start + max_bytes]
+            return {"data": chunk.decode("utf-8", "replace"), "offset": start + len(chunk),
+                    "eof": start + len(chunk) >= len(data), "state": state.value}
         where = self.store.rank_node(job_id, t, attempt, rank)
         if where is None:
             return {"data": "", "offset": 0, "eof": state.is_terminal(), "state": state.value,
@@ -292,10 +300,13 @@ class Controller:
         session = self.fleet.sessions.get(where) if self.fleet else None
         if session is None or session.link is None:
             raise NodeUnreachable(f"node {where} is not connected right now; its logs cannot be read")
-        key = job_key(job_id, t, attempt, rank)
         res = await session.link.call("logs", key=key, stream=stream, offset=offset, max_bytes=max_bytes)
         return {"data": res.get("data", ""), "offset": res.get("offset", 0), "eof": bool(res.get("eof")),
                 "state": self.store.task_states(job_id, t)[0][1].value, "node": where}
+
+    def log_path(self, key: str, stream: str) -> Any:
+        """Where the controller keeps a finished job's log copy."""
+        return self.settings.home_path / "logs" / f"{key}.{stream}"
 
     # ---- what the fleet reports -----------------------------------------------------------------
 

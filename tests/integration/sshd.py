@@ -62,7 +62,8 @@ class Sshd:
                 "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
                 "UsePAM no", "StrictModes no", "MaxStartups 100:30:200", "LogLevel ERROR",
                 f"AllowStreamLocalForwarding {'yes' if self.allow_forwarding else 'no'}",
-                f"AllowTcpForwarding no", "X11Forwarding no", "PrintMotd no",
+                # OpenSSH gates direct-streamlocal channels on AllowTcpForwarding too (channel_permit_all).
+                f"AllowTcpForwarding {'local' if self.allow_forwarding else 'no'}", "X11Forwarding no", "PrintMotd no",
                 # Keep the test's environment (PATH to the venv) for exec'd commands.
                 "PermitUserEnvironment no", "AcceptEnv *",
             ]) + "\n"

@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from hybridctl.config import NodeConfig, SchedulerConfig, Settings
-from hybridctl.control.daemon import _node_record
+from hybridctl.control.nodes import config_record
 from hybridctl.control.identity import Caller
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import IllegalTransition, PermissionDenied, SpecError, Unschedulable
@@ -38,7 +38,7 @@ def ctl(tmp_path: Path, clock: Clock) -> Iterator[Controller]:
     settings = Settings(home=str(tmp_path), scheduler=SchedulerConfig(user_gpu_quota={"*": 6}))
     store = Store(tmp_path / "hybridctl.db")
     for n in (NodeConfig(name="n1", gpus="8xA100", cpus=32, memory="256G", simulated=True),):
-        store.upsert_node(_node_record(n), clock())
+        store.add_node(config_record(n), clock())
     yield Controller(store, settings, clock=clock)
     store.close()
 

@@ -1,0 +1,70 @@
+"""Test GPU nodes: each a real sshd on loopback plus a real `hybridctl-agent` with simulated GPUs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from tests.integration.harness import wait_for
+from tests.integration.sshd import Sshd
+
+
+@dataclass
+class LabNode:
+    name: str
+    base: Path
+    gpus: str  # "8:A100"
+    sshd: Sshd
+    agent: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "agent.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base / "state"
+
+    def start_agent(self) -> None:
+        log = open(self.base / "agent.log", "ab")
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "hybridctl_agent.cli", "serve", "--socket", str(self.socket), "--state-dir",
+             str(self.state_dir), "--simulate-gpus", self.gpus, "--name", self.name, "--interval", "0.5"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        wait_for(self.socket.exists, 30, what=f"agent socket of {self.name}")
+
+    def kill_agent(self) -> None:
+        assert self.agent is not None
+        self.agent.send_signal(signal.SIGKILL)
+        self.agent.wait(timeout=30)
+        self.socket.unlink(missing_ok=True)
+
+    def add_args(self, key: Path) -> list[str]:
+        return ["node", "add", self.name, "--host", "127.0.0.1", "--port", str(self.sshd.port), "--identity",
+                str(key), "--agent-socket", str(self.socket), "--accept-new"]
+
+    def stop(self) -> None:
+        self.sshd.stop()
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.kill()
+            self.agent.wait()
+        # Job supervisors outlive the agent on purpose; end the ones this test started.
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(self.state_dir) in cmd and p.pid != os.getpid():
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass

@@ -1,0 +1,148 @@
+"""Jobs on real nodes: three real sshd processes on loopback, each with its own agent and state,
+reached by a real controller over SSH. Links, agents, the controller and sshd are killed mid-job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.integration.harness import ControllerProc, make_controller, wait_for
+from tests.integration.nodes import LabNode
+from tests.integration.sshd import Sshd, keygen, require_sshd
+
+FLEET_CONFIG: dict[str, Any] = {
+    "scheduler": {"tick_seconds": 1.0},
+    "fleet": {"poll_interval": 0.5, "unreachable_after": 3.0, "lost_after": 8.0},
+}
+
+SHAPES = {"node1": "8:A100", "node2": "4:RTX3090", "node3": "4:A100"}
+
+
+class Lab:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.key = keygen(base / "id_ed25519")
+        self.nodes = {
+            name: LabNode(name, base / name, gpus, Sshd(base / name / "sshd", self.key))
+            for name, gpus in SHAPES.items()
+        }
+        self.controller: ControllerProc = make_controller(base / "ctl", FLEET_CONFIG)
+
+    def start(self) -> None:
+        for n in self.nodes.values():
+            n.sshd.start()
+            n.start_agent()
+        self.controller.start()
+        for n in self.nodes.values():
+            res = self.controller.cli(*n.add_args(self.key), timeout=120)
+            assert res.returncode == 0, res.stderr
+
+    def stop(self) -> None:
+        self.controller.stop()
+        for n in self.nodes.values():
+            n.stop()
+
+    def task(self, job: str) -> dict[str, Any]:
+        return self.controller.cli_json("show", job)["tasks"][0]
+
+    def wait_state(self, job: str, *states: str, timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: (t := self.task(job))["state"] in states and t, timeout,
+                        what=f"job {job} in {states} (controller log: {self.controller.log})")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    require_sshd()
+    lab = Lab(tmp_path)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def submit(lab: Lab, *args: str) -> str:
+    res = lab.controller.cli("submit", *args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_node_add_reports_gpus_and_jobs_run_pinned_with_logs_and_exit_code(lab: Lab) -> None:
+    nodes = {n["name"]: n for n in lab.controller.cli_json("nodes")}
+    assert [nodes[n]["gpus_total"] for n in ("node1", "node2", "node3")] == [8, 4, 4]
+    assert all(n["state"] == "UP" for n in nodes.values())
+    script = 'echo "CVD=$CUDA_VISIBLE_DEVICES NODE=$HYBRIDCTL_NODE JOB=$HYBRIDCTL_JOB_ID"; echo oops >&2; exit 3'
+    job = submit(lab, "--gpus", "RTX3090:2", "--", script)
+    t = lab.wait_state(job, "FAILED")
+    assert t["exit_code"] == 3 and t["nodes"] == "node2"
+    out = lab.controller.cli("logs", job, check=True).stdout
+    assert out.strip() == f"CVD={t['gpu_ids']} NODE=node2 JOB={job}"
+    assert lab.controller.cli("logs", job, "--stderr", check=True).stdout.strip() == "oops"
+    ok = submit(lab, "--gpus", "A100:1", "--", "echo fine")
+    assert lab.wait_state(ok, "SUCCEEDED")["exit_code"] == 0
+
+
+def test_cut_ssh_link_mid_job_result_recorded_after_reconnect(lab: Lab) -> None:
+    job = submit(lab, "--gpus", "RTX3090:1", "--", "echo start; sleep 4; echo done")
+    lab.wait_state(job, "RUNNING")
+    assert lab.nodes["node2"].sshd.drop_connections() >= 1
+    t = lab.wait_state(job, "SUCCEEDED", "FAILED")
+    assert t["state"] == "SUCCEEDED"
+    assert lab.controller.cli("logs", job, check=True).stdout.split() == ["start", "done"]  # ran once
+    events = [e["to"] for e in lab.controller.cli_json("show", job)["events"]]
+    assert events == ["PENDING", "STARTING", "RUNNING", "SUCCEEDED"]
+
+
+def test_agent_restart_mid_job_keeps_the_job(lab: Lab) -> None:
+    job = submit(lab, "--gpus", "RTX3090:1", "--", "echo start; sleep 4; echo done; exit 7")
+    lab.wait_state(job, "RUNNING")
+    node = lab.nodes["node2"]
+    node.kill_agent()
+    node.start_agent()
+    t = lab.wait_state(job, "FAILED", "SUCCEEDED")
+    assert t["exit_code"] == 7
+    assert lab.controller.cli("logs", job, check=True).stdout.split() == ["start", "done"]
+
+
+def test_controller_killed_mid_job_adopts_and_records_on_restart(lab: Lab) -> None:
+    job = submit(lab, "--gpus", "RTX3090:1", "--", "echo start; sleep 3; echo done")
+    lab.wait_state(job, "RUNNING")
+    lab.controller.kill()
+    # The job ends while no controller runs; its result waits on the node.
+    wait_for(lambda: "done" in "".join(p.read_text() for p in lab.nodes["node2"].state_dir.rglob("stdout.log")),
+             60, what="the job to finish on the node")
+    lab.controller.start()
+    t = lab.wait_state(job, "SUCCEEDED")
+    assert t["nodes"] == "node2"
+    events = [e["to"] for e in lab.controller.cli_json("show", job)["events"]]
+    assert events.count("RUNNING") == 1
+
+
+def test_node_lost_for_good_requeues_and_reruns_elsewhere(lab: Lab) -> None:
+    job = submit(lab, "--gpus", "A100:1", "--max-restarts", "1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 600")
+    t = lab.wait_state(job, "RUNNING")
+    first = t["nodes"]
+    lab.nodes[first].sshd.stop()
+    t = wait_for(lambda: (x := lab.task(job))["state"] == "RUNNING" and x["nodes"] != first and x, 90,
+                 what="the job running on another node")
+    assert t["attempt"] == 1
+    nodes = {n["name"]: n for n in lab.controller.cli_json("nodes")}
+    assert nodes[first]["state"] == "LOST"
+    events = [e["to"] for e in lab.controller.cli_json("show", job)["events"]]
+    assert "NODE_LOST" in events and events.index("NODE_LOST") < len(events) - 2
+    wait_for(lambda: "attempt=1" in lab.controller.cli("logs", job).stdout, 30, what="attempt 1 output")
+    lab.controller.cli("cancel", job, check=True)
+
+
+def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
+    node = lab.nodes["node1"]
+    node.sshd.stop()
+    node.sshd.new_host_key()
+    node.sshd.start()
+    n = wait_for(lambda: (x := {n["name"]: n for n in lab.controller.cli_json("nodes")}["node1"])["link_error"]
+                 and "does not match" in x["link_error"] and x, 60, what="host key refusal")
+    assert "known_hosts" in n["link_error"] or "pinned" in n["link_error"]
+    log = lab.controller.log.read_text()
+    assert "does not match" in log
