@@ -1,0 +1,177 @@
+"""The agent's one typed settings object: defaults (which depend on running as root or not),
+an optional YAML/JSON file, then command-line overrides. Paths are decided here only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from socket import gethostname
+from typing import Any, Dict, Mapping, Optional
+
+GPU_SOURCES = ("auto", "nvml", "simulated", "none")
+NVML_LIBRARY_ENV = "HYBRIDCTL_AGENT_NVML_LIBRARY"
+"""Path of libnvidia-ml to load instead of the default; a missing path forces the no-driver case."""
+
+_MODEL_MEMORY_GB = {"A100": 80, "H100": 80, "H200": 141, "V100": 32, "A10": 24, "A10G": 24,
+                    "L4": 24, "L40S": 48, "T4": 16, "A6000": 48, "RTX4090": 24}
+
+
+class ConfigError(Exception):
+    """A bad config file, key or flag; the message names the file and the key."""
+
+
+@dataclass
+class SimConfig:
+    """Simulated GPUs (only used when `gpu_source` is `simulated`)."""
+
+    count: int = 0
+    """How many GPUs to simulate."""
+    model: str = "A100"
+    """Model name; GPUs are reported as 'NVIDIA <model>'."""
+    memory_gb: int = 80
+    """Memory per GPU in GiB."""
+    seed: int = 0
+    """Seed of the readings' noise: the same seed gives the same readings."""
+
+
+@dataclass
+class HealthConfig:
+    """How GPU faults turn a GPU unhealthy and back."""
+
+    auto_recover: bool = True
+    """A GPU becomes healthy again once no fault was seen for `recover_after_s`."""
+    recover_after_s: float = 60.0
+    """Quiet time before an auto-recovery."""
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent reads from its environment, loaded once and passed down."""
+
+    socket: str
+    """Unix socket the agent listens on (the only way in; no TCP port)."""
+    state_dir: str
+    """Job directories (scripts, logs, exit codes) live under `<state_dir>/jobs/`."""
+    name: str = field(default_factory=gethostname)
+    """Node name reported in `hello` and given to jobs as HYBRIDCTL_NODE."""
+    gpu_source: str = "auto"
+    """auto (NVML if a driver answers, else none), nvml, simulated or none."""
+    simulate: SimConfig = field(default_factory=SimConfig)
+    interval: float = 1.0
+    """Seconds between telemetry samples."""
+    history: float = 600.0
+    """Seconds of samples kept in the ring buffer."""
+    allowed_group: Optional[str] = None
+    """When root: this group may also use the socket (mode 0660 instead of 0600)."""
+    kill_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when a job hits its time limit."""
+    job_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    """PATH given to jobs."""
+    nvml_library: Optional[str] = None
+    """Load libnvidia-ml from this path instead of the loader's default."""
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    @property
+    def rootless(self) -> bool:
+        return os.geteuid() != 0
+
+
+def default_paths(is_root: bool) -> Dict[str, str]:
+    """Socket and state directory when neither the file nor a flag names them."""
+    if is_root:
+        return {"socket": "/run/hybridctl/agent.sock", "state_dir": "/var/lib/hybridctl-agent"}
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/hybridctl-{os.getuid()}"
+    return {"socket": str(Path(runtime) / "hybridctl" / "agent.sock"),
+            "state_dir": str(Path.home() / ".local" / "state" / "hybridctl-agent")}
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    """Parse a config file: YAML when pyyaml is installed, else JSON."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    data: Any
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ImportError:
+            raise ConfigError(f"{path}: not JSON, and pyyaml is not installed to read YAML; "
+                              "write the config as JSON or install pyyaml") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def parse_simulate(text: str) -> SimConfig:
+    """`N[:MODEL[:MEM_GB]]`, e.g. `4:A100` or `8:H100:80`."""
+    parts = text.split(":")
+    try:
+        count = int(parts[0])
+        model = parts[1] if len(parts) > 1 and parts[1] else "A100"
+        mem = int(parts[2]) if len(parts) > 2 else _MODEL_MEMORY_GB.get(model.upper(), 24)
+    except ValueError:
+        raise ConfigError(f"--simulate-gpus {text!r}: expected N[:MODEL[:MEM_GB]], e.g. 4:A100") \
+            from None
+    if count < 0 or mem <= 0 or len(parts) > 3:
+        raise ConfigError(f"--simulate-gpus {text!r}: expected N[:MODEL[:MEM_GB]], e.g. 4:A100")
+    return SimConfig(count=count, model=model, memory_gb=mem)
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str) -> None:
+    """Set dataclass fields from a mapping, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: key {key!r} must be a mapping")
+            _apply(current, value, f"{where}: {key}")
+            continue
+        expected = type(current) if current is not None else (str, type(None))
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (isinstance(value, bool) and
+                                               not isinstance(current, bool)):
+            raise ConfigError(f"{where}: key {key!r} has value {value!r}; expected "
+                              f"{type(current).__name__ if current is not None else 'a string'}")
+        setattr(obj, key, value)
+
+
+def load(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> AgentConfig:
+    """Defaults, then the file at `path`, then `overrides` (flags; None values are skipped)."""
+    is_root = os.geteuid() == 0
+    paths = default_paths(is_root)
+    cfg = AgentConfig(socket=paths["socket"], state_dir=paths["state_dir"])
+    if path:
+        _apply(cfg, read_file(path), path)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "simulate":
+            cfg.simulate = value
+            cfg.gpu_source = "simulated"
+        else:
+            _apply(cfg, {key: value}, "command line")
+    if cfg.gpu_source not in GPU_SOURCES:
+        raise ConfigError(f"{path or 'config'}: gpu_source {cfg.gpu_source!r}; "
+                          f"expected one of {', '.join(GPU_SOURCES)}")
+    if cfg.interval <= 0 or cfg.history < cfg.interval:
+        raise ConfigError(f"{path or 'config'}: need interval > 0 and history >= interval "
+                          f"(got interval={cfg.interval}, history={cfg.history})")
+    if cfg.nvml_library is None:
+        cfg.nvml_library = os.environ.get(NVML_LIBRARY_ENV) or None
+    cfg.socket = os.path.abspath(os.path.expanduser(cfg.socket))
+    cfg.state_dir = os.path.abspath(os.path.expanduser(cfg.state_dir))
+    return cfg

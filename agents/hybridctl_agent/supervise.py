@@ -1,0 +1,229 @@
+"""The per-job supervisor: `python -m hybridctl_agent.supervise <jobdir>`.
+
+It detaches from the agent (double fork), starts `bash job.sh` in a new session as the job's
+user, waits for it, enforces the time limit and cancel requests (SIGTERM to the process group,
+SIGKILL after a grace period) and writes `exit.json` durably. Because it is not the agent's
+child, running jobs and their results survive an agent restart or crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from hybridctl_agent import jobfiles as jf
+
+_WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_POLL_S = 5.0
+"""Longest sleep between checks, in case a SIGCHLD were ever missed."""
+
+
+class LaunchFailed(Exception):
+    """bash could not be started; the message says which step failed."""
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {msg}\n")
+    sys.stderr.flush()
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Supervisor:
+    """Runs one job to its end; see the module docstring."""
+
+    def __init__(self, jobdir: Path) -> None:
+        self.dir = jobdir
+        spec = jf.read_json(jobdir / jf.SPEC)
+        if spec is None:
+            raise SystemExit(f"supervise: no readable {jf.SPEC} in {jobdir}")
+        self.spec: Dict[str, Any] = spec
+        self.pid = 0
+        self.reason: Optional[str] = None
+        self.kill_at: Optional[float] = None
+        self.deadline: Optional[float] = None
+
+    # ---- start --------------------------------------------------------------------------
+
+    def _open_log(self, name: str) -> int:
+        fd = os.open(str(self.dir / name),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        run_as = self.spec.get("run_as")
+        if run_as:
+            os.fchown(fd, run_as["uid"], run_as["gid"])
+        return fd
+
+    def spawn(self) -> int:
+        """Fork bash in a new session as the job's user; report failures through a pipe."""
+        out, err = self._open_log(jf.STDOUT), self._open_log(jf.STDERR)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        script = str(self.dir / jf.SCRIPT)
+        cwd = self.spec.get("cwd") or str(self.dir / jf.WORK)
+        run_as = self.spec.get("run_as")
+        env = {str(k): str(v) for k, v in self.spec["env"].items()}
+        rfd, wfd = os.pipe()  # both close-on-exec: EOF on rfd means exec succeeded
+        pid = os.fork()
+        if pid == 0:  # the child: only async-signal-safe-ish steps, no return
+            step = "start a new session"
+            try:
+                os.setsid()
+                if run_as:
+                    step = f"switch to user {run_as['user']} (uid {run_as['uid']})"
+                    os.initgroups(run_as["user"], run_as["gid"])
+                    os.setgid(run_as["gid"])
+                    os.setuid(run_as["uid"])
+                step = f"enter working directory {cwd}"
+                os.chdir(cwd)
+                step = f"read the job script {script} as the job's user"
+                if not os.access(script, os.R_OK):
+                    raise PermissionError(13, "not readable (is the state directory traversable?)")
+                step = "set up stdin/stdout/stderr"
+                os.dup2(null, 0)
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+                # Python ignores SIGPIPE and SIGXFSZ and we block the wake-up signals; the job
+                # must start with the defaults, and ignored/blocked states survive exec.
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(sig, signal.SIG_DFL)
+                step = "exec /bin/bash"
+                os.execve("/bin/bash", ["bash", script], env)
+            except BaseException as exc:  # noqa: BLE001 - anything must reach the parent
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                try:
+                    os.write(wfd, f"cannot {step}: {text}".encode()[:4000])
+                finally:
+                    os._exit(127)
+        os.close(wfd)
+        for fd in (out, err, null):
+            os.close(fd)
+        chunks = []
+        while True:
+            chunk = os.read(rfd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(rfd)
+        if chunks:
+            os.waitpid(pid, 0)
+            raise LaunchFailed(b"".join(chunks).decode(errors="replace"))
+        return pid
+
+    # ---- run ----------------------------------------------------------------------------
+
+    def terminate(self, reason: str, grace: float) -> None:
+        """SIGTERM (+SIGCONT, for a stopped job) to the group now, SIGKILL after `grace`."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        _log(f"terminating job ({reason}), SIGKILL in {grace:g}s")
+        _killpg(self.pid, signal.SIGTERM)
+        _killpg(self.pid, signal.SIGCONT)
+        self.kill_at = time.monotonic() + max(0.0, grace)
+
+    def on_signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            cancel = jf.read_json(self.dir / jf.CANCEL)
+            if cancel is not None:
+                self.terminate("cancelled", float(cancel.get("grace", 10.0)))
+            else:
+                name = signal.Signals(sig).name
+                self.terminate(f"terminated: supervisor received {name}",
+                               float(self.spec.get("kill_grace", 10.0)))
+
+    def wait(self) -> int:
+        """Wait for bash, acting on signals and deadlines; return its wait status."""
+        while True:
+            done = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if done is not None:
+                # bash is a zombie, so its pid (= the pgid) cannot be reused yet: kill what
+                # it left behind in its group, then reap it.
+                _killpg(self.pid, signal.SIGKILL)
+                return os.waitpid(self.pid, 0)[1]
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline and self.reason is None:
+                self.terminate("timeout", float(self.spec.get("kill_grace", 10.0)))
+            if self.kill_at is not None and now >= self.kill_at:
+                _log("grace period over, SIGKILL to the group")
+                _killpg(self.pid, signal.SIGKILL)
+                self.kill_at = None
+            waits = [_POLL_S]
+            for t in (self.deadline if self.reason is None else None, self.kill_at):
+                if t is not None:
+                    waits.append(max(0.0, t - now))
+            info = signal.sigtimedwait(_WAKE, min(waits))
+            if info is not None:
+                self.on_signal(info.si_signo)
+
+    def finish(self, exit_code: Optional[int], sig: Optional[int], reason: Optional[str]) -> None:
+        jf.write_json(self.dir / jf.EXIT, {"exit_code": exit_code, "signal": sig,
+                                           "ended_at": time.time(), "reason": reason}, 0o644)
+        _log(f"job ended: exit_code={exit_code} signal={sig} reason={reason}")
+
+    def run(self) -> int:
+        # Block the wake-up signals before anything else, so none is lost before the wait.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
+        me = os.getpid()
+        jf.write_json(self.dir / jf.SUPERVISOR, {"pid": me, "start_ticks": jf.start_time(me)})
+        if (self.dir / jf.EXIT).exists():  # the agent gave up on us (start took > 60 s)
+            return 1
+        if (self.dir / jf.CANCEL).exists():
+            self.finish(None, None, "cancelled")
+            return 0
+        try:
+            self.pid = self.spawn()
+        except LaunchFailed as exc:
+            self.finish(None, None, f"launch_failed: {exc}")
+            return 0
+        limit = self.spec.get("time_limit")
+        started = time.monotonic()
+        self.deadline = started + float(limit) if limit else None
+        jf.write_json(self.dir / jf.STARTED, {"pid": self.pid, "pgid": self.pid,
+                                              "start_ticks": jf.start_time(self.pid),
+                                              "started_at": time.time()}, 0o644)
+        _log(f"started bash pid {self.pid}")
+        if (self.dir / jf.CANCEL).exists():  # a cancel that raced with the start
+            self.on_signal(signal.SIGTERM)
+        try:
+            status = self.wait()
+        except BaseException as exc:  # never leave a job running unsupervised
+            _log("supervisor error:\n" + traceback.format_exc())
+            _killpg(self.pid, signal.SIGKILL)
+            self.finish(None, signal.SIGKILL, f"lost: supervisor error: {exc!r}")
+            return 1
+        if os.WIFSIGNALED(status):
+            self.finish(None, os.WTERMSIG(status), self.reason)
+        else:
+            self.finish(os.WEXITSTATUS(status), None, self.reason)
+        return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m hybridctl_agent.supervise <jobdir>\n")
+        return 2
+    jobdir = Path(args[0])
+    # Detach: the agent waits for this first process only; the grandchild that supervises the
+    # job is re-parented to init (or a subreaper) and so is never the agent's child.
+    if os.fork() > 0:
+        os._exit(0)
+    try:
+        return Supervisor(jobdir).run()
+    except BaseException:
+        _log("supervisor crashed:\n" + traceback.format_exc())
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
