@@ -48,6 +48,8 @@ class NodeConfig:
 class SchedulerConfig:
     tick_seconds: float = 5.0
     """A scheduling pass also runs this often, besides on every submit, job end and node change."""
+    min_interval: float = 0.05
+    """Seconds a pass waits after being woken, so a burst of submits or job ends makes one pass."""
     fairshare_half_life_h: float = 168.0
     """Recent GPU-hours count for fair share with this half-life (hours)."""
     user_gpu_quota: Mapping[str, int] = field(default_factory=dict)
@@ -74,8 +76,147 @@ class FleetConfig:
     """Reach agents through `hybridctl-agent bridge` on an exec channel instead of stream-local forwarding."""
     agent_command: str = "hybridctl-agent"
     """The agent command on nodes (for the bridge)."""
+    checkpoint_sync_interval: float = 60.0
+    """Seconds between copies of a running job's checkpoint directory back to the controller
+    (changed files only). A node lost without notice costs at most this much work."""
     log_pull_cap_mb: int = 64
     """When a job ends, up to this much of each of its logs is copied back to the controller."""
+
+
+@dataclass(frozen=True)
+class BurstConfig:
+    """When to rent cloud nodes and the limits that are never crossed (`cloud.burst`)."""
+
+    after: float = 120.0
+    """A job that fits on no on-prem node bursts once it has waited this long (s). Jobs with
+    `placement: cloud` go at once; `placement: onprem` never bursts."""
+    idle_timeout: float = 600.0
+    """A cloud node idle this long (s) is drained and terminated."""
+    allow_on_demand: bool = False
+    """Fall back to on-demand offers when spot is refused (and serve jobs with use_spot: false)."""
+    max_nodes: int = 4
+    """At most this many cloud nodes at once (starting ones included)."""
+    max_hourly_usd: float = 20.0
+    """The cloud nodes held may cost at most this much per hour together."""
+    budget_usd: float = 200.0
+    """Spend per budget period; a launch must leave `budget_reserve_h` of burn in it, and every
+    cloud node is given back before it would be crossed."""
+    budget_period: str = "month"
+    """day, week (from Monday) or month, in UTC."""
+    budget_reserve_h: float = 1.0
+    """Hours of the whole cloud fleet's burn a launch must leave room for in the budget."""
+    backoff: float = 300.0
+    """After a capacity error, that offer's pool is not asked again for this long (s)."""
+    spread_penalty: float = 0.15
+    """Several nodes spread over pools of similar price: each node already in a pool makes it look
+    this much (fraction) dearer."""
+    count_freeing_within: float = 0.0
+    """On-prem jobs whose time limit ends within this many seconds count as already free when
+    deciding that the fleet is saturated (0 = only what is free now)."""
+
+
+@dataclass(frozen=True)
+class SimulatedCloudConfig:
+    """The simulated provider: real agent processes behind real SSH on loopback, sold from the
+    catalog with drifting spot prices, capacity limits and preemptions (`cloud.simulated`)."""
+
+    dir: str = ""
+    """Where its machines live; empty = <home>/cloud/simulated."""
+    launch_delay: float = 5.0
+    """Seconds from launch until a machine is reported running."""
+    capacity_per_pool: int = 8
+    """At most this many machines per (zone, instance type, market); more is a capacity error."""
+    capacity_errors: tuple[str, ...] = ()
+    """Instance types (or zone/type) that always answer with a capacity error."""
+    preemption_rate_per_h: float = 0.0
+    """Expected spot reclaims per machine-hour (0 = none)."""
+    preemption_warning: float = 120.0
+    """Seconds of notice before a reclaim."""
+    price_drift: float = 0.2
+    """Spot prices swing by up to this fraction around the catalog's."""
+    seed: int = 0
+    """Seed of preemption times and price phases: the same seed gives the same market."""
+    agent_interval: float = 1.0
+    """Telemetry interval of the machines' agents (s)."""
+
+
+@dataclass(frozen=True)
+class AwsCloudConfig:
+    """The aws provider (boto3 EC2). Credentials come from boto3's usual chain, never from here."""
+
+    regions: tuple[str, ...] = ("us-east-1",)
+    """Regions to buy in (their offers come from the catalog, refreshed from the API)."""
+    image_id: str = ""
+    """AMI to launch (needs python3 and sshd; a Deep Learning AMI has the NVIDIA driver)."""
+    key_name: str = ""
+    """EC2 key pair for the SSH user; empty = the controller's cloud key is passed in user data."""
+    security_group_ids: tuple[str, ...] = ()
+    """Must allow SSH from the controller."""
+    ssh_user: str = "ubuntu"
+    use_private_ip: bool = False
+    """SSH to the private address (controller inside the VPC) instead of the public one."""
+    endpoint_url: str = ""
+    """EC2 endpoint override (tests point it at a local moto server)."""
+
+
+@dataclass(frozen=True)
+class CommandCloudConfig:
+    """The command provider: admin scripts for any other cloud or VM pool (Slurm's
+    ResumeProgram/SuspendProgram); their JSON contract is in docs/cloud.md."""
+
+    create: str = ""
+    """Command that creates one instance (JSON request on stdin, the instance on stdout)."""
+    delete: str = ""
+    """Command that deletes one instance; must succeed for an unknown id."""
+    list: str = ""
+    """Command that lists instances carrying given tags."""
+    offers: str = ""
+    """Command that prints the offers; empty = the catalog's."""
+    timeout: float = 600.0
+    """Seconds one command may run."""
+    ssh_user: str = ""
+    """SSH user on its instances when the script does not say; empty = the controller's user."""
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Cloud bursting (`cloud:`): off unless `enabled`."""
+
+    enabled: bool = False
+    """Rent cloud nodes when the on-prem fleet is saturated."""
+    providers: tuple[str, ...] = ("simulated",)
+    """Providers to buy from, cheapest offer first across all: simulated, aws, command."""
+    catalog: str = ""
+    """Offer catalog YAML; empty = config/offers.yaml shipped with hybridctl."""
+    cluster: str = "hybridctl"
+    """Value of the hybridctl-cluster tag on everything this controller creates (leak sweeps
+    terminate tagged instances it has no record of)."""
+    poll_interval: float = 10.0
+    """Seconds between autoscaler passes (offers, instances, notices, costs, decisions)."""
+    offers_refresh: float = 3600.0
+    """Seconds between refreshes of prices and availability from the providers' APIs."""
+    orphan_timeout: float = 900.0
+    """A cloud node's agent that hears nothing from the controller this long shuts the instance
+    down by itself (0 = never)."""
+    leak_grace: float = 600.0
+    """A tagged instance with no record is terminated once it is this old (s)."""
+    bootstrap_timeout: float = 600.0
+    """A launched node must join the fleet within this long, else it is terminated and another
+    offer is tried."""
+    identity: str = ""
+    """SSH private key for cloud nodes; empty = <home>/cloud/id_ed25519 (created on first use)."""
+    preemption_grace: float = 30.0
+    """On a preemption notice, jobs get SIGTERM and this long before SIGKILL."""
+    workdir_cap_mb: int = 512
+    """A job's workdir is uploaded to its cloud node before it starts; larger is an error."""
+    workdir_excludes: tuple[str, ...] = (".git", "__pycache__", "*.pyc", ".venv", "node_modules")
+    """Names (glob patterns) left out of workdir uploads."""
+    output_cap_mb: int = 2048
+    """At most this much of HYBRIDCTL_OUTPUT_DIR comes back from a cloud node per job."""
+    burst: BurstConfig = field(default_factory=BurstConfig)
+    simulated: SimulatedCloudConfig = field(default_factory=SimulatedCloudConfig)
+    aws: AwsCloudConfig = field(default_factory=AwsCloudConfig)
+    command: CommandCloudConfig = field(default_factory=CommandCloudConfig)
 
 
 @dataclass(frozen=True)
@@ -94,6 +235,8 @@ class Settings:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     nodes: tuple[NodeConfig, ...] = ()
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    """Cloud bursting: providers, burst policy and limits."""
 
     @property
     def home_path(self) -> Path:
@@ -192,6 +335,12 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", n.name):
                 raise ConfigError(f"{source}: {dotted}[{i}].name: {n.name!r} is not a valid node name; use letters, digits, '.', '_' and '-'")
         return nodes
+    if text.startswith("tuple[str"):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {dotted}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if hint in (int, float) or text in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {dotted}: {value!r} is not a number")

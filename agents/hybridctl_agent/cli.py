@@ -38,6 +38,7 @@ def serve(args: argparse.Namespace) -> int:
         cfg = config.load(args.config, {
             "socket": args.socket, "state_dir": args.state_dir, "name": args.name,
             "interval": args.interval, "history": args.history, "gpu_source": args.gpu_source,
+            "orphan_timeout": args.orphan_timeout, "orphan_command": args.orphan_command,
             "simulate": config.parse_simulate(args.simulate_gpus) if args.simulate_gpus else None,
         })
         return asyncio.run(Agent(cfg).run())
@@ -147,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu-source", choices=config.GPU_SOURCES, help="where GPUs come from")
     s.add_argument("--interval", type=float, help="seconds between samples (default 1)")
     s.add_argument("--history", type=float, help="seconds of samples kept (default 600)")
+    s.add_argument("--orphan-timeout", type=float, metavar="S",
+                   help="cloud nodes: exit (after --orphan-command) when no request came for S seconds")
+    s.add_argument("--orphan-command", metavar="CMD", help="shell command run on orphan timeout")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     s.set_defaults(func=serve)
     b = sub.add_parser("bridge", help="connect stdin/stdout to the agent socket (SSH exec)")

@@ -73,6 +73,11 @@ class AgentConfig:
     nvml_library: Optional[str] = None
     """Load libnvidia-ml from this path instead of the loader's default."""
     health: HealthConfig = field(default_factory=HealthConfig)
+    orphan_timeout: float = 0.0
+    """Cloud nodes: with no request from the controller for this many seconds, run
+    `orphan_command` and exit, so a dead controller cannot run up a bill (0 = never)."""
+    orphan_command: Optional[str] = None
+    """Shell command run on orphan timeout, e.g. `sudo -n shutdown -h now`."""
 
     @property
     def rootless(self) -> bool:

@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from typing import Dict, Optional
 
 from hybridctl_agent.config import AgentConfig
@@ -77,6 +78,8 @@ class Agent:
         tasks: Dict[str, asyncio.Task] = {
             "telemetry": asyncio.create_task(self.telemetry.run(), name="telemetry"),
         }
+        if self.cfg.orphan_timeout > 0:
+            tasks["orphan"] = asyncio.create_task(self._orphan_guard(stop), name="orphan")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         code = 0
         try:
@@ -100,3 +103,23 @@ class Agent:
             else:
                 self.gpus.close()
         return code
+
+    async def _orphan_guard(self, stop: asyncio.Event) -> None:
+        """With no request for `orphan_timeout`, run `orphan_command` (power the instance off) and
+        stop. Never returns: the stop event ends the agent."""
+        limit = self.cfg.orphan_timeout
+        while True:
+            idle = time.monotonic() - self.ops.last_request
+            if idle >= limit:
+                break
+            await asyncio.sleep(max(0.1, min(limit - idle, 5.0)))
+        log.warning("no request from the controller for %.0fs (orphan timeout); %s", idle,
+                    f"running {self.cfg.orphan_command!r} and stopping" if self.cfg.orphan_command
+                    else "stopping")
+        if self.cfg.orphan_command:
+            proc = await asyncio.create_subprocess_shell(self.cfg.orphan_command,
+                                                         stdin=asyncio.subprocess.DEVNULL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 60)
+        stop.set()
+        await asyncio.Event().wait()

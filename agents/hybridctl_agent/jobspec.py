@@ -45,6 +45,26 @@ class LaunchPlan:
     kill_grace: float
 
 
+def iface_for(addr: str) -> Optional[str]:
+    """The network interface this host would use to reach `addr` (None if unknown)."""
+    import socket
+
+    import psutil
+
+    try:
+        infos = socket.getaddrinfo(addr, 9, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(sockaddr)  # UDP connect sends nothing: it only asks the kernel for a route
+            local = s.getsockname()[0]
+    except OSError:
+        return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == local for a in addrs):
+            return name
+    return None
+
+
 def job_id(key: str) -> str:
     """The job part of a key: the text before the first '.' (`42_3.1` -> `42_3`)."""
     return key.split(".", 1)[0]
@@ -162,6 +182,14 @@ def plan_launch(job: Any, *, node: str, gpu_indices: Sequence[int], rootless: bo
            "LOGNAME": account.user, "SHELL": account.shell,
            "LANG": os.environ.get("LANG") or "C.UTF-8"}
     env.update(envs)
+    rendezvous = _typed(job, "rendezvous_addr", (str,), "an address")
+    if rendezvous:
+        # Multi-NIC servers: make gloo/NCCL use the interface that carries the rendezvous address,
+        # unless the job chose one itself.
+        iface = iface_for(rendezvous)
+        if iface:
+            for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+                env.setdefault(var, iface)
     # Set last so a job's own envs cannot undo the GPU pinning.
     env.update({"CUDA_VISIBLE_DEVICES": cvd, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                 "HYBRIDCTL_JOB_ID": job_id(key), "HYBRIDCTL_JOB_KEY": key,

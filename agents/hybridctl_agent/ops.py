@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List
 
 import psutil
@@ -16,7 +18,7 @@ from hybridctl_agent import jobfiles as jf
 from hybridctl_agent.config import AgentConfig
 from hybridctl_agent.gpus import GpuSource
 from hybridctl_agent.jobs import JobManager
-from hybridctl_agent.jobspec import plan_launch
+from hybridctl_agent.jobspec import job_id, plan_launch
 from hybridctl_agent.logs import read_range
 from hybridctl_agent.protocol import BAD_REQUEST, REFUSED, AgentError, field
 from hybridctl_agent.telemetry import Telemetry
@@ -40,6 +42,8 @@ class Ops:
         self.jobs = jobs
         self.telemetry = telemetry
         self.boot_id = uuid.uuid4().hex
+        self.last_request = time.monotonic()
+        """When the last request was served (the orphan guard's clock)."""
         self.table: Dict[str, Callable[[Dict[str, Any]], Awaitable[Answer]]] = {
             "hello": self.hello, "sample": self.sample, "launch": self.launch,
             "jobs": self.list_jobs, "cancel": self.cancel, "logs": self.logs,
@@ -47,6 +51,7 @@ class Ops:
         }
 
     async def dispatch(self, req: Dict[str, Any]) -> Answer:
+        self.last_request = time.monotonic()
         op = req.get("op")
         handler = self.table.get(op) if isinstance(op, str) else None
         if handler is None:
@@ -61,6 +66,7 @@ class Ops:
             "cpus": os.cpu_count() or 1,
             "memory_mb": psutil.virtual_memory().total // (1024 * 1024),
             "uid": os.geteuid(), "rootless": self.cfg.rootless,
+            "checkpoint_root": str(Path(self.cfg.state_dir) / "checkpoints"),
             "interval_s": self.cfg.interval, "history_s": self.cfg.history,
         }
 
@@ -80,7 +86,20 @@ class Ops:
                            gpu_indices=[g.index for g in self.gpus.inventory()],
                            rootless=self.cfg.rootless, job_path=self.cfg.job_path,
                            kill_grace=self.cfg.kill_grace)
+        ckpt = self.checkpoint_dir(plan.key)
+        ckpt.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if plan.run_as is not None:  # restored files arrive as the SSH user: hand them all over
+            for root, dirs, files in os.walk(ckpt):
+                for name in [*dirs, *files]:
+                    os.lchown(os.path.join(root, name), plan.run_as.uid, plan.run_as.gid)
+            os.chown(ckpt, plan.run_as.uid, plan.run_as.gid)
+        plan.env["HYBRIDCTL_CHECKPOINT_DIR"] = str(ckpt)
         return {"job": await self.jobs.launch(plan)}
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """Where a job checkpoints on this node: one directory per job (or array task), kept across
+        its attempts here; the controller syncs it over SFTP and restores it before a restart."""
+        return Path(self.cfg.state_dir) / "checkpoints" / job_id(key)
 
     async def list_jobs(self, req: Dict[str, Any]) -> Answer:
         """Every job record, and a `version` digest of their states. With `since` (a version the

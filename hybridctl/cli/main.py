@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from hybridctl.core.errors import HybridctlError, SpecError
+from hybridctl.cli import cloud as cloud_cli  # stdlib only, like the rest of this path
+from hybridctl.core.errors import HybridctlError
 
 
 class ExitCode(enum.IntEnum):
@@ -57,31 +58,31 @@ def _out(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
-    from hybridctl.core import spec as specmod
-
-    data: dict[str, Any] = {}
+    # Only the stdlib here: the controller parses and validates the file and the flags (once, for
+    # every client), and its errors come back naming the file, the field and the value.
+    text = None
+    base_dir = None
     source = "command line"
     if args.file:
         source = args.file
         try:
             text = Path(args.file).read_text()
         except OSError as exc:
-            raise SpecError("FILE", args.file, f"cannot read it ({exc.strerror}); give a job YAML file") from exc
-        data = specmod.load_yaml(text, source)
-    workdir = os.path.abspath(args.workdir) if args.workdir else None
-    data = specmod.apply_flags(
-        data, gpus=args.gpus, gpu_type=args.gpu_type, cpus=args.cpus, memory=args.memory, name=args.name,
-        priority=args.priority, time_limit=args.time_limit, array=args.array, envs=args.env or None,
-        run=command or None, num_nodes=args.nodes, placement=args.placement, max_restarts=args.max_restarts,
-        depends_on=args.dependency, workdir=workdir,
-    )
-    if data.get("workdir") and args.file and not os.path.isabs(str(data["workdir"])):
-        data["workdir"] = str((Path(args.file).resolve().parent / str(data["workdir"])).resolve())
-    _spec, warnings = specmod.parse_spec(data, source)  # fail fast, before the round trip
-    for w in warnings:
-        print(f"hybridctl: warning: {w}", file=sys.stderr)
+            print(f"hybridctl: {args.file}: cannot read the job file ({exc.strerror})", file=sys.stderr)
+            return ExitCode.USAGE
+        base_dir = os.path.dirname(os.path.abspath(args.file))
+    flags = {
+        "gpus": args.gpus, "gpu_type": args.gpu_type, "cpus": args.cpus, "memory": args.memory, "name": args.name,
+        "priority": args.priority, "time_limit": args.time_limit, "array": args.array, "envs": args.env or None,
+        "run": command or None, "num_nodes": args.nodes, "placement": args.placement,
+        "max_restarts": args.max_restarts, "depends_on": args.dependency,
+        "workdir": os.path.abspath(args.workdir) if args.workdir else None,
+    }
     with _client() as c:
-        res = c.call("submit", spec=data, source=source, full=bool(args.json))
+        res = c.call("submit", yaml=text, source=source, base_dir=base_dir,
+                     flags={k: v for k, v in flags.items() if v is not None}, full=bool(args.json))
+    for w in res.get("warnings", []):
+        print(f"hybridctl: warning: {w}", file=sys.stderr)
     if args.json:
         _out(args, res["job"], "")
     else:
@@ -144,6 +145,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if s.get("workdir"):
         lines.append(f"  workdir    {s['workdir']}")
     lines.append("  run        " + s["run"].strip().replace("\n", "\n             "))
+    if job.get("wait_or_pay"):
+        lines.append(f"  wait/pay   {job['wait_or_pay']['text']}")
     print("\n".join(lines))
     print()
     tasks = job["tasks"]
@@ -215,10 +218,29 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         return ExitCode.OK
     out = []
     for n in rows:
-        models = sorted({g["model"] for g in n["gpus"]})
-        out.append([n["name"], n["site"], n["state"], f"{n['gpus_used']}/{n['gpus_total']}", ",".join(models),
-                    f"{n['cpus'] - n['cpus_free']:g}/{n['cpus']:g}", n["state_reason"]])
-    print(o.table(["NODE", "SITE", "STATE", "GPUS", "MODEL", "CPUS", "REASON"], out, max_last=30))
+        models = sorted({g["model"].replace("NVIDIA ", "") for g in n["gpus"]})
+        tel = n.get("telemetry") or {}
+        gpus = tel.get("gpus") or []
+        util = [g["util_gpu"] for g in gpus if g.get("util_gpu") is not None]
+        used = sum(g.get("mem_used_mb") or 0 for g in gpus)
+        total = sum(g.get("mem_total_mb") or 0 for g in gpus)
+        temps = [g["temp_c"] for g in gpus if g.get("temp_c") is not None]
+        sick = [str(g["index"]) for g in n["gpus"] if not g.get("healthy", True)]
+        foreign = [str(g["index"]) for g in n["gpus"] if g.get("foreign")]
+        reason = n["state_reason"] or n.get("link_error") or ""
+        notes = []
+        if sick:
+            notes.append(f"GPU {','.join(sick)} unhealthy")
+        if foreign:
+            notes.append(f"GPU {','.join(foreign)} foreign")
+        if reason:
+            notes.append(reason)
+        reason = "; ".join(notes)
+        out.append([n["name"], n["state"], f"{n['gpus_used']}/{n['gpus_total']}", ",".join(models),
+                    f"{sum(util) / len(util):.0f}%" if util else "-",
+                    f"{used / 1024:.0f}/{total / 1024:.0f}G" if total else "-",
+                    f"{max(temps)}C" if temps else "-", reason])
+    print(o.table(["NODE", "STATE", "GPUS", "MODEL", "UTIL", "GPU MEM", "TEMP", "REASON"], out, max_last=40))
     return ExitCode.OK
 
 
@@ -272,6 +294,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 return ExitCode.OK
             if not data:
                 time.sleep(0.5)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hybridctl import demo
+
+    return demo.run(nodes=args.nodes, gpus=args.gpus, headless=args.headless, duration=args.duration,
+                    as_json=args.json, rate_per_min=args.rate, keep=args.keep)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """The terminal UI; textual is imported here only, so other commands never load it."""
+    from hybridctl.tui.app import main as tui_main
+
+    return tui_main(readonly=getattr(args, "readonly", False), interval=getattr(args, "interval", 1.0))
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -376,14 +412,33 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     lg.add_argument("--rank", type=int, default=0, help="which node of a multi-node job (default 0)")
 
+    dm = sub.add_parser("demo", help="a whole simulated lab on this machine (no root, no config)",
+                        description="Start simulated GPU servers reached over real SSH on loopback, a controller "
+                        "and a workload; open the TUI, or run --headless for --duration seconds.")
+    dm.add_argument("--nodes", type=int, default=4, help="simulated on-prem servers (default 4)")
+    dm.add_argument("--gpus", type=int, default=8, help="GPUs per server (default 8)")
+    dm.add_argument("--headless", action="store_true", help="no TUI: run, then print a summary")
+    dm.add_argument("--duration", type=float, default=60.0, help="seconds to run headless (default 60)")
+    dm.add_argument("--rate", type=float, help="jobs submitted per minute (default fills the fleet)")
+    dm.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    dm.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    tu = sub.add_parser("tui", help="the terminal UI (also what `hybridctl` with no command opens)")
+    tu.add_argument("--readonly", action="store_true", help="look only: every action is disabled")
+    tu.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period in seconds (default 1)")
+
+    cloud_cli.add_parser(sub)
+
     sv = sub.add_parser("server", help="run the controller in the foreground")
     sv.add_argument("--config", metavar="FILE", help="config YAML (default $HYBRIDCTL_CONFIG or /etc/hybridctl/config.yaml)")
     return p
 
 
 COMMANDS = {
+    "cloud": cloud_cli.cmd_cloud,
     "queue": cmd_queue, "show": cmd_show, "cancel": cmd_cancel, "priority": cmd_priority, "usage": cmd_usage,
     "nodes": cmd_nodes, "node": cmd_node, "server": cmd_server, "logs": cmd_logs,
+    "demo": cmd_demo, "tui": cmd_tui,
 }
 
 EXIT_BY_TYPE = {"PermissionDenied": ExitCode.DENIED, "NotFound": ExitCode.NOT_FOUND}
@@ -401,8 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("a command after -- is only accepted by `submit`")
     try:
         if args.cmd is None:
-            parser.print_help()
-            return ExitCode.OK
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):
+                parser.print_help()  # not a terminal (a script, a pipe): no TUI to open
+                return ExitCode.OK
+            return cmd_tui(args)
         if args.cmd == "submit":
             return cmd_submit(args, command)
         return COMMANDS[args.cmd](args)
@@ -412,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # stdout was closed early (`hybridctl queue | head`): not an error. The client never lets a
+        # broken controller socket surface as BrokenPipeError (it raises ControllerUnavailable).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
         return ExitCode.OK
 
 

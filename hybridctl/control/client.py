@@ -68,9 +68,11 @@ class Client:
     def close(self) -> None:
         if self._sock is not None:
             try:
-                self._file.close()
-                self._sock.close()
+                self._file.close()  # flushes: may raise BrokenPipeError if the controller died
+            except OSError:
+                pass
             finally:
+                self._sock.close()
                 self._sock = None
                 self._file = None
 

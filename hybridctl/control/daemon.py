@@ -84,6 +84,10 @@ class Daemon:
             asyncio.create_task(self._schedule_loop(), name="schedule"),
             asyncio.create_task(self.fleet.monitor(), name="fleet-monitor"),
         ]
+        if self.settings.cloud.enabled:  # rent cloud nodes when saturated (docs/cloud.md)
+            from hybridctl.control.autoscaler import Autoscaler
+
+            tasks.append(asyncio.create_task(Autoscaler(self.controller, self.fleet).run(), name="autoscaler"))
         try:
             stop = asyncio.create_task(self.stop_event.wait(), name="stop")
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -113,12 +117,19 @@ class Daemon:
     async def _schedule_loop(self) -> None:
         assert self.controller is not None
         tick = self.settings.scheduler.tick_seconds
+        gap = self.settings.scheduler.min_interval
+        last_checkpoint = time.monotonic()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=tick)
+            # Coalesce a burst of submits into one pass (Slurm's batch_sched_delay, much shorter):
+            # replies have already gone out, so waiting costs clients nothing.
+            await asyncio.sleep(gap)
             self.wake.clear()
-            # Coalesce a burst of submits into one pass: yield once so queued requests land first.
-            await asyncio.sleep(0)
+            if time.monotonic() - last_checkpoint > 5.0:
+                last_checkpoint = time.monotonic()
+                assert self.store is not None
+                await asyncio.to_thread(self.store.checkpoint)
             started = time.perf_counter()
             decision = self.controller.schedule()
             for node in {p.node for p in decision.placements}:

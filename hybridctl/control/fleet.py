@@ -13,7 +13,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from hybridctl.core.model import NodeState
+from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.core.reconcile import (
     AgentJob,
     Finished,
@@ -22,6 +22,7 @@ from hybridctl.core.reconcile import (
     Started,
     Stop,
     Vanished,
+    parse_key,
     reconcile,
 )
 from hybridctl.ssh.link import AgentLink, AgentRefused, HostKeyRefused, NodeUnreachable, Target, connect
@@ -46,6 +47,8 @@ class NodeSession:
         self.last_ok = time.monotonic()
         self.error = "not contacted yet"
         self.task: asyncio.Task[None] | None = None
+        self._files: Any = None
+        self._last_sync = time.monotonic()
 
     async def run(self) -> None:
         backoff = 0.25
@@ -56,13 +59,19 @@ class NodeSession:
                 self.hello = await self.link.call("hello")
                 self.fleet.on_hello(self, self.hello)
                 backoff = 0.25
-                while True:
-                    await self.poll()
-                    try:
-                        await asyncio.wait_for(self.kick.wait(), self.fleet.interval)
-                    except asyncio.TimeoutError:
-                        pass
-                    self.kick.clear()
+                watcher = asyncio.create_task(self.watch(await self.link.second_channel()), name=f"watch:{self.name}")
+                try:
+                    while True:
+                        await self.poll()
+                        try:
+                            await asyncio.wait_for(self.kick.wait(), self.fleet.interval)
+                        except asyncio.TimeoutError:
+                            pass
+                        self.kick.clear()
+                        if watcher.done():
+                            watcher.result()  # re-raises why the watch channel broke
+                finally:
+                    watcher.cancel()
             except HostKeyRefused as exc:
                 self.error = exc.message
                 log.error("%s", exc.message)
@@ -72,11 +81,27 @@ class NodeSession:
                 self.error = exc.message
                 log.warning("%s", exc.message)
             finally:
+                self._files = None
                 if self.link is not None:
                     await self.link.close()
                     self.link = None
             await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
             backoff = min(backoff * 2, 15.0)
+
+    async def watch(self, channel: AgentLink) -> None:
+        """Long-poll the agent's job list on a second channel; kick the session the moment a job
+        changes state, so a job's end is recorded (and its GPUs reused) within milliseconds."""
+        version = None
+        try:
+            while True:
+                wait = max(1.0, self.fleet.interval * 4)
+                res = await channel.call("jobs", timeout=wait + 30, wait=wait,
+                                         **({} if version is None else {"since": version}))
+                if version is not None and res.get("version") != version:
+                    self.kick.set()
+                version = res.get("version")
+        finally:
+            await channel.close()
 
     async def poll(self) -> None:
         link = self.link
@@ -91,6 +116,66 @@ class NodeSession:
         self.error = ""
         self.fleet.on_alive(self)
         await self.converge(listing.get("jobs", []))
+        if time.monotonic() - self._last_sync >= self.fleet.controller.settings.fleet.checkpoint_sync_interval:
+            self._last_sync = time.monotonic()
+            for rank in self.fleet.controller.active_ranks(self.name):
+                if rank.rank == 0 and rank.state is JobStatus.RUNNING:
+                    await self.sync_checkpoint(rank.key)
+
+    async def files(self) -> Any:
+        """File access to the node (SFTP on the node's connection, or the local filesystem)."""
+        from hybridctl.control.checkpoints import LocalFiles, SftpFiles
+        from hybridctl.ssh.link import NodeUnreachable as _Unreachable
+
+        if self._files is None:
+            assert self.link is not None
+            conn = self.link.ssh_connection
+            if conn is None:
+                self._files = LocalFiles()
+            else:
+                try:
+                    self._files = SftpFiles(await conn.start_sftp_client())
+                except Exception as exc:  # asyncssh errors stop here
+                    raise _Unreachable(f"node {self.name}: SFTP is not available: {exc}") from exc
+        return self._files
+
+    def _remote_checkpoint_dir(self, key: str) -> str | None:
+        root = (self.hello or {}).get("checkpoint_root")
+        return f"{root}/{key.split('.', 1)[0]}" if root else None
+
+    async def sync_checkpoint(self, key: str) -> None:
+        """Pull rank 0's checkpoint directory (changed files only) into the controller's store."""
+        from hybridctl.control.checkpoints import pull
+        from hybridctl.core.reconcile import parse_key
+
+        parsed = parse_key(key)
+        remote = self._remote_checkpoint_dir(key)
+        if parsed is None or parsed[3] != 0 or remote is None:
+            return
+        try:
+            copied = await pull(await self.files(), remote, self.fleet.controller.checkpoint_path(key))
+        except (OSError, NodeUnreachable) as exc:
+            log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
+            return
+        except Exception as exc:
+            if type(exc).__module__.startswith("asyncssh"):
+                log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
+                return
+            raise
+        if copied:
+            self.fleet.controller.checkpoint_synced(key, copied)
+
+    async def restore_checkpoint(self, key: str) -> None:
+        """Put the controller's latest copy of a job's checkpoint on this node before it starts."""
+        from hybridctl.control.checkpoints import push
+
+        local = self.fleet.controller.checkpoint_path(key)
+        remote = self._remote_checkpoint_dir(key)
+        if remote is None or not local.is_dir():
+            return
+        sent = await push(await self.files(), local, remote)
+        if sent:
+            log.info("restored %d bytes of checkpoint for %s onto %s", sent, key, self.name)
 
     async def converge(self, records: list[dict[str, Any]]) -> None:
         ctl = self.fleet.controller
@@ -103,6 +188,7 @@ class NodeSession:
         changed = False
         for action in reconcile(ctl.active_ranks(self.name), agent_jobs):
             if isinstance(action, Launch):
+                await self.restore_checkpoint(action.rank.key)
                 payload = ctl.launch_payload(action.rank, self.name)
                 try:
                     answer = await link.call("launch", job=payload)
@@ -118,8 +204,9 @@ class NodeSession:
             elif isinstance(action, Started):
                 ctl.mark_running(action.job_id, action.task)
             elif isinstance(action, Finished):
+                await self.sync_checkpoint(action.key)
                 await self.pull_logs(action.key)
-                ctl.finish(action.job_id, action.task, action.exit_code, action.reason, status=action.status)
+                ctl.rank_finished(action.key, action.exit_code, action.reason, action.status)
                 await link.call("forget", key=action.key)
                 changed = True
             elif isinstance(action, Vanished):
@@ -128,6 +215,9 @@ class NodeSession:
             elif isinstance(action, Stop):
                 await link.call("cancel", key=action.key, grace=ctl.settings.fleet.poll_interval * 10)
             elif isinstance(action, Forget):
+                if parse_key(action.key) is not None:
+                    await self.sync_checkpoint(action.key)  # e.g. the final checkpoint of a preempted job
+                    await self.pull_logs(action.key)  # a stopped rank or a straggler: keep its output too
                 await link.call("forget", key=action.key)
                 ctl.release(action.key)
         if changed:

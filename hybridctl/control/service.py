@@ -15,6 +15,8 @@ from hybridctl.core import schedule as sched
 from hybridctl.core.errors import HybridctlError, PermissionDenied, SpecError, Unschedulable
 from hybridctl.core.model import (
     ClusterView,
+    GpuSlot,
+    NodeView,
     JobStatus,
     NodeState,
     Policy,
@@ -41,6 +43,23 @@ def parse_job_ref(ref: object) -> tuple[int, int | None]:
     return int(head), int(tail) if tail else None
 
 
+def rendezvous_env(rank: Any, ips: Sequence[str], gpus_per_node: int) -> dict[str, str]:
+    """What every rank of a multi-node job gets, so `torchrun` and SkyPilot-style scripts work
+    unchanged. WORLD_SIZE counts processes (nodes × processes per node, torch's meaning); RANK and
+    LOCAL_RANK describe the node's first process, which is right for one process per node and is
+    overridden by torchrun for its workers."""
+    nproc = max(1, gpus_per_node)
+    port = 29500 + (rank.job_id * 131 + rank.task * 17 + rank.attempt) % 2000
+    return {
+        "MASTER_ADDR": ips[0], "MASTER_PORT": str(port), "NNODES": str(len(ips)), "NODE_RANK": str(rank.rank),
+        "NPROC_PER_NODE": str(nproc), "WORLD_SIZE": str(len(ips) * nproc), "RANK": str(rank.rank * nproc),
+        "LOCAL_RANK": "0", "HYBRIDCTL_NODE_IPS": "\n".join(ips), "HYBRIDCTL_NUM_NODES": str(len(ips)),
+        "HYBRIDCTL_NODE_RANK": str(rank.rank), "SKYPILOT_NODE_RANK": str(rank.rank),
+        "SKYPILOT_NODE_IPS": "\n".join(ips), "SKYPILOT_NUM_NODES": str(len(ips)),
+        "SKYPILOT_NUM_GPUS_PER_NODE": str(gpus_per_node),
+    }
+
+
 class Controller:
     """Request handlers plus the scheduling pass. `clock` is injectable for tests."""
 
@@ -58,6 +77,9 @@ class Controller:
         )
         self._usage_cache: tuple[float, dict[str, float]] = (0.0, {})
         self.fleet: Fleet | None = None
+        self._shape_cache: tuple[int, list[Any] | None] = (-1, None)
+        self.checkpoint_bytes: dict[str, int] = {}
+        """Bytes of checkpoint copied back per job label since the controller started (for benches)."""
 
     # ---- dispatch -------------------------------------------------------------------------------
 
@@ -73,8 +95,24 @@ class Controller:
     def op_ping(self, caller: Caller) -> dict[str, Any]:
         return {"user": caller.user, "uid": caller.uid, "admin": caller.admin, "schema": self.store.schema_version}
 
-    def op_submit(self, caller: Caller, spec: dict[str, Any], source: str = "", full: bool = False) -> dict[str, Any]:
-        job, warnings = parse_spec(spec, source)
+    def op_submit(
+        self, caller: Caller, spec: dict[str, Any] | None = None, yaml: str | None = None, source: str = "",
+        flags: dict[str, Any] | None = None, base_dir: str | None = None, full: bool = False,
+    ) -> dict[str, Any]:
+        """Queue a job. `spec` is a user-level mapping, or `yaml` the text of a job file named `source`;
+        `flags` are command-line overrides (as typed); a relative `workdir` in the file is taken
+        relative to `base_dir` (the file's directory). All validation happens here, once."""
+        from hybridctl.core.spec import apply_flags, load_yaml
+
+        data: dict[str, Any] = load_yaml(yaml, source) if yaml is not None else dict(spec or {})
+        if flags:
+            data = apply_flags(data, **flags)
+        workdir = data.get("workdir")
+        if base_dir and isinstance(workdir, str) and workdir and not workdir.startswith(("/", "~")):
+            import os.path
+
+            data["workdir"] = os.path.normpath(os.path.join(base_dir, workdir))
+        job, warnings = parse_spec(data, source)
         limit = 1000 if caller.admin else self.settings.max_user_priority
         if job.priority > limit:
             raise PermissionDenied(
@@ -86,15 +124,27 @@ class Controller:
             self.store.job_owner(dep)  # NotFound names the missing job
         who = Submitter(caller.uid, caller.user, caller.gid, caller.group)
         job_id = self.store.submit(job, who, self.clock())
-        log.info("job %d submitted by %s (%s)", job_id, caller.user, job.resources.describe())
+        log.debug("job %d submitted by %s (%s)", job_id, caller.user, job.resources.describe())
         self.on_change()
         out: dict[str, Any] = {"id": job_id, "warnings": warnings}
         if full:
             out["job"] = self.store.job(job_id)
         return out
 
+    def _fleet_shape(self) -> list[Any]:
+        """Every node as if empty and up: what `never_fits` needs. Cached until a node's shape changes."""
+        version, shape = self._shape_cache
+        if version != self.store.fleet_version or shape is None:
+            shape = [
+                NodeView(n.name, tuple(GpuSlot(int(g["index"]), str(g["model"])) for g in n.gpus), n.cpus, n.cpus,
+                         n.memory_mb, n.memory_mb, NodeState.UP, n.site)
+                for n in self.store.nodes()
+            ]
+            self._shape_cache = (self.store.fleet_version, shape)
+        return shape
+
     def _check_fits(self, resources: Any, num_nodes: int, placement: str) -> None:
-        nodes = [n for n in self.store.node_views() if placement == "any" or n.site == placement]
+        nodes = [n for n in self._fleet_shape() if placement == "any" or n.site == placement]
         if not nodes:
             return
         msg = sched.never_fits(nodes, resources, num_nodes)
@@ -114,7 +164,10 @@ class Controller:
 
     def op_show(self, caller: Caller, job: str) -> dict[str, Any]:
         job_id, _task = parse_job_ref(job)
-        return self.store.job(job_id)
+        out = self.store.job(job_id)
+        if any(t["state"] == "PENDING" for t in out["tasks"]):
+            out["wait_or_pay"] = self.cloud_wait_or_pay(job_id)
+        return out
 
     def _owned(self, caller: Caller, job_id: int, verb: str) -> None:
         uid, owner = self.store.job_owner(job_id)
@@ -183,6 +236,17 @@ class Controller:
             {by: k, "gpu_hours": round(v[0], 3), "job_hours": round(v[1], 3)}
             for k, v in sorted(totals.items(), key=lambda kv: -kv[1][0])
         ]
+
+    def op_events(self, caller: Caller, limit: int = 200, before_id: int | None = None) -> list[dict[str, Any]]:
+        """The audit log (who did what, when), newest first."""
+        from hybridctl.control.identity import user_name
+
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise SpecError("limit", limit, "a whole number from 1 to 10000")
+        rows = self.store.events(limit, before_id)
+        for r in rows:
+            r["actor"] = "controller" if r["actor_uid"] is None else user_name(r["actor_uid"])
+        return rows
 
     # ---- nodes ----------------------------------------------------------------------------------
 
@@ -287,7 +351,7 @@ class Controller:
         t, state, attempt = states[0]
         key = job_key(job_id, t, attempt, rank)
         local = self.log_path(key, stream)
-        if not state.is_active() and local.exists():
+        if local.exists():  # the job (or this rank) ended and its log was copied back
             data = local.read_bytes()
             start = max(0, len(data) + offset) if offset < 0 else min(offset, len(data))
             chunk = data[start:start + max_bytes]
@@ -303,6 +367,14 @@ class Controller:
         res = await session.link.call("logs", key=key, stream=stream, offset=offset, max_bytes=max_bytes)
         return {"data": res.get("data", ""), "offset": res.get("offset", 0), "eof": bool(res.get("eof")),
                 "state": self.store.task_states(job_id, t)[0][1].value, "node": where}
+
+    def checkpoint_path(self, key: str) -> Any:
+        """The controller's copy of a job's (or array task's) checkpoint directory."""
+        return self.settings.home_path / "checkpoints" / key.split(".", 1)[0]
+
+    def checkpoint_synced(self, key: str, nbytes: int) -> None:
+        log.info("checkpoint of %s synced: %d bytes", key.split(".", 1)[0], nbytes)
+        self.checkpoint_bytes[key.split(".", 1)[0]] = self.checkpoint_bytes.get(key.split(".", 1)[0], 0) + nbytes
 
     def log_path(self, key: str, stream: str) -> Any:
         """Where the controller keeps a finished job's log copy."""
@@ -322,26 +394,58 @@ class Controller:
         if info["array"]:
             envs["HYBRIDCTL_ARRAY_TASK_ID"] = str(rank.task)
         envs["HYBRIDCTL_ATTEMPT"] = str(rank.attempt)
-        return {
+        payload: dict[str, Any] = {
             "key": rank.key, "user": info["user"], "uid": info["uid"], "gid": info["gid"], "gpus": info["gpus"],
             "run": spec["run"], "setup": spec.get("setup") or "", "envs": envs, "workdir": spec.get("workdir"),
             "time_limit": spec.get("time_limit"),
         }
+        nodes = info["rank_nodes"]
+        if len(nodes) > 1:
+            ips = [self._node_address(n) for n in nodes]
+            envs.update(rendezvous_env(rank, ips, len(info["gpus"])))
+            payload["rendezvous_addr"] = ips[0]
+        return payload
+
+    def _node_address(self, name: str) -> str:
+        """The address other nodes use to reach `name` (its SSH host; loopback for local agents)."""
+        host = self.store.node(name).host
+        return "127.0.0.1" if host in ("local", "", "localhost") else host
 
     def mark_running(self, job_id: int, task: int) -> None:
         state = self.store.task_states(job_id, task)[0][1]
         if state is JobStatus.STARTING:
             self.store.transition(job_id, task, JobStatus.RUNNING, reason="started", actor_uid=None, now=self.clock())
 
+    def rank_finished(self, key: str, exit_code: int | None, reason: str, status: JobStatus) -> None:
+        """One rank's processes ended. A single-node job ends with it; a multi-node job succeeds when
+        every rank exited 0, and fails (stopping the other ranks) as soon as one did not."""
+        from hybridctl.core.reconcile import parse_key
+
+        parsed = parse_key(key)
+        if parsed is None:
+            return
+        job_id, task, attempt, rank = parsed
+        results = self.store.rank_results(job_id, task, attempt)
+        if len(results) <= 1:
+            self.finish(job_id, task, exit_code, reason, status=status)
+            return
+        self.store.release_rank(job_id, task, attempt, rank, self.clock(), exit_code=exit_code)
+        if status is not JobStatus.SUCCEEDED:
+            self.finish(job_id, task, exit_code, f"rank {rank}: {reason}", status=status, release=False)
+            return
+        results = self.store.rank_results(job_id, task, attempt)
+        if all(end is not None and code == 0 for _r, end, code in results):
+            self.finish(job_id, task, 0, f"all {len(results)} ranks exited 0", status=JobStatus.SUCCEEDED)
+
     def finish(self, job_id: int, task: int, exit_code: int | None, reason: str,
-               status: JobStatus = JobStatus.FAILED) -> None:
+               status: JobStatus = JobStatus.FAILED, release: bool = True) -> None:
         state = self.store.task_states(job_id, task)[0][1]
         if state.is_terminal():
             return
         if state is JobStatus.STARTING and status in (JobStatus.TIMEOUT,):
             self.store.transition(job_id, task, JobStatus.RUNNING, reason="started", actor_uid=None, now=self.clock())
         self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=self.clock(),
-                              exit_code=exit_code)
+                              exit_code=exit_code, release=release)
         log.info("job %s %s (%s)", task_label(job_id, task), status.value, reason)
 
     def requeue_or_fail(self, job_id: int, task: int, reason: str,
@@ -451,3 +555,156 @@ class Controller:
             self.store.start(decision.placements, now)
         self.store.set_reasons(decision.waiting, now)
         return decision
+
+    # ---- cloud ----------------------------------------------------------------------------------
+
+    def _cloud_offers(self) -> list[Any]:
+        """Offers as the autoscaler last saw them; with bursting off (or before its first pass),
+        the catalog's prices for the configured providers."""
+        scaler = getattr(self, "autoscaler", None)
+        if scaler is not None and scaler.offers:
+            return list(scaler.offers)
+        cached: list[Any] | None = getattr(self, "_catalog_offers", None)
+        if cached is None:
+            from hybridctl.cloud.providers import catalog
+
+            cat = catalog(self.settings)
+            cfg = self.settings.cloud
+            cached = [o for p in cfg.providers if p in ("simulated", "aws")
+                      for o in cat.offers(p, cfg.aws.regions if p == "aws" else None)]
+            self._catalog_offers = cached
+        return cached
+
+    def op_cloud_status(self, caller: Caller) -> dict[str, Any]:
+        """Cloud nodes, spend against the limits, and why any burst is held back."""
+        from hybridctl.control.autoscaler import limits, utc_day
+        from hybridctl.core import burst
+
+        cfg = self.settings.cloud
+        lim = limits(self.settings)
+        now = self.clock()
+        scaler = getattr(self, "autoscaler", None)
+        activity = self.store.cloud_node_activity()
+        instances = []
+        for r in self.store.cloud_instances():
+            o = r["offer"]
+            held, last_end = activity.get(r["node"], (0, None))
+            idle = None if held or r["state"] != "up" else now - max(last_end or 0.0, r["ready_at"] or r["launched_at"])
+            instances.append({
+                "node": r["node"], "provider": r["provider"], "instance_id": r["instance_id"],
+                "instance_type": o["instance_type"], "region": o["region"], "zone": o["zone"],
+                "market": "spot" if o["spot"] else "on-demand", "gpu_type": o.get("gpu_type"), "gpus": o["gpus"],
+                "price_hourly": r["price_hourly"], "state": r["state"], "reason": r["reason"],
+                "launched_at": r["launched_at"], "ready_at": r["ready_at"], "jobs": held, "idle_s": idle,
+                "spent_usd": round(r["spent_usd"], 4),
+            })
+        spent = self.store.cloud_spent_since(utc_day(burst.period_start(now, lim.budget_period)))
+        last = scaler.last if scaler is not None else None
+        return {
+            "enabled": cfg.enabled, "running": scaler is not None, "providers": list(cfg.providers),
+            "errors": dict(scaler.errors) if scaler is not None else {},
+            "period": lim.budget_period, "spent_usd": round(spent, 4), "budget_usd": lim.budget_usd,
+            "hourly_usd": round(sum(i["price_hourly"] for i in instances), 4), "max_hourly_usd": lim.max_hourly_usd,
+            "nodes": len(instances), "max_nodes": lim.max_nodes, "after_s": lim.after, "idle_timeout_s": lim.idle_timeout,
+            "allow_on_demand": lim.allow_on_demand, "instances": instances,
+            "blocked": [{"job": burst.label((b.job_id, b.task)), "reason": b.reason} for b in last.blocked] if last else [],
+            "covered": [{"job": burst.label(k), "node": n} for k, n in last.covered.items()] if last else [],
+            "notes": list(last.notes) if last else [],
+            "last_pass": scaler.last_at if scaler is not None else None,
+            "backoffs": [{"pool": p, "until": u, "reason": why} for p, (u, why) in sorted(self.store.cloud_backoffs(now).items())],
+            "leaks": list(scaler.leaks) if scaler is not None else [],
+        }
+
+    def op_cloud_offers(self, caller: Caller, gpus: str | None = None, spot: bool | None = None) -> list[dict[str, Any]]:
+        """Offers, cheapest first; `gpus` ('A100:8', '2') keeps those that can hold that many."""
+        from hybridctl.core import burst
+        from hybridctl.core.fields import parse_accelerators
+        from hybridctl.core.model import Resources
+
+        offers = self._cloud_offers()
+        if gpus:
+            count, gpu_type = parse_accelerators(gpus, field="--gpus")
+            want = Resources(gpus=count, gpu_type=gpu_type, cpus=0.0)
+            offers = [o for o in offers if burst.fits(o, want)]
+        if spot is not None:
+            offers = [o for o in offers if o.spot == spot]
+        return [{**o.to_dict(), "pool": o.pool, "market": o.market}
+                for o in sorted(offers, key=lambda o: (o.price_hourly, o.pool))]
+
+    def op_cloud_cost(self, caller: Caller, by: str = "node") -> list[dict[str, Any]]:
+        """Cloud $ so far and $/h now, per node, job or user (idle node time is its own row)."""
+        from hybridctl.cloud.cost import Held, hourly_by_job
+
+        if by not in ("node", "job", "user"):
+            raise SpecError("--by", by, "accepted: node, job, user")
+        now_rate: dict[str, float] = {}
+        for r in self.store.cloud_instances():
+            if r["state"] not in ("up", "draining", "bootstrapping"):
+                continue
+            if by == "node":
+                now_rate[r["node"]] = now_rate.get(r["node"], 0.0) + r["price_hourly"]
+                continue
+            o = r["offer"]
+            held = [Held(*a) for a in self.store.cloud_allocations(r["node"], r["billed_until"]) if a[6] is None]
+            charges = hourly_by_job(r["price_hourly"], int(o.get("gpus") or 0), float(o.get("cpus") or 1), held)
+            idle = r["price_hourly"] - sum(c.usd for c in charges)
+            for c in charges:
+                k = f"{c.job_id}_{c.task}" if by == "job" else c.user
+                now_rate[k] = now_rate.get(k, 0.0) + c.usd
+            idle_key = "0_0" if by == "job" else ""
+            now_rate[idle_key] = now_rate.get(idle_key, 0.0) + max(0.0, idle)
+        rows = []
+        seen = set()
+        for row in self.store.cloud_costs(by):
+            k = row["key"]
+            seen.add(k)
+            rows.append({by: _cost_label(by, k), "usd": round(row["usd"], 4), "hours": round(row["hours"], 4),
+                         "usd_per_hour": round(now_rate.get(k, 0.0), 4), "instances": row["instances"]})
+        for k, rate in now_rate.items():
+            if k not in seen and rate > 0:
+                rows.append({by: _cost_label(by, k), "usd": 0.0, "hours": 0.0, "usd_per_hour": round(rate, 4), "instances": 1})
+        return rows
+
+    def cloud_wait_or_pay(self, job_id: int) -> dict[str, Any] | None:
+        """For a pending job: the estimated wait on-prem (the scheduler replayed forward over the
+        expected ends of running jobs) and the cheapest cloud offer that fits it."""
+        import statistics
+
+        from hybridctl.core import burst
+
+        try:
+            pending = self.store.pending()
+            task = next((t for t in pending if t.job_id == job_id), None)
+            if task is None:
+                return None
+            now = self.clock()
+            runtimes = self.store.recent_runtimes()
+            default = statistics.median(runtimes) if len(runtimes) >= 5 else 3600.0
+            running = [
+                burst.Running(node, tuple(gpus), cpus, mem,
+                              start + tl if tl else max(start + default, now + default / 4))
+                for node, gpus, cpus, mem, start, tl, _j, _t in self.store.running_allocations()
+            ]
+            limits_ = dict(self.store.time_limits([(t.job_id, t.task) for t in pending]))
+            wait, ahead = burst.estimate_wait(task, pending, self.store.node_views(), running, self.policy, now,
+                                              limits_, default, max_events=200)
+            cfg = self.settings.cloud
+            backoff = {p: u for p, (u, _r) in self.store.cloud_backoffs(now).items()}
+            offer, why = burst.cheapest(task.resources, self._cloud_offers(), backoff, now,
+                                        cfg.burst.allow_on_demand or not task.resources.use_spot)
+            text = burst.wait_or_pay(task, wait, ahead, offer, why, task.num_nodes)
+            if not cfg.enabled and offer is not None and task.placement != "onprem":
+                text += " (bursting is off: cloud.enabled)"
+        except HybridctlError as exc:
+            return {"text": f"no estimate: {exc.message}"}
+        return {"text": text, "local_wait_s": wait, "ahead": ahead,
+                "cloud_offer": offer.to_dict() if offer is not None else None}
+
+
+def _cost_label(by: str, key: str) -> str:
+    if by == "job":
+        job, _, task = str(key).partition("_")
+        return "(idle)" if job == "0" else task_label(int(job), int(task or 0))
+    if by == "user":
+        return key or "(idle)"
+    return str(key)

@@ -57,6 +57,17 @@ class Target:
         return self.host in ("local", "")
 
 
+def bridge_command(target: Target) -> str:
+    """The remote command line for `hybridctl-agent bridge`. `agent_command` is split like a shell
+    would (it may be e.g. `/opt/venv/bin/python -m hybridctl_agent.cli`); every part is quoted."""
+    import shlex
+
+    argv = [*shlex.split(target.agent_command), "bridge"]
+    if target.agent_socket:
+        argv += ["--socket", target.agent_socket]
+    return shlex.join(argv)
+
+
 def default_agent_socket(root: bool) -> str:
     return "/run/hybridctl/agent.sock" if root else "agent.sock"
 
@@ -64,10 +75,32 @@ def default_agent_socket(root: bool) -> str:
 class AgentLink:
     """A connected agent: `await link.call("hello")`. Requests go one at a time over one channel."""
 
-    def __init__(self, target: Target, conn: Any, client: AsyncAgentClient) -> None:
+    def __init__(self, target: Target, conn: Any, client: AsyncAgentClient, path: str | None = None) -> None:
         self.target = target
         self._conn = conn
         self._client = client
+        self._path = path
+        self._owns_conn = True
+
+    async def second_channel(self) -> AgentLink:
+        """Another stream to the same agent over the same SSH connection (for long polls, so they
+        never queue in front of launches). Closing it leaves the connection open."""
+        try:
+            if self._conn is None:
+                client = await AsyncAgentClient.connect_unix(self._path or "")
+            elif self.target.bridge:
+                proc = await self._conn.create_process(bridge_command(self.target), encoding=None)
+                client = AsyncAgentClient(proc.stdout, proc.stdin)
+            else:
+                reader, writer = await self._conn.open_unix_connection(self._path)
+                client = AsyncAgentClient(reader, writer)
+        except Exception as exc:
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("asyncssh"):
+                raise NodeUnreachable(f"node {self.target.name}: cannot open a second channel: {exc}") from exc
+            raise
+        link = AgentLink(self.target, self._conn, client, self._path)
+        link._owns_conn = False
+        return link
 
     async def call(self, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
         try:
@@ -88,7 +121,7 @@ class AgentLink:
             await self._client.close()
         except Exception:  # closing a broken link: nothing more to learn from it
             pass
-        if self._conn is not None:
+        if self._conn is not None and self._owns_conn:
             self._conn.close()
             try:
                 await asyncio.wait_for(self._conn.wait_closed(), 5)
@@ -109,7 +142,7 @@ async def connect(target: Target, timeout: float = 20.0) -> AgentLink:
             client = await asyncio.wait_for(AsyncAgentClient.connect_unix(path), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise NodeUnreachable(f"node {target.name}: no agent answers on {path}: {exc}") from exc
-        return AgentLink(target, None, client)
+        return AgentLink(target, None, client, path)
     import asyncssh
 
     options: dict[str, Any] = {
@@ -135,13 +168,9 @@ async def connect(target: Target, timeout: float = 20.0) -> AgentLink:
         raise NodeUnreachable(f"node {target.name}: cannot connect to {target.host}:{target.port}: {exc}") from exc
     try:
         if target.bridge:
-            argv = [target.agent_command, "bridge"]
-            if target.agent_socket:
-                argv += ["--socket", target.agent_socket]
-            import shlex
-
-            proc = await conn.create_process(shlex.join(argv), encoding=None)
+            proc = await conn.create_process(bridge_command(target), encoding=None)
             reader, writer = proc.stdout, proc.stdin
+            path = None
         else:
             path = target.agent_socket or await _remote_default_socket(conn)
             reader, writer = await conn.open_unix_connection(path)
@@ -151,7 +180,7 @@ async def connect(target: Target, timeout: float = 20.0) -> AgentLink:
             f"node {target.name}: SSH works but the agent socket cannot be opened ({exc}); is hybridctl-agent "
             f"running there? (`systemctl status hybridctl-agent`)"
         ) from exc
-    return AgentLink(target, conn, AsyncAgentClient(reader, writer))
+    return AgentLink(target, conn, AsyncAgentClient(reader, writer), path)
 
 
 async def _remote_default_socket(conn: Any) -> str:

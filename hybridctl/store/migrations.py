@@ -12,9 +12,15 @@ Migration = Callable[[sqlite3.Connection], None]
 
 def _run(db: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it COMMITs first, which would break the migration's transaction.
-    for stmt in script.split(";"):
-        if stmt.strip():
+    # Statements are cut where SQLite says one is complete, so ';' inside comments is harmless.
+    stmt = ""
+    for line in script.splitlines(keepends=True):
+        stmt += line
+        if sqlite3.complete_statement(stmt):
             db.execute(stmt)
+            stmt = ""
+    if stmt.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in stmt.splitlines()):
+        raise ValueError(f"incomplete SQL statement in migration: {stmt.strip()[:80]}")
 
 
 def m001_initial(db: sqlite3.Connection) -> None:
@@ -40,6 +46,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
             memory_mb INTEGER NOT NULL,
             num_nodes INTEGER NOT NULL,
             placement TEXT NOT NULL,
+            use_spot INTEGER NOT NULL DEFAULT 1,
             max_restarts INTEGER NOT NULL,
             depends_on TEXT NOT NULL DEFAULT '[]'
         );
@@ -102,7 +109,8 @@ def m001_initial(db: sqlite3.Connection) -> None:
             user TEXT NOT NULL,
             grp TEXT NOT NULL,
             start REAL NOT NULL,
-            end REAL                       -- NULL while held
+            end REAL,                      -- NULL while held
+            exit_code INTEGER              -- this rank's exit code, once it ended
         );
         CREATE INDEX allocations_open ON allocations(end) WHERE end IS NULL;
         CREATE INDEX allocations_task ON allocations(job_id, task);
@@ -110,7 +118,61 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial]
+def m002_cloud(db: sqlite3.Connection) -> None:
+    """Cloud bursting: which nodes are rented instances, the instances themselves, and what they cost."""
+    _run(
+        db,
+        """
+        ALTER TABLE nodes ADD COLUMN provider TEXT;       -- NULL for nodes that are not rented
+        ALTER TABLE nodes ADD COLUMN instance_id TEXT;
+        ALTER TABLE nodes ADD COLUMN price_hourly REAL;
+        ALTER TABLE nodes ADD COLUMN launched_at REAL;
+        CREATE TABLE cloud_instances (
+            instance_id TEXT PRIMARY KEY,  -- the provider's id, or 'launch:<node>' until it answered
+            provider TEXT NOT NULL,
+            node TEXT NOT NULL,            -- the node name it joins as
+            offer TEXT NOT NULL,           -- Offer.to_dict() as JSON, at launch
+            price_hourly REAL NOT NULL,    -- what it costs now (spot prices drift)
+            state TEXT NOT NULL,           -- launching, bootstrapping, up, draining, terminated, failed
+            reason TEXT NOT NULL DEFAULT '',
+            host TEXT,
+            port INTEGER,
+            files_root TEXT,               -- real path behind SFTP's '/', for chrooted SFTP
+            for_tasks TEXT NOT NULL DEFAULT '[]',  -- [[job, task], ...] it was rented for
+            launched_at REAL NOT NULL,
+            ready_at REAL,
+            ended_at REAL,
+            billed_until REAL NOT NULL,    -- cost is accrued up to here
+            spent_usd REAL NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX cloud_instances_state ON cloud_instances(state);
+        CREATE INDEX cloud_instances_node ON cloud_instances(node);
+        CREATE TABLE cloud_costs (         -- accrued $ per instance and job (job 0: idle time)
+            instance_id TEXT NOT NULL,
+            node TEXT NOT NULL,
+            job_id INTEGER NOT NULL,
+            task INTEGER NOT NULL,
+            user TEXT NOT NULL,            -- '' for idle time
+            usd REAL NOT NULL DEFAULT 0,
+            hours REAL NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (instance_id, job_id, task)
+        ) WITHOUT ROWID;
+        CREATE TABLE cloud_spend (         -- $ per UTC day, for budgets per day/week/month
+            day TEXT PRIMARY KEY,
+            usd REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE cloud_backoff (       -- pools not asked again until `until` (capacity errors)
+            pool TEXT PRIMARY KEY,
+            until REAL NOT NULL,
+            reason TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_cloud]
 
 
 def migrate(db: sqlite3.Connection) -> int:

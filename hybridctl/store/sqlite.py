@@ -103,11 +103,26 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed tx survives a process crash
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA foreign_keys=ON")
+        # The automatic WAL checkpoint runs inside a COMMIT and fsyncs (~13 ms here, every ~250
+        # commits). The controller checkpoints from a background thread instead (`checkpoint`).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("PRAGMA journal_size_limit=67108864")
         self.conn = conn
+        self.fleet_version = 0
+        """Bumped whenever a node's shape changes (add, remove, hardware), for caches of the fleet's shape."""
         self.schema_version = migrate(conn)
 
     def close(self) -> None:
         self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file without blocking writers (run it off the event loop:
+        it opens its own connection)."""
+        conn = sqlite3.connect(str(self.path), timeout=30.0)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -131,12 +146,13 @@ class Store:
             cur = c.execute(
                 "INSERT INTO jobs (uid, user, gid, grp, name, spec, priority, submitted_at, num_tasks,"
                 " array_spec, throttle, gpus, gpu_type, cpus, memory_mb, num_nodes, placement, max_restarts,"
-                " depends_on) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " depends_on, use_spot) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     who.uid, who.user, who.gid, who.group, spec.name, json.dumps(spec.to_dict()),
                     spec.priority, now, len(arr.indices) if arr else 1, str(arr) if arr else None,
                     arr.throttle if arr else None, r.gpus, r.gpu_type, r.cpus, r.memory_mb,
                     spec.num_nodes, spec.placement, spec.max_restarts, json.dumps(list(spec.depends_on)),
+                    int(r.use_spot),
                 ),
             )
             job_id = int(cur.lastrowid)  # type: ignore[arg-type]
@@ -247,13 +263,22 @@ class Store:
                     ],
                 )
 
-    def release_rank(self, job_id: int, task: int, attempt: int, rank: int, now: float) -> None:
-        """End the allocation of one rank (its processes are gone)."""
+    def release_rank(self, job_id: int, task: int, attempt: int, rank: int, now: float,
+                     exit_code: int | None = None) -> None:
+        """End the allocation of one rank (its processes are gone), recording its exit code."""
         with self.tx() as c:
             c.execute(
-                "UPDATE allocations SET end=? WHERE job_id=? AND task=? AND attempt=? AND rank=? AND end IS NULL",
-                (now, job_id, task, attempt, rank),
+                "UPDATE allocations SET end=?, exit_code=COALESCE(?, exit_code)"
+                " WHERE job_id=? AND task=? AND attempt=? AND rank=? AND end IS NULL",
+                (now, exit_code, job_id, task, attempt, rank),
             )
+
+    def rank_results(self, job_id: int, task: int, attempt: int) -> list[tuple[int, float | None, int | None]]:
+        """(rank, end, exit_code) of every rank of one attempt of a task."""
+        return list(self.conn.execute(
+            "SELECT rank, end, exit_code FROM allocations WHERE job_id=? AND task=? AND attempt=? ORDER BY rank",
+            (job_id, task, attempt),
+        ))
 
     def max_restarts(self, job_id: int) -> int:
         return int(self.conn.execute("SELECT max_restarts FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
@@ -305,8 +330,10 @@ class Store:
             "SELECT gpus, node FROM allocations WHERE job_id=? AND task=? AND attempt=? AND rank=? AND end IS NULL",
             (job_id, task, attempt, rank),
         ).fetchone()
+        ranks = [n for (n,) in self.conn.execute(
+            "SELECT node FROM allocations WHERE job_id=? AND task=? AND attempt=? ORDER BY rank", (job_id, task, attempt))]
         return {"uid": uid, "gid": gid, "user": user, "spec": json.loads(spec), "array": array,
-                "gpus": json.loads(row[0]) if row else [], "node": row[1] if row else None}
+                "gpus": json.loads(row[0]) if row else [], "node": row[1] if row else None, "rank_nodes": ranks}
 
     def set_reasons(self, waiting: Sequence[Waiting], now: float) -> None:
         """Record why each pending task waits; writes only the reasons that changed."""
@@ -336,21 +363,20 @@ class Store:
         """Every PENDING task, with its job's resources and unmet dependencies."""
         rows = self.conn.execute(
             "SELECT t.job_id, t.task, j.user, j.grp, j.priority, j.submitted_at, j.gpus, j.gpu_type, j.cpus,"
-            " j.memory_mb, j.num_nodes, j.placement, j.throttle, j.depends_on, j.spec"
+            " j.memory_mb, j.num_nodes, j.placement, j.throttle, j.depends_on, j.use_spot"
             " FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.state='PENDING'"
         ).fetchall()
         deps_cache: dict[str, tuple[int, ...]] = {}
         resources_cache: dict[int, Resources] = {}
         out = []
-        for (job_id, task, user, grp, prio, sub, gpus, gtype, cpus, mem, nn, place, thr, deps, spec) in rows:
+        for (job_id, task, user, grp, prio, sub, gpus, gtype, cpus, mem, nn, place, thr, deps, spot) in rows:
             unmet = deps_cache.get(deps)
             if unmet is None:
                 unmet = self._unmet(json.loads(deps))
                 deps_cache[deps] = unmet
             res = resources_cache.get(job_id)
             if res is None:
-                use_spot = bool(json.loads(spec)["resources"].get("use_spot", True))
-                res = Resources(gpus=gpus, gpu_type=gtype, cpus=cpus, memory_mb=mem, use_spot=use_spot)
+                res = Resources(gpus=gpus, gpu_type=gtype, cpus=cpus, memory_mb=mem, use_spot=bool(spot))
                 resources_cache[job_id] = res
             out.append(PendingTask(job_id, task, user, grp, prio, sub, res, nn, place, thr, unmet))
         return out
@@ -446,6 +472,19 @@ class Store:
         ]
         return out
 
+    def events(self, limit: int, before_id: int | None = None) -> list[dict[str, Any]]:
+        """The audit log, newest first: every state change with who did it."""
+        q = ("SELECT e.id, e.job_id, e.task, e.time, e.from_state, e.to_state, e.reason, e.actor_uid, j.user"
+             " FROM events e JOIN jobs j ON j.id=e.job_id")
+        args: list[Any] = []
+        if before_id is not None:
+            q += " WHERE e.id < ?"
+            args.append(before_id)
+        q += " ORDER BY e.id DESC LIMIT ?"
+        args.append(limit)
+        keys = ("id", "job_id", "task", "time", "from", "to", "reason", "actor_uid", "owner")
+        return [dict(zip(keys, r)) for r in self.conn.execute(q, args)]
+
     def user_task_ids(self, user: str) -> list[tuple[int, int]]:
         """(job, task) of every task of `user` that is not finished."""
         return list(
@@ -465,6 +504,7 @@ class Store:
 
     def add_node(self, rec: NodeRecord, now: float, *, replace: bool = True) -> None:
         """Insert a node, or (replace=True) update its address and shape, keeping an admin's drain."""
+        self.fleet_version += 1
         conflict = (
             " ON CONFLICT(name) DO UPDATE SET host=excluded.host, port=excluded.port, ssh_user=excluded.ssh_user,"
             " identity=excluded.identity, agent_socket=excluded.agent_socket, site=excluded.site,"
@@ -486,6 +526,7 @@ class Store:
             )
 
     def remove_node(self, name: str) -> None:
+        self.fleet_version += 1
         with self.tx() as c:
             if c.execute("SELECT 1 FROM allocations WHERE node=? AND end IS NULL", (name,)).fetchone():
                 from hybridctl.core.errors import HybridctlError
@@ -506,6 +547,7 @@ class Store:
         self._update_node(name, now, **fields)
 
     def set_hardware(self, name: str, gpus: Sequence[dict[str, Any]], cpus: float, memory_mb: int, now: float) -> None:
+        self.fleet_version += 1
         self._update_node(name, now, gpus=json.dumps(list(gpus)), cpus=cpus, memory_mb=memory_mb)
 
     def _update_node(self, name: str, now: float, **fields: Any) -> None:
@@ -553,3 +595,152 @@ class Store:
             )
         return views
 
+
+    # ---- cloud ----------------------------------------------------------------------------------
+
+    _INSTANCE_COLS = (
+        "instance_id", "provider", "node", "offer", "price_hourly", "state", "reason", "host", "port", "files_root",
+        "for_tasks", "launched_at", "ready_at", "ended_at", "billed_until", "spent_usd", "updated_at",
+    )
+
+    def cloud_add_instance(self, instance_id: str, provider: str, node: str, offer: dict[str, Any],
+                           for_tasks: Sequence[tuple[int, int]], now: float) -> None:
+        """Record a launch before the provider is asked, so a crash cannot leave an unknown instance
+        (the leak sweep would still find it by its tag)."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO cloud_instances (instance_id, provider, node, offer, price_hourly, state, for_tasks,"
+                " launched_at, billed_until, updated_at) VALUES (?,?,?,?,?,'launching',?,?,?,?)",
+                (instance_id, provider, node, json.dumps(offer), float(offer["price_hourly"]),
+                 json.dumps([list(t) for t in for_tasks]), now, now, now),
+            )
+
+    def cloud_update_instance(self, instance_id: str, now: float, **fields: Any) -> None:
+        """Set columns of one instance row (`new_id` renames it once the provider named it)."""
+        if "new_id" in fields:
+            fields["instance_id"] = fields.pop("new_id")
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self.tx() as c:
+            c.execute(f"UPDATE cloud_instances SET {sets}, updated_at=? WHERE instance_id=?",
+                      (*fields.values(), now, instance_id))
+            if "instance_id" in fields:
+                c.execute("UPDATE cloud_costs SET instance_id=? WHERE instance_id=?", (fields["instance_id"], instance_id))
+
+    def cloud_instances(self, live: bool = True) -> list[dict[str, Any]]:
+        """Instance rows, oldest first; `live` = not terminated or failed."""
+        q = f"SELECT {', '.join(self._INSTANCE_COLS)} FROM cloud_instances"
+        if live:
+            q += " WHERE state NOT IN ('terminated', 'failed')"
+        out = []
+        for row in self.conn.execute(q + " ORDER BY launched_at, instance_id"):
+            d = dict(zip(self._INSTANCE_COLS, row))
+            d["offer"] = json.loads(d["offer"])
+            d["for_tasks"] = [tuple(t) for t in json.loads(d["for_tasks"])]
+            out.append(d)
+        return out
+
+    def cloud_instance_ids(self) -> set[str]:
+        """Every instance id ever recorded (the leak sweep's memory)."""
+        return {r[0] for r in self.conn.execute("SELECT instance_id FROM cloud_instances")}
+
+    def set_node_cloud(self, name: str, provider: str, instance_id: str, price_hourly: float,
+                       launched_at: float, now: float) -> None:
+        self._update_node(name, now, provider=provider, instance_id=instance_id, price_hourly=price_hourly,
+                          launched_at=launched_at)
+
+    def cloud_node_activity(self) -> dict[str, tuple[int, float | None]]:
+        """Per node: (allocations held now, when the last one ended)."""
+        return {
+            n: (int(held), last)
+            for n, held, last in self.conn.execute(
+                "SELECT node, SUM(end IS NULL), MAX(end) FROM allocations GROUP BY node"
+            )
+        }
+
+    def cloud_allocations(self, node: str, since: float) -> list[tuple[int, int, str, int, float, float, float | None]]:
+        """(job, task, user, gpus, cpus, start, end) of allocations on `node` held after `since`."""
+        return [
+            (j, t, u, len(json.loads(g)), c, s, e)
+            for j, t, u, g, c, s, e in self.conn.execute(
+                "SELECT job_id, task, user, gpus, cpus, start, end FROM allocations"
+                " WHERE node=? AND (end IS NULL OR end > ?)",
+                (node, since),
+            )
+        ]
+
+    def cloud_accrue(self, instance_id: str, node: str, charges: Sequence[tuple[int, int, str, float, float]],
+                     until: float, day: str, now: float) -> None:
+        """Add (job, task, user, usd, hours) charges of one instance, move its `billed_until`, and
+        add their sum to the day's spend, in one transaction."""
+        total = sum(ch[3] for ch in charges)
+        with self.tx() as c:
+            c.executemany(
+                "INSERT INTO cloud_costs (instance_id, node, job_id, task, user, usd, hours, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(instance_id, job_id, task) DO UPDATE SET"
+                " usd=usd+excluded.usd, hours=hours+excluded.hours, updated_at=excluded.updated_at",
+                ((instance_id, node, j, t, u, usd, h, now) for j, t, u, usd, h in charges),
+            )
+            c.execute("UPDATE cloud_instances SET spent_usd=spent_usd+?, billed_until=?, updated_at=?"
+                      " WHERE instance_id=?", (total, until, now, instance_id))
+            c.execute("INSERT INTO cloud_spend (day, usd) VALUES (?, ?) ON CONFLICT(day) DO UPDATE SET"
+                      " usd=usd+excluded.usd", (day, total))
+
+    def cloud_spent_since(self, day: str) -> float:
+        """$ spent on days from `day` (YYYY-MM-DD, UTC) on."""
+        row = self.conn.execute("SELECT COALESCE(SUM(usd), 0) FROM cloud_spend WHERE day >= ?", (day,)).fetchone()
+        return float(row[0])
+
+    def cloud_costs(self, by: str) -> list[dict[str, Any]]:
+        """Accrued $ and hours grouped by 'node', 'job' or 'user' (idle time is job 0, user '')."""
+        key = {"node": "c.node", "job": "c.job_id || '_' || c.task", "user": "c.user"}[by]
+        rows = self.conn.execute(
+            f"SELECT {key}, SUM(c.usd), SUM(c.hours), MAX(i.provider), COUNT(DISTINCT c.instance_id)"
+            " FROM cloud_costs c JOIN cloud_instances i ON i.instance_id=c.instance_id"
+            f" GROUP BY {key} ORDER BY SUM(c.usd) DESC"
+        )
+        return [{"key": k, "usd": usd, "hours": h, "provider": p, "instances": n} for k, usd, h, p, n in rows]
+
+    def cloud_set_backoff(self, pool: str, until: float, reason: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO cloud_backoff (pool, until, reason) VALUES (?,?,?) ON CONFLICT(pool) DO UPDATE"
+                      " SET until=excluded.until, reason=excluded.reason", (pool, until, reason))
+
+    def cloud_backoffs(self, now: float) -> dict[str, tuple[float, str]]:
+        """Pools still backing off at `now`: pool -> (until, reason)."""
+        return {p: (u, r) for p, u, r in self.conn.execute(
+            "SELECT pool, until, reason FROM cloud_backoff WHERE until > ?", (now,))}
+
+    def pending_since(self) -> dict[tuple[int, int], float]:
+        """When each PENDING task last became PENDING (submit or requeue)."""
+        return {(j, t): u for j, t, u in self.conn.execute(
+            "SELECT job_id, task, updated_at FROM tasks WHERE state='PENDING'")}
+
+    def running_allocations(self) -> list[tuple[str, list[int], float, int, float, int | None, int, int]]:
+        """(node, gpus, cpus, memory_mb, start, time_limit, job, task) of every held allocation."""
+        return [
+            (n, json.loads(g), c, m, s, json.loads(spec).get("time_limit"), j, t)
+            for n, g, c, m, s, spec, j, t in self.conn.execute(
+                "SELECT a.node, a.gpus, a.cpus, a.memory_mb, a.start, jb.spec, a.job_id, a.task FROM allocations a"
+                " JOIN jobs jb ON jb.id=a.job_id WHERE a.end IS NULL"
+            )
+        ]
+
+    def recent_runtimes(self, limit: int = 200) -> list[float]:
+        """Run times (s) of the most recently finished tasks that ran."""
+        return [float(d) for (d,) in self.conn.execute(
+            "SELECT ended_at - started_at FROM tasks WHERE started_at IS NOT NULL AND ended_at IS NOT NULL"
+            " ORDER BY ended_at DESC LIMIT ?", (limit,))]
+
+    def time_limits(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], float]:
+        """Time limits (s) of the jobs of these tasks, where set."""
+        jobs = sorted({j for j, _ in keys})
+        out: dict[int, float] = {}
+        for i in range(0, len(jobs), 500):
+            part = jobs[i:i + 500]
+            for j, spec in self.conn.execute(
+                f"SELECT id, spec FROM jobs WHERE id IN ({','.join('?' * len(part))})", part
+            ):
+                tl = json.loads(spec).get("time_limit")
+                if tl:
+                    out[j] = float(tl)
+        return {k: out[k[0]] for k in keys if k[0] in out}

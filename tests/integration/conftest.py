@@ -6,6 +6,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller
+from tests.integration.nodes import Lab
+from tests.integration.sshd import require_sshd
 
 
 @pytest.fixture
@@ -26,3 +28,15 @@ def start_controller(tmp_path: Path) -> Iterator[Callable[..., ControllerProc]]:
 @pytest.fixture
 def controller(start_controller: Callable[..., ControllerProc]) -> ControllerProc:
     return start_controller()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """Three real sshd + agent nodes (node1 8×A100, node2 4×RTX3090, node3 4×A100) and a controller."""
+    require_sshd()
+    lab = Lab(tmp_path)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()

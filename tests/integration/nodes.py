@@ -11,8 +11,10 @@ from pathlib import Path
 
 import psutil
 
-from tests.integration.harness import wait_for
-from tests.integration.sshd import Sshd
+from typing import Any
+
+from tests.integration.harness import ControllerProc, make_controller, wait_for
+from tests.integration.sshd import Sshd, keygen
 
 
 @dataclass
@@ -68,3 +70,43 @@ class LabNode:
                     p.kill()
                 except psutil.Error:
                     pass
+
+
+FLEET_CONFIG: dict[str, Any] = {
+    "scheduler": {"tick_seconds": 1.0},
+    "fleet": {"poll_interval": 0.5, "unreachable_after": 3.0, "lost_after": 8.0, "checkpoint_sync_interval": 1.0},
+}
+
+SHAPES = {"node1": "8:A100", "node2": "4:RTX3090", "node3": "4:A100"}
+
+
+class Lab:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.key = keygen(base / "id_ed25519")
+        self.nodes = {
+            name: LabNode(name, base / name, gpus, Sshd(base / name / "sshd", self.key))
+            for name, gpus in SHAPES.items()
+        }
+        self.controller: ControllerProc = make_controller(base / "ctl", FLEET_CONFIG)
+
+    def start(self) -> None:
+        for n in self.nodes.values():
+            n.sshd.start()
+            n.start_agent()
+        self.controller.start()
+        for n in self.nodes.values():
+            res = self.controller.cli(*n.add_args(self.key), timeout=120)
+            assert res.returncode == 0, res.stderr
+
+    def stop(self) -> None:
+        self.controller.stop()
+        for n in self.nodes.values():
+            n.stop()
+
+    def task(self, job: str) -> dict[str, Any]:
+        return self.controller.cli_json("show", job)["tasks"][0]
+
+    def wait_state(self, job: str, *states: str, timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: (t := self.task(job))["state"] in states and t, timeout,
+                        what=f"job {job} in {states} (controller log: {self.controller.log})")

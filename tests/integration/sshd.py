@@ -66,6 +66,7 @@ class Sshd:
                 f"AllowTcpForwarding {'local' if self.allow_forwarding else 'no'}", "X11Forwarding no", "PrintMotd no",
                 # Keep the test's environment (PATH to the venv) for exec'd commands.
                 "PermitUserEnvironment no", "AcceptEnv *",
+                "Subsystem sftp internal-sftp",  # checkpoints and workdirs travel over SFTP
             ]) + "\n"
         )
 

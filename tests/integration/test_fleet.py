@@ -4,63 +4,10 @@ reached by a real controller over SSH. Links, agents, the controller and sshd ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import pytest
-
-from tests.integration.harness import ControllerProc, make_controller, wait_for
-from tests.integration.nodes import LabNode
-from tests.integration.sshd import Sshd, keygen, require_sshd
-
-FLEET_CONFIG: dict[str, Any] = {
-    "scheduler": {"tick_seconds": 1.0},
-    "fleet": {"poll_interval": 0.5, "unreachable_after": 3.0, "lost_after": 8.0},
-}
-
-SHAPES = {"node1": "8:A100", "node2": "4:RTX3090", "node3": "4:A100"}
-
-
-class Lab:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.key = keygen(base / "id_ed25519")
-        self.nodes = {
-            name: LabNode(name, base / name, gpus, Sshd(base / name / "sshd", self.key))
-            for name, gpus in SHAPES.items()
-        }
-        self.controller: ControllerProc = make_controller(base / "ctl", FLEET_CONFIG)
-
-    def start(self) -> None:
-        for n in self.nodes.values():
-            n.sshd.start()
-            n.start_agent()
-        self.controller.start()
-        for n in self.nodes.values():
-            res = self.controller.cli(*n.add_args(self.key), timeout=120)
-            assert res.returncode == 0, res.stderr
-
-    def stop(self) -> None:
-        self.controller.stop()
-        for n in self.nodes.values():
-            n.stop()
-
-    def task(self, job: str) -> dict[str, Any]:
-        return self.controller.cli_json("show", job)["tasks"][0]
-
-    def wait_state(self, job: str, *states: str, timeout: float = 90) -> dict[str, Any]:
-        return wait_for(lambda: (t := self.task(job))["state"] in states and t, timeout,
-                        what=f"job {job} in {states} (controller log: {self.controller.log})")
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    require_sshd()
-    lab = Lab(tmp_path)
-    try:
-        lab.start()
-        yield lab
-    finally:
-        lab.stop()
+from tests.integration.harness import wait_for
+from tests.integration.nodes import Lab
 
 
 def submit(lab: Lab, *args: str) -> str:
@@ -146,3 +93,60 @@ def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
     assert "known_hosts" in n["link_error"] or "pinned" in n["link_error"]
     log = lab.controller.log.read_text()
     assert "does not match" in log
+
+
+def test_unhealthy_and_foreign_gpus_leave_scheduling_and_show_in_nodes(lab: Lab) -> None:
+    from hybridctl_agent.client import AgentClient
+
+    with AgentClient(str(lab.nodes["node3"].socket)) as agent:
+        agent.call("sim_fault", index=1, reason="Xid 79: GPU has fallen off the bus")
+        agent.call("sim_foreign", index=2, pid=4242, user="mallory", used_mem_mb=20000)
+
+    def flagged() -> dict[str, Any] | None:
+        n = {n["name"]: n for n in lab.controller.cli_json("nodes")}["node3"]
+        g = {x["index"]: x for x in n["gpus"]}
+        return n if (not g[1].get("healthy", True) and g[2].get("foreign")) else None
+
+    wait_for(flagged, 60, what="node3's GPU 1 unhealthy and GPU 2 foreign-busy")
+    text = lab.controller.cli("nodes", check=True).stdout
+    assert "GPU 1 unhealthy" in text and "GPU 2 foreign" in text
+    # node3 has 4 A100s but only 2 usable now; node1 (8) is drained: a 3-GPU job must wait.
+    lab.controller.cli("node", "drain", "node1", check=True)
+    job = submit(lab, "--gpus", "A100:3", "--", "true")
+    t = wait_for(lambda: (x := lab.task(job))["reason"] and x, 30, what="a pending reason")
+    assert t["state"] == "PENDING" and "A100" in t["reason"]
+    two = submit(lab, "--gpus", "A100:2", "--", "echo $CUDA_VISIBLE_DEVICES")
+    assert lab.wait_state(two, "SUCCEEDED")["gpu_ids"] == "0,3"
+    with AgentClient(str(lab.nodes["node3"].socket)) as agent:
+        agent.call("sim_fault", index=1, reason=None)
+        agent.call("sim_foreign", clear=True)
+    assert lab.wait_state(job, "SUCCEEDED")["nodes"] == "node3"
+
+
+def test_bridge_over_exec_channel_where_sshd_forbids_forwarding(tmp_path: Path) -> None:
+    """`fleet.bridge: true`: the agent is reached through `hybridctl-agent bridge` on an exec
+    channel, for servers whose sshd disables stream-local forwarding."""
+    import sys
+
+    from tests.integration.harness import make_controller
+    from tests.integration.nodes import LabNode
+    from tests.integration.sshd import Sshd, keygen, require_sshd
+
+    require_sshd()
+    key = keygen(tmp_path / "id_ed25519")
+    node = LabNode("solo", tmp_path / "solo", "2:T4", Sshd(tmp_path / "solo" / "sshd", key, allow_forwarding=False))
+    ctl = make_controller(tmp_path / "ctl", {"scheduler": {"tick_seconds": 1.0}, "fleet": {
+        "poll_interval": 0.5, "bridge": True, "agent_command": f"{sys.executable} -m hybridctl_agent.cli"}})
+    try:
+        node.sshd.start()
+        node.start_agent()
+        ctl.start()
+        res = ctl.cli(*node.add_args(key), timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "2 GPUs" in res.stdout
+        job = ctl.cli("submit", "--gpus", "1", "--", "echo via-bridge", check=True).stdout.strip()
+        wait_for(lambda: ctl.cli_json("show", job)["tasks"][0]["state"] == "SUCCEEDED", 90, what="job done")
+        assert ctl.cli("logs", job, check=True).stdout.strip() == "via-bridge"
+    finally:
+        ctl.stop()
+        node.stop()

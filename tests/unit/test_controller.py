@@ -143,4 +143,14 @@ def test_schema_reopens_without_migrating_twice(tmp_path: Path) -> None:
     s2 = Store(tmp_path / "x.db")
     n = s2.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]
     s2.close()
-    assert n == 1
+    from hybridctl.store.migrations import MIGRATIONS
+
+    assert n == len(MIGRATIONS)
+
+
+def test_events_audit_log_names_the_actor(ctl: Controller) -> None:
+    j = submit(ctl, ALICE)
+    ctl.op_cancel(ROOT, jobs=[str(j)])
+    ev = ctl.op_events(ROOT, limit=10)
+    assert [(e["to"], e["actor_uid"]) for e in ev] == [("CANCELLED", 0), ("PENDING", 1001)]
+    assert ev[0]["owner"] == "alice" and ev[0]["reason"] == "cancelled by root"

@@ -1,0 +1,1 @@
+"""Cloud providers behind one port (`base.CloudProvider`): simulated, aws, command."""

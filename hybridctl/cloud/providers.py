@@ -1,0 +1,60 @@
+"""Build the configured providers from settings (`cloud.providers`), importing each provider's
+module (and its SDK) only when it is configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hybridctl.cloud.base import CloudProvider
+from hybridctl.cloud.catalog import Catalog, load
+from hybridctl.config import ConfigError, Settings
+
+KNOWN = ("simulated", "aws", "command")
+
+
+def catalog(settings: Settings) -> Catalog:
+    c = settings.cloud.catalog
+    return load(Path(c).expanduser() if c else None)
+
+
+def build(settings: Settings) -> dict[str, CloudProvider]:
+    """name -> provider for every entry of `cloud.providers`; ConfigError names a bad entry."""
+    cfg = settings.cloud
+    cat = catalog(settings)
+    out: dict[str, CloudProvider] = {}
+    for name in cfg.providers:
+        if name in out:
+            continue
+        if name == "simulated":
+            from hybridctl.cloud.simulated import SimulatedProvider
+
+            s = cfg.simulated
+            root = Path(s.dir).expanduser() if s.dir else settings.home_path / "cloud" / "simulated"
+            out[name] = SimulatedProvider(
+                root, cat, launch_delay=s.launch_delay, capacity_per_pool=s.capacity_per_pool,
+                capacity_errors=s.capacity_errors, preemption_rate_per_h=s.preemption_rate_per_h,
+                preemption_warning=s.preemption_warning, price_drift=s.price_drift, seed=s.seed,
+                agent_interval=s.agent_interval,
+            )
+        elif name == "aws":
+            try:
+                from hybridctl.cloud.aws import AwsProvider
+            except ImportError as exc:
+                raise ConfigError(
+                    f"cloud.providers: aws needs boto3 ({exc.name} is not installed): pip install 'hybridctl[aws]'"
+                ) from exc
+            a = cfg.aws
+            out[name] = AwsProvider(
+                cat, a.regions, a.image_id, key_name=a.key_name, security_group_ids=a.security_group_ids,
+                ssh_user=a.ssh_user, use_private_ip=a.use_private_ip, endpoint_url=a.endpoint_url,
+                bootstrap_deadline_min=int(cfg.bootstrap_timeout // 60) + 5,
+            )
+        elif name == "command":
+            from hybridctl.cloud.command import CommandProvider
+
+            c = cfg.command
+            out[name] = CommandProvider(c.create, c.delete, c.list, c.offers, catalog=cat, timeout=c.timeout,
+                                        ssh_user=c.ssh_user)
+        else:
+            raise ConfigError(f"cloud.providers: unknown provider {name!r}; accepted: {', '.join(KNOWN)}")
+    return out

@@ -1,0 +1,628 @@
+"""The autoscaler: the controller's side task that carries out the burst policy.
+
+Each pass refreshes offers, reconciles the providers' instances with the database (instances gone
+under us, leaks), acts on preemption notices, accrues cost, asks `core.burst.decide` what to do,
+then launches (and bootstraps) or gives back nodes. Cloud nodes join the `nodes` table with
+site 'cloud' and get the same kind of fleet session as on-prem nodes, extended to upload a job's
+workdir before it starts and download its outputs when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
+
+from hybridctl.cloud import cost as costs
+from hybridctl.cloud.base import TAG_CLUSTER, CapacityError, CloudProvider, Instance, LaunchSpec, Notice
+from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
+from hybridctl.cloud.transfer import Remote, TransferError, download, mkdirs, upload
+from hybridctl.config import ConfigError, Settings
+from hybridctl.control.fleet import NodeSession
+from hybridctl.core import burst
+from hybridctl.core.errors import HybridctlError
+from hybridctl.core.model import ClusterView, JobStatus, NodeState
+from hybridctl.core.reconcile import AgentJob, Launch, job_key, reconcile
+
+if TYPE_CHECKING:
+    from hybridctl.control.fleet import Fleet
+    from hybridctl.control.service import Controller
+
+log = logging.getLogger("hybridctl.autoscaler")
+
+LIVE = ("launching", "bootstrapping", "up", "draining")
+
+
+def limits(settings: Settings) -> burst.Limits:
+    """The policy's limits from `cloud.burst` (ConfigError names a bad key)."""
+    b = settings.cloud.burst
+    if b.budget_period not in burst.PERIODS:
+        raise ConfigError(f"cloud.burst.budget_period: {b.budget_period!r}; accepted: {', '.join(burst.PERIODS)}")
+    for key in ("after", "idle_timeout", "max_hourly_usd", "budget_usd", "backoff"):
+        if getattr(b, key) < 0:
+            raise ConfigError(f"cloud.burst.{key}: must be >= 0, got {getattr(b, key)}")
+    return burst.Limits(
+        after=b.after, idle_timeout=b.idle_timeout, allow_on_demand=b.allow_on_demand, max_nodes=b.max_nodes,
+        max_hourly_usd=b.max_hourly_usd, budget_usd=b.budget_usd, budget_period=b.budget_period,
+        spread_penalty=b.spread_penalty, count_freeing_within=b.count_freeing_within,
+        budget_reserve_h=b.budget_reserve_h, stop_margin_s=max(60.0, 3 * settings.cloud.poll_interval),
+    )
+
+
+def utc_day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
+def cloud_key(settings: Settings) -> Path:
+    """The SSH key the controller uses for cloud nodes (created on first use)."""
+    if settings.cloud.identity:
+        return Path(settings.cloud.identity).expanduser()
+    from hybridctl.sim.keys import client_key
+
+    return client_key(settings.home_path / "cloud")
+
+
+class CloudSession(NodeSession):
+    """A fleet session for a cloud node: before a job starts there, its workdir is uploaded and its
+    output directory made; when it ends, the outputs come back with its logs."""
+
+    def __init__(self, fleet: Fleet, name: str, scaler: Autoscaler) -> None:
+        super().__init__(fleet, name)
+        self.scaler = scaler
+        self._root: Remote | None = None
+
+    async def remote_root(self) -> Remote:
+        """Where job files go on this node (TransferError if SFTP cannot say)."""
+        if self._root is None:
+            import asyncssh
+
+            assert self.link is not None
+            conn = self.link.ssh_connection
+            files_root = self.scaler.files_root(self.name)
+            if files_root:  # chrooted SFTP: '/' is files_root
+                self._root = Remote("/hybridctl", files_root.rstrip("/") + "/hybridctl")
+            else:
+                try:
+                    async with conn.start_sftp_client() as sftp:
+                        home = await sftp.realpath(".")
+                except (OSError, asyncssh.Error) as exc:
+                    raise TransferError(f"node {self.name}: SFTP is not available: {exc}") from exc
+                self._root = Remote(home.rstrip("/") + "/.hybridctl", home.rstrip("/") + "/.hybridctl")
+        return self._root
+
+    async def converge(self, records: list[dict[str, Any]]) -> None:
+        ctl = self.fleet.controller
+        agent = [AgentJob(r["key"], r.get("state") == "running", r.get("exit_code"), r.get("signal"), r.get("reason"))
+                 for r in records]
+        for action in reconcile(ctl.active_ranks(self.name), agent):
+            if isinstance(action, Launch) and action.rank.key not in self.scaler.prepared:
+                await self.prepare(action.rank)
+        await super().converge(records)
+
+    async def prepare(self, rank: Any) -> None:
+        """Upload the workdir and make the output directory of one rank about to launch here; a
+        failure fails the job with the reason (it never starts)."""
+        ctl = self.fleet.controller
+        assert self.link is not None
+        conn = self.link.ssh_connection
+        if conn is None:
+            return
+        info = ctl.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
+        spec = info["spec"]
+        cfg = ctl.settings.cloud
+        try:
+            root = await self.remote_root()
+            work = root.join("work", rank.key)
+            out = root.join("out", rank.key)
+            await mkdirs(conn, work, out)
+            if spec.get("workdir"):
+                sent = await upload(conn, Path(spec["workdir"]), work, cfg.workdir_excludes,
+                                    cfg.workdir_cap_mb * 1024 * 1024)
+                log.info("job %s: uploaded workdir %s to %s (%d bytes)", rank.key, spec["workdir"], self.name, sent)
+        except TransferError as exc:
+            log.error("job %s: %s", rank.key, exc.message)
+            ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc.message}")
+            ctl.on_change()
+            return
+        self.scaler.prepared[rank.key] = (work.real if spec.get("workdir") else None, out.real)
+
+    async def pull_logs(self, key: str) -> None:
+        await self.pull_outputs(key)
+        await super().pull_logs(key)
+
+    async def pull_outputs(self, key: str) -> None:
+        """Bring HYBRIDCTL_OUTPUT_DIR of a finished (or preempted) rank back to the controller."""
+        ctl = self.fleet.controller
+        self.scaler.prepared.pop(key, None)
+        if self.link is None or self.link.ssh_connection is None:
+            return
+        dest = ctl.settings.home_path / "outputs" / key
+        try:
+            root = await self.remote_root()
+            files, size, cut = await download(self.link.ssh_connection, root.join("out", key), dest,
+                                              ctl.settings.cloud.output_cap_mb * 1024 * 1024)
+        except TransferError as exc:
+            log.error("job %s: %s", key, exc.message)
+            return
+        if files:
+            log.info("job %s: %d output files (%d bytes) from %s in %s%s", key, files, size, self.name, dest,
+                     " (truncated at cloud.output_cap_mb)" if cut else "")
+
+
+class Autoscaler:
+    """Runs the burst policy against the providers; see the module docstring."""
+
+    def __init__(self, controller: Controller, fleet: Fleet, providers: dict[str, CloudProvider] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        from hybridctl.cloud import providers as provider_mod
+
+        self.ctl = controller
+        self.fleet = fleet
+        self.store = controller.store
+        self.settings = controller.settings
+        self.cfg = controller.settings.cloud
+        self.limits = limits(self.settings)
+        self.providers = provider_mod.build(self.settings) if providers is None else providers
+        self.clock = clock
+        self.offers: list[burst.Offer] = []
+        self.offers_at = float("-inf")
+        self.errors: dict[str, str] = {}
+        """Provider -> its last error (shown by `cloud status`), cleared on success."""
+        self.last: burst.BurstDecision | None = None
+        self.last_at: float | None = None
+        self.leaks: list[dict[str, Any]] = []
+        self.wake = asyncio.Event()
+        self.prepared: dict[str, tuple[str | None, str]] = {}
+        """Rank key -> (real workdir, real output dir) on its cloud node, set before its launch."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._busy: set[str] = set()
+        """Nodes with a launch, bootstrap, preemption or give-back in flight."""
+        self._declared: set[str] = set()
+        self.key_path = cloud_key(self.settings)
+        self.public_key = Path(f"{self.key_path}.pub").read_text().strip()
+        controller.autoscaler = self  # type: ignore[attr-defined]
+        launch_payload = controller.launch_payload
+
+        def payload_with_cloud_paths(rank: Any, node: str) -> dict[str, Any]:
+            # Cloud nodes run the job in its uploaded copy of the workdir, with an output dir that
+            # comes back when it ends (CloudSession.prepare filled `prepared`).
+            payload = launch_payload(rank, node)
+            where = self.prepared.get(payload["key"])
+            if where is not None:
+                work, out = where
+                if work is not None:
+                    payload["workdir"] = work
+                payload["envs"] = {**payload.get("envs", {}), "HYBRIDCTL_OUTPUT_DIR": out}
+            return payload
+
+        controller.launch_payload = payload_with_cloud_paths  # type: ignore[method-assign]
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled. A failing pass is logged and retried on the next one."""
+        self.adopt()
+        while True:
+            try:
+                await self.tick()
+            except HybridctlError as exc:
+                log.warning("autoscaler pass: %s", exc.message)
+            except Exception:  # a bug in one pass must not stop the controller; it is logged whole
+                log.exception("autoscaler pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.cfg.poll_interval)
+            self.wake.clear()
+
+    def adopt(self) -> None:
+        """After a restart: cloud nodes get cloud sessions, and interrupted launches are settled."""
+        now = self.clock()
+        for row in self.store.cloud_instances():
+            if row["state"] == "launching":
+                # The provider may or may not have made it; the leak sweep terminates it if it did.
+                self.store.cloud_update_instance(row["instance_id"], now, state="failed", ended_at=now,
+                                                 reason="controller restarted during the launch")
+            elif row["state"] == "bootstrapping":
+                self._spawn(row["node"], self._resume(row))
+            elif row["state"] in ("up", "draining"):
+                self.start_session(row["node"])
+                if row["offer"].get("declared_shape"):
+                    self._declared.add(row["node"])
+
+    def _spawn(self, node: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._busy.add(node)
+
+        async def run() -> None:
+            try:
+                await coro
+            except HybridctlError as exc:
+                log.error("cloud node %s: %s", node, exc.message)
+            except Exception:
+                log.exception("cloud node %s: unexpected error", node)
+            finally:
+                self._busy.discard(node)
+
+        t = asyncio.create_task(run(), name=f"cloud:{node}")
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for p in self.providers.values():
+            p.close()
+
+    async def tick(self) -> burst.BurstDecision:
+        """One pass (see the module docstring); returns the decision it acted on."""
+        now = self.clock()
+        await self.refresh_offers(now)
+        await self.sync_instances(now)
+        await self.handle_notices(now)
+        self.accrue(now)
+        self.fix_shapes()
+        for r in self.store.cloud_instances():
+            if r["state"] == "draining" and r["node"] not in self._busy:
+                # A give-back that failed (the provider refused the termination): try again.
+                self._spawn(r["node"], self.give_back(r["instance_id"], r["node"], r["reason"] or "draining"))
+        decision = burst.decide(self.world(now), self.limits, self.ctl.policy, now)
+        self.last, self.last_at = decision, now
+        for sd in decision.scale_down:
+            if sd.node not in self._busy:
+                budget = sd.reason.startswith("budget")
+                self._spawn(sd.node, self.scale_down(sd.node, sd.reason, force=budget))
+        for req in decision.launches:
+            name = self.new_name()
+            self._busy.add(name)
+            self.store.cloud_add_instance(f"launch:{name}", req.offer.provider, name, req.offer.to_dict(), req.tasks, now)
+            self._spawn(name, self.launch(name, req))
+        return decision
+
+    # ---- reading the world -----------------------------------------------------------------------
+
+    async def refresh_offers(self, now: float) -> None:
+        refresh = now - self.offers_at >= self.cfg.offers_refresh
+        offers: list[burst.Offer] = []
+        for name, p in self.providers.items():
+            try:
+                offers += await asyncio.to_thread(p.offers, refresh)
+                self.errors.pop(name, None)
+            except HybridctlError as exc:
+                self.errors[name] = exc.message
+                offers += [o for o in self.offers if o.provider == name]  # keep the last good ones
+        self.offers = offers
+        if refresh:
+            self.offers_at = now
+
+    def world(self, now: float) -> burst.World:
+        store = self.store
+        views = store.node_views()
+        by_user: dict[str, int] = {}
+        by_group: dict[str, int] = {}
+        by_array: dict[int, int] = {}
+        seen: set[tuple[int, int]] = set()
+        for job_id, task, _node, gpus, _c, _m, user, group in store.open_allocations():
+            by_user[user] = by_user.get(user, 0) + len(gpus)
+            by_group[group] = by_group.get(group, 0) + len(gpus)
+            if (job_id, task) not in seen:
+                seen.add((job_id, task))
+                by_array[job_id] = by_array.get(job_id, 0) + 1
+        cluster = ClusterView(tuple(views), by_user, by_group, by_array, self.ctl.usage_by_user(now))
+        activity = store.cloud_node_activity()
+        cloud = []
+        for r in store.cloud_instances():
+            offer = replace(burst.Offer.from_dict(r["offer"]), price_hourly=r["price_hourly"])
+            held, last_end = activity.get(r["node"], (0, None))
+            up = r["state"] == "up"
+            idle_since = None
+            if up and not held:
+                idle_since = max(last_end or 0.0, r["ready_at"] or r["launched_at"])
+            cloud.append(burst.CloudNode(r["node"], offer, r["launched_at"], up, idle_since, r["state"] == "draining"))
+        site = {v.name: v.site for v in views}
+        freeing = [
+            burst.Freeing(node, tuple(gpus), cpus, mem, start + tl)
+            for node, gpus, cpus, mem, start, tl, _j, _t in store.running_allocations()
+            if tl and site.get(node) != "cloud"
+        ]
+        backoff = {p: u for p, (u, _r) in store.cloud_backoffs(now).items()}
+        spent = store.cloud_spent_since(utc_day(burst.period_start(now, self.limits.budget_period)))
+        return burst.World(store.pending(), cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing)
+
+    def files_root(self, node: str) -> str:
+        for r in self.store.cloud_instances():
+            if r["node"] == node:
+                return str(r["files_root"] or "")
+        return ""
+
+    def row(self, node: str) -> dict[str, Any] | None:
+        return next((r for r in self.store.cloud_instances() if r["node"] == node), None)
+
+    def new_name(self) -> str:
+        taken = {n.name for n in self.store.nodes()} | {r["node"] for r in self.store.cloud_instances(live=False)}
+        while True:
+            name = f"cloud-{secrets.token_hex(3)}"
+            if name not in taken:
+                return name
+
+    # ---- launching -------------------------------------------------------------------------------
+
+    async def launch(self, name: str, req: burst.LaunchRequest) -> None:
+        offer = req.offer
+        provider = self.providers[offer.provider]
+        placeholder = f"launch:{name}"
+        spec = LaunchSpec(offer, name, {TAG_CLUSTER: self.cfg.cluster}, self.public_key, self.cfg.orphan_timeout)
+        log.info("launching %s as %s for %s (%s)", offer.describe(), name,
+                 ", ".join(burst.label(k) for k in req.tasks), offer.pool)
+        try:
+            inst = await asyncio.to_thread(provider.launch, spec)
+        except HybridctlError as exc:
+            now = self.clock()
+            capacity = isinstance(exc, CapacityError)
+            self.store.cloud_update_instance(placeholder, now, state="failed", ended_at=now, reason=exc.message)
+            self.backoff(offer.pool, exc.message, now)
+            (log.warning if capacity else log.error)("launch of %s refused (%s); trying another offer", offer.pool, exc.message)
+            self.wake.set()
+            return
+        now = self.clock()
+        offer_row = {**offer.to_dict(), "declared_shape": inst.declared_shape}
+        self.store.cloud_update_instance(placeholder, now, new_id=inst.id, state="bootstrapping",
+                                         offer=_json(offer_row))
+        await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout)
+
+    async def _resume(self, row: dict[str, Any]) -> None:
+        offer = burst.Offer.from_dict(row["offer"])
+        provider = self.providers.get(row["provider"])
+        if provider is None:
+            return
+        await self.bootstrap(row["instance_id"], row["node"], offer, provider,
+                             row["launched_at"] + self.cfg.bootstrap_timeout)
+
+    async def bootstrap(self, iid: str, name: str, offer: burst.Offer, provider: CloudProvider,
+                        deadline: float) -> None:
+        """Wait for the instance, reach it over SSH, start its agent if needed, and wait for it to
+        join the fleet. On failure or timeout: terminate it and back its pool off."""
+        try:
+            await asyncio.wait_for(self._join(iid, name, offer, provider), max(1.0, deadline - self.clock()))
+        except (asyncio.TimeoutError, HybridctlError) as exc:
+            why = exc.message if isinstance(exc, HybridctlError) else (
+                f"did not join the fleet within cloud.bootstrap_timeout ({self.cfg.bootstrap_timeout:.0f}s)")
+            log.error("cloud node %s (%s): bootstrap failed: %s; terminating it", name, iid, why)
+            now = self.clock()
+            self.backoff(offer.pool, f"bootstrap failed: {why}", now)
+            # Draining until terminated: if the provider refuses the termination, the next pass retries.
+            self.store.cloud_update_instance(iid, now, state="draining", reason=f"bootstrap failed: {why}")
+            await self.give_back(iid, name, f"bootstrap failed: {why}", failed=True)
+            self.wake.set()
+
+    async def _join(self, iid: str, name: str, offer: burst.Offer, provider: CloudProvider) -> None:
+        known = self.settings.known_hosts_path
+        while True:
+            inst = await asyncio.to_thread(provider.describe, iid)
+            if inst.state == "terminated":
+                raise BootstrapFailed(f"instance {iid} ended before it could be reached ({inst.reason or 'no reason given'})")
+            if inst.state == "running" and inst.host:
+                break
+            await asyncio.sleep(0.25)
+        if inst.host_key:
+            pin(known, inst.host, inst.port, inst.host_key)
+        else:
+            await pin_first_contact(known, inst.host, inst.port)
+        socket = inst.agent_socket or await install_agent(inst, known, self.key_path, self.cfg.orphan_timeout)
+        await self.join(inst, name, offer, socket)
+
+    async def join(self, inst: Instance, name: str, offer: burst.Offer, socket: str) -> None:
+        """Record the node (site 'cloud') and start its session; return once it is UP."""
+        from hybridctl.store.sqlite import NodeRecord
+
+        now = self.clock()
+        gpus = tuple({"index": i, "model": offer.gpu_type or "GPU"} for i in range(offer.gpus))
+        rec = NodeRecord(name, inst.host, inst.port, inst.ssh_user or None, str(self.key_path), socket, "cloud",
+                         NodeState.UNREACHABLE, "bootstrapping", False, "", gpus, offer.cpus, offer.memory_mb, False)
+        self.store.add_node(rec, now)
+        self.store.set_node_cloud(name, offer.provider, inst.id, offer.price_hourly, inst.launched_at or now, now)
+        self.store.cloud_update_instance(inst.id, now, host=inst.host, port=inst.port, files_root=inst.files_root or None)
+        if inst.declared_shape:
+            self._declared.add(name)
+        self.start_session(name)
+        while self.store.node(name).link_state is not NodeState.UP:
+            await asyncio.sleep(0.1)
+        self.fix_shapes()
+        now = self.clock()
+        self.store.cloud_update_instance(inst.id, now, state="up", ready_at=now)
+        log.info("cloud node %s (%s, %s) joined the fleet", name, inst.id, offer.describe())
+        self.ctl.on_change()
+
+    def start_session(self, name: str) -> None:
+        old = self.fleet.sessions.get(name)
+        if isinstance(old, CloudSession):
+            return
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        s = CloudSession(self.fleet, name, self)
+        s.task = asyncio.create_task(s.run(), name=f"node:{name}")
+        self.fleet.sessions[name] = s
+
+    def fix_shapes(self) -> None:
+        """Simulated machines report the host's CPUs and memory; record the offer's (the node was
+        rented for them, and the scheduler and the policy must agree on its size)."""
+        for r in self.store.cloud_instances():
+            if r["node"] not in self._declared or r["state"] not in ("up", "bootstrapping", "draining"):
+                continue
+            with contextlib.suppress(HybridctlError):
+                n = self.store.node(r["node"])
+                o = r["offer"]
+                if (n.cpus, n.memory_mb) != (float(o["cpus"]), int(o["memory_mb"])):
+                    self.store.set_hardware(n.name, list(n.gpus), float(o["cpus"]), int(o["memory_mb"]), self.clock())
+
+    def backoff(self, pool: str, reason: str, now: float) -> None:
+        self.store.cloud_set_backoff(pool, now + self.cfg.burst.backoff, reason)
+
+    # ---- giving back -----------------------------------------------------------------------------
+
+    async def scale_down(self, node: str, reason: str, force: bool = False) -> None:
+        """Drain and terminate a cloud node. Without `force` only while it holds nothing (the
+        scheduler may have just placed work there); with it (budget), its jobs are requeued."""
+        row = self.row(node)
+        if row is None:
+            return
+        held = self.store.cloud_node_activity().get(node, (0, None))[0]
+        if held and not force:
+            return
+        self.store.set_drain(node, True, reason, self.clock())
+        self.store.cloud_update_instance(row["instance_id"], self.clock(), state="draining", reason=reason)
+        log.info("cloud node %s: giving back: %s", node, reason)
+        if held:
+            await self.evict(node, reason, JobStatus.PREEMPTED)
+        await self.give_back(row["instance_id"], node, reason)
+
+    async def evict(self, node: str, reason: str, status: JobStatus, grace: float | None = None) -> None:
+        """Requeue every job on `node` and stop it there, keeping what its logs and outputs say so far."""
+        session = self.fleet.sessions.get(node)
+        link = session.link if session is not None else None
+        for job_id, task, attempt, rank, _state in self.store.active_ranks(node):
+            key = job_key(job_id, task, attempt, rank)
+            if link is not None and isinstance(session, NodeSession):
+                with contextlib.suppress(HybridctlError, TransferError, OSError):
+                    await session.pull_logs(key)
+            await self.checkpoint(job_id, task, node)
+            self.ctl.requeue_or_fail(job_id, task, reason, status=status)
+            if link is not None:
+                with contextlib.suppress(HybridctlError):
+                    await link.call("cancel", key=key, grace=self.cfg.preemption_grace if grace is None else grace)
+        self.ctl.on_change()
+
+    async def checkpoint(self, job_id: int, task: int, node: str) -> None:
+        """Hook: pull the job's checkpoint_dir back before it is requeued (checkpoint sync is a later
+        issue; today a requeued job restarts from the beginning unless it checkpoints elsewhere)."""
+
+    async def give_back(self, iid: str, node: str, reason: str, failed: bool = False) -> None:
+        """Terminate the instance, settle its cost, and forget the node."""
+        row = next((r for r in self.store.cloud_instances() if r["instance_id"] == iid), None)
+        provider = self.providers.get(row["provider"]) if row else None
+        if provider is not None and not iid.startswith("launch:"):
+            await asyncio.to_thread(provider.terminate, iid)  # idempotent; an error leaves the row to retry
+        now = self.clock()
+        if row is not None:
+            self.accrue_row(row, now)
+        self.store.cloud_update_instance(iid, now, state="failed" if failed else "terminated", ended_at=now,
+                                         reason=reason)
+        session = self.fleet.sessions.pop(node, None)
+        if session is not None and session.task is not None:
+            session.task.cancel()
+        with contextlib.suppress(HybridctlError):
+            if self.store.cloud_node_activity().get(node, (0, None))[0]:
+                self.ctl.node_lost(node, reason)
+            self.store.remove_node(node)
+        self._declared.discard(node)
+        log.info("cloud node %s (%s) terminated: %s", node, iid, reason)
+        self.ctl.on_change()
+
+    # ---- what the providers say ------------------------------------------------------------------
+
+    async def sync_instances(self, now: float) -> None:
+        """Instances gone under us (reclaimed, terminated outside hybridctl) lose their node; tagged
+        instances with no record are leaks, terminated once older than `cloud.leak_grace`."""
+        rows = self.store.cloud_instances()
+        known = self.store.cloud_instance_ids()
+        held = {r["instance_id"] for r in rows}
+        launching = {r["node"] for r in rows if r["state"] == "launching"}
+        for name, p in self.providers.items():
+            try:
+                listed = await asyncio.to_thread(p.list, {TAG_CLUSTER: self.cfg.cluster})
+            except HybridctlError as exc:
+                self.errors[name] = exc.message
+                continue
+            ids = {i.id for i in listed}
+            for r in rows:
+                if r["provider"] != name or r["state"] not in ("up", "draining") or r["instance_id"] in ids:
+                    continue
+                if r["node"] in self._busy:
+                    continue
+                inst = await asyncio.to_thread(p.describe, r["instance_id"])
+                if inst.alive:
+                    continue
+                why = inst.reason or "terminated outside hybridctl"
+                log.warning("cloud node %s (%s) is gone: %s", r["node"], r["instance_id"], why)
+                status = JobStatus.PREEMPTED if "preempt" in why else JobStatus.NODE_LOST
+                await self.evict(r["node"], f"cloud node {r['node']} is gone: {why}", status, grace=0)
+                await self.give_back(r["instance_id"], r["node"], f"gone: {why}")
+            for inst in listed:
+                if inst.id in held or inst.name in launching or inst.name in self._busy:
+                    continue
+                age = now - inst.launched_at if inst.launched_at else float("inf")
+                if inst.id in known:
+                    log.warning("leak: %s instance %s (%s) still runs after hybridctl gave it back; terminating it"
+                                " again", name, inst.id, inst.name)
+                elif age < self.cfg.leak_grace:
+                    continue
+                else:
+                    log.warning("leak: %s instance %s (%s, tagged %s=%s, %s old) has no record here; terminating it",
+                                name, inst.id, inst.name or "unnamed", TAG_CLUSTER, self.cfg.cluster, burst.fmt_duration(age))
+                await asyncio.to_thread(p.terminate, inst.id)
+                self.leaks.append({"provider": name, "instance_id": inst.id, "name": inst.name, "at": now})
+                del self.leaks[:-20]
+
+    async def handle_notices(self, now: float) -> None:
+        by_provider: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in self.store.cloud_instances():
+            if r["state"] == "up" and r["node"] not in self._busy:
+                by_provider.setdefault(r["provider"], {})[r["instance_id"]] = r
+        for name, rows in by_provider.items():
+            p = self.providers.get(name)
+            if p is None:
+                continue
+            try:
+                notices = await asyncio.to_thread(p.preemption_notices, sorted(rows))
+            except HybridctlError as exc:
+                self.errors[name] = exc.message
+                continue
+            for n in notices:
+                row = rows.get(n.instance_id)
+                if row is not None:
+                    self._spawn(row["node"], self.preempt(row, n))
+
+    async def preempt(self, row: dict[str, Any], notice: Notice) -> None:
+        """A reclaim is coming: stop placing there, requeue its jobs as PREEMPTED (they get SIGTERM
+        and `cloud.preemption_grace`), then give the node back."""
+        node = row["node"]
+        at = time.strftime("%H:%M:%S", time.localtime(notice.at))
+        reason = f"{notice.reason} of {node} ({row['provider']}) at {at}"
+        log.warning("cloud node %s: %s notice; requeueing its jobs", node, notice.reason)
+        self.store.set_drain(node, True, reason, self.clock())
+        self.store.cloud_update_instance(row["instance_id"], self.clock(), state="draining", reason=reason)
+        await self.evict(node, reason, JobStatus.PREEMPTED)
+        wait = min(max(0.0, notice.at - self.clock()), self.cfg.preemption_grace + 5)
+        await asyncio.sleep(wait)
+        await self.give_back(row["instance_id"], node, reason)
+
+    # ---- cost ------------------------------------------------------------------------------------
+
+    def accrue(self, now: float) -> None:
+        prices = {o.pool: o.price_hourly for o in self.offers}
+        for r in self.store.cloud_instances():
+            if r["instance_id"].startswith("launch:"):
+                continue
+            pool = burst.Offer.from_dict(r["offer"]).pool
+            if pool in prices and prices[pool] != r["price_hourly"]:
+                self.store.cloud_update_instance(r["instance_id"], now, price_hourly=prices[pool])
+                r["price_hourly"] = prices[pool]
+            self.accrue_row(r, now)
+
+    def accrue_row(self, r: dict[str, Any], until: float) -> None:
+        start = r["billed_until"]
+        if until <= start:
+            return
+        o = r["offer"]
+        held = [costs.Held(*a) for a in self.store.cloud_allocations(r["node"], start)]
+        charges = costs.split(r["price_hourly"], start, until, int(o.get("gpus") or 0), float(o.get("cpus") or 1), held)
+        self.store.cloud_accrue(r["instance_id"], r["node"], [(c.job_id, c.task, c.user, c.usd, c.hours) for c in charges],
+                                until, utc_day(until), self.clock())
+        r["billed_until"] = until
+
+
+def _json(d: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(d)

@@ -1,0 +1,294 @@
+"""`FakeApi`: an in-memory controller look-alike for the TUI's snapshot tests and demos.
+
+It answers the same requests with the same reply shapes as `control/service.py`, from a small,
+fixed lab (every timestamp derived from `now`), and applies actions to its own state. `admin=False`
+makes it refuse admin-only actions the way the controller does."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from hybridctl.core.errors import HybridctlError, NotFound, PermissionDenied
+
+NOW = 1_700_000_000.0
+"""2023-11-14 22:13:20 UTC: the fixed clock of snapshot tests."""
+
+
+def _gpu_sample(index: int, name: str, step: int, busy: bool, total_mb: int, procs: list[dict[str, Any]]
+                ) -> dict[str, Any]:
+    """A smooth, repeatable pattern: util/mem/temp/power follow a slow wave per GPU."""
+    wave = (math.sin((step + index * 7) / 6.0) + 1) / 2
+    util = round(55 + 40 * wave) if busy else (0 if not procs else 12)
+    return {
+        "index": index, "uuid": f"GPU-{index:04d}", "name": name, "util_gpu": util, "util_mem": util // 2,
+        "mem_used_mb": int(total_mb * (0.55 + 0.3 * wave)) if busy else sum(p["used_mem_mb"] for p in procs),
+        "mem_total_mb": total_mb, "temp_c": round(45 + 35 * wave) if busy else 34, "power_w": round(90 + 260 * wave) if busy else 61,
+        "power_limit_w": 400, "fan_pct": None, "clock_sm_mhz": 1410, "healthy": True, "health_reason": None,
+        "processes": procs,
+    }
+
+
+def telemetry(node: str, gpus: list[tuple[str, int]], busy: set[int], procs: dict[int, list[dict[str, Any]]],
+              step: int, when: float) -> dict[str, Any]:
+    return {"seq": step, "time": when, "host": {"cpu_percent": 31.0},
+            "gpus": [_gpu_sample(i, name, step, i in busy, mem, procs.get(i, [])) for i, (name, mem) in enumerate(gpus)]}
+
+
+class FakeApi:
+    """A fixed lab: two on-prem servers up (one draining, with a faulty GPU), one unreachable,
+    one lost, one cloud node; a dozen jobs in every state; their events and logs."""
+
+    def __init__(self, now: float = NOW, *, admin: bool = True, cloud: bool = False, user: str = "alice") -> None:
+        self.now = now
+        self.admin = admin
+        self.cloud = cloud
+        self.user = user
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.nodes = sorted(self._nodes(), key=lambda n: n["name"])  # the controller's order
+        self.jobs = self._jobs()
+        self.events = self._events()
+        self.next_id = max(j["job_id"] for j in self.jobs) + 1
+
+    # ---- the lab -----------------------------------------------------------------------------------
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        a100 = [("A100-SXM4-80GB", 81920)] * 8
+        mixed = [("RTX3090", 24576), ("RTX3090", 24576), ("A6000", 49152)]
+        procs01 = {i: [{"pid": 41000 + i, "user": "alice", "used_mem_mb": 40000 + 512 * i, "job": "12.a0.r0"}]
+                   for i in range(4)}
+        procs01[4] = [{"pid": 52011, "user": "bob", "used_mem_mb": 30111, "job": "14_3.a1.r0"}]
+        procs01[7] = [{"pid": 9876, "user": "mallory", "used_mem_mb": 2048, "job": None}]
+        procs02 = {0: [{"pid": 7001, "user": "carol", "used_mem_mb": 20000, "job": "13.a0.r0"}]}
+        base = {"cpus": 64.0, "cpus_free": 40.0, "memory_mb": 524288, "memory_free_mb": 262144, "host": "",
+                "port": 22, "ssh_user": None, "drained": False, "link_error": "", "simulated": False,
+                "last_seen": self.now - 1}
+        return [
+            {**base, "name": "gpu01", "site": "onprem", "state": "UP", "state_reason": "",
+             "gpus": [{"index": i, "model": "A100", "healthy": True, "reason": "", "foreign": i == 7} for i in range(8)],
+             "gpus_used": 6, "gpus_total": 8,
+             "telemetry": telemetry("gpu01", a100, {0, 1, 2, 3, 4}, procs01, 60, self.now - 1)},
+            {**base, "name": "gpu02", "site": "onprem", "state": "DRAINING", "state_reason": "fan noise (alice)",
+             "drained": True, "cpus": 32.0, "cpus_free": 24.0, "memory_mb": 131072,
+             "gpus": [{"index": 0, "model": "RTX3090", "healthy": True}, {"index": 1, "model": "RTX3090",
+                      "healthy": False, "reason": "Xid 79"}, {"index": 2, "model": "A6000", "healthy": True}],
+             "gpus_used": 1, "gpus_total": 3,
+             "telemetry": telemetry("gpu02", mixed, {0}, procs02, 60, self.now - 1)},
+            {**base, "name": "gpu03", "site": "onprem", "state": "UNREACHABLE",
+             "state_reason": "silent for 45s: connection refused", "last_seen": self.now - 45,
+             "gpus": [{"index": i, "model": "V100"} for i in range(4)], "gpus_used": 0, "gpus_total": 4,
+             "telemetry": None, "link_error": "connection refused"},
+            {**base, "name": "gpu04", "site": "onprem", "state": "LOST", "state_reason": "silent for 310s: no route to host",
+             "last_seen": self.now - 310, "gpus": [{"index": i, "model": "V100"} for i in range(4)],
+             "gpus_used": 0, "gpus_total": 4, "telemetry": None},
+            {**base, "name": "aws-g5-1", "site": "cloud", "provider": "aws", "price_per_hour": 1.006, "state": "UP",
+             "state_reason": "", "cpus": 8.0, "cpus_free": 4.0, "gpus": [{"index": 0, "model": "A10G"}],
+             "gpus_used": 1, "gpus_total": 1,
+             "telemetry": telemetry("aws-g5-1", [("A10G", 23028)], {0}, {0: [{"pid": 3100, "user": "dave",
+                                    "used_mem_mb": 15000, "job": "15.a0.r0"}]}, 60, self.now - 1)},
+        ]
+
+    def _jobs(self) -> list[dict[str, Any]]:
+        n = self.now
+
+        def job(i: int, user: str, name: str, state: str, gpus: int, gtype: str | None, nodes: str = "",
+                gpu_ids: str = "", sub: float = 600, start: float | None = None, end: float | None = None,
+                reason: str = "", attempt: int = 0, prio: int = 0, task: int = 0, array: str | None = None,
+                exit_code: int | None = None) -> dict[str, Any]:
+            return {"job_id": i, "task": task, "user": user, "name": name, "state": state, "reason": reason,
+                    "gpus": gpus, "gpu_type": gtype, "num_nodes": 1, "nodes": nodes, "gpu_ids": gpu_ids,
+                    "priority": prio, "submitted_at": n - sub, "started_at": None if start is None else n - start,
+                    "ended_at": None if end is None else n - end, "attempt": attempt, "exit_code": exit_code,
+                    "array": array}
+
+        return [
+            job(10, "alice", "prep", "SUCCEEDED", 1, None, "gpu01", "0", 7200, 7100, 5000, exit_code=0),
+            job(11, "bob", "eval", "FAILED", 1, None, "gpu02", "2", 5400, 5300, 5200, exit_code=1),
+            job(12, "alice", "resnet", "RUNNING", 4, "A100", "gpu01", "0,1,2,3", 3900, 3600),
+            job(13, "carol", "bert-ft", "RUNNING", 1, None, "gpu02", "0", 3000, 2950, prio=10),
+            *[job(14, "bob", "sweep", st, 1, "A100", nd, ids, 2000, start, reason=rs, task=t, array="1-4",
+                  attempt=att)
+              for t, st, nd, ids, start, rs, att in [
+                  (1, "SUCCEEDED", "gpu01", "4", 1900, "", 0), (2, "CANCELLED", "gpu01", "5", 1800, "", 0),
+                  (3, "RUNNING", "gpu01", "4", 1200, "", 1), (4, "PENDING", "", "", None, "throttle: 1 of 1 running", 0)]],
+            job(15, "dave", "llm-burst", "RUNNING", 1, "A10G", "aws-g5-1", "0", 1500, 600, prio=5),
+            job(16, "erin", "big-train", "PENDING", 8, "A100", sub=900, reason="resources: 8 A100 free on no node"),
+            job(17, "alice", "notebook", "STARTING", 1, None, "gpu01", "5", 20),
+            job(18, "frank", "ablation", "PENDING", 2, None, sub=300, reason="priority: 2 jobs ahead", prio=-5),
+        ]
+
+    def _events(self) -> list[dict[str, Any]]:
+        rows = [
+            (7200, 10, None, None, "PENDING", "submitted", "alice"), (7100, 10, None, "PENDING", "STARTING", "placed", None),
+            (5000, 10, None, "RUNNING", "SUCCEEDED", "exit 0", None), (3900, 12, None, None, "PENDING", "submitted", "alice"),
+            (3600, 12, None, "STARTING", "RUNNING", "started", None), (2000, 14, None, None, "PENDING", "submitted", "bob"),
+            (1800, 14, 2, "RUNNING", "CANCELLED", "cancelled by bob", "bob"),
+            (1300, 14, 3, "RUNNING", "NODE_LOST", "node gpu03 lost: silent for 300s", None),
+            (1299, 14, 3, "NODE_LOST", "PENDING", "requeued (attempt 1 of 2)", None),
+            (900, 16, None, None, "PENDING", "submitted", "erin"),
+            (400, 13, None, None, "PRIORITY", "priority 0 -> 10", "root"),
+        ]
+        owners = {j["job_id"]: j["user"] for j in self.jobs}
+        out = []
+        for i, (ago, job, task, frm, to, reason, actor) in enumerate(rows, start=1):
+            out.append({"id": i, "job_id": job, "task": task, "time": self.now - ago, "from": frm, "to": to,
+                        "reason": reason, "actor_uid": None if actor is None else 1000 + i,
+                        "actor": actor or "controller", "owner": owners.get(job, "?")})
+        return out[::-1]
+
+    # ---- the API -----------------------------------------------------------------------------------
+
+    def call(self, op: str, args: dict[str, Any], lane: str = "poll") -> Any:
+        self.calls.append((op, dict(args)))
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            raise HybridctlError(f"unknown request {op!r}; this controller knows: cancel, drain, events, ...")
+        return copy.deepcopy(fn(**args))
+
+    def op_ping(self) -> dict[str, Any]:
+        return {"user": self.user, "uid": 1001, "admin": self.admin, "schema": 1}
+
+    def op_nodes(self) -> list[dict[str, Any]]:
+        return self.nodes
+
+    def op_queue(self, all: bool = False, user: str | None = None, states: list[str] = (),  # type: ignore[assignment]
+                 finished: bool = False) -> list[dict[str, Any]]:
+        who = None if all else (user or self.user)
+        out = [j for j in self.jobs if who is None or j["user"] == who]
+        if states:
+            return [j for j in out if j["state"] in states]
+        if not finished:
+            out = [j for j in out if j["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")]
+        return out
+
+    def _rows(self, job: str) -> list[dict[str, Any]]:
+        job_id = int(str(job).split("_")[0])
+        rows = [j for j in self.jobs if j["job_id"] == job_id]
+        if not rows:
+            raise NotFound(f"job {job_id} does not exist; `hybridctl queue --all` lists the jobs")
+        return rows
+
+    def op_show(self, job: str) -> dict[str, Any]:
+        rows = self._rows(job)
+        r = rows[0]
+        spec = {"name": r["name"], "run": f"python {r['name']}.py --epochs 10", "setup": "", "envs": {},
+                "resources": {"gpus": r["gpus"], "gpu_type": r["gpu_type"], "cpus": 8.0, "memory_mb": 65536,
+                              "use_spot": True},
+                "num_nodes": 1, "priority": r["priority"], "max_restarts": 2, "placement": "any", "time_limit": 14400}
+        return {"id": r["job_id"], "uid": 1000, "user": r["user"], "group": "lab", "name": r["name"], "spec": spec,
+                "priority": r["priority"], "submitted_at": r["submitted_at"], "array": r["array"],
+                "tasks": [{"task": x["task"], "state": x["state"], "reason": x["reason"], "attempt": x["attempt"],
+                           "nodes": x["nodes"], "gpu_ids": x["gpu_ids"], "started_at": x["started_at"],
+                           "ended_at": x["ended_at"], "exit_code": x["exit_code"]} for x in rows],
+                "events": [{"task": e["task"], "time": e["time"], "from": e["from"], "to": e["to"],
+                            "reason": e["reason"], "actor_uid": e["actor_uid"]}
+                           for e in reversed(self.events) if e["job_id"] == r["job_id"]]}
+
+    def op_logs(self, job: str, stream: str = "stdout", offset: int = 0, max_bytes: int = 65536,
+                rank: int = 0) -> dict[str, Any]:
+        row = self._rows(job)[0]
+        if stream == "stdout":
+            text = "".join(f"epoch {e:2d}  loss {2.0 / (e + 1):.4f}  acc {1 - 1 / (e + 2):.3f}\n" for e in range(12))
+        else:
+            text = "warning: torch.cuda.amp is deprecated\n"
+        data = text.encode()
+        start = max(0, len(data) + offset) if offset < 0 else min(offset, len(data))
+        chunk = data[start:start + max_bytes]
+        return {"data": chunk.decode(), "offset": start + len(chunk), "eof": row["state"] != "RUNNING",
+                "state": row["state"], "node": row["nodes"]}
+
+    def op_events(self, limit: int = 200, before_id: int | None = None) -> list[dict[str, Any]]:
+        return self.events[:limit]
+
+    def op_cloud_status(self) -> dict[str, Any]:
+        if not self.cloud:
+            raise HybridctlError("unknown request 'cloud_status'; this controller knows: cancel, drain, ...")
+        return {
+            "provider": "aws", "budget": 500.0, "spent": 123.45, "per_hour": 1.006, "period": "month",
+            "decisions": [
+                {"time": self.now - 1500, "action": "burst", "node": "aws-g5-1",
+                 "reason": "job 15 waited 10m for A10G:1; cheapest offer g5.xlarge $1.006/h within budget"},
+                {"time": self.now - 5400, "action": "scale-down", "node": "aws-g5-0",
+                 "reason": "idle for 15m (idle_timeout 15m)"},
+            ],
+            "offers": [
+                {"provider": "aws", "instance_type": "g5.xlarge", "gpus": 1, "gpu_type": "A10G", "region": "us-east-1",
+                 "price_per_hour": 1.006, "spot": True},
+                {"provider": "aws", "instance_type": "p4d.24xlarge", "gpus": 8, "gpu_type": "A100",
+                 "region": "us-west-2", "price_per_hour": 9.83, "spot": True},
+            ],
+        }
+
+    def _need_admin(self, verb: str) -> None:
+        if not self.admin:
+            raise PermissionDenied(f"you ({self.user}) may not {verb}: only root and members of group "
+                                   "hybridctl-admin may")
+
+    def op_cancel(self, jobs: list[str] = (), all_mine: bool = False, reason: str = "") -> dict[str, Any]:  # type: ignore[assignment]
+        done, skipped = [], []
+        for ref in jobs:
+            for r in self._rows(ref):
+                if r["user"] != self.user and not self.admin:
+                    raise PermissionDenied(f"you ({self.user}) may not cancel job {r['job_id']}: it belongs to "
+                                           f"{r['user']}; only its owner or an admin (group hybridctl-admin) may")
+                label = f"{r['job_id']}_{r['task']}" if r["array"] else str(r["job_id"])
+                if "_" in str(ref) and label != str(ref):
+                    continue
+                if r["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"):
+                    skipped.append(f"{label} ({r['state']})")
+                else:
+                    r["state"] = "CANCELLED"
+                    done.append(label)
+        return {"cancelled": done, "skipped": skipped}
+
+    def op_priority(self, job: str, priority: int) -> dict[str, Any]:
+        for r in self._rows(job):
+            r["priority"] = priority
+        return {"id": int(str(job).split("_")[0]), "priority": priority}
+
+    def op_drain(self, node: str, reason: str = "") -> dict[str, Any]:
+        self._need_admin(f"drain node {node}")
+        n = self._node(node)
+        n["drained"], n["state"], n["state_reason"] = True, "DRAINING" if n["gpus_used"] else "DRAINED", reason
+        return {"node": node, "state": n["state"]}
+
+    def op_resume(self, node: str) -> dict[str, Any]:
+        self._need_admin(f"resume node {node}")
+        n = self._node(node)
+        n["drained"], n["state"], n["state_reason"] = False, "UP", ""
+        return {"node": node, "state": "UP"}
+
+    def op_submit(self, spec: dict[str, Any], source: str = "", full: bool = False) -> dict[str, Any]:
+        job_id = self.next_id
+        self.next_id += 1
+        res = spec.get("resources") or {}
+        self.jobs.append({"job_id": job_id, "task": 0, "user": self.user, "name": spec.get("name") or "",
+                          "state": "PENDING", "reason": "", "gpus": res.get("accelerators") or 0, "gpu_type": None,
+                          "num_nodes": 1, "nodes": "", "gpu_ids": "", "priority": int(spec.get("priority") or 0),
+                          "submitted_at": self.now, "started_at": None, "ended_at": None, "attempt": 0,
+                          "exit_code": None, "array": None})
+        return {"id": job_id, "warnings": []}
+
+    def _node(self, name: str) -> dict[str, Any]:
+        for n in self.nodes:
+            if n["name"] == name:
+                return n
+        raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
+
+
+def seed_history(app_state: Any, api: FakeApi, samples: int = 60) -> None:
+    """Give every node with telemetry `samples` past samples (ending at the current one), so charts
+    and sparklines have a fixed history before the first poll; the poll then adds nothing new."""
+    for step in range(samples - 1):
+        past = []
+        for n in api.nodes:
+            t = n.get("telemetry")
+            if not t:
+                continue
+            gpus = [(g["name"], g["mem_total_mb"]) for g in t["gpus"]]
+            busy = {g["index"] for g in t["gpus"] if g["util_gpu"] and g["util_gpu"] > 20}
+            procs = {g["index"]: g["processes"] for g in t["gpus"]}
+            past.append({**n, "telemetry": telemetry(n["name"], gpus, busy, procs, step, api.now - samples + step)})
+        app_state.history.add(past)
+    app_state.history.add(api.nodes)

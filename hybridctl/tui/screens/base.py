@@ -1,0 +1,149 @@
+"""`ViewScreen`: what every view shares — the top bar and banner, the `:`/`/` prompt, the
+footer, Esc to go back, and the read-only switch that hides every action."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, ClassVar, Iterable
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer
+
+from hybridctl.tui.cells import clock
+from hybridctl.tui.data import Request, State
+from hybridctl.tui.model import Filter, parse_filter
+from hybridctl.tui.widgets.prompt import PromptBar
+from hybridctl.tui.widgets.table import RowTable
+from hybridctl.tui.widgets.topbar import Banner, TopBar
+
+if TYPE_CHECKING:
+    from hybridctl.tui.app import HybridApp
+
+WRITE_ACTIONS = frozenset({"submit", "cancel", "priority", "drain", "resume"})
+"""Actions that change the controller's state: hidden and disabled under --readonly."""
+
+
+class ViewScreen(Screen[None]):
+    crumb: ClassVar[str] = ""
+    """This screen's breadcrumb (screens showing one object override `crumbs`)."""
+    filterable: ClassVar[bool] = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("colon", "command", "Cmd", key_display=":"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    filter_text = reactive("", init=False)
+
+    @property
+    def hyb(self) -> HybridApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield TopBar()
+        yield Banner(id="banner")
+        yield from self.body()
+        yield PromptBar()
+        yield Footer(show_command_palette=False, compact=True)
+
+    def body(self) -> Iterable[Widget]:
+        return ()
+
+    # ---- data ----------------------------------------------------------------------------------
+
+    def requests(self) -> list[Request]:
+        """What this screen reads on each refresh, besides `nodes` (always read, for the history)."""
+        return []
+
+    def update_view(self, state: State) -> None:
+        """Show the latest state. Subclasses extend this; it must be cheap (it runs every second)."""
+        ident = state.identity
+        who = f"{ident.get('user', '?')}{' (admin)' if ident.get('admin') else ''}" if ident else ""
+        mode = " · READ-ONLY" if self.hyb.readonly else ""
+        link = "connected" if state.connected else "OFFLINE"
+        self.query_one(TopBar).show(self.crumbs(), f"{who}{mode} · {link} · {clock(self.hyb.clock())}")
+        banner = ""
+        if not state.connected and state.error:
+            since = clock(state.lost_at) if state.lost_at else "?"
+            shown = f" Showing data from {clock(state.polled_at)}." if state.polled_at else ""
+            banner = (f"⚠ Controller unreachable since {since}: {state.error} "
+                      f"Reconnecting by itself every {self.hyb.interval:g}s.{shown}")
+        self.query_one(Banner).show(banner)
+
+    def crumbs(self) -> list[str]:
+        out = []
+        for s in self.app.screen_stack:
+            if isinstance(s, ViewScreen):
+                out.append(s.crumb)
+        return out
+
+    @property
+    def filter(self) -> Filter:
+        return parse_filter(self.filter_text)
+
+    def watch_filter_text(self) -> None:
+        self.update_view(self.hyb.state)
+
+    def on_screen_resume(self) -> None:
+        self.update_view(self.hyb.state)
+        self.hyb.poll_now()
+
+    # ---- keys ------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in WRITE_ACTIONS and self.hyb.readonly:
+            return False
+        if action == "filter" and not self.filterable:
+            return False
+        return True
+
+    def action_back(self) -> None:
+        if self.filter_text:
+            self.filter_text = ""
+        elif len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def action_filter(self) -> None:
+        self.query_one(PromptBar).open("/", self.filter_text)
+
+    def action_command(self) -> None:
+        self.query_one(PromptBar).open(":")
+
+    def action_help(self) -> None:
+        from hybridctl.tui.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen(self))
+
+    @on(PromptBar.Changed)
+    def _prompt_changed(self, event: PromptBar.Changed) -> None:
+        if event.mode == "/":
+            self.filter_text = event.value
+
+    @on(PromptBar.Submitted)
+    def _prompt_submitted(self, event: PromptBar.Submitted) -> None:
+        self._focus_main()
+        if event.mode == "/":
+            self.filter_text = event.value.strip()
+        elif event.mode == ":" and event.value.strip():
+            self.hyb.run_command(event.value)
+
+    @on(PromptBar.Cancelled)
+    def _prompt_cancelled(self, event: PromptBar.Cancelled) -> None:
+        if event.mode == "/":
+            self.filter_text = ""
+        self._focus_main()
+
+    def _focus_main(self) -> None:
+        tables = list(self.query(RowTable))
+        if tables:
+            tables[0].focus()
+
+    def now(self) -> float:
+        return self.hyb.clock() if self.is_attached else time.time()

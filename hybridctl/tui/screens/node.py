@@ -1,0 +1,188 @@
+"""Node: one row per GPU (util, memory, heat, power, health, holder), the highlighted GPU's history
+charts, and nvitop's process table with foreign processes flagged. Enter on a GPU opens it, Enter
+on a process opens its job."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Iterable, Sequence
+
+from rich.text import Text
+from textual import on
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.widget import Widget
+from textual.widgets import Static
+
+from hybridctl.tui import cells
+from hybridctl.tui.data import Request, State
+from hybridctl.tui.history import GpuHistory
+from hybridctl.tui.model import GpuRow, ProcRow, allocations, gpu_rows, gpu_state, proc_rows, site_text
+from hybridctl.tui.screens.base import ViewScreen
+from hybridctl.tui.widgets.chart import HistoryChart
+from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
+
+ACTIVE_QUEUE = Request.of("active", "queue", every=3, all=True, states=("STARTING", "RUNNING"))
+"""Every placed job: which job holds which GPU (the node, GPU and GPUs screens share it). At
+8000 running jobs it is the largest reply, and it changes only when jobs start or end: read it
+every third refresh (telemetry stays at every refresh)."""
+
+GPU_COLUMNS = [
+    Column("gpu", "GPU", 3, align="right", keep=9),
+    Column("model", "MODEL", 8, keep=4),
+    Column("state", "STATE", 7, keep=8),
+    Column("util", "UTIL", 14, keep=7),
+    Column("mem", "MEMORY", 13, align="right", keep=6),
+    Column("temp", "TEMP", 5, align="right", keep=5),
+    Column("power", "POWER", 9, align="right", keep=4),
+    Column("job", "JOB", 8, keep=7),
+    Column("user", "USER", 8, keep=3, flex=True),
+]
+PROC_COLUMNS = [
+    Column("gpu", "GPU", 3, align="right", keep=9),
+    Column("pid", "PID", 8, align="right", keep=8),
+    Column("user", "USER", 10, keep=7),
+    Column("job", "JOB", 9, keep=8),
+    Column("mem", "GPU MEM", 8, align="right", keep=6),
+    Column("sm", "SM", 4, align="right", keep=5),
+    Column("kind", "KIND", 20, keep=4, flex=True),
+]
+GPU_STATE_STYLE = {"FREE": "ok", "BUSY": "accent", "FOREIGN": "warn", "FAULT": "bad"}
+
+
+def gpu_cells(r: GpuRow, pal: Palette) -> Sequence[Cell]:
+    state = gpu_state(r)
+    util: Cell = "–"
+    if r.util is not None:
+        util = Text(cells.spark(r.hist.series("util", 9) if r.hist else (), 100, 9), pal.accent)
+        util.append(f" {r.util:3.0f}%")
+    mem = "–" if r.mem_used is None else f"{cells.mib(r.mem_used)}/{cells.mib(r.mem_total)}"
+    power = cells.watts(r.power) + (f"/{cells.watts(r.power_limit)}" if r.power_limit else "")
+    hot: Cell = cells.celsius(r.temp)
+    if r.temp is not None and r.temp >= 85:
+        hot = Text(f"{hot}!", pal.bad)
+    return [str(r.index), r.model, Text(state, getattr(pal, GPU_STATE_STYLE[state])), util, mem, hot, power,
+            r.jobs or "", r.users or (r.reason if not r.healthy else "")]
+
+
+def proc_cells(p: ProcRow, pal: Palette) -> Sequence[Cell]:
+    if p.foreign:
+        kind: Cell = Text("FOREIGN (not a hybridctl job)", pal.warn)
+    elif p.pid is None:
+        kind = Text("placed (no process seen)", pal.dim)
+    else:
+        kind = "job"
+    return [str(p.gpu), "–" if p.pid is None else str(p.pid), p.user, p.job or "–", cells.mib(p.mem),
+            cells.percent(p.sm), kind]
+
+
+def show_charts(screen: Widget, hist: GpuHistory | None, r: GpuRow | None) -> None:
+    """Fill the four charts of a GPU screen or node screen from the GPU's history."""
+    empty: tuple[float | None, ...] = ()
+    specs = [
+        ("#chart-util", hist.util if hist else empty, 100.0, cells.percent(r.util if r else None)),
+        ("#chart-mem", hist.mem if hist else empty, (r.mem_total if r else None) or 1.0,
+         f"{cells.mib(r.mem_used if r else None)} of {cells.mib(r.mem_total if r else None)}"),
+        ("#chart-temp", hist.temp if hist else empty, 100.0, cells.celsius(r.temp if r else None)),
+        ("#chart-power", hist.power if hist else empty, (r.power_limit if r else None) or 700.0,
+         cells.watts(r.power if r else None) + (f" of {cells.watts(r.power_limit)}" if r and r.power_limit else "")),
+    ]
+    for sel, values, top, current in specs:
+        screen.query_one(sel, HistoryChart).show(values, top, current)
+
+
+def charts() -> Vertical:
+    return Vertical(HistoryChart("util", id="chart-util"), HistoryChart("memory", id="chart-mem"),
+                    HistoryChart("temp", id="chart-temp"), HistoryChart("power", id="chart-power"),
+                    classes="charts")
+
+
+def node_info(n: dict, state: State, now: float) -> Text:
+    t = Text()
+    t.append(n["name"], "bold")
+    t.append(f" · {site_text(n)} · ")
+    t.append(n.get("state", "?"))
+    cpus, free = n.get("cpus") or 0, n.get("cpus_free") or 0
+    t.append(f" · GPUs {n.get('gpus_used', 0)}/{n.get('gpus_total', 0)} · CPUs {cpus - free:g}/{cpus:g} in use")
+    if n.get("memory_mb"):
+        t.append(f" · RAM {cells.mib(n['memory_mb'])}")
+    if n.get("last_seen"):
+        t.append(f" · seen {cells.duration(now - n['last_seen'])} ago")
+    if n.get("simulated"):
+        t.append(" · simulated (no telemetry)")
+    if n.get("state_reason"):
+        t.append(f"\nreason: {n['state_reason']}")
+    if n.get("link_error"):
+        t.append(f"\nlink: {n['link_error']}")
+    return t
+
+
+class NodeScreen(ViewScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d", "drain", "Drain"),
+        Binding("r", "resume", "Resume"),
+        Binding("tab", "app.focus_next", "Switch table", show=False),
+    ]
+    filterable = False
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+        self.crumb = node  # type: ignore[misc]
+
+    def body(self) -> Iterable[Widget]:
+        yield Static("loading…", id="info", classes="summary")
+        yield RowTable(GPU_COLUMNS, gpu_cells, key=lambda r: str(r.index), empty="no GPUs reported", id="gpus")
+        yield charts()
+        yield RowTable(PROC_COLUMNS, proc_cells, key=lambda p: p.key, empty="no GPU processes, no jobs placed",
+                       id="procs")
+
+    def requests(self) -> list[Request]:
+        return [ACTIVE_QUEUE]
+
+    def update_view(self, state: State) -> None:
+        super().update_view(state)
+        n = state.node(self.node)
+        if n is None:
+            gone = "loading…" if not state.nodes else f"node {self.node} is not in the fleet (removed?)"
+            self.query_one("#info", Static).update(gone)
+            return
+        self.query_one("#info", Static).update(node_info(n, state, self.now()))
+        active = state.get(ACTIVE_QUEUE.key)
+        allocs = allocations(active if isinstance(active, list) else None)
+        gpus = self.query_one("#gpus", RowTable)
+        gpus.set_rows(gpu_rows(n, state.history, allocs))
+        self.query_one("#procs", RowTable).set_rows(proc_rows(n, allocs))
+        self._charts()
+
+    def _charts(self) -> None:
+        r: GpuRow | None = self.query_one("#gpus", RowTable).selected
+        show_charts(self, r.hist if r else None, r)
+
+    @on(RowTable.Highlighted, "#gpus")
+    def _gpu_moved(self) -> None:
+        self._charts()
+
+    @on(RowTable.Selected, "#gpus")
+    def _open_gpu(self, event: RowTable.Selected) -> None:
+        from hybridctl.tui.screens.gpu import GpuScreen
+
+        self.app.push_screen(GpuScreen(self.node, event.row.index))
+
+    @on(RowTable.Selected, "#procs")
+    def _open_job(self, event: RowTable.Selected) -> None:
+        open_job(self, event.row)
+
+    def action_drain(self) -> None:
+        self.hyb.ask_drain(self.node)
+
+    def action_resume(self) -> None:
+        self.hyb.ask_resume(self.node)
+
+
+def open_job(screen: ViewScreen, p: ProcRow) -> None:
+    if not p.job:
+        screen.notify(f"pid {p.pid} (user {p.user}) is not a hybridctl job: nothing to open", severity="warning")
+        return
+    from hybridctl.tui.screens.job import JobScreen
+
+    screen.app.push_screen(JobScreen(p.job))

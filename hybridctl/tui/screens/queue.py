@@ -1,0 +1,144 @@
+"""Queue: jobs (one row per task of an array) with wait and run times; `/` filters by user, state
+or text, `s`/`S` or a header click sorts by any column, `m` shows mine vs all, `f` finished ones.
+Enter opens a job; `n` submits, `c` cancels, `p` changes priority."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Iterable, Sequence
+
+from rich.text import Text
+from textual import on
+from textual.binding import Binding, BindingType
+from textual.widget import Widget
+from textual.widgets import Static
+
+from hybridctl.tui import cells
+from hybridctl.tui.data import Request, State
+from hybridctl.tui.model import JOB_SORT, JobRow, JobRowCache, job_rows
+from hybridctl.tui.screens.base import ViewScreen
+from hybridctl.tui.screens.fleet import SortCycle
+from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
+
+COLUMNS = [
+    Column("id", "ID", 8, keep=9),
+    Column("user", "USER", 8, keep=8),
+    Column("name", "NAME", 12, keep=6),
+    Column("state", "STATE", 9, keep=9),
+    Column("gpus", "GPUS", 6, keep=7),
+    Column("node", "NODE", 8, keep=6),
+    Column("wait", "WAIT", 8, align="right", keep=6),
+    Column("run", "RUN", 8, align="right", keep=6),
+    Column("attempt", "ATT", 3, align="right", keep=5),
+    Column("priority", "PRI", 4, align="right", keep=2),
+    Column("reason", "REASON", 12, keep=3, flex=True),
+]
+SORTS = [c.key for c in COLUMNS]
+STATE_STYLE = {
+    "PENDING": "warn", "STARTING": "accent", "RUNNING": "ok", "SUCCEEDED": "dim", "FAILED": "bad",
+    "CANCELLED": "dim", "TIMEOUT": "bad", "PREEMPTED": "warn", "NODE_LOST": "bad",
+}
+
+
+def job_cells(r: JobRow, pal: Palette, now: float) -> Sequence[Cell]:
+    return [r.label, r.user, r.name, Text(r.state, getattr(pal, STATE_STYLE.get(r.state, "dim"))), r.gpus,
+            r.node, cells.duration(r.wait(now)), cells.duration(r.run(now)), str(r.attempt), str(r.priority), r.reason]
+
+
+class QueueScreen(ViewScreen, SortCycle):
+    crumb = "Queue"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("n", "submit", "Submit"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("p", "priority", "Priority"),
+        Binding("m", "mine", "Mine"),
+        Binding("f", "finished", "Finished", show=False),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("S", "sort_reverse", "Reverse", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sort, self.reverse = "id", False
+        self.mine = False
+        self.finished = False
+        self.cache = JobRowCache()
+
+    def body(self) -> Iterable[Widget]:
+        yield Static("loading…", id="summary", classes="summary")
+        yield RowTable(COLUMNS, lambda r, pal: job_cells(r, pal, self.now()), key=lambda r: r.label,
+                       empty="no jobs", id="jobs")
+
+    def requests(self) -> list[Request]:
+        return [self._request()]
+
+    def _request(self) -> Request:
+        return Request.of(f"queue:{self.mine}:{self.finished}", "queue", all=not self.mine, finished=self.finished)
+
+    def update_view(self, state: State) -> None:
+        super().update_view(state)
+        got = state.get(self._request().key)
+        table = self.query_one(RowTable)
+        if not isinstance(got, list):
+            self.query_one("#summary", Static).update("loading…" if got is None else f"queue: {got}")
+            return
+        rows = job_rows(got, self.now(), self.filter, self.sort, self.reverse, cache=self.cache)
+        table.set_rows(rows, sort=(self.sort, self.reverse))
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        who = "my jobs" if self.mine else "all users"
+        parts = [f"{len(rows)} of {len(got)} jobs" if self.filter_text else f"{len(got)} jobs", who]
+        parts += [f"{n} {s.lower()}" for s, n in sorted(counts.items())]
+        if self.finished:
+            parts.append("with finished")
+        if self.filter_text:
+            parts.append(f"filter: {self.filter_text}")
+        self.query_one("#summary", Static).update(" · ".join(parts))
+
+    def _job(self) -> JobRow | None:
+        row: JobRow | None = self.query_one(RowTable).selected
+        return row
+
+    @on(RowTable.Selected)
+    def _open(self, event: RowTable.Selected) -> None:
+        from hybridctl.tui.screens.job import JobScreen
+
+        self.app.push_screen(JobScreen(event.row.label))
+
+    @on(RowTable.HeaderClicked)
+    def _header(self, event: RowTable.HeaderClicked) -> None:
+        if event.column in JOB_SORT:
+            self.reverse = not self.reverse if self.sort == event.column else False
+            self.sort = event.column
+            self.update_view(self.hyb.state)
+
+    def action_sort(self) -> None:
+        self.cycle(SORTS)
+        self.update_view(self.hyb.state)
+
+    def action_sort_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self.update_view(self.hyb.state)
+
+    def action_mine(self) -> None:
+        self.mine = not self.mine
+        self.notify("showing my jobs" if self.mine else "showing every user's jobs", timeout=2)
+        self.update_view(self.hyb.state)
+        self.hyb.poll_now()
+
+    def action_finished(self) -> None:
+        self.finished = not self.finished
+        self.hyb.poll_now()
+
+    def action_submit(self) -> None:
+        self.hyb.ask_submit()
+
+    def action_cancel(self) -> None:
+        row = self._job()
+        if row is not None:
+            self.hyb.ask_cancel(row.label, f"{row.name or 'unnamed'}, {row.user}, {row.state}")
+
+    def action_priority(self) -> None:
+        row = self._job()
+        if row is not None:
+            self.hyb.ask_priority(str(row.job_id), row.priority)

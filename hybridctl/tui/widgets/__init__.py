@@ -1,0 +1,1 @@
+"""Reusable widgets. They receive snapshots from their screen and never call the API."""

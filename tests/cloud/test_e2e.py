@@ -1,0 +1,228 @@
+"""Bursting end to end with real processes: a real controller (`hybridctl server`), one small
+on-prem machine reached over SSH, and the simulated provider, whose instances are real machines
+(agent + SSH server on loopback). Only the real CLI talks to the controller."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from hybridctl.cloud.base import TAG_CLUSTER, LaunchSpec
+from hybridctl.cloud.simulated import SimulatedProvider
+from hybridctl.sim import node as simnode
+from hybridctl.sim.keys import client_key, pin
+from tests.cloud.conftest import CATALOG, fake_cloud_script, small_catalog
+from tests.integration.harness import ControllerProc, make_controller, wait_for
+
+CLUSTER = "e2e"
+
+
+class Lab:
+    """One on-prem simulated machine with one A100, a controller, and a simulated cloud."""
+
+    def __init__(self, base: Path, burst: dict[str, Any], simulated: dict[str, Any] | None = None,
+                 cloud: dict[str, Any] | None = None) -> None:
+        self.base = base
+        self.key = client_key(base / "keys")
+        self.cloud_dir = base / "sim"
+        catalog = base / "offers.yaml"
+        catalog.write_text(yaml.safe_dump(CATALOG))
+        self.prem: subprocess.Popen[bytes] | None = None
+        self.prem, info = simnode.start(base / "prem1", "prem1", "1:A100", Path(f"{self.key}.pub"), interval=0.5)
+        config = {
+            "scheduler": {"tick_seconds": 0.5},
+            "fleet": {"poll_interval": 0.5, "unreachable_after": 10.0, "lost_after": 60.0},
+            "nodes": [{"name": "prem1", "host": "127.0.0.1", "port": info["port"], "identity": str(self.key),
+                       "agent_socket": info["socket"]}],
+            "cloud": {
+                "enabled": True, "providers": ["simulated"], "catalog": str(catalog), "cluster": CLUSTER,
+                "poll_interval": 0.5, "leak_grace": 1.0, "bootstrap_timeout": 90.0, "orphan_timeout": 0.0,
+                "workdir_cap_mb": 1, "preemption_grace": 2.0,
+                "burst": {"after": 2.0, "idle_timeout": 5.0, "max_nodes": 2, "max_hourly_usd": 10.0,
+                          "budget_usd": 100.0, **burst},
+                "simulated": {"dir": str(self.cloud_dir), "launch_delay": 0.0, "agent_interval": 0.5,
+                              "preemption_rate_per_h": 0.0, **(simulated or {})},
+                **(cloud or {}),
+            },
+        }
+        self.ctl: ControllerProc = make_controller(base / "ctl", config)
+        pin(self.ctl.home / "known_hosts", info["port"], info["host_key"])
+
+    def provider(self) -> SimulatedProvider:
+        return SimulatedProvider(self.cloud_dir, small_catalog())
+
+    def start(self) -> None:
+        self.ctl.start()
+        wait_for(lambda: self.node("prem1")["state"] == "UP", 60, what="prem1 UP")
+
+    def stop(self) -> None:
+        self.ctl.stop()
+        p = self.provider()
+        for inst in p.list({}):
+            p.terminate(inst.id)
+        if self.prem is not None and self.prem.poll() is None:
+            self.prem.send_signal(signal.SIGTERM)
+            self.prem.wait(30)
+
+    def node(self, name: str) -> dict[str, Any]:
+        return next((n for n in self.ctl.cli_json("nodes") if n["name"] == name), {"state": "absent"})
+
+    def submit(self, *args: str) -> str:
+        res = self.ctl.cli("submit", *args)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+
+    def task(self, job: str) -> dict[str, Any]:
+        return self.ctl.cli_json("show", job)["tasks"][0]
+
+    def wait_state(self, job: str, *states: str, timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: (t := self.task(job))["state"] in states and t, timeout, interval=0.2,
+                        what=f"job {job} in {states} (controller log: {self.ctl.log})")
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.ctl.cli("cloud", "status", "--json", check=True).stdout)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Any]:
+    labs: list[Lab] = []
+
+    def make(**kw: Any) -> Lab:
+        lab = Lab(tmp_path / f"l{len(labs)}", **kw)
+        labs.append(lab)
+        lab.start()
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.stop()
+
+
+def test_burst_runs_on_cloud_then_scales_down(make_lab: Any, tmp_path: Path) -> None:
+    # The cheapest pool refuses (a capacity error): the next offer must be used.
+    lab: Lab = make_lab(burst={}, simulated={"capacity_errors": ["sim-east-a/sim.a100x1"]})
+    hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
+    assert lab.wait_state(hog, "RUNNING")["nodes"] == "prem1"
+    work = tmp_path / "work"
+    (work / ".git").mkdir(parents=True)
+    (work / ".git" / "big").write_bytes(b"x" * 1024)  # excluded from the upload
+    (work / "input.txt").write_text("payload from the lab\n")
+    script = 'cat input.txt; ls -a | grep -c git; echo result > "$HYBRIDCTL_OUTPUT_DIR/out.txt"; echo done'
+    job = lab.submit("--gpus", "A100:1", "--workdir", str(work), "--", script)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "weights.bin").write_bytes(b"w" * (2 << 20))
+    too_big = lab.submit("--gpus", "A100:1", "--workdir", str(big), "--", "echo never")
+    shown = lab.ctl.cli("show", job, check=True).stdout
+    assert "wait/pay   local: ~" in shown and "cloud: A100 spot in sim-east at $" in shown
+
+    t = lab.wait_state(job, "SUCCEEDED", "FAILED", timeout=120)
+    assert t["state"] == "SUCCEEDED", lab.ctl.log.read_text()[-3000:]
+    cloud_node = t["nodes"]
+    assert cloud_node.startswith("cloud-")
+    assert lab.ctl.cli("logs", job, check=True).stdout.split("\n")[:3] == ["payload from the lab", "0", "done"]
+    assert lab.wait_state(too_big, "FAILED", "SUCCEEDED", timeout=60)["state"] == "FAILED"
+    why = lab.ctl.cli_json("show", too_big)["events"][-1]["reason"]
+    assert why.startswith("workdir upload to cloud-") and "over 1 MiB (cloud.workdir_cap_mb)" in why
+    key = f"{job}.a0.r0"
+    assert (lab.ctl.home / "outputs" / key / "out.txt").read_text() == "result\n"
+
+    status = lab.status()
+    assert [b["pool"] for b in status["backoffs"]] == ["simulated/sim-east-a/sim.a100x1/spot"]
+    [inst] = [i for i in status["instances"] if i["node"] == cloud_node] or [None]
+    if inst is not None:  # not yet given back
+        assert (inst["zone"], inst["market"]) == ("sim-east-b", "spot")
+
+    # Idle for burst.idle_timeout: drained, terminated, gone from the fleet and the provider.
+    wait_for(lambda: not lab.provider().list({TAG_CLUSTER: CLUSTER}), 60, interval=0.2, what="scale-down")
+    wait_for(lambda: lab.status()["instances"] == [], 30, interval=0.2, what="no cloud instances left")
+    assert lab.node(cloud_node)["state"] == "absent"
+    assert lab.ctl.cli("logs", job, check=True).stdout.startswith("payload from the lab")  # after scale-down
+
+    by_job = {r["job"]: r for r in json.loads(lab.ctl.cli("cloud", "cost", "--by", "job", "--json", check=True).stdout)}
+    assert by_job[job]["usd"] > 0 and "(idle)" in by_job
+    by_node = json.loads(lab.ctl.cli("cloud", "cost", "--json", check=True).stdout)
+    assert cloud_node in [r["node"] for r in by_node] and all(r["usd_per_hour"] == 0 for r in by_node)
+    assert lab.task(hog)["state"] == "RUNNING"  # the on-prem job never moved
+    lab.ctl.cli("cancel", hog, check=True)
+
+
+def test_limit_blocks_burst_visibly_and_leaks_are_terminated(make_lab: Any) -> None:
+    lab: Lab = make_lab(burst={"max_nodes": 0})
+    hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
+    lab.wait_state(hog, "RUNNING")
+    job = lab.submit("--gpus", "A100:1", "--", "echo never")
+    blocked = wait_for(lambda: lab.status()["blocked"], 30, interval=0.2, what="a blocked burst")
+    assert blocked == [{"job": job, "reason": blocked[0]["reason"]}]
+    assert "max_nodes: 0 of 0 cloud nodes" in blocked[0]["reason"]
+    assert "max_nodes" in lab.ctl.cli("cloud", "status", check=True).stdout
+    assert lab.task(job)["state"] == "PENDING"
+    offers = json.loads(lab.ctl.cli("cloud", "offers", "--gpus", "A100:2", "--json", check=True).stdout)
+    assert {o["instance_type"] for o in offers} == {"sim.a100x2"} and len(offers) == 4  # 2 zones x spot + 2 on-demand
+    assert [o["price_hourly"] for o in offers] == sorted(o["price_hourly"] for o in offers)
+    assert "sim.l40sx1" in lab.ctl.cli("cloud", "offers", "--spot", check=True).stdout
+
+    # Something launched outside the controller's records, with its tag: terminated after the grace.
+    p = lab.provider()
+    offer = next(o for o in p.offers() if o.instance_type == "sim.l40sx1")
+    pub = Path(f"{lab.key}.pub").read_text()
+    leaked = p.launch(LaunchSpec(offer, "intruder", {TAG_CLUSTER: CLUSTER}, pub))
+    wait_for(lambda: p.describe(leaked.id).state == "terminated", 30, interval=0.2, what="leak terminated")
+    p.close()
+    assert "leak:" in lab.ctl.log.read_text() and leaked.id in lab.ctl.log.read_text()
+    leaks = wait_for(lambda: lab.status()["leaks"], 30, interval=0.2, what="the leak in cloud status")
+    assert [x["instance_id"] for x in leaks] == [leaked.id]
+    assert lab.provider().list({TAG_CLUSTER: CLUSTER}) == []
+    assert lab.task(job)["state"] == "PENDING"
+    lab.ctl.cli("cancel", hog, job, check=True)
+
+
+def test_preemption_notice_requeues_the_job_and_it_reruns_on_a_new_node(make_lab: Any) -> None:
+    lab: Lab = make_lab(burst={})
+    hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
+    lab.wait_state(hog, "RUNNING")
+    job = lab.submit("--gpus", "A100:1", "--max-restarts", "1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 300")
+    first = lab.wait_state(job, "RUNNING", timeout=90)["nodes"]
+    assert first.startswith("cloud-")
+    [inst] = lab.provider().list({TAG_CLUSTER: CLUSTER})
+    lab.provider().preempt(inst.id, time.time() + 4)  # the market reclaims it, with notice
+
+    again = wait_for(lambda: (t := lab.task(job))["state"] == "RUNNING" and t["nodes"] != first and t, 90,
+                     interval=0.2, what="the job rerunning on another cloud node")
+    assert again["attempt"] == 1 and again["nodes"].startswith("cloud-")
+    events = [e["to"] for e in lab.ctl.cli_json("show", job)["events"]]
+    assert events[events.index("PREEMPTED") - 1] == "RUNNING" and events[events.index("PREEMPTED") + 1] == "PENDING"
+    wait_for(lambda: lab.provider().describe(inst.id).state == "terminated", 30, interval=0.2, what="reclaimed")
+    wait_for(lambda: lab.node(first)["state"] == "absent", 30, interval=0.2, what=f"{first} removed")
+    wait_for(lambda: "attempt=1" in lab.ctl.cli("logs", job).stdout, 30, interval=0.2, what="attempt 1 output")
+    lab.ctl.cli("cancel", hog, job, check=True)
+
+
+def test_failed_bootstrap_terminates_the_instance_and_tries_another_offer(make_lab: Any, tmp_path: Path) -> None:
+    """A command-provider cloud whose instances never answer SSH (port 1 on loopback)."""
+    cmd, env = fake_cloud_script(tmp_path / "fake")
+    script_env = " ".join(f"{k}={v}" for k, v in env.items())
+    command = f"env {script_env} {cmd}"
+    lab: Lab = make_lab(burst={}, cloud={"providers": ["command"],
+                                         "command": {"create": command, "delete": command, "list": command}})
+    hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
+    lab.wait_state(hog, "RUNNING")
+    job = lab.submit("--gpus", "A100:1", "--", "echo never")
+    pools = wait_for(lambda: len(b := lab.status()["backoffs"]) >= 2 and b, 60, interval=0.2,
+                     what="two pools backed off after failed bootstraps")
+    assert all("bootstrap failed" in b["reason"] for b in pools)
+    assert all(p["pool"].startswith("command/") for p in pools)
+    state = json.loads((tmp_path / "fake" / "state.json").read_text())
+    wait_for(lambda: not json.loads((tmp_path / "fake" / "state.json").read_text())["instances"], 30,
+             interval=0.2, what="every failed instance deleted")
+    assert state["next"] >= 3  # at least two launches
+    assert lab.task(job)["state"] == "PENDING"
+    assert "bootstrap failed" in lab.ctl.log.read_text()
+    lab.ctl.cli("cancel", hog, job, check=True)

@@ -1,0 +1,68 @@
+"""`hybridctl demo --headless`: the README's first command, end to end, and its clean exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+from tests.integration.harness import wait_for
+
+
+def demo(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCTL_")}
+    return subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "demo", "--headless", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def leftovers(base: str) -> list[str]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if base in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_headless_demo_runs_jobs_and_prints_a_summary() -> None:
+    p = demo("--duration", "20", "--json", "--nodes", "2", "--gpus", "4")
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-3000:]
+    s = json.loads(out)
+    assert s["succeeded"] >= 1 and s["failed"] == 0
+    assert s["jobs_submitted"] >= s["succeeded"]
+    assert 0 < s["onprem_gpu_utilisation"] <= 1
+    base = re.search(r"state in (\S+)", err).group(1)  # type: ignore[union-attr]
+    assert not Path(base).exists()
+    assert leftovers(base) == []
+
+
+def test_ctrl_c_leaves_no_process_socket_or_temp_dir() -> None:
+    p = demo("--duration", "600", "--nodes", "2", "--gpus", "2")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+
+    def ready() -> bool:
+        if p.poll() is not None:
+            raise AssertionError("".join(lines))
+        return any("controller up" in line for line in lines)
+
+    wait_for(ready, 120, what="demo controller up")
+    base = re.search(r"state in (\S+)", "".join(lines)).group(1)  # type: ignore[union-attr]
+    assert leftovers(base)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    reader.join(timeout=30)
+    p.stdout.close()  # type: ignore[union-attr]
+    p.stderr.close()  # type: ignore[union-attr]
+    assert p.returncode == 130
+    assert not Path(base).exists()
+    wait_for(lambda: leftovers(base) == [], 30, what="every demo process gone")

@@ -1,0 +1,148 @@
+"""The TUI's pure parts: filter grammar, sorting, rows from controller replies, cells, commands,
+history; and that `hybridctl submit` never imports textual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hybridctl.tui import cells
+from hybridctl.tui.commands import Command, UnknownCommand, parse_command
+from hybridctl.tui.fake import NOW, FakeApi
+from hybridctl.tui.history import History
+from hybridctl.tui.model import (
+    Filter,
+    JobRowCache,
+    allocations,
+    event_rows,
+    gpu_rows,
+    job_rows,
+    node_rows,
+    parse_filter,
+    proc_rows,
+)
+from hybridctl.tui.widgets.table import Column, layout
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("", Filter()),
+        ("alice", Filter(words=("alice",))),
+        ("user:alice,bob s:run", Filter(users=("alice", "bob"), states=("run",))),
+        ("@carol node:gpu0 Train", Filter(users=("carol",), nodes=("gpu0",), words=("train",))),
+        ("state:", Filter(words=())),
+    ],
+)
+def test_filter_grammar(text: str, want: Filter) -> None:
+    assert parse_filter(text) == want
+
+
+@pytest.mark.parametrize(
+    ("line", "want"),
+    [
+        ("nodes", Command("view", "fleet")), (":jobs", Command("view", "queue")), ("ev", Command("view", "events")),
+        ("gpus", Command("view", "gpus")), ("cloud", Command("view", "cloud")), ("job 42_7", Command("job", "42_7")),
+        ("node gpu01", Command("node", "gpu01")), ("gpu gpu01/3", Command("gpu", "gpu01/3")),
+        ("q", Command("quit")), ("help", Command("help")),
+    ],
+)
+def test_command_aliases(line: str, want: Command) -> None:
+    assert parse_command(line) == want
+
+
+def test_unknown_command_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownCommand, match=r"unknown command :pods; known: :nodes, :jobs"):
+        parse_command("pods")
+
+
+def test_queue_rows_filter_sort_and_times() -> None:
+    api = FakeApi()
+    queue = api.op_queue(all=True, finished=True)
+    rows = job_rows(queue, NOW, parse_filter("state:run,pend"), "wait", True)
+    assert {r.state for r in rows} == {"RUNNING", "PENDING"}
+    assert rows[0].label == "14_4" and rows[0].wait(NOW) == 2000  # longest wait first
+    running = next(r for r in rows if r.label == "12")
+    assert (running.wait(NOW), running.run(NOW), running.node) == (300, 3600, "gpu01")
+    assert [r.label for r in job_rows(queue, NOW, parse_filter("user:bob sweep"))] == ["14_1", "14_2", "14_3", "14_4"]
+    # a column with missing values sorts them last in both directions
+    for rev in (False, True):
+        assert job_rows(queue, NOW, Filter(), "run", rev)[-1].run(NOW) is None
+    cache = JobRowCache()
+    first = job_rows(queue, NOW, Filter(), cache=cache)
+    again = job_rows(queue, NOW + 5, Filter(), cache=cache)
+    assert all(a is b for a, b in zip(first, again))  # unchanged jobs keep their row objects
+
+
+def test_node_rows_from_telemetry_and_without() -> None:
+    api = FakeApi()
+    h = History()
+    h.add(api.nodes)
+    rows = {r.name: r for r in node_rows(api.nodes, h, Filter())}
+    assert rows["gpu01"].foreign == 1 and rows["gpu01"].temp_max is not None
+    assert rows["gpu02"].unhealthy == 1 and rows["gpu02"].state == "DRAINING"
+    assert rows["gpu03"].util is None and rows["gpu03"].reason.startswith("silent")
+    assert rows["aws-g5-1"].site == "cloud:aws" and rows["aws-g5-1"].price == pytest.approx(1.006)
+    assert [r.name for r in node_rows(api.nodes, h, parse_filter("user:x state:un"))] == ["gpu03"]
+
+
+def test_gpus_and_processes_flag_foreign_ones() -> None:
+    api = FakeApi()
+    allocs = allocations(api.op_queue(all=True))
+    gpu01 = next(n for n in api.nodes if n["name"] == "gpu01")
+    gpus = gpu_rows(gpu01, History(), allocs)
+    assert [g.jobs for g in gpus][:6] == ["12", "12", "12", "12", "14_3", "17"]
+    procs = proc_rows(gpu01, allocs)
+    foreign = [p for p in procs if p.foreign]
+    assert [(p.pid, p.user, p.gpu) for p in foreign] == [(9876, "mallory", 7)]
+    assert any(p.pid is None and p.job == "17" for p in procs)  # placed, not yet seen by the agent
+    assert [p.job for p in proc_rows(gpu01, allocs, gpu=4)] == ["14_3"]
+
+
+def test_events_user_filter_matches_actor_or_owner() -> None:
+    ev = FakeApi().op_events()
+    assert {e.job for e in event_rows(ev, parse_filter("user:bob"))} == {"14", "14_2", "14_3"}
+    assert [e.actor for e in event_rows(ev, parse_filter("priority"))] == ["root"]
+
+
+def test_history_keeps_a_sample_once_and_forgets_removed_nodes() -> None:
+    api = FakeApi()
+    h = History(size=5)
+    for _ in range(3):
+        h.add(api.nodes)  # the same agent sample polled three times
+    assert len(h.node_util["gpu01"]) == 1 and len(h.gpus[("gpu01", 0)].util) == 1
+    h.forget({"gpu02"})
+    assert "gpu01" not in h.node_util and ("gpu01", 0) not in h.gpus
+
+
+def test_cells_state_values_in_text() -> None:
+    assert cells.bar(50, 100, 4) == "██  "
+    assert cells.spark([0, 50, 100, None], 100, 6) == "  ▁▄█ "
+    assert cells.column_chart([100, 50], 100, 2, 2) == ["█ ", "██"]
+    assert (cells.mib(512), cells.mib(81920), cells.mib(None)) == ("512M", "80.0G", "–")
+    assert (cells.money(1.006), cells.money(1234), cells.watts(12500)) == ("$1.01", "$1,234", "12.5kW")
+
+
+def test_narrow_tables_drop_the_least_important_columns() -> None:
+    cols = [Column("a", "A", 10, keep=9), Column("b", "B", 10, keep=1), Column("c", "C", 10, keep=5, flex=True)]
+    assert [(c.key, w) for _i, c, w in layout(cols, 40)] == [("a", 10), ("b", 10), ("c", 18)]
+    assert [(c.key, w) for _i, c, w in layout(cols, 25)] == [("a", 10), ("c", 14)]
+
+
+def test_submit_and_queue_never_import_textual() -> None:
+    code = ("import sys; from hybridctl.cli.main import build_parser, main; build_parser();"
+            "import hybridctl.cli.main as m; import hybridctl.core.spec;"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('textual', 'rich') or k.startswith('hybridctl.tui')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "hybridctl.cli.main", "submit", "--help"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "textual" not in res.stderr
+
+
+def test_no_command_without_a_terminal_prints_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "hybridctl.cli.main"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=60)
+    assert res.returncode == 0 and "usage: hybridctl" in res.stdout
