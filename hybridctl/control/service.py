@@ -442,7 +442,9 @@ class Controller:
         state = self.store.task_states(job_id, task)[0][1]
         if state.is_terminal():
             return
-        if state is JobStatus.STARTING and status in (JobStatus.TIMEOUT,):
+        if state is JobStatus.STARTING and (exit_code is not None or status is JobStatus.TIMEOUT):
+            # It ran (it has an exit code) but ended before a poll saw it running: record that it
+            # started, so started_at and the history are right for short jobs too.
             self.store.transition(job_id, task, JobStatus.RUNNING, reason="started", actor_uid=None, now=self.clock())
         self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=self.clock(),
                               exit_code=exit_code, release=release)

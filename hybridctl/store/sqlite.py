@@ -558,18 +558,22 @@ class Store:
                 raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
 
     def nodes(self) -> list[NodeRecord]:
+        return self._node_rows(" ORDER BY name", ())
+
+    def _node_rows(self, where: str, args: tuple[Any, ...]) -> list[NodeRecord]:
         return [
             NodeRecord(n, h, p, u, i, a, s, NodeState(ls), lr, bool(d), dr, tuple(json.loads(g)), c, m, bool(sim), seen)
             for n, h, p, u, i, a, s, ls, lr, d, dr, g, c, m, sim, seen in self.conn.execute(
-                f"SELECT {self._NODE_COLS} FROM nodes ORDER BY name"
+                f"SELECT {self._NODE_COLS} FROM nodes{where}", args
             )
         ]
 
     def node(self, name: str) -> NodeRecord:
-        for n in self.nodes():
-            if n.name == name:
-                return n
-        raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
+        """One node by name: a single-row query (called per node per poll, so never a full scan)."""
+        found = self._node_rows(" WHERE name=?", (name,))
+        if not found:
+            raise NotFound(f"node {name!r} does not exist; `hybridctl nodes` lists the nodes")
+        return found[0]
 
     def node_views(self) -> list[NodeView]:
         """Nodes with what is free on them now (total minus held allocations)."""
