@@ -81,13 +81,34 @@ class SortCycle:
 
     sort: str
     reverse: bool
+    SORTS: ClassVar[list[str]] = []
+    """The columns `s` cycles through, in order."""
 
     def cycle(self, columns: list[str], step: int = 1) -> None:
         i = columns.index(self.sort) if self.sort in columns else -1
         self.sort = columns[(i + step) % len(columns)]
 
+    def refresh_sorted(self) -> None:
+        self.update_view(self.hyb.state)  # type: ignore[attr-defined]
+
+    def sort_by_header(self, column: str, sortable: Any) -> None:
+        """A header click: sort by that column, or flip the direction if it already is."""
+        if column in sortable:
+            self.reverse = not self.reverse if self.sort == column else False
+            self.sort = column
+            self.refresh_sorted()
+
+    def action_sort(self) -> None:
+        self.cycle(self.SORTS)
+        self.refresh_sorted()
+
+    def action_sort_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self.refresh_sorted()
+
 
 class FleetScreen(ViewScreen, SortCycle):
+    SORTS = SORTS
     crumb = "Fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("d", "drain", "Drain"),
@@ -123,18 +144,7 @@ class FleetScreen(ViewScreen, SortCycle):
 
     @on(RowTable.HeaderClicked)
     def _header(self, event: RowTable.HeaderClicked) -> None:
-        if event.column in NODE_SORT:
-            self.reverse = not self.reverse if self.sort == event.column else False
-            self.sort = event.column
-            self.update_view(self.hyb.state)
-
-    def action_sort(self) -> None:
-        self.cycle(SORTS)
-        self.update_view(self.hyb.state)
-
-    def action_sort_reverse(self) -> None:
-        self.reverse = not self.reverse
-        self.update_view(self.hyb.state)
+        self.sort_by_header(event.column, NODE_SORT)
 
     def action_drain(self) -> None:
         row = self._node()

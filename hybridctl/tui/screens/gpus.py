@@ -26,6 +26,7 @@ def cells_with_node(r: GpuRow, pal: Palette) -> Sequence[Cell]:
 
 
 class GpusScreen(ViewScreen, SortCycle):
+    SORTS = SORTS
     crumb = "GPUs"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "sort", "Sort"),
@@ -72,15 +73,4 @@ class GpusScreen(ViewScreen, SortCycle):
 
     @on(RowTable.HeaderClicked)
     def _header(self, event: RowTable.HeaderClicked) -> None:
-        if event.column in GPU_SORT:
-            self.reverse = not self.reverse if self.sort == event.column else False
-            self.sort = event.column
-            self.update_view(self.hyb.state)
-
-    def action_sort(self) -> None:
-        self.cycle(SORTS)
-        self.update_view(self.hyb.state)
-
-    def action_sort_reverse(self) -> None:
-        self.reverse = not self.reverse
-        self.update_view(self.hyb.state)
+        self.sort_by_header(event.column, GPU_SORT)

@@ -45,6 +45,7 @@ def job_cells(r: JobRow, pal: Palette, now: float) -> Sequence[Cell]:
 
 
 class QueueScreen(ViewScreen, SortCycle):
+    SORTS = SORTS
     crumb = "Queue"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "submit", "Submit"),
@@ -107,18 +108,7 @@ class QueueScreen(ViewScreen, SortCycle):
 
     @on(RowTable.HeaderClicked)
     def _header(self, event: RowTable.HeaderClicked) -> None:
-        if event.column in JOB_SORT:
-            self.reverse = not self.reverse if self.sort == event.column else False
-            self.sort = event.column
-            self.update_view(self.hyb.state)
-
-    def action_sort(self) -> None:
-        self.cycle(SORTS)
-        self.update_view(self.hyb.state)
-
-    def action_sort_reverse(self) -> None:
-        self.reverse = not self.reverse
-        self.update_view(self.hyb.state)
+        self.sort_by_header(event.column, JOB_SORT)
 
     def action_mine(self) -> None:
         self.mine = not self.mine
