@@ -85,9 +85,6 @@ class Instance:
     simulated machine's node.json, a cloud-init report); '' = learn it on first contact."""
     agent_socket: str = ""
     """Where the node's agent listens when the image already runs one; '' = bootstrap installs it."""
-    files_root: str = ""
-    """The real path on the node that SFTP's '/' maps to when the node's SFTP is chrooted
-    (the simulated machine); '' = SFTP sees the node's own paths."""
     declared_shape: bool = False
     """The node's agent reports the host's CPUs and memory rather than the offer's (simulated
     machines share one host): the controller records the offer's shape instead."""

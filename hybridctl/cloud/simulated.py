@@ -308,7 +308,7 @@ class SimulatedProvider(CloudProvider):
             instance_type=offer.instance_type, zone=offer.zone, spot=offer.spot, launched_at=rec["launched_at"],
             host="127.0.0.1" if info else "", port=int(info.get("port", 22)), ssh_user="",
             host_key=info.get("host_key", ""), agent_socket=info.get("socket", ""),
-            files_root=str(base) if info else "", declared_shape=True, reason=rec.get("reason", ""),
+            declared_shape=True, reason=rec.get("reason", ""),
         )
 
 

@@ -9,7 +9,6 @@ import fnmatch
 import os
 import posixpath
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,18 +23,6 @@ class WorkdirTooLarge(TransferError):
     """The workdir is over `cloud.workdir_cap_mb`."""
 
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class Remote:
-    """Where job files live on a node: `sftp` as SFTP names it, `real` as the node's processes do
-    (they differ when the node's SFTP is chrooted, as on simulated machines)."""
-
-    sftp: str
-    real: str
-
-    def join(self, *parts: str) -> Remote:
-        return Remote(posixpath.join(self.sftp, *parts), posixpath.join(self.real, *parts))
 
 
 def _excluded(name: str, excludes: Sequence[str]) -> bool:
@@ -72,7 +59,7 @@ def scan(root: Path, excludes: Sequence[str], cap_bytes: int) -> list[tuple[Path
     return out
 
 
-async def upload(conn: Any, root: Path, dest: Remote, excludes: Sequence[str], cap_bytes: int) -> int:
+async def upload(conn: Any, root: Path, dest: str, excludes: Sequence[str], cap_bytes: int) -> int:
     """Copy the workdir `root` to `dest` on the node; return bytes sent."""
     import asyncssh
 
@@ -80,33 +67,33 @@ async def upload(conn: Any, root: Path, dest: Remote, excludes: Sequence[str], c
     sent = 0
     try:
         async with conn.start_sftp_client() as sftp:
-            await sftp.makedirs(dest.sftp, exist_ok=True)
+            await sftp.makedirs(dest, exist_ok=True)
             made = {""}
             for rel, size in files:
                 parent = rel.parent.as_posix()
                 if parent not in made and parent != ".":
-                    await sftp.makedirs(posixpath.join(dest.sftp, parent), exist_ok=True)
+                    await sftp.makedirs(posixpath.join(dest, parent), exist_ok=True)
                     made.add(parent)
-                await sftp.put(str(root / rel), posixpath.join(dest.sftp, rel.as_posix()), preserve=True)
+                await sftp.put(str(root / rel), posixpath.join(dest, rel.as_posix()), preserve=True)
                 sent += size
     except (OSError, asyncssh.Error) as exc:
-        raise TransferError(f"workdir upload to {dest.real} failed: {exc}") from exc
+        raise TransferError(f"workdir upload to {dest} failed: {exc}") from exc
     return sent
 
 
-async def mkdirs(conn: Any, *dirs: Remote) -> None:
+async def mkdirs(conn: Any, *dirs: str) -> None:
     import asyncssh
 
     try:
         async with conn.start_sftp_client() as sftp:
             for d in dirs:
-                await sftp.makedirs(d.sftp, exist_ok=True)
-                await sftp.chmod(d.sftp, 0o777)  # the job may run as another user than the SSH one
+                await sftp.makedirs(d, exist_ok=True)
+                await sftp.chmod(d, 0o777)  # the job may run as another user than the SSH one
     except (OSError, asyncssh.Error) as exc:
-        raise TransferError(f"cannot create {', '.join(d.real for d in dirs)} on the node: {exc}") from exc
+        raise TransferError(f"cannot create {', '.join(d for d in dirs)} on the node: {exc}") from exc
 
 
-async def download(conn: Any, src: Remote, dest: Path, cap_bytes: int) -> tuple[int, int, bool]:
+async def download(conn: Any, src: str, dest: Path, cap_bytes: int) -> tuple[int, int, bool]:
     """Copy the tree at `src` on the node into `dest`; return (files, bytes, truncated at cap)."""
     import asyncssh
 
@@ -114,12 +101,12 @@ async def download(conn: Any, src: Remote, dest: Path, cap_bytes: int) -> tuple[
     truncated = False
     try:
         async with conn.start_sftp_client() as sftp:
-            if not await sftp.exists(src.sftp):
+            if not await sftp.exists(src):
                 return 0, 0, False
             stack = [""]
             while stack:
                 rel = stack.pop()
-                for entry in sorted(await sftp.readdir(posixpath.join(src.sftp, rel)), key=lambda e: e.filename):
+                for entry in sorted(await sftp.readdir(posixpath.join(src, rel)), key=lambda e: e.filename):
                     name = entry.filename
                     if name in (".", ".."):
                         continue
@@ -134,11 +121,11 @@ async def download(conn: Any, src: Remote, dest: Path, cap_bytes: int) -> tuple[
                             truncated = True
                             continue
                         (dest / sub).parent.mkdir(parents=True, exist_ok=True)
-                        await sftp.get(posixpath.join(src.sftp, sub), str(dest / sub))
+                        await sftp.get(posixpath.join(src, sub), str(dest / sub))
                         files += 1
                         sent += size
     except (OSError, asyncssh.Error) as exc:
-        raise TransferError(f"output download from {src.real} failed: {exc}") from exc
+        raise TransferError(f"output download from {src} failed: {exc}") from exc
     return files, sent, truncated
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 from hybridctl.cloud import cost as costs
 from hybridctl.cloud.base import TAG_CLUSTER, CapacityError, CloudProvider, Instance, LaunchSpec, Notice
 from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
-from hybridctl.cloud.transfer import Remote, TransferError, download, mkdirs, upload
+from hybridctl.cloud.transfer import TransferError, download, mkdirs, upload
 from hybridctl.config import ConfigError, Settings
 from hybridctl.control.fleet import NodeSession
 from hybridctl.core import burst
@@ -73,25 +73,21 @@ class CloudSession(NodeSession):
     def __init__(self, fleet: Fleet, name: str, scaler: Autoscaler) -> None:
         super().__init__(fleet, name)
         self.scaler = scaler
-        self._root: Remote | None = None
+        self._root: str | None = None
 
-    async def remote_root(self) -> Remote:
+    async def remote_root(self) -> str:
         """Where job files go on this node (TransferError if SFTP cannot say)."""
         if self._root is None:
             import asyncssh
 
             assert self.link is not None
             conn = self.link.ssh_connection
-            files_root = self.scaler.files_root(self.name)
-            if files_root:  # chrooted SFTP: '/' is files_root
-                self._root = Remote("/hybridctl", files_root.rstrip("/") + "/hybridctl")
-            else:
-                try:
-                    async with conn.start_sftp_client() as sftp:
-                        home = await sftp.realpath(".")
-                except (OSError, asyncssh.Error) as exc:
-                    raise TransferError(f"node {self.name}: SFTP is not available: {exc}") from exc
-                self._root = Remote(home.rstrip("/") + "/.hybridctl", home.rstrip("/") + "/.hybridctl")
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    home = await sftp.realpath(".")
+            except (OSError, asyncssh.Error) as exc:
+                raise TransferError(f"node {self.name}: SFTP is not available: {exc}") from exc
+            self._root = home.rstrip("/") + "/.hybridctl"
         return self._root
 
     async def converge(self, records: list[dict[str, Any]]) -> None:
@@ -116,8 +112,8 @@ class CloudSession(NodeSession):
         cfg = ctl.settings.cloud
         try:
             root = await self.remote_root()
-            work = root.join("work", rank.key)
-            out = root.join("out", rank.key)
+            work = f"{root}/work/{rank.key}"
+            out = f"{root}/out/{rank.key}"
             await mkdirs(conn, work, out)
             if spec.get("workdir"):
                 sent = await upload(conn, Path(spec["workdir"]), work, cfg.workdir_excludes,
@@ -128,7 +124,7 @@ class CloudSession(NodeSession):
             ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc.message}")
             ctl.on_change()
             return
-        self.scaler.prepared[rank.key] = (work.real if spec.get("workdir") else None, out.real)
+        self.scaler.prepared[rank.key] = (work if spec.get("workdir") else None, out)
 
     async def pull_logs(self, key: str) -> None:
         await self.pull_outputs(key)
@@ -143,7 +139,7 @@ class CloudSession(NodeSession):
         dest = ctl.settings.home_path / "outputs" / key
         try:
             root = await self.remote_root()
-            files, size, cut = await download(self.link.ssh_connection, root.join("out", key), dest,
+            files, size, cut = await download(self.link.ssh_connection, f"{root}/out/{key}", dest,
                                               ctl.settings.cloud.output_cap_mb * 1024 * 1024)
         except TransferError as exc:
             log.error("job %s: %s", key, exc.message)
@@ -330,12 +326,6 @@ class Autoscaler:
         spent = store.cloud_spent_since(utc_day(burst.period_start(now, self.limits.budget_period)))
         return burst.World(store.pending(), cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing)
 
-    def files_root(self, node: str) -> str:
-        for r in self.store.cloud_instances():
-            if r["node"] == node:
-                return str(r["files_root"] or "")
-        return ""
-
     def row(self, node: str) -> dict[str, Any] | None:
         return next((r for r in self.store.cloud_instances() if r["node"] == node), None)
 
@@ -422,7 +412,7 @@ class Autoscaler:
                          NodeState.UNREACHABLE, "bootstrapping", False, "", gpus, offer.cpus, offer.memory_mb, False)
         self.store.add_node(rec, now)
         self.store.set_node_cloud(name, offer.provider, inst.id, offer.price_hourly, inst.launched_at or now, now)
-        self.store.cloud_update_instance(inst.id, now, host=inst.host, port=inst.port, files_root=inst.files_root or None)
+        self.store.cloud_update_instance(inst.id, now, host=inst.host, port=inst.port)
         if inst.declared_shape:
             self._declared.add(name)
         self.start_session(name)

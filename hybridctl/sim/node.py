@@ -58,8 +58,10 @@ def kill_tree(state_dir: Path) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    base = Path(args.dir)
+    base = Path(args.dir).resolve()
     base.mkdir(parents=True, exist_ok=True)
+    authorized_keys = str(Path(args.authorized_keys).resolve())
+    os.chdir(base)  # the machine's "home": where SFTP's relative paths land
     sock = base / "agent.sock"
     state = base / "state"
     host_key_path = base / "ssh_host_key"
@@ -80,9 +82,10 @@ async def serve(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.05)
     server = await asyncssh.create_server(
         lambda: _Server(str(sock)), "127.0.0.1", args.port, server_host_keys=[host_key],
-        authorized_client_keys=args.authorized_keys,
-        # SFTP (workdir uploads, output downloads) sees only this machine's directory.
-        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(base).encode()),
+        authorized_client_keys=authorized_keys,
+        # SFTP sees the host's paths, as on a real server; its home (relative paths) is this
+        # machine's directory, where workdir uploads and outputs land.
+        sftp_factory=True,
     )
     port = server.get_port()
     info = {"port": port, "host_key": host_key.export_public_key("openssh").decode().strip(),
