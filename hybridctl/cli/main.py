@@ -75,7 +75,7 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
         "gpus": args.gpus, "gpu_type": args.gpu_type, "cpus": args.cpus, "memory": args.memory, "name": args.name,
         "priority": args.priority, "time_limit": args.time_limit, "array": args.array, "envs": args.env or None,
         "run": command or None, "num_nodes": args.nodes, "placement": args.placement,
-        "max_restarts": args.max_restarts, "depends_on": args.dependency,
+        "max_restarts": args.max_restarts, "recover_on_exit_codes": args.recover_on_exit_codes, "depends_on": args.dependency,
         "workdir": os.path.abspath(args.workdir) if args.workdir else None,
     }
     with _client() as c:
@@ -345,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env", action="append", metavar="K=V", help="environment variable (repeatable)")
     s.add_argument("--nodes", metavar="N", help="number of nodes (multi-node job)")
     s.add_argument("--placement", choices=["onprem", "cloud", "any"], help="where it may run")
-    s.add_argument("--max-restarts", metavar="N", help="requeue up to N times after preemption or node loss")
+    s.add_argument("--max-restarts", metavar="N",
+                   help="requeue up to N times after a failure: non-zero exit, preemption, lost node")
+    s.add_argument("--recover-on-exit-codes", metavar="CODES",
+                   help="exit codes (e.g. 75,143) that always requeue, not counted in --max-restarts")
     s.add_argument("--dependency", metavar="afterok:ID[:ID]", help="start only after these jobs succeeded")
     s.add_argument("--workdir", metavar="DIR", help="working directory of the job")
     s.add_argument("--json", action="store_true", help="print the whole job record as JSON")

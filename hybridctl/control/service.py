@@ -446,6 +446,18 @@ class Controller:
             # It ran (it has an exit code) but ended before a poll saw it running: record that it
             # started, so started_at and the history are right for short jobs too.
             self.store.transition(job_id, task, JobStatus.RUNNING, reason="started", actor_uid=None, now=self.clock())
+        if status is JobStatus.FAILED and exit_code is not None:
+            used, most, codes = self.store.restarts(job_id, task)
+            again = None
+            if exit_code in codes:
+                again = f"{reason}; exit code {exit_code} is in recover_on_exit_codes: requeued"
+            elif used < most:
+                again = f"{reason}; requeued (restart {used + 1} of {most})"
+            if again is not None:
+                self.store.transition(job_id, task, JobStatus.PENDING, reason=again, actor_uid=None, now=self.clock(),
+                                      release=release, count_restart=exit_code not in codes)
+                log.info("job %s requeued (%s)", task_label(job_id, task), again)
+                return
         self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=self.clock(),
                               exit_code=exit_code, release=release)
         log.info("job %s %s (%s)", task_label(job_id, task), status.value, reason)
@@ -453,17 +465,17 @@ class Controller:
     def requeue_or_fail(self, job_id: int, task: int, reason: str,
                         status: JobStatus = JobStatus.NODE_LOST) -> None:
         """PREEMPTED/NODE_LOST, then back to PENDING while restarts remain, else FAILED."""
-        (t, state, attempt), = self.store.task_states(job_id, task)
+        (_task, state, _attempt), = self.store.task_states(job_id, task)
         if not state.is_active():
             return
-        max_restarts = self.store.max_restarts(job_id)
+        used, max_restarts, _codes = self.store.restarts(job_id, task)
         now = self.clock()
         with self.store.tx() as c:
             self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=now, conn=c)
-            if attempt < max_restarts:
+            if used < max_restarts:
                 self.store.transition(job_id, task, JobStatus.PENDING,
-                                      reason=f"requeued (attempt {attempt + 1} of {max_restarts})",
-                                      actor_uid=None, now=now, conn=c)
+                                      reason=f"requeued (restart {used + 1} of {max_restarts})",
+                                      actor_uid=None, now=now, count_restart=True, conn=c)
             else:
                 self.store.transition(job_id, task, JobStatus.FAILED,
                                       reason=f"{reason}; no restarts left (max_restarts {max_restarts})",

@@ -245,6 +245,25 @@ def parse_depends_on(value: Any, *, field: str = "depends_on", source: str = "")
     return tuple(out)
 
 
+EXIT_CODES = "exit codes 0 to 255, e.g. [75, 143] or '75,143'"
+
+
+def parse_exit_codes(value: Any, *, field: str = "recover_on_exit_codes", source: str = "") -> tuple[int, ...]:
+    """Exit codes from [75, 143], 75 or '75,143'; duplicates dropped, order kept."""
+    if isinstance(value, str):
+        items: list[Any] = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    out: list[int] = []
+    for item in items:
+        code = parse_int(item, field, source, 0, 255, EXIT_CODES)
+        if code not in out:
+            out.append(code)
+    return tuple(out)
+
+
 def parse_placement(value: Any, *, field: str = "placement", source: str = "") -> str:
     """'onprem', 'cloud' or 'any' (any case)."""
     if isinstance(value, str) and value.strip().lower() in PLACEMENTS:

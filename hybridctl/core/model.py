@@ -51,8 +51,8 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
         {_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.NODE_LOST, _S.PENDING}
     ),
     _S.RUNNING: frozenset(
-        {_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.TIMEOUT, _S.PREEMPTED, _S.NODE_LOST}
-    ),
+        {_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.TIMEOUT, _S.PREEMPTED, _S.NODE_LOST, _S.PENDING}
+    ),  # -> PENDING: exited non-zero with restarts left, or with a code in recover_on_exit_codes
     _S.PREEMPTED: frozenset({_S.PENDING, _S.FAILED, _S.CANCELLED}),
     _S.NODE_LOST: frozenset({_S.PENDING, _S.FAILED, _S.CANCELLED}),
     _S.SUCCEEDED: frozenset(),
@@ -146,6 +146,9 @@ class JobSpec:
     time_limit: int | None = None
     """Seconds; None = unlimited."""
     max_restarts: int = 0
+    """Requeues allowed after failures: a non-zero exit, a preemption, a lost node."""
+    recover_on_exit_codes: tuple[int, ...] = ()
+    """Exit codes that always requeue without counting against max_restarts (SkyPilot's)."""
     checkpoint_dir: str | None = None
     placement: str = "any"
     array: ArraySpec | None = None
@@ -172,6 +175,7 @@ class JobSpec:
             "priority": self.priority,
             "time_limit": self.time_limit,
             "max_restarts": self.max_restarts,
+            "recover_on_exit_codes": list(self.recover_on_exit_codes),
             "checkpoint_dir": self.checkpoint_dir,
             "placement": self.placement,
             "array": None
@@ -201,6 +205,7 @@ def spec_from_dict(d: Mapping[str, object]) -> JobSpec:
         priority=int(d.get("priority") or 0),  # type: ignore[call-overload]
         time_limit=d.get("time_limit"),  # type: ignore[arg-type]
         max_restarts=int(d.get("max_restarts") or 0),  # type: ignore[call-overload]
+        recover_on_exit_codes=tuple(d.get("recover_on_exit_codes") or ()),  # type: ignore[arg-type]
         checkpoint_dir=d.get("checkpoint_dir"),  # type: ignore[arg-type]
         placement=str(d.get("placement") or "any"),
         array=None if not arr else ArraySpec(**arr),  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from hybridctl.core.fields import (
     parse_depends_on,
     parse_duration,
     parse_env,
+    parse_exit_codes,
     parse_gpu_type,
     parse_int,
     parse_memory,
@@ -41,9 +42,12 @@ PRIORITY_RANGE = (-1000, 1000)
 
 TOP_KEYS = frozenset(
     {"name", "resources", "num_nodes", "envs", "setup", "run", "workdir", "priority",
-     "time_limit", "max_restarts", "checkpoint_dir", "placement", "array", "depends_on"}
+     "time_limit", "max_restarts", "recover_on_exit_codes", "checkpoint_dir", "placement", "array",
+     "depends_on"}
 )  # fmt: skip
-RESOURCE_KEYS = frozenset({"accelerators", "cpus", "memory", "use_spot"})
+RESOURCE_KEYS = frozenset({"accelerators", "cpus", "memory", "use_spot", "job_recovery"})
+# SkyPilot's resources.job_recovery keys, read as max_restarts / recover_on_exit_codes.
+JOB_RECOVERY_KEYS = frozenset({"max_restarts_on_errors", "recover_on_exit_codes"})
 # SkyPilot task keys (its sky/utils/schemas.py) that hybridctl accepts and ignores, with a warning.
 SKYPILOT_TOP_KEYS = frozenset(
     {"file_mounts", "secrets", "volumes", "config", "service", "event_callback", "inputs",
@@ -51,7 +55,7 @@ SKYPILOT_TOP_KEYS = frozenset(
 )  # fmt: skip
 SKYPILOT_RESOURCE_KEYS = frozenset(
     {"infra", "cloud", "region", "zone", "instance_type", "disk_size", "disk_tier", "ports",
-     "image_id", "labels", "any_of", "ordered", "job_recovery", "spot_recovery", "network_tier",
+     "image_id", "labels", "any_of", "ordered", "spot_recovery", "network_tier",
      "local_disk", "ephemeral_storage", "max_hourly_cost", "accelerator_args", "autostop",
      "priority", "priority_class", "volumes"}
 )  # fmt: skip
@@ -140,6 +144,12 @@ def parse_spec(data: Mapping[str, Any], source: str = "") -> tuple[JobSpec, list
 
     res = _section(data, "resources", source)
     ignored += _check_keys(res, RESOURCE_KEYS, SKYPILOT_RESOURCE_KEYS, "resources.", source)
+    recovery: dict[str, Any] = {}
+    if isinstance(res.get("job_recovery"), str):  # a bare strategy name ('EAGER_NEXT_REGION'): not ours
+        ignored.append("resources.job_recovery")
+    else:
+        recovery = _section(res, "job_recovery", source)
+        ignored += _check_keys(recovery, JOB_RECOVERY_KEYS, frozenset({"strategy"}), "resources.job_recovery.", source)
     warnings = []
     if ignored:
         where = f"{source}: " if source else ""
@@ -164,7 +174,10 @@ def parse_spec(data: Mapping[str, Any], source: str = "") -> tuple[JobSpec, list
         workdir=opt(data, "workdir", _text, None),
         priority=opt(data, "priority", _ranged(*PRIORITY_RANGE), 0),
         time_limit=opt(data, "time_limit", parse_time_limit, None),
-        max_restarts=opt(data, "max_restarts", _ranged(0, MAX_RESTARTS), 0),
+        max_restarts=opt(data, "max_restarts", _ranged(0, MAX_RESTARTS),
+                         opt(recovery, "resources.job_recovery.max_restarts_on_errors", _ranged(0, MAX_RESTARTS), 0)),
+        recover_on_exit_codes=opt(data, "recover_on_exit_codes", parse_exit_codes,
+                                  opt(recovery, "resources.job_recovery.recover_on_exit_codes", parse_exit_codes, ())),
         checkpoint_dir=opt(data, "checkpoint_dir", _text, None),
         placement=opt(data, "placement", parse_placement, "any"),
         array=opt(data, "array", parse_array, None),
@@ -189,6 +202,7 @@ def apply_flags(
     num_nodes: str | int | None = None,
     placement: str | None = None,
     max_restarts: str | int | None = None,
+    recover_on_exit_codes: str | None = None,
     depends_on: str | None = None,
     workdir: str | None = None,
     source: str = "",
@@ -227,6 +241,7 @@ def apply_flags(
         (out, "num_nodes", num_nodes, _ranged(1, MAX_NODES)),
         (out, "placement", placement, parse_placement),
         (out, "max_restarts", max_restarts, _ranged(0, MAX_RESTARTS)),
+        (out, "recover_on_exit_codes", recover_on_exit_codes, parse_exit_codes),
         (out, "depends_on", depends_on, parse_depends_on),
         (out, "workdir", workdir, _text),
     ]
@@ -281,7 +296,7 @@ def _check_keys(
             import difflib  # only on this error path
 
             choices = sorted(known | skypilot)  # SkyPilot's may be suggested, not listed
-            hint = _HINTS[prefix].get(key.lower())
+            hint = _HINTS.get(prefix, {}).get(key.lower())
             same = [c for c in choices if c == key.lower()]
             close = same or difflib.get_close_matches(key.lower(), choices, n=1)
             suggestion = hint or (close[0] if close else "")

@@ -172,7 +172,13 @@ def m002_cloud(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_cloud]
+def m003_restarts(db: sqlite3.Connection) -> None:
+    """Restarts counted against max_restarts, apart from `attempt`: requeues for an exit code in
+    recover_on_exit_codes start a new attempt without using one up."""
+    _run(db, "ALTER TABLE tasks ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;")
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts]
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -194,17 +194,19 @@ class Store:
         now: float,
         exit_code: int | None = None,
         release: bool = True,
+        count_restart: bool = False,
         conn: sqlite3.Connection | None = None,
     ) -> JobStatus:
         """Move one task to `new` (raising IllegalTransition if the state machine forbids it),
         record the event, and release its allocations when it leaves STARTING/RUNNING — unless
         `release` is False: a cancelled job keeps its GPUs until its node confirms the processes
         are gone (`release_rank`), so the next job never shares a GPU with a dying one.
+        `count_restart` counts a requeue (-> PENDING) against the job's max_restarts.
         Runs inside the caller's transaction when `conn` is given, else in its own."""
         if conn is None:
             with self.tx() as c:
-                return self.transition(job_id, task, new, reason=reason, actor_uid=actor_uid,
-                                       now=now, exit_code=exit_code, release=release, conn=c)
+                return self.transition(job_id, task, new, reason=reason, actor_uid=actor_uid, now=now,
+                                       exit_code=exit_code, release=release, count_restart=count_restart, conn=c)
         row = conn.execute("SELECT state FROM tasks WHERE job_id=? AND task=?", (job_id, task)).fetchone()
         if row is None:
             raise NotFound(f"job {task_label(job_id, task)} does not exist")
@@ -223,6 +225,8 @@ class Store:
                 args.append(exit_code)
         if new is JobStatus.PENDING:
             sets += ["attempt=attempt+1", "nodes=''", "gpus=''", "started_at=NULL", "ended_at=NULL", "exit_code=NULL"]
+            if count_restart:
+                sets.append("restarts=restarts+1")
         conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE job_id=? AND task=?", (*args, job_id, task))
         conn.execute(
             "INSERT INTO events (job_id, task, time, from_state, to_state, reason, actor_uid) VALUES (?,?,?,?,?,?,?)",
@@ -280,8 +284,12 @@ class Store:
             (job_id, task, attempt),
         ))
 
-    def max_restarts(self, job_id: int) -> int:
-        return int(self.conn.execute("SELECT max_restarts FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+    def restarts(self, job_id: int, task: int) -> tuple[int, int, tuple[int, ...]]:
+        """(restarts used, max_restarts, recover_on_exit_codes) of one task."""
+        used, most, spec = self.conn.execute(
+            "SELECT t.restarts, j.max_restarts, j.spec FROM tasks t JOIN jobs j ON j.id = t.job_id"
+            " WHERE t.job_id=? AND t.task=?", (job_id, task)).fetchone()
+        return int(used), int(most), tuple(json.loads(spec).get("recover_on_exit_codes") or ())
 
     def task_nodes(self, job_id: int, task: int) -> list[str]:
         return [n for (n,) in self.conn.execute(

@@ -137,6 +137,37 @@ def test_requeue_bumps_attempt_and_frees_gpus(ctl: Controller, clock: Clock) -> 
     assert task(ctl, j)["state"] == "STARTING"
 
 
+def test_failures_requeue_until_max_restarts_and_recover_codes_do_not_count(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE, resources={"accelerators": 1}, max_restarts=1, recover_on_exit_codes=[75])
+
+    def run_and_exit(code: int) -> dict:
+        ctl.schedule()
+        ctl.store.transition(j, 0, JobStatus.RUNNING, reason="started", actor_uid=None, now=clock())
+        ctl.finish(j, 0, code, f"exited with code {code}")
+        return task(ctl, j)
+
+    t = run_and_exit(75)  # in recover_on_exit_codes: requeued, no restart used
+    assert (t["state"], t["attempt"]) == ("PENDING", 1) and "recover_on_exit_codes" in t["reason"]
+    t = run_and_exit(75)
+    assert (t["state"], t["attempt"]) == ("PENDING", 2)
+    t = run_and_exit(1)  # a failure: uses the one restart
+    assert (t["state"], t["attempt"], t["reason"]) == ("PENDING", 3, "exited with code 1; requeued (restart 1 of 1)")
+    ctl.schedule()
+    ctl.requeue_or_fail(j, 0, "node n1 lost", JobStatus.NODE_LOST)  # a lost node counts too: none left
+    assert task(ctl, j)["state"] == "FAILED"
+    assert "no restarts left (max_restarts 1)" in ctl.op_show(ROOT, str(j))["events"][-1]["reason"]
+    assert ctl.store.open_allocations() == []
+
+
+def test_non_zero_exit_fails_at_once_without_restarts(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE, resources={"accelerators": 1})
+    ctl.schedule()
+    ctl.store.transition(j, 0, JobStatus.RUNNING, reason="started", actor_uid=None, now=clock())
+    ctl.finish(j, 0, 3, "exited with code 3")
+    t = task(ctl, j)
+    assert (t["state"], t["exit_code"], t["attempt"]) == ("FAILED", 3, 0)
+
+
 def test_schema_reopens_without_migrating_twice(tmp_path: Path) -> None:
     s1 = Store(tmp_path / "x.db")
     s1.close()

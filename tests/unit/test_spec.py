@@ -123,6 +123,8 @@ def test_minimal_spec_takes_the_model_defaults() -> None:
         ({"run": "a"}, {"num_nodes": "4"}, "num_nodes", 4),
         ({"run": "a"}, {"placement": "onprem"}, "placement", "onprem"),
         ({"run": "a"}, {"max_restarts": 3}, "max_restarts", 3),
+        ({"run": "a", "recover_on_exit_codes": [1]}, {"recover_on_exit_codes": "75, 143,75"},
+         "recover_on_exit_codes", (75, 143)),
         ({"run": "a", "depends_on": [1]}, {"depends_on": "afterok:12:13"}, "depends_on", (12, 13)),
         ({"run": "a"}, {"depends_on": "12,13"}, "depends_on", (12, 13)),
         ({"run": "a", "name": "file"}, {"name": "flag"}, "name", "flag"),
@@ -286,6 +288,10 @@ def test_parse_env_refuses(items: Any, fragments: list[str]) -> None:
         ({"run": "x", "num_nodes": 0}, ["num_nodes: 0", "from 1"]),
         ({"run": "x", "max_restarts": 101}, ["max_restarts: 101", "0 to 100"]),
         ({"run": "x", "max_restarts": 2.5}, ["max_restarts: 2.5", "0 to 100"]),
+        ({"run": "x", "recover_on_exit_codes": [256]}, ["recover_on_exit_codes: 256", "at most 255", "0 to 255"]),
+        ({"run": "x", "recover_on_exit_codes": "oom"}, ["recover_on_exit_codes: 'oom'", "e.g. [75, 143]"]),
+        ({"run": "x", "resources": {"job_recovery": {"max_restart": 1}}},
+         ["resources.job_recovery.max_restart: unknown key", "max_restarts_on_errors"]),
         ({"run": "x", "resources": {"accelerators": -2}}, ["resources.accelerators: -2", "at least 0"]),
         ({"run": "x", "resources": {"memory": "lots"}}, ["resources.memory: 'lots'", "'32G'"]),
         ({"run": "x", "resources": {"cpus": 0}}, ["resources.cpus: 0", "above 0"]),
@@ -336,7 +342,7 @@ def test_unknown_key_suggests(data: dict[str, Any], message: str) -> None:
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     message = error(parse_spec, {"run": "x", "resources": {"zzzz": 1}}, "job.yaml")
     assert message == (
-        "job.yaml: resources.zzzz: unknown key; accepted keys here: accelerators, cpus, memory, use_spot"
+        "job.yaml: resources.zzzz: unknown key; accepted keys here: accelerators, cpus, job_recovery, memory, use_spot"
     )
 
 
@@ -410,3 +416,14 @@ def test_importing_spec_does_not_import_yaml() -> None:
         """
     )
     assert out.split() == ["False", "False", "True"]
+
+
+def test_skypilot_job_recovery_maps_to_max_restarts_and_exit_codes() -> None:
+    data = {"run": "x", "resources": {"job_recovery": {"strategy": "FAILOVER", "max_restarts_on_errors": 3,
+                                                        "recover_on_exit_codes": [33, 34]}}}
+    spec, warnings = parse_spec(data, "task.yaml")
+    assert (spec.max_restarts, spec.recover_on_exit_codes) == (3, (33, 34))
+    assert warnings == ["task.yaml: ignoring SkyPilot keys hybridctl does not act on: resources.job_recovery.strategy"]
+    assert spec_from_dict(spec.to_dict()) == spec
+    own, _ = parse_spec({**data, "max_restarts": 1, "recover_on_exit_codes": []})  # hybridctl's keys win
+    assert (own.max_restarts, own.recover_on_exit_codes) == (1, ())
