@@ -38,11 +38,23 @@ examples:
 """
 
 
-def _client() -> Any:
+EPILOG_NODE_ADD = """\
+examples:
+  hybridctl node add gpu01 --host gpu01.lab --user hybridctl --identity KEY --accept-new
+  hybridctl node add gpu02 --host gpu02.lab --user root --identity KEY --accept-new --install
+  hybridctl node add gpu03 --host 10.0.0.3 --identity KEY --accept-new --install --wheels ./wheels  # air-gapped
+  hybridctl node add box --host box.lab --identity KEY --accept-new --install --no-systemd --cpus 16
+
+offline bundle for --wheels (on a machine with the node's OS, CPU and Python):
+  pip download -d wheels psutil nvidia-ml-py
+"""
+
+
+def _client(timeout: float = 60.0) -> Any:
     from hybridctl import paths
     from hybridctl.control.client import Client
 
-    return Client(paths.socket_path())
+    return Client(paths.socket_path(), timeout)
 
 
 def _out(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -245,7 +257,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    with _client() as c:
+    # An install may run pip on the node; the controller bounds every step of it.
+    with _client(timeout=900.0 if getattr(args, "install", False) else 60.0) as c:
         if args.node_cmd == "drain":
             res = c.call("drain", node=args.name, reason=args.reason or "")
         elif args.node_cmd == "resume":
@@ -255,12 +268,21 @@ def cmd_node(args: argparse.Namespace) -> int:
             _out(args, res, f"node {args.name} removed")
             return ExitCode.OK
         else:
-            print(f"hybridctl: contacting {args.host}:{args.port} …", file=sys.stderr)
+            what = "installing the agent on" if args.install else "contacting"
+            print(f"hybridctl: {what} {args.host}:{args.port} …", file=sys.stderr)
             res = c.call("node_add", name=args.name, host=args.host, port=args.port, user=args.user,
                          identity=os.path.abspath(args.identity) if args.identity else None,
-                         agent_socket=args.agent_socket, accept_new=args.accept_new, site=args.site)
+                         agent_socket=args.agent_socket, accept_new=args.accept_new, site=args.site,
+                         cpus=args.cpus, install=args.install, python=args.python,
+                         wheels=os.path.abspath(args.wheels) if args.wheels else None,
+                         install_dir=args.install_dir, systemd=not args.no_systemd)
+            for line in (res.get("install") or {}).get("steps", []):
+                print(f"  {line}", file=sys.stderr)
             gpus = ", ".join(f"{g['index']}:{g['model']}" for g in res["gpus"]) or "none"
-            text = f"node {res['node']} added: {len(res['gpus'])} GPUs ({gpus}), {res['cpus']:g} CPUs"
+            cpus = f"{res['cpus']:g} CPUs" + (f" (the agent reports {res['cpus_reported']:g})"
+                                              if res["cpus"] != res["cpus_reported"] else "")
+            verb = "upgraded" if res.get("upgraded") else "added"
+            text = f"node {res['node']} {verb}: {len(res['gpus'])} GPUs ({gpus}), {cpus}"
             if res.get("gpu_error"):
                 text += f"\n  no GPUs: {res['gpu_error']}"
             if res.get("host_key"):
@@ -392,9 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("name")
     r.add_argument("--json", action="store_true")
 
-    a = ndsub.add_parser("add", help="add a GPU server reached over SSH (probes its agent)",
-                         description="Add a node: pin its SSH host key (--accept-new), reach its agent over SSH, "
-                         "and print the GPUs it reports.")
+    a = ndsub.add_parser("add", help="add a GPU server reached over SSH (probes its agent; --install puts it there)",
+                         description="Add a node: pin its SSH host key (--accept-new), reach its agent over SSH,\n"
+                         "and print the GPUs it reports.\n\n"
+                         "With --install, first put the agent there: copy it over SFTP into --install-dir, install\n"
+                         "psutil and nvidia-ml-py (from the --wheels bundle, offline; without it, with pip unless\n"
+                         "its Python has them), start it as a systemd unit (a system unit when the SSH user is\n"
+                         "root, else a `systemctl --user` unit: jobs then run as that user) or, with --no-systemd,\n"
+                         "detached, and wait for it to listen. Adding the node again with --install upgrades the\n"
+                         "agent in place; running jobs keep running.",
+                         epilog=EPILOG_NODE_ADD, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("name")
     a.add_argument("--host", required=True, help="SSH host name or address ('local': this host's agent socket)")
     a.add_argument("--port", type=int, default=22)
@@ -403,6 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--accept-new", action="store_true", help="pin the host key on first contact (like OpenSSH)")
     a.add_argument("--agent-socket", metavar="PATH", help="the agent's socket path on the node")
     a.add_argument("--site", choices=["onprem", "cloud"], default="onprem")
+    a.add_argument("--cpus", type=float, metavar="N",
+                   help="CPU cores jobs may use there, instead of the count the agent reports")
+    ins = a.add_argument_group("installing the agent")
+    ins.add_argument("--install", action="store_true", help="copy the agent over SSH/SFTP, start it, then add")
+    ins.add_argument("--python", metavar="PY", help="the node's Python 3.9+ (default: python3 on its PATH)")
+    ins.add_argument("--wheels", metavar="DIR",
+                     help="offline: install psutil and nvidia-ml-py from the .whl files in DIR (on this host) "
+                     "with pip --no-index")
+    ins.add_argument("--install-dir", metavar="DIR",
+                     help="where on the node (default: /opt/hybridctl-agent as root, else ~/.hybridctl)")
+    ins.add_argument("--no-systemd", action="store_true",
+                     help="start the agent detached (setsid nohup) instead of as a systemd unit, e.g. in containers")
     a.add_argument("--json", action="store_true")
     rm = ndsub.add_parser("remove", help="forget a node (it must run no jobs)")
     rm.add_argument("name")

@@ -41,10 +41,14 @@ def config_record(n: NodeConfig) -> NodeRecord:
     from hybridctl.core.spec import parse_memory
 
     check_name(n.name)
+    if n.cpus < 0:
+        raise SpecError(f"nodes.{n.name}.cpus", n.cpus,
+                        "a number of CPU cores, e.g. 8 (0 or absent: what the agent reports)")
     return NodeRecord(
         name=n.name, host=n.host, port=n.port, ssh_user=n.user, identity=n.identity, agent_socket=n.agent_socket,
         site=n.site, link_state=NodeState.UP if n.simulated else NodeState.UNREACHABLE,
         link_reason="" if n.simulated else "not contacted yet", drained=False, drain_reason="",
         gpus=tuple(parse_gpu_shape(n.gpus)), cpus=float(n.cpus or (os.cpu_count() if n.simulated else 0) or 0),
         memory_mb=parse_memory(n.memory) if n.memory else 0, simulated=n.simulated,
+        cpus_override=float(n.cpus) or None,
     )

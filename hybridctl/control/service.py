@@ -288,12 +288,16 @@ class Controller:
     async def op_node_add(
         self, caller: Caller, name: str, host: str, port: int = 22, user: str | None = None,
         identity: str | None = None, agent_socket: str | None = None, accept_new: bool = False,
-        site: str = "onprem",
+        site: str = "onprem", cpus: float | None = None, install: bool = False, python: str | None = None,
+        wheels: str | None = None, install_dir: str | None = None, systemd: bool = True,
     ) -> dict[str, Any]:
-        """Pin the host key (with accept_new), probe the agent, record the node, start its session."""
+        """Pin the host key (with accept_new), install the agent over SSH (with install), probe it,
+        record the node, start its session. With install, adding a node again upgrades its agent."""
+        import math
         from pathlib import Path
 
         from hybridctl.control.nodes import check_name
+        from hybridctl.core.errors import NotFound
         from hybridctl.ssh.link import Target, connect, pin_host_key
         from hybridctl.store.sqlite import NodeRecord
 
@@ -303,10 +307,28 @@ class Controller:
             raise SpecError("--port", port, "a TCP port from 1 to 65535")
         if site not in ("onprem", "cloud"):
             raise SpecError("--site", site, "accepted: onprem, cloud")
-        known = self.settings.known_hosts_path
+        if cpus is not None and not (isinstance(cpus, (int, float)) and math.isfinite(cpus) and cpus > 0):
+            raise SpecError("--cpus", cpus, "a number of CPU cores greater than 0, e.g. 8")
+        self._check_install(host, agent_socket, install, python, wheels, install_dir, systemd)
+        try:
+            old: NodeRecord | None = self.store.node(name)
+        except NotFound:
+            old = None
+        upgrade = install and old is not None and (old.host, old.port) == (host, int(port))
+        if old is not None and not upgrade:
+            raise HybridctlError(f"node {name!r} already exists; `hybridctl node remove {name}` first"
+                                 " (or, to upgrade its agent, add it again with --install and the same --host, --port)")
+        known = Path(self.settings.known_hosts_path)
         fingerprint = None
         if accept_new and host not in ("local", ""):
-            fingerprint = await pin_host_key(host, int(port), Path(known))
+            fingerprint = await pin_host_key(host, int(port), known)
+        installed = None
+        if install:
+            from hybridctl.cloud.bootstrap import AgentInstall, install_over_ssh
+
+            spec = AgentInstall(name, python or "python3", install_dir or "", systemd, Path(wheels) if wheels else None)
+            installed = await install_over_ssh(host, int(port), user, known, Path(identity) if identity else None, spec)
+            agent_socket = installed.socket
         target = Target(name, host, int(port), user, identity, agent_socket, str(known),
                         self.settings.fleet.bridge, self.settings.fleet.agent_command)
         link = await connect(target)
@@ -316,16 +338,42 @@ class Controller:
             await link.close()
         gpus = [{"index": g["index"], "model": g.get("name", "GPU"), "memory_mb": g.get("memory_total_mb")}
                 for g in hello.get("gpus", [])]
+        reported = float(hello.get("cpus") or 1)
         rec = NodeRecord(name, host, int(port), user, identity, agent_socket, site, NodeState.UP, "", False, "",
-                         tuple(gpus), float(hello.get("cpus") or 1), int(hello.get("memory_mb") or 0), False,
-                         self.clock())
-        self.store.add_node(rec, self.clock(), replace=False)
+                         tuple(gpus), float(cpus or reported), int(hello.get("memory_mb") or 0), False,
+                         self.clock(), float(cpus) if cpus else None)
+        self.store.add_node(rec, self.clock(), replace=upgrade)
         if self.fleet:
             self.fleet.sync()
         self.on_change()
         return {"node": name, "gpus": gpus, "gpu_source": hello.get("gpu_source"), "gpu_error": hello.get("gpu_error"),
-                "cpus": rec.cpus, "memory_mb": rec.memory_mb, "host_key": fingerprint,
-                "agent_version": hello.get("agent_version")}
+                "cpus": rec.cpus, "cpus_reported": reported, "memory_mb": rec.memory_mb, "host_key": fingerprint,
+                "agent_version": hello.get("agent_version"), "upgraded": upgrade,
+                "install": installed and {"dir": installed.remote_dir, "service": installed.service,
+                                          "socket": installed.socket, "steps": installed.steps}}
+
+    @staticmethod
+    def _check_install(host: str, agent_socket: str | None, install: bool, python: str | None, wheels: str | None,
+                       install_dir: str | None, systemd: bool) -> None:
+        """The flags of `node add --install`, checked before anything touches the node."""
+        from pathlib import Path
+
+        if not install:
+            for flag, given in (("--python", python), ("--wheels", wheels), ("--install-dir", install_dir),
+                                ("--no-systemd", not systemd)):
+                if given:
+                    raise SpecError(flag, given, "add --install, or leave it out", problem="applies to --install only")
+            return
+        if host in ("local", ""):
+            raise SpecError("--host", host, "--install copies the agent over SSH: name the server's SSH host")
+        if agent_socket:
+            raise SpecError("--agent-socket", agent_socket, "leave it out with --install: the agent listens on "
+                            "INSTALL_DIR/agent.sock")
+        if install_dir and not install_dir.startswith("/"):
+            raise SpecError("--install-dir", install_dir, "an absolute path on the node, e.g. /opt/hybridctl-agent")
+        if wheels and not (Path(wheels).is_dir() and any(Path(wheels).glob("*.whl"))):
+            raise SpecError("--wheels", wheels, "a directory of .whl files on this host, made with e.g. "
+                            "`pip download -d DIR psutil nvidia-ml-py`")
 
     def op_node_remove(self, caller: Caller, name: str) -> dict[str, Any]:
         self._admin(caller, f"remove node {name}")
@@ -505,6 +553,7 @@ class Controller:
 
     def node_hardware(self, name: str, gpus: list[dict[str, Any]], cpus: float, memory_mb: int) -> None:
         old = self.store.node(name)
+        cpus = old.cpus_override or cpus  # an admin's count (config, node add --cpus) wins
         merged = []
         prev = {g["index"]: g for g in old.gpus}
         for g in gpus:

@@ -178,7 +178,13 @@ def m003_restarts(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE tasks ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;")
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts]
+def m004_node_cpus(db: sqlite3.Connection) -> None:
+    """An admin's CPU count for a node (config `cpus:` or `node add --cpus`), which wins over the
+    count its agent reports; NULL: use the agent's."""
+    _run(db, "ALTER TABLE nodes ADD COLUMN cpus_override REAL;")
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus]
 
 
 def migrate(db: sqlite3.Connection) -> int:

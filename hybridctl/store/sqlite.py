@@ -61,6 +61,8 @@ class NodeRecord:
     memory_mb: int
     simulated: bool
     last_seen: float | None = None
+    cpus_override: float | None = None
+    """An admin's CPU count (config or `node add --cpus`); `cpus` follows it, not the agent's report."""
 
     def state(self, busy: bool) -> tuple[NodeState, str]:
         """The state users see: a link problem first, then an admin's drain, else UP."""
@@ -86,6 +88,7 @@ class NodeRecord:
             "memory_mb": self.memory_mb,
             "simulated": self.simulated,
             "last_seen": self.last_seen,
+            "cpus_override": self.cpus_override,
         }
 
 
@@ -507,7 +510,7 @@ class Store:
 
     _NODE_COLS = (
         "name, host, port, ssh_user, identity, agent_socket, site, link_state, link_reason, drained, drain_reason,"
-        " gpus, cpus, memory_mb, simulated, last_seen"
+        " gpus, cpus, memory_mb, simulated, last_seen, cpus_override"
     )
 
     def add_node(self, rec: NodeRecord, now: float, *, replace: bool = True) -> None:
@@ -516,8 +519,8 @@ class Store:
         conflict = (
             " ON CONFLICT(name) DO UPDATE SET host=excluded.host, port=excluded.port, ssh_user=excluded.ssh_user,"
             " identity=excluded.identity, agent_socket=excluded.agent_socket, site=excluded.site,"
-            " gpus=excluded.gpus, cpus=excluded.cpus, memory_mb=excluded.memory_mb,"
-            " simulated=excluded.simulated, updated_at=excluded.updated_at"
+            " gpus=excluded.gpus, cpus=excluded.cpus, cpus_override=excluded.cpus_override,"
+            " memory_mb=excluded.memory_mb, simulated=excluded.simulated, updated_at=excluded.updated_at"
             if replace else ""
         )
         with self.tx() as c:
@@ -526,11 +529,11 @@ class Store:
 
                 raise HybridctlError(f"node {rec.name!r} already exists; `hybridctl node remove {rec.name}` first")
             c.execute(
-                f"INSERT INTO nodes ({self._NODE_COLS}, added_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                + conflict,
+                f"INSERT INTO nodes ({self._NODE_COLS}, added_at, updated_at) VALUES (?{',?' * 18})" + conflict,
                 (rec.name, rec.host, rec.port, rec.ssh_user, rec.identity, rec.agent_socket, rec.site,
                  rec.link_state.value, rec.link_reason, int(rec.drained), rec.drain_reason,
-                 json.dumps(list(rec.gpus)), rec.cpus, rec.memory_mb, int(rec.simulated), rec.last_seen, now, now),
+                 json.dumps(list(rec.gpus)), rec.cpus, rec.memory_mb, int(rec.simulated), rec.last_seen,
+                 rec.cpus_override, now, now),
             )
 
     def remove_node(self, name: str) -> None:
@@ -570,8 +573,9 @@ class Store:
 
     def _node_rows(self, where: str, args: tuple[Any, ...]) -> list[NodeRecord]:
         return [
-            NodeRecord(n, h, p, u, i, a, s, NodeState(ls), lr, bool(d), dr, tuple(json.loads(g)), c, m, bool(sim), seen)
-            for n, h, p, u, i, a, s, ls, lr, d, dr, g, c, m, sim, seen in self.conn.execute(
+            NodeRecord(n, h, p, u, i, a, s, NodeState(ls), lr, bool(d), dr, tuple(json.loads(g)), c, m, bool(sim), seen,
+                       co)
+            for n, h, p, u, i, a, s, ls, lr, d, dr, g, c, m, sim, seen, co in self.conn.execute(
                 f"SELECT {self._NODE_COLS} FROM nodes{where}", args
             )
         ]
