@@ -301,7 +301,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with _client() as c:
         first = True
         while True:
-            res = c.call("logs", job=args.job, stream=stream, offset=offset, max_bytes=1 << 20, rank=args.rank)
+            res = c.call("logs", job=args.job, stream=stream, offset=offset, max_bytes=1 << 20, rank=args.rank,
+                         attempt=args.attempt)
             data = res["data"]
             if first and args.tail:
                 data = "\n".join(data.split("\n")[-args.tail - 1:])
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--stderr", action="store_true", help="the job's stderr instead of stdout")
     lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     lg.add_argument("--rank", type=int, default=0, help="which node of a multi-node job (default 0)")
+    lg.add_argument("--attempt", type=int, metavar="N",
+                    help="an earlier run of a requeued job (0 = the first; default: the latest)")
 
     dm = sub.add_parser("demo", help="a whole simulated lab on this machine (no root, no config)",
                         description="Start simulated GPU servers reached over real SSH on loopback, a controller "

@@ -467,25 +467,27 @@ class Autoscaler:
             await self.evict(node, reason, JobStatus.PREEMPTED)
         await self.give_back(row["instance_id"], node, reason)
 
-    async def evict(self, node: str, reason: str, status: JobStatus, grace: float | None = None) -> None:
-        """Requeue every job on `node` and stop it there, keeping what its logs and outputs say so far."""
+    async def evict(self, node: str, reason: str, status: JobStatus, grace: float | None = None,
+                    notice: bool = False) -> None:
+        """Stop every job on `node` and requeue it. With a `notice` (a reclaim to come) each job goes
+        PREEMPTED, gets SIGTERM and `cloud.preemption_grace`, and is requeued once its processes are
+        gone and the fleet has pulled its final checkpoint and logs (`Controller.release`). Without
+        one it is requeued at once, keeping what its logs say so far and its last periodic sync."""
         session = self.fleet.sessions.get(node)
         link = session.link if session is not None else None
         for job_id, task, attempt, rank, _state in self.store.active_ranks(node):
             key = job_key(job_id, task, attempt, rank)
-            if link is not None and isinstance(session, NodeSession):
-                with contextlib.suppress(HybridctlError, TransferError, OSError):
-                    await session.pull_logs(key)
-            await self.checkpoint(job_id, task, node)
-            self.ctl.requeue_or_fail(job_id, task, reason, status=status)
+            if notice:
+                self.ctl.preempt(job_id, task, reason)
+            else:
+                if link is not None and isinstance(session, NodeSession):
+                    with contextlib.suppress(HybridctlError, TransferError, OSError):
+                        await session.pull_logs(key)
+                self.ctl.requeue_or_fail(job_id, task, reason, status=status)
             if link is not None:
                 with contextlib.suppress(HybridctlError):
                     await link.call("cancel", key=key, grace=self.cfg.preemption_grace if grace is None else grace)
         self.ctl.on_change()
-
-    async def checkpoint(self, job_id: int, task: int, node: str) -> None:
-        """Hook: pull the job's checkpoint_dir back before it is requeued (checkpoint sync is a later
-        issue; today a requeued job restarts from the beginning unless it checkpoints elsewhere)."""
 
     async def give_back(self, iid: str, node: str, reason: str, failed: bool = False) -> None:
         """Terminate the instance, settle its cost, and forget the node."""
@@ -582,7 +584,7 @@ class Autoscaler:
         log.warning("cloud node %s: %s notice; requeueing its jobs", node, notice.reason)
         self.store.set_drain(node, True, reason, self.clock())
         self.store.cloud_update_instance(row["instance_id"], self.clock(), state="draining", reason=reason)
-        await self.evict(node, reason, JobStatus.PREEMPTED)
+        await self.evict(node, reason, JobStatus.PREEMPTED, notice=True)
         wait = min(max(0.0, notice.at - self.clock()), self.cfg.preemption_grace + 5)
         await asyncio.sleep(wait)
         await self.give_back(row["instance_id"], node, reason)

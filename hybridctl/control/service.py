@@ -385,7 +385,7 @@ class Controller:
     # ---- logs -----------------------------------------------------------------------------------
 
     async def op_logs(self, caller: Caller, job: str, stream: str = "stdout", offset: int = 0,
-                      max_bytes: int = 65536, rank: int = 0) -> dict[str, Any]:
+                      max_bytes: int = 65536, rank: int = 0, attempt: int | None = None) -> dict[str, Any]:
         from hybridctl.core.reconcile import job_key
         from hybridctl.ssh.link import NodeUnreachable
 
@@ -396,7 +396,11 @@ class Controller:
         states = self.store.task_states(job_id, task if task is not None else None)
         if task is None and len(states) > 1:
             raise SpecError("JOB", job, f"job {job_id} is an array; name one task, e.g. {job_id}_{states[0][0]}")
-        t, state, attempt = states[0]
+        t, state, latest = states[0]
+        if attempt is None:
+            attempt = latest
+        elif not 0 <= attempt <= latest:
+            raise SpecError("--attempt", attempt, f"job {task_label(job_id, t)} has attempts 0 to {latest}")
         key = job_key(job_id, t, attempt, rank)
         local = self.log_path(key, stream)
         if local.exists():  # the job (or this rank) ended and its log was copied back
@@ -512,14 +516,16 @@ class Controller:
 
     def requeue_or_fail(self, job_id: int, task: int, reason: str,
                         status: JobStatus = JobStatus.NODE_LOST) -> None:
-        """PREEMPTED/NODE_LOST, then back to PENDING while restarts remain, else FAILED."""
+        """PREEMPTED/NODE_LOST, then back to PENDING while restarts remain, else FAILED. A task
+        already PREEMPTED (see `preempt`) takes the second step only."""
         (_task, state, _attempt), = self.store.task_states(job_id, task)
-        if not state.is_active():
+        if not state.is_active() and state is not JobStatus.PREEMPTED:
             return
         used, max_restarts, _codes = self.store.restarts(job_id, task)
         now = self.clock()
         with self.store.tx() as c:
-            self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=now, conn=c)
+            if state is not JobStatus.PREEMPTED:
+                self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=now, conn=c)
             if used < max_restarts:
                 self.store.transition(job_id, task, JobStatus.PENDING,
                                       reason=f"requeued (restart {used + 1} of {max_restarts})",
@@ -529,20 +535,34 @@ class Controller:
                                       reason=f"{reason}; no restarts left (max_restarts {max_restarts})",
                                       actor_uid=None, now=now, conn=c)
 
+    def preempt(self, job_id: int, task: int, reason: str) -> None:
+        """A reclaim notice: PREEMPTED now, keeping its GPUs while its node stops it (SIGTERM, then
+        the grace period to write a checkpoint); PENDING once its processes are gone and the final
+        checkpoint is synced (`release`), or when the node is lost first (`node_lost`)."""
+        (_task, state, _attempt), = self.store.task_states(job_id, task)
+        if state.is_active():
+            self.store.transition(job_id, task, JobStatus.PREEMPTED, reason=reason, actor_uid=None, now=self.clock(),
+                                  release=False)
+
     def release(self, key: str) -> None:
-        """A rank's processes are gone on its node: free what it held (cancelled jobs wait for this)."""
+        """A rank's processes are gone on its node: free what it held (cancelled jobs wait for this;
+        a preempted job goes back to the queue once its last rank is gone)."""
         from hybridctl.core.reconcile import parse_key
 
         parsed = parse_key(key)
         if parsed is not None:
+            job_id, task, attempt, _rank = parsed
             self.store.release_rank(*parsed, now=self.clock())
+            (_task, state, now_attempt), = self.store.task_states(job_id, task)
+            if state is JobStatus.PREEMPTED and now_attempt == attempt and not self.store.task_nodes(job_id, task):
+                self.requeue_or_fail(job_id, task, "preempted")
             self.on_change()
 
     def node_lost(self, name: str, reason: str) -> None:
         now = self.clock()
         self.store.set_link(name, NodeState.LOST, reason, now)
         for job_id, task, state in self.store.tasks_on(name):
-            if JobStatus(state).is_active():
+            if JobStatus(state).is_active() or state == JobStatus.PREEMPTED.value:
                 self.requeue_or_fail(job_id, task, f"node {name} lost: {reason}")
         self.store.release_node(name, now)
         self.on_change()

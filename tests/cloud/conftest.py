@@ -116,3 +116,21 @@ def _no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Any]:
+    """make_lab(burst=..., simulated=..., cloud=..., fleet=...) -> a started `tests.cloud.lab.Lab`."""
+    from tests.cloud.lab import Lab
+
+    labs: list[Lab] = []
+
+    def make(**kw: Any) -> Lab:
+        lab = Lab(tmp_path / f"l{len(labs)}", **kw)
+        labs.append(lab)
+        lab.start()
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.stop()
