@@ -6,7 +6,8 @@ GPUs, a real `hybridctl server`, and ratios against baselines measured in the sa
 Groups:
   1. dispatch latency on an idle 1-node fleet: wall time just before `hybridctl submit` runs ->
      the job's own `date +%s.%N`, one job at a time; p50/p95, broken down with the job's events
-     (PENDING = the controller has it, STARTING = placed, RUNNING = the launch answer came back).
+     (PENDING = the controller has it, STARTING = placed, RUNNING = the agent reported the job's
+     bash started).
      Reference: `python -c pass` (the CLI's interpreter floor) and, with Slurm up, sbatch -> the
      job's own `date`, the same way.
   2. throughput: 200 trivial 1-GPU jobs (`true`) through ONE node with 8 simulated GPUs over SSH,

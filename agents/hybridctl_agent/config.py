@@ -68,6 +68,9 @@ class AgentConfig:
     """When root: this group may also use the socket (mode 0660 instead of 0600)."""
     kill_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a job hits its time limit."""
+    jobs_rescan: float = 1.0
+    """A `jobs` long poll wakes when a supervisor reports a change; it also re-reads the job
+    directory this often, in case a wake-up was lost (the agent was down, or its queue full)."""
     job_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     """PATH given to jobs."""
     nvml_library: Optional[str] = None
@@ -175,6 +178,8 @@ def load(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = No
     if cfg.interval <= 0 or cfg.history < cfg.interval:
         raise ConfigError(f"{path or 'config'}: need interval > 0 and history >= interval "
                           f"(got interval={cfg.interval}, history={cfg.history})")
+    if cfg.jobs_rescan <= 0:
+        raise ConfigError(f"{path or 'config'}: need jobs_rescan > 0 (got {cfg.jobs_rescan})")
     if cfg.nvml_library is None:
         cfg.nvml_library = os.environ.get(NVML_LIBRARY_ENV) or None
     cfg.socket = os.path.abspath(os.path.expanduser(cfg.socket))

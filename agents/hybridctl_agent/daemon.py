@@ -68,6 +68,7 @@ class Agent:
 
     async def _serve(self, stop: asyncio.Event) -> int:
         self.jobs.prepare()
+        self.jobs.open_events()
         if self.gpus.error:
             log.warning("no GPU telemetry: %s", self.gpus.error)
         # The first sample exists before the first client can ask for one.
@@ -93,6 +94,7 @@ class Agent:
         finally:
             log.info("stopping (running jobs continue under their supervisors)")
             await self.server.close()
+            await self.jobs.close()
             for task in [stopper, *tasks.values()]:
                 task.cancel()
             for task in [stopper, *tasks.values()]:

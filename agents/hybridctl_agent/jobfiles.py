@@ -18,6 +18,12 @@ from typing import Any, Dict, Optional
 
 KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}\Z")
 
+JOBS = "jobs"
+"""`<state_dir>/jobs/<key>/`: one directory per job the agent holds."""
+EVENTS = "events.sock"
+"""`<state_dir>/events.sock`: the agent's datagram socket; supervisors send it a wake-up after
+writing started.json or exit.json."""
+
 SPEC = "spec.json"
 SCRIPT = "job.sh"
 SUPERVISOR = "supervisor.json"

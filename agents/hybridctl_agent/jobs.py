@@ -1,14 +1,17 @@
-"""Job execution on the agent side: create job directories, start supervisors, and rebuild every
-job record from the state directory, so an agent restart re-adopts running jobs. The running
-job itself belongs to its supervisor (supervise.py), never to the agent process."""
+"""Job execution on the agent side: create job directories, start supervisors (through the fork
+server in supervise.py), rebuild every job record from the state directory, so an agent restart
+re-adopts running jobs, and wake long polls when a record changes. The running job itself
+belongs to its supervisor, never to the agent process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -23,9 +26,11 @@ from hybridctl_agent.protocol import BAD_REQUEST, NOT_FOUND, REFUSED, AgentError
 
 START_GRACE_S = 60.0
 """A job directory without a live supervisor is 'starting' for this long, then 'lost'."""
-LAUNCH_WAIT_S = 15.0
-"""How long `launch` waits for the supervisor to report bash started (or failed)."""
+DETACH_WAIT_S = 60.0
+"""How long `launch` waits for the fork server to report a supervisor detached."""
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+
+log = logging.getLogger("hybridctl_agent.jobs")
 
 
 def _kill_orphans(pgid: int, not_before: int) -> None:
@@ -40,16 +45,75 @@ def _kill_orphans(pgid: int, not_before: int) -> None:
             continue
 
 
+class SupervisorServer:
+    """The agent's end of the supervisor fork server (supervise.py): started on first use, and
+    again if it died. Stopping it, or the agent dying, never stops a job."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self._proc: Optional[asyncio.subprocess.Process] = None
+        self._lock = asyncio.Lock()
+
+    async def spawn(self, key: str) -> Optional[str]:
+        """Start the supervisor of job `key`; return an error text if it did not detach."""
+        async with self._lock:
+            for _ in range(2):  # a server that died since the last launch is replaced once
+                if self._proc is None or self._proc.returncode is not None:
+                    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PKG_ROOT,
+                           "LANG": os.environ.get("LANG", "C.UTF-8")}
+                    try:  # -S: the supervisor needs the stdlib only, and starts faster without site
+                        self._proc = await asyncio.create_subprocess_exec(
+                            sys.executable, "-S", "-m", "hybridctl_agent.supervise", self.state_dir,
+                            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+                            cwd="/", start_new_session=True)
+                    except OSError as exc:
+                        return f"cannot start the supervisor {sys.executable}: {exc}"
+                proc = self._proc
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    proc.stdin.write(key.encode() + b"\n")
+                    await proc.stdin.drain()
+                    line = await asyncio.wait_for(proc.stdout.readline(), DETACH_WAIT_S)
+                except asyncio.TimeoutError:
+                    await self.close()
+                    return f"the supervisor did not detach within {DETACH_WAIT_S:.0f} s"
+                except ConnectionError:  # the server is gone: EOF below
+                    line = b""
+                if line:
+                    answer = line.decode(errors="replace").strip()
+                    return None if answer == "ok" else answer.removeprefix("error: ")
+                await self.close()
+            return "the supervisor fork server exited at once; see the agent's log"
+
+    async def close(self) -> None:
+        """Stop the server (EOF on its stdin); the supervisors it started carry on."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 class JobManager:
     """All jobs under `<state_dir>/jobs`; every answer is derived from the files there."""
 
     def __init__(self, state_dir: str) -> None:
-        self.root = Path(state_dir) / "jobs"
-        self.done = Path(state_dir) / "done"
+        self.state = Path(state_dir)
+        self.root = self.state / jf.JOBS
+        self.done = self.state / "done"
+        self.supervisors = SupervisorServer(state_dir)
         self._final: Dict[str, Dict[str, Any]] = {}
         """Records of exited jobs: they never change again."""
         self._running: Dict[str, Dict[str, Any]] = {}
         """The running records as of the last refresh (read by the telemetry sampler)."""
+        self._change = asyncio.Event()
+        """Set (and replaced) at the next change of any job record; see `next_change`."""
+        self._events: Optional[socket.socket] = None
 
     def prepare(self) -> None:
         """Create the directories and drop half-built job directories of a crashed agent."""
@@ -60,6 +124,52 @@ class JobManager:
             if entry.name.startswith(".build-"):
                 shutil.rmtree(entry, ignore_errors=True)
 
+    # ---- change events ------------------------------------------------------------------
+
+    def open_events(self) -> None:
+        """Bind `<state_dir>/events.sock`, where supervisors report a job started or ended. Where
+        that fails (e.g. a path too long for a Unix socket), long polls rely on their rescan."""
+        path = str(self.state / jf.EVENTS)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by an earlier agent: we hold the state dir's lock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            sock.close()
+            log.warning("no job events socket at %s (%s); long polls rescan instead", path, exc)
+            return
+        sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._drain_events)
+        self._events = sock
+
+    async def close(self) -> None:
+        if self._events is not None:
+            asyncio.get_running_loop().remove_reader(self._events.fileno())
+            self._events.close()
+            self._events = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.state / jf.EVENTS)
+        await self.supervisors.close()
+
+    def _drain_events(self) -> None:
+        assert self._events is not None
+        with contextlib.suppress(OSError):
+            while True:
+                self._events.recv(256)  # the content (a key) is only a hint: rescan anyway
+        self.changed()
+
+    def changed(self) -> None:
+        """Wake everyone waiting on `next_change`."""
+        event, self._change = self._change, asyncio.Event()
+        event.set()
+
+    def next_change(self) -> asyncio.Event:
+        """An event set at the next change of a job record (started, ended, launched, forgotten).
+        Take it before reading the records, so no change slips in between."""
+        return self._change
+
     # ---- records ------------------------------------------------------------------------
 
     def _finish_lost(self, d: Path, reason: str) -> None:
@@ -69,6 +179,7 @@ class JobManager:
             _kill_orphans(int(started["pgid"]), int(started.get("start_ticks") or 0))
         jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None, "ended_at": time.time(),
                                     "reason": reason}, 0o644)
+        self.changed()
 
     def record(self, key: str) -> Dict[str, Any]:
         """The job record of `key` (see the protocol), settling lost supervisors on the way."""
@@ -162,45 +273,19 @@ class JobManager:
         os.rename(tmp, self.root / plan.key)
         jf.fsync_dir(self.root)
 
-    def _spawn(self, d: Path) -> Optional[str]:
-        """Start the supervisor; return an error text if it did not even detach."""
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PKG_ROOT,
-               "LANG": os.environ.get("LANG", "C.UTF-8")}
-        try:
-            with open(d / jf.SUPERVISOR_LOG, "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "hybridctl_agent.supervise", str(d)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd="/",
-                    start_new_session=True, close_fds=True)
-        except OSError as exc:
-            return f"cannot start the supervisor {sys.executable}: {exc}"
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return "the supervisor did not detach within 60 s"
-        if code != 0:
-            tail = (d / jf.SUPERVISOR_LOG).read_bytes()[-2000:].decode(errors="replace")
-            return f"the supervisor failed to start (exit {code}): {tail.strip()}"
-        return None
-
     async def launch(self, plan: LaunchPlan) -> Dict[str, Any]:
-        """Start the job unless its key is known (then return its record: idempotent)."""
+        """Start the job unless its key is known (then return its record: idempotent). Answers
+        once the supervisor has detached, usually before bash runs (`pid` still null)."""
         d = self.root / plan.key
         if d.exists() or plan.key in self._final:
             return self.record(plan.key)
         self._build(plan)  # no await before this: two launches of one key cannot both build
-        error = await asyncio.to_thread(self._spawn, d)
+        error = await self.supervisors.spawn(plan.key)
         if error is not None:
             jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None,
                                         "ended_at": time.time(),
                                         "reason": f"launch_failed: {error}"}, 0o644)
-        deadline = time.monotonic() + LAUNCH_WAIT_S
-        while time.monotonic() < deadline:
-            if (d / jf.STARTED).exists() or (d / jf.EXIT).exists():
-                break
-            await asyncio.sleep(0.02)
+        self.changed()
         return self.record(plan.key)
 
     # ---- control ------------------------------------------------------------------------
@@ -233,6 +318,7 @@ class JobManager:
             n += 1
         os.rename(self.root / key, target)
         self._final.pop(key, None)
+        self.changed()
 
     def job_dir(self, key: str) -> Path:
         self.record(key)  # raises not_found

@@ -4,6 +4,7 @@ fields and call the job manager, the telemetry buffer or the GPU source. No sock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -27,8 +28,10 @@ Answer = Dict[str, Any]
 
 
 def _version(jobs: List[Dict[str, Any]]) -> str:
-    """A short digest of what a watcher cares about: which jobs exist and how they stand."""
-    parts = sorted(f"{j.get('key')}:{j.get('state')}:{j.get('exit_code')}:{j.get('reason')}" for j in jobs)
+    """A short digest of what a watcher cares about: which jobs exist, whether each has started
+    (its pid is known) and how it ended."""
+    parts = sorted(f"{j.get('key')}:{j.get('state')}:{j.get('pid')}:{j.get('exit_code')}:"
+                   f"{j.get('reason')}" for j in jobs)
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -104,7 +107,8 @@ class Ops:
     async def list_jobs(self, req: Dict[str, Any]) -> Answer:
         """Every job record, and a `version` digest of their states. With `since` (a version the
         caller already has) and `wait` seconds, answer only when something changed or the wait is
-        over: a long poll, so the controller learns of a job's end within ~50 ms, not a poll period."""
+        over: a long poll, woken by the supervisors' reports (plus a slow rescan), so the
+        controller learns of a job's start or end within milliseconds, not a poll period."""
         wait = field(req, "wait", float, 0.0)
         since = field(req, "since", str)
         if not 0.0 <= wait <= 60.0:
@@ -112,11 +116,14 @@ class Ops:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
+            change = self.jobs.next_change()
             jobs = self.jobs.refresh()
             version = _version(jobs)
-            if since is None or version != since or loop.time() >= deadline:
+            now = loop.time()
+            if since is None or version != since or now >= deadline:
                 return {"jobs": jobs, "version": version}
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(change.wait(), min(deadline - now, self.cfg.jobs_rescan))
 
     async def cancel(self, req: Dict[str, Any]) -> Answer:
         key = field(req, "key", str, required=True)

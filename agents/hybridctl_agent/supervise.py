@@ -1,20 +1,30 @@
-"""The per-job supervisor: `python -m hybridctl_agent.supervise <jobdir>`.
+"""Job supervisors, and the fork server that starts them.
 
-It detaches from the agent (double fork), starts `bash job.sh` in a new session as the job's
-user, waits for it, enforces the time limit and cancel requests (SIGTERM to the process group,
-SIGKILL after a grace period) and writes `exit.json` durably. Because it is not the agent's
-child, running jobs and their results survive an agent restart or crash.
+`python -S -m hybridctl_agent.supervise <state_dir>` is the fork server. The agent starts one and
+writes job keys to its stdin, one per line; for each, the server forks a supervisor for
+`<state_dir>/jobs/<key>` (double fork, new session) and answers `ok` (or `error: ...`) on stdout
+once the supervisor has detached. Forking this small, already-imported process costs about a
+millisecond, where a fresh interpreter per job cost ~30 ms. The server exits at EOF on stdin
+(the agent stopped or died); the supervisors carry on, because none of them is the agent's or
+the server's child. Each supervisor's command line is the server's (it names the state dir);
+its pid is in the job's supervisor.json.
+
+A supervisor starts `bash job.sh` in a new session as the job's user, waits for it, enforces the
+time limit and cancel requests (SIGTERM to the process group, SIGKILL after a grace period) and
+writes `exit.json` durably. After writing started.json or exit.json it sends a wake-up datagram
+to the agent's events socket, so long polls answer at once instead of at the next rescan.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NoReturn, Optional
 
 from hybridctl_agent import jobfiles as jf
 
@@ -42,8 +52,9 @@ def _killpg(pgid: int, sig: int) -> None:
 class Supervisor:
     """Runs one job to its end; see the module docstring."""
 
-    def __init__(self, jobdir: Path) -> None:
+    def __init__(self, jobdir: Path, events: str) -> None:
         self.dir = jobdir
+        self.events = events
         spec = jf.read_json(jobdir / jf.SPEC)
         if spec is None:
             raise SystemExit(f"supervise: no readable {jf.SPEC} in {jobdir}")
@@ -165,9 +176,19 @@ class Supervisor:
             if info is not None:
                 self.on_signal(info.si_signo)
 
+    def notify(self) -> None:
+        """Wake the agent's long polls. Best effort: with the agent down or its queue full, the
+        agent's rescan finds the change a little later."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto(self.dir.name.encode(), socket.MSG_DONTWAIT, self.events)
+            except OSError:
+                pass
+
     def finish(self, exit_code: Optional[int], sig: Optional[int], reason: Optional[str]) -> None:
         jf.write_json(self.dir / jf.EXIT, {"exit_code": exit_code, "signal": sig,
                                            "ended_at": time.time(), "reason": reason}, 0o644)
+        self.notify()
         _log(f"job ended: exit_code={exit_code} signal={sig} reason={reason}")
 
     def run(self) -> int:
@@ -191,6 +212,7 @@ class Supervisor:
         jf.write_json(self.dir / jf.STARTED, {"pid": self.pid, "pgid": self.pid,
                                               "start_ticks": jf.start_time(self.pid),
                                               "started_at": time.time()}, 0o644)
+        self.notify()
         _log(f"started bash pid {self.pid}")
         if (self.dir / jf.CANCEL).exists():  # a cancel that raced with the start
             self.on_signal(signal.SIGTERM)
@@ -208,21 +230,60 @@ class Supervisor:
         return 0
 
 
+def _supervise(jobdir: Path, events: str) -> NoReturn:
+    """In a fresh child of the fork server: detach (new session, fork again; the intermediate
+    exits, so the supervisor is re-parented to init) and run the supervisor. Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        log = os.open(str(jobdir / jf.SUPERVISOR_LOG),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        # Off the server's pipes: the agent sees EOF when the server, not every job, is gone.
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        code = Supervisor(jobdir, events).run()
+    except BaseException:  # noqa: BLE001 - a child of the server must never return into its loop
+        _log("supervisor crashed:\n" + traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+def serve(state_dir: Path) -> int:
+    """The fork server loop (see the module docstring)."""
+    jobs = state_dir / jf.JOBS
+    events = str(state_dir / jf.EVENTS)
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 0
+        key = line.decode(errors="replace").strip()
+        if not jf.valid_key(key):
+            answer = f"error: invalid job key {key!r}"
+        else:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                answer = f"error: cannot fork a supervisor: {exc}"
+            else:
+                if pid == 0:
+                    _supervise(jobs / key, events)
+                status = os.waitpid(pid, 0)[1]
+                answer = "ok" if status == 0 else f"error: the supervisor did not detach ({status})"
+        os.write(1, answer.encode() + b"\n")
+
+
 def main(argv: Optional[list] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m hybridctl_agent.supervise <jobdir>\n")
+        sys.stderr.write("usage: python -S -m hybridctl_agent.supervise <state_dir>\n")
         return 2
-    jobdir = Path(args[0])
-    # Detach: the agent waits for this first process only; the grandchild that supervises the
-    # job is re-parented to init (or a subreaper) and so is never the agent's child.
-    if os.fork() > 0:
-        os._exit(0)
-    try:
-        return Supervisor(jobdir).run()
-    except BaseException:
-        _log("supervisor crashed:\n" + traceback.format_exc())
-        raise
+    return serve(Path(args[0]))
 
 
 if __name__ == "__main__":

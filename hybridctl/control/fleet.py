@@ -1,9 +1,11 @@
 """The fleet: one persistent link per node, kept alive with capped exponential backoff.
 
-Each node session polls its agent (telemetry samples and the job list) every `poll_interval`,
-or at once when the scheduler placed work there, and hands the job list to the reconciler, so
-dispatch, adoption after a reconnect, and recording results are one code path. A monitor turns
-silence into UNREACHABLE (keep jobs) and, much later, LOST (requeue them)."""
+Each node session polls its agent's telemetry every `poll_interval`, and hands the agent's job
+list to the reconciler whenever either side may have changed: the job watcher (a long poll on a
+second channel) saw a new job-list version, or the database's active ranks for the node differ
+from the last converge (placements, cancels, requeues). Dispatch, adoption after a reconnect,
+and recording results are one code path. A monitor turns silence into UNREACHABLE (keep jobs)
+and, much later, LOST (requeue them)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,10 @@ class NodeSession:
         self.task: asyncio.Task[None] | None = None
         self._files: Any = None
         self._last_sync = time.monotonic()
+        self.watch_version: str | None = None
+        """The agent's job-list version as the watcher last saw it; None while no watch runs."""
+        self._settled: tuple[Any, list[Any]] | None = None
+        """(job-list version, active ranks) of the last converge that had nothing to do."""
 
     async def run(self) -> None:
         backoff = 0.25
@@ -59,6 +65,7 @@ class NodeSession:
                 self.hello = await self.link.call("hello")
                 self.fleet.on_hello(self, self.hello)
                 backoff = 0.25
+                self._settled = None
                 watcher = asyncio.create_task(self.watch(await self.link.second_channel()), name=f"watch:{self.name}")
                 try:
                     while True:
@@ -99,8 +106,9 @@ class NodeSession:
                                          **({} if version is None else {"since": version}))
                 if version is not None and res.get("version") != version:
                     self.kick.set()
-                version = res.get("version")
+                version = self.watch_version = res.get("version")
         finally:
+            self.watch_version = None
             await channel.close()
 
     async def poll(self) -> None:
@@ -111,11 +119,16 @@ class NodeSession:
             self.latest = sample["samples"][-1]
             self.seq = sample.get("seq", self.seq)
             self.fleet.on_sample(self, self.latest)
-        listing = await link.call("jobs")
         self.last_ok = time.monotonic()
         self.error = ""
         self.fleet.on_alive(self)
-        await self.converge(listing.get("jobs", []))
+        # While the watcher runs, an unchanged job-list version and unchanged active ranks mean
+        # the last converge still holds: skip the listing. Without a watcher, every poll lists.
+        ranks = self.fleet.controller.active_ranks(self.name)
+        if self.watch_version is None or (self.watch_version, ranks) != self._settled:
+            listing = await link.call("jobs")
+            acted = await self.converge(listing.get("jobs", []))
+            self._settled = None if acted else (listing.get("version"), ranks)
         if time.monotonic() - self._last_sync >= self.fleet.controller.settings.fleet.checkpoint_sync_interval:
             self._last_sync = time.monotonic()
             for rank in self.fleet.controller.active_ranks(self.name):
@@ -177,7 +190,10 @@ class NodeSession:
         if sent:
             log.info("restored %d bytes of checkpoint for %s onto %s", sent, key, self.name)
 
-    async def converge(self, records: list[dict[str, Any]]) -> None:
+    async def converge(self, records: list[dict[str, Any]]) -> bool:
+        """Act on the differences between the database and the agent's `records`; return whether
+        anything was done. A task turns RUNNING once the agent reports its processes started (a
+        pid): `launch` answers before that, and the watcher reports the start."""
         ctl = self.fleet.controller
         link = self.link
         assert link is not None
@@ -185,8 +201,12 @@ class NodeSession:
             AgentJob(r["key"], r.get("state") == "running", r.get("exit_code"), r.get("signal"), r.get("reason"))
             for r in records
         ]
+        not_started = {parsed[:2] for r in records if r.get("state") == "running" and r.get("pid") is None
+                       and (parsed := parse_key(r["key"])) is not None}
         changed = False
-        for action in reconcile(ctl.active_ranks(self.name), agent_jobs):
+        actions = [a for a in reconcile(ctl.active_ranks(self.name), agent_jobs)
+                   if not (isinstance(a, Started) and (a.job_id, a.task) in not_started)]
+        for action in actions:
             if isinstance(action, Launch):
                 await self.restore_checkpoint(action.rank.key)
                 payload = ctl.launch_payload(action.rank, self.name)
@@ -198,7 +218,8 @@ class NodeSession:
                     continue
                 rec = answer.get("job") or {}
                 if rec.get("state") == "running":
-                    ctl.mark_running(action.rank.job_id, action.rank.task)
+                    if rec.get("pid") is not None:
+                        ctl.mark_running(action.rank.job_id, action.rank.task)
                 else:
                     self.kick.set()  # already exited (or failed to launch): the next listing records it
             elif isinstance(action, Started):
@@ -222,7 +243,7 @@ class NodeSession:
                 ctl.release(action.key)
         if changed:
             ctl.on_change()
-
+        return bool(actions)
 
     async def pull_logs(self, key: str) -> None:
         """Copy a finished job's logs to the controller, so `hybridctl logs` works after the node

@@ -140,6 +140,9 @@ class AgentProc:
                     pass
         for sup in jobs.glob("*/supervisor.json"):
             pid = json.loads(sup.read_text()).get("pid")
-            if pid and alive(pid) and "supervise" in " ".join(psutil.Process(pid).cmdline()):
-                os.kill(pid, signal.SIGKILL)
+            try:
+                if pid and "supervise" in " ".join(psutil.Process(pid).cmdline()):
+                    os.kill(pid, signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError):
+                pass  # gone (or a zombie) since the job was killed above
         shutil.rmtree(self.base, ignore_errors=True)

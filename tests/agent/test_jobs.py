@@ -29,6 +29,36 @@ def wait_file(path: Path) -> str:
                     lambda: path.read_text().strip() if path.exists() else None)
 
 
+def fork_server(agent: AgentProc) -> psutil.Process:
+    assert agent.proc is not None
+    servers = [p for p in psutil.Process(agent.proc.pid).children()
+               if "hybridctl_agent.supervise" in " ".join(p.cmdline())]
+    assert len(servers) == 1, servers
+    return servers[0]
+
+
+RESCAN_S = 30.0
+"""The slow-rescan agents below re-read their job directory this rarely, so a long poll that
+answers within QUICK_S can only have been woken by an event."""
+QUICK_S = 15.0
+
+
+@pytest.fixture
+def slow_rescan_agent(make_agent: Callable[..., AgentProc], tmp_path: Path) -> AgentProc:
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({"jobs_rescan": RESCAN_S}))
+    return make_agent("--simulate-gpus", "2:A100", "--config", str(cfg))
+
+
+def long_poll(agent: AgentProc, since: str) -> Dict[str, Any]:
+    """`jobs(since, wait=RESCAN_S)`; fails unless it answered with a change within QUICK_S."""
+    t = time.monotonic()
+    answer = agent.call("jobs", since=since, wait=RESCAN_S)
+    assert time.monotonic() - t < QUICK_S, "the long poll was not woken by the change"
+    assert answer["version"] != since
+    return answer
+
+
 def test_launch_pins_gpus_sets_env_and_records_exit_code(agent: AgentProc) -> None:
     node = agent.call("hello")["node"]
     rec = launch(agent, "42_0.1", "env; echo out-line; echo err-line >&2; exit 3",
