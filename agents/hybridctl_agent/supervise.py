@@ -42,6 +42,22 @@ def _log(msg: str) -> None:
     sys.stderr.flush()
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process other than the group leader is in process group
+    `pgid`, from /proc: a group whose leader is an unreaped zombie still answers killpg(0)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -157,8 +173,12 @@ class Supervisor:
         while True:
             done = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             if done is not None:
-                # bash is a zombie, so its pid (= the pgid) cannot be reused yet: kill what
-                # it left behind in its group, then reap it.
+                # bash is a zombie, so its pid (= the pgid) cannot be reused yet. When the job is
+                # being stopped, its other processes keep the rest of the grace period to exit (bash
+                # dies of SIGTERM at once; a trainer behind it is still writing its checkpoint), as
+                # Slurm's KillWait gives them. Then kill what is left in the group and reap bash.
+                while self.kill_at is not None and time.monotonic() < self.kill_at and _group_alive(self.pid):
+                    time.sleep(0.05)
                 _killpg(self.pid, signal.SIGKILL)
                 return os.waitpid(self.pid, 0)[1]
             now = time.monotonic()

@@ -1,14 +1,19 @@
 """Job execution through a real agent process: environment, exit codes, time limits, cancel,
-crash recovery (agent and supervisor killed -9), logs, idempotency and validation."""
+crash recovery (agent, supervisor and fork server killed -9), logs, idempotency, validation, and
+the long poll woken by the supervisors' reports."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
+import psutil
 import pytest
 
 from hybridctl_agent.client import AgentCallError
@@ -307,3 +312,75 @@ def test_job_runs_as_the_requested_user(agent: AgentProc) -> None:
         agent.call("launch", job={"key": "32", "run": "true", "uid": nobody.pw_uid,
                                   "user": "root"})
     assert err.value.code == "refused"
+
+
+def test_launch_answers_once_the_supervisor_detached(agent: AgentProc) -> None:
+    """The answer does not wait for bash: a record may be `running` with `pid: null`, and the
+    start shows in a later listing."""
+    with agent.client() as c:
+        answers = [c.call("launch", job={"key": f"50_{i}.1", "run": "sleep 300",
+                                         "uid": os.getuid()})["job"] for i in range(20)]
+    assert all(a["state"] == "running" for a in answers)
+    assert any(a["pid"] is None for a in answers), "every launch waited for its bash to start"
+    for a in answers:
+        rec = wait_for(f"job {a['key']} to start",
+                       lambda: (lambda r: r if r["pid"] else None)(agent.job(a["key"])))
+        assert alive(rec["pid"]) and rec["started_at"] > 0
+
+
+def test_long_poll_wakes_on_launch_start_end_and_forget(slow_rescan_agent: AgentProc) -> None:
+    agent = slow_rescan_agent
+    empty = agent.call("jobs")["version"]
+    polled: List[Dict[str, Any]] = []
+    watcher = threading.Thread(target=lambda: polled.append(long_poll(agent, empty)))
+    watcher.start()
+    launch(agent, "51", "while [ ! -e go ]; do sleep 0.02; done; exit 4")
+    watcher.join()
+    assert polled and [j["key"] for j in polled[0]["jobs"]] == ["51"]
+    version = polled[0]["version"]
+    while not agent.job("51")["pid"]:  # each change (here: bash started) wakes the poll
+        version = long_poll(agent, version)["version"]
+    version = agent.call("jobs")["version"]  # started; it ends only once `go` exists
+    (agent.job_dir("51") / "work" / "go").touch()
+    ended = long_poll(agent, version)
+    assert [(j["state"], j["exit_code"]) for j in ended["jobs"]] == [("exited", 4)]
+    agent.call("forget", key="51")
+    assert long_poll(agent, ended["version"])["jobs"] == []
+
+
+def test_supervisors_wake_the_long_poll_of_a_restarted_agent(slow_rescan_agent: AgentProc) -> None:
+    agent = slow_rescan_agent
+    launch(agent, "52", "while [ ! -e go ]; do sleep 0.02; done")
+    wait_for("job 52 to start", lambda: agent.job("52")["pid"])
+    old_server = fork_server(agent)
+    agent.kill9()
+    wait_for("the fork server to exit with its agent", lambda: not alive(old_server.pid))
+    agent.start()
+    version = agent.call("jobs")["version"]
+    (agent.job_dir("52") / "work" / "go").touch()
+    ended = long_poll(agent, version)
+    assert [(j["state"], j["exit_code"]) for j in ended["jobs"]] == [("exited", 0)]
+
+
+def test_a_killed_fork_server_is_replaced_and_its_jobs_keep_running(agent: AgentProc) -> None:
+    launch(agent, "53", "sleep 300")
+    pid = wait_for("job 53 to start", lambda: agent.job("53")["pid"])
+    server = fork_server(agent)
+    server.kill()
+    server.wait(timeout=60)
+    launch(agent, "54", "echo second")
+    assert agent.wait_exited("54")["exit_code"] == 0
+    assert fork_server(agent).pid != server.pid
+    assert alive(pid) and agent.job("53")["state"] == "running"
+
+
+def test_cancel_gives_the_jobs_processes_the_rest_of_the_grace_after_bash_dies(agent: AgentProc) -> None:
+    # bash dies of SIGTERM at once; the trainer behind it needs a moment to save its checkpoint.
+    trainer = "trap 'sleep 1; echo saved > saved.txt; exit 0' TERM; echo up > ready; while :; do sleep 0.05; done"
+    launch(agent, "15", f"bash -c {shlex.quote(trainer)}\n")
+    work = agent.job_dir("15") / "work"
+    wait_file(work / "ready")
+    agent.call("cancel", key="15", grace=20)
+    done = agent.wait_exited("15")
+    assert done["reason"] == "cancelled"
+    assert (work / "saved.txt").read_text() == "saved\n"  # it ran to the end of its trap, not SIGKILLed

@@ -51,7 +51,8 @@ def test_preempted_training_resumes_from_its_final_checkpoint_with_identical_wei
 
     [inst] = lab.provider().list({TAG_CLUSTER: CLUSTER})
     lab.provider().preempt(inst.id, time.time() + 30)  # reclaimed in 30 s; the notice comes now
-    wait_for(lambda: lab.task(job)["state"] == "PREEMPTED", 60, interval=0.1, what="the job PREEMPTED")
+    wait_for(lambda: any(e["to"] == "PREEMPTED" for e in lab.ctl.cli_json("show", job)["events"]), 60,
+             interval=0.1, what="the job PREEMPTED")
     lab.ctl.cli("cancel", hog, check=True)  # free the on-prem GPU: the job may come back on-prem
     t = wait_for(lambda: (x := lab.task(job))["state"] in ("RUNNING", "SUCCEEDED") and x["attempt"] == 1 and x,
                  120, what="the job running again")
