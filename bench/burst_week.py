@@ -7,7 +7,7 @@
 The simulation drives the controller's own code: `core.schedule.plan` places jobs on the nodes that
 are up, `core.burst.decide` rents and gives back cloud nodes, both called with the simulated clock
 (pure functions, `now` passed in). Spot prices drift as the simulated provider's do
-(`cloud.simulated.spot_price`) around the shipped catalog (`config/offers.yaml`), and spot nodes
+(`cloud.simulated.spot_price`) around the shipped catalog (`hybridctl/cloud/offers.yaml`), and spot nodes
 are reclaimed at a seeded rate with two minutes' notice, their jobs requeued from scratch.
 
 Run: .venv/bin/python bench/burst_week.py [--seed N] [--days D] [--json]

@@ -187,7 +187,7 @@ class CloudConfig:
     providers: tuple[str, ...] = ("simulated",)
     """Providers to buy from, cheapest offer first across all: simulated, aws, command."""
     catalog: str = ""
-    """Offer catalog YAML; empty = config/offers.yaml shipped with hybridctl."""
+    """Offer catalog YAML; empty = hybridctl/cloud/offers.yaml shipped with hybridctl."""
     cluster: str = "hybridctl"
     """Value of the hybridctl-cluster tag on everything this controller creates (leak sweeps
     terminate tagged instances it has no record of)."""

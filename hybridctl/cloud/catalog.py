@@ -1,5 +1,5 @@
 """The offer catalog: instance types (GPU model and count, vCPUs, memory) and their on-demand and
-spot $/h per region and zone, read from a YAML snapshot (`config/offers.yaml`). Providers turn
+spot $/h per region and zone, read from a YAML snapshot (`hybridctl/cloud/offers.yaml`). Providers turn
 it into `Offer`s and refresh what their API allows."""
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class Catalog:
 
 
 def default_path() -> Path:
-    """`config/offers.yaml` of the hybridctl source tree this module belongs to."""
-    return Path(__file__).resolve().parents[2] / "config" / "offers.yaml"
+    """The catalog shipped with hybridctl (package data, so wheel installs have it too)."""
+    return Path(__file__).resolve().parent / "offers.yaml"
 
 
 def load(path: Path | None = None) -> Catalog:
