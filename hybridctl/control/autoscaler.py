@@ -90,14 +90,14 @@ class CloudSession(NodeSession):
             self._root = home.rstrip("/") + "/.hybridctl"
         return self._root
 
-    async def converge(self, records: list[dict[str, Any]]) -> None:
+    async def converge(self, records: list[dict[str, Any]]) -> bool:
         ctl = self.fleet.controller
         agent = [AgentJob(r["key"], r.get("state") == "running", r.get("exit_code"), r.get("signal"), r.get("reason"))
                  for r in records]
         for action in reconcile(ctl.active_ranks(self.name), agent):
             if isinstance(action, Launch) and action.rank.key not in self.scaler.prepared:
                 await self.prepare(action.rank)
-        await super().converge(records)
+        return await super().converge(records)
 
     async def prepare(self, rank: Any) -> None:
         """Upload the workdir and make the output directory of one rank about to launch here; a
@@ -577,7 +577,8 @@ class Autoscaler:
 
     async def preempt(self, row: dict[str, Any], notice: Notice) -> None:
         """A reclaim is coming: stop placing there, requeue its jobs as PREEMPTED (they get SIGTERM
-        and `cloud.preemption_grace`), then give the node back."""
+        and `cloud.preemption_grace`), then give the node back once they are gone and their final
+        checkpoints synced (their allocations closed), or at the reclaim, whichever comes first."""
         node = row["node"]
         at = time.strftime("%H:%M:%S", time.localtime(notice.at))
         reason = f"{notice.reason} of {node} ({row['provider']}) at {at}"
@@ -585,8 +586,9 @@ class Autoscaler:
         self.store.set_drain(node, True, reason, self.clock())
         self.store.cloud_update_instance(row["instance_id"], self.clock(), state="draining", reason=reason)
         await self.evict(node, reason, JobStatus.PREEMPTED, notice=True)
-        wait = min(max(0.0, notice.at - self.clock()), self.cfg.preemption_grace + 5)
-        await asyncio.sleep(wait)
+        until = time.monotonic() + max(0.0, notice.at - self.clock())
+        while time.monotonic() < until and self.store.cloud_node_activity().get(node, (0, None))[0]:
+            await asyncio.sleep(min(0.2, max(0.0, until - time.monotonic())))
         await self.give_back(row["instance_id"], node, reason)
 
     # ---- cost ------------------------------------------------------------------------------------

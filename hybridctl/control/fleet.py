@@ -51,6 +51,11 @@ class NodeSession:
         self.task: asyncio.Task[None] | None = None
         self._files: Any = None
         self._last_sync = time.monotonic()
+        self._syncing: asyncio.Task[None] | None = None
+        """The periodic checkpoint pulls in flight: their own task, so that a large checkpoint
+        never holds up this node's telemetry and job reconciliation."""
+        self._sync_lock = asyncio.Lock()
+        """One checkpoint pull at a time per node (the final one waits for a periodic one)."""
         self.watch_version: str | None = None
         """The agent's job-list version as the watcher last saw it; None while no watch runs."""
         self._settled: tuple[Any, list[Any]] | None = None
@@ -79,6 +84,8 @@ class NodeSession:
                             watcher.result()  # re-raises why the watch channel broke
                 finally:
                     watcher.cancel()
+                    if self._syncing is not None:
+                        self._syncing.cancel()
             except HostKeyRefused as exc:
                 self.error = exc.message
                 log.error("%s", exc.message)
@@ -129,11 +136,20 @@ class NodeSession:
             listing = await link.call("jobs")
             acted = await self.converge(listing.get("jobs", []))
             self._settled = None if acted else (listing.get("version"), ranks)
-        if time.monotonic() - self._last_sync >= self.fleet.controller.settings.fleet.checkpoint_sync_interval:
+        due = time.monotonic() - self._last_sync >= self.fleet.controller.settings.fleet.checkpoint_sync_interval
+        if due and (self._syncing is None or self._syncing.done()):
             self._last_sync = time.monotonic()
-            for rank in self.fleet.controller.active_ranks(self.name):
-                if rank.rank == 0 and rank.state is JobStatus.RUNNING:
-                    await self.sync_checkpoint(rank.key)
+            keys = [r.key for r in self.fleet.controller.active_ranks(self.name)
+                    if r.rank == 0 and r.state is JobStatus.RUNNING]
+            if keys:
+                self._syncing = asyncio.create_task(self._sync_all(keys), name=f"sync:{self.name}")
+
+    async def _sync_all(self, keys: list[str]) -> None:
+        try:
+            for key in keys:
+                await self.sync_checkpoint(key)
+        except Exception:  # a bug, not a transfer error (those are logged in sync_checkpoint)
+            log.exception("checkpoint sync on %s failed", self.name)
 
     async def files(self) -> Any:
         """File access to the node (SFTP on the node's connection, or the local filesystem)."""
@@ -166,7 +182,8 @@ class NodeSession:
         if parsed is None or parsed[3] != 0 or remote is None:
             return
         try:
-            copied = await pull(await self.files(), remote, self.fleet.controller.checkpoint_path(key))
+            async with self._sync_lock:
+                copied = await pull(await self.files(), remote, self.fleet.controller.checkpoint_path(key))
         except (OSError, NodeUnreachable) as exc:
             log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
             return
