@@ -1,13 +1,17 @@
 """`hybridctl demo`: a whole lab on one machine, for newcomers and for the tests.
 
 It starts simulated GPU servers (real agents behind real SSH servers on loopback, see
-`hybridctl.sim`), a controller with its state in a temporary directory, and a workload generator
-that submits a realistic mix fast enough to fill the fleet; then it opens the TUI, or with
-`--headless` runs for `--duration` seconds and prints a summary. Everything it started is stopped
-and its temporary directory removed on exit, Ctrl-C included."""
+`hybridctl.sim`), a controller with its state in a temporary directory and the simulated spot
+cloud with a small budget, and a workload generator that submits a realistic mix in waves: each
+wave overfills the fleet, so the controller bursts to spot nodes; the market reclaims one of them
+(with notice) while it runs a checkpointing job, which resumes elsewhere; between waves the cloud
+nodes go idle and are scaled down. Then it opens the TUI, or with `--headless` runs for
+`--duration` seconds and prints a summary. Everything it started is stopped and its temporary
+directory removed on exit, Ctrl-C included."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -31,6 +35,7 @@ from hybridctl.sim import keys
 from hybridctl.sim import node as simnode
 
 MODELS = ["A100", "A100", "L40S", "RTX4090"]
+BUDGET_USD = 25.0
 
 
 @dataclass
@@ -55,7 +60,11 @@ class Lab:
                    HYBRIDCTL_CONFIG=str(self.base / "config.yaml"))
         return env
 
-    def start(self, say: Any) -> None:
+    @property
+    def cloud_dir(self) -> Path:
+        return self.base / "cloud"
+
+    def start(self, say: Any, cloud: bool = True) -> None:
         key = keys.client_key(self.base / "keys")
         nodes = []
         for i in range(1, self.nodes + 1):
@@ -64,10 +73,26 @@ class Lab:
             proc, info = simnode.start(self.base / name, name, f"{self.gpus}:{model}", Path(f"{key}.pub"))
             self.procs.append(proc)
             keys.pin(self.home / "known_hosts", info["port"], info["host_key"])
+            # cpus: a server's cores, not this machine's (the agent would report os.cpu_count()).
             nodes.append({"name": name, "host": "127.0.0.1", "port": info["port"], "identity": str(key),
-                          "agent_socket": info["socket"], "user": _user()})
+                          "agent_socket": info["socket"], "user": _user(), "cpus": 8 * self.gpus})
             say(f"  {name}: {self.gpus}× {model} (agent over SSH on 127.0.0.1:{info['port']})")
-        config = {"scheduler": {"tick_seconds": 1.0}, "fleet": {"poll_interval": 0.5}, "nodes": nodes}
+        config: dict[str, Any] = {
+            "scheduler": {"tick_seconds": 1.0},
+            "fleet": {"poll_interval": 0.5, "checkpoint_sync_interval": 2.0},
+            "nodes": nodes,
+        }
+        if cloud:
+            config["cloud"] = {
+                "enabled": True, "providers": ["simulated"], "cluster": "demo", "poll_interval": 1.0,
+                "leak_grace": 10.0, "bootstrap_timeout": 60.0, "orphan_timeout": 120.0,
+                "preemption_grace": 10.0,
+                "burst": {"after": 4.0, "idle_timeout": 6.0, "max_nodes": 3, "max_hourly_usd": 40.0,
+                          "budget_usd": BUDGET_USD, "budget_period": "day"},
+                "simulated": {"dir": str(self.cloud_dir), "launch_delay": 1.0, "agent_interval": 1.0,
+                              "preemption_rate_per_h": 0.0},
+            }
+            say(f"  cloud: simulated spot market, up to 3 nodes, budget ${BUDGET_USD:.0f}/day")
         (self.base / "config.yaml").write_text(yaml.safe_dump(config))
         log = open(self.home / "controller.log", "ab")
         self.controller = subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "server"], env=self.env(),
@@ -114,32 +139,101 @@ def _user() -> str:
 # ---- workload ------------------------------------------------------------------------------
 
 
+def _script(steps: int) -> str:
+    """A training-like job: one step a second, a checkpoint after each step, resumed from it when the
+    job is requeued (a spot reclaim), and saved on SIGTERM."""
+    return f"""ckpt="$HYBRIDCTL_CHECKPOINT_DIR/step"
+i=$(cat "$ckpt" 2>/dev/null || echo 0)
+trap 'echo "SIGTERM at step $i: checkpoint saved"; echo $i > "$ckpt"; exit 143' TERM
+echo "job $HYBRIDCTL_JOB_ID (attempt $HYBRIDCTL_ATTEMPT) on $HYBRIDCTL_NODE, GPUs $CUDA_VISIBLE_DEVICES"
+[ "$i" -gt 0 ] && echo "resumed from step $i"
+while [ "$i" -lt {steps} ]; do
+  i=$((i + 1)); echo "step $i/{steps} loss=$((1000 / i))"; sleep 1; echo "$i" > "$ckpt"
+done
+echo done
+"""
+
+
 def _job(rng: random.Random, gpus_per_node: int) -> dict[str, Any]:
-    """One job of a lab's mix: mostly short single-GPU experiments, some full-node trainings, sweeps."""
+    """One job of a lab's mix: mostly short single-GPU experiments, some full-node trainings, sweeps,
+    and now and then a 2-node job."""
     kind = rng.random()
-    secs = rng.randint(4, 15)
-    script = (f'echo "job $HYBRIDCTL_JOB_ID on $HYBRIDCTL_NODE, GPUs $CUDA_VISIBLE_DEVICES"; '
-              f'for i in $(seq {secs}); do echo "step $i/{secs} loss=$((1000 / i))"; sleep 1; done; echo done')
+    job: dict[str, Any] = {"run": _script(rng.randint(4, 15)), "max_restarts": 3}
     if kind < 0.6:
-        return {"name": f"exp-{rng.randint(100, 999)}", "resources": {"accelerators": 1}, "run": script}
+        return {**job, "name": f"exp-{rng.randint(100, 999)}", "resources": {"accelerators": 1}}
+    if kind < 0.75:
+        return {**job, "name": "train-big", "resources": {"accelerators": f"A100:{gpus_per_node}"}, "priority": 10}
     if kind < 0.8:
-        return {"name": "train-big", "resources": {"accelerators": f"A100:{gpus_per_node}"}, "run": script,
-                "priority": 10}
-    return {"name": "sweep", "resources": {"accelerators": 1}, "array": f"1-{rng.randint(4, 12)}%4", "run": script}
+        return {**job, "name": "ddp-2node", "num_nodes": 2, "resources": {"accelerators": 2}}
+    return {**job, "name": "sweep", "resources": {"accelerators": 1}, "array": f"1-{rng.randint(4, 8)}%4"}
 
 
-def workload(lab: Lab, stop: threading.Event, rate_per_min: float, seed: int = 7) -> None:
+GPUS_PER_JOB = 0.6 * 1 + 0.15 * 8 + 0.05 * 4 + 0.2 * 6
+"""GPUs per submitted job on average (the mix above with 8-GPU servers; arrays of ~6 tasks)."""
+SECONDS_PER_JOB = 10.5
+
+
+def rate(lab: Lab, t: float, wave: float, cycle: float) -> float:
+    """Jobs per minute at `t` seconds into the demo: waves that overfill the fleet (a burst), then a
+    calm that leaves it part-idle (cloud nodes scale down)."""
+    capacity = lab.nodes * lab.gpus * 60.0 / (SECONDS_PER_JOB * GPUS_PER_JOB)  # jobs/min the fleet absorbs
+    return capacity * (1.5 if t % cycle < wave else 0.3)
+
+
+def workload(lab: Lab, stop: threading.Event, wave: float, cycle: float, fixed_rate: float | None = None,
+             seed: int = 7) -> None:
     rng = random.Random(seed)
+    started = time.monotonic()
     with Client(lab.socket) as c:
         while not stop.is_set():
             try:
                 c.call("submit", spec=_job(rng, lab.gpus), source="demo")
             except HybridctlError:
                 return  # the controller went away: the demo is ending
-            stop.wait(rng.expovariate(rate_per_min / 60.0))
+            per_min = fixed_rate or rate(lab, time.monotonic() - started, wave, cycle)
+            stop.wait(rng.expovariate(per_min / 60.0))
+
+
+def spot_market(lab: Lab, stop: threading.Event, say: Any, every: float, notice: float = 8.0) -> None:
+    """The spot market reclaims a cloud node, with `notice`, once it has run jobs for a few seconds
+    (long enough to have synced a checkpoint); then again every `every` seconds at most."""
+    from hybridctl.cloud import catalog
+    from hybridctl.cloud.simulated import SimulatedProvider
+
+    market = SimulatedProvider(lab.cloud_dir, catalog.load())
+    last = float("-inf")
+    busy_since: dict[str, float] = {}
+    try:
+        with Client(lab.socket) as c:
+            while not stop.wait(1.0):
+                now = time.monotonic()
+                for i in c.call("cloud_status")["instances"]:
+                    if i["state"] != "up" or not i["jobs"]:
+                        busy_since.pop(i["instance_id"], None)
+                        continue
+                    since = busy_since.setdefault(i["instance_id"], now)
+                    if now - since >= 5.0 and now - last >= every:
+                        market.preempt(i["instance_id"], time.time() + notice)
+                        say(f"  spot market: reclaiming {i['node']} in {notice:.0f}s (its jobs checkpoint and move)")
+                        last = now
+    except HybridctlError:
+        return  # the controller went away: the demo is ending
 
 
 # ---- summary -------------------------------------------------------------------------------
+
+
+def _events(c: Client, since: float) -> list[dict[str, Any]]:
+    """Every job state change since `since`, oldest first (the audit log pages newest first)."""
+    out: list[dict[str, Any]] = []
+    before = None
+    for _ in range(1000):  # bounded: 10k events a page
+        page = c.call("events", limit=10000, **({"before_id": before} if before is not None else {}))
+        out += [e for e in page if e["time"] >= since]
+        if len(page) < 10000 or page[-1]["time"] < since:
+            break
+        before = page[-1]["id"]
+    return out[::-1]
 
 
 def summary(lab: Lab, started: float) -> dict[str, Any]:
@@ -147,13 +241,32 @@ def summary(lab: Lab, started: float) -> dict[str, Any]:
         rows = c.call("queue", all=True, finished=True)
         nodes = c.call("nodes")
         usage = c.call("usage", since=time.time() - started + 1)
+        events = _events(c, started - 1)
+        cloud = c.call("cloud_status", all=True)
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     waits = sorted((r["started_at"] - r["submitted_at"]) for r in rows if r["started_at"])
+    onprem = {n["name"] for n in nodes if n["site"] == "onprem"}
     onprem_gpus = sum(n["gpus_total"] for n in nodes if n["site"] == "onprem")
     elapsed_h = max(1e-9, (time.time() - started) / 3600)
-    gpu_hours = sum(u["gpu_hours"] for u in usage)
+    gpu_hours = sum(u["gpu_hours"] for u in usage)  # all sites: an upper bound for on-prem alone
+    preempted: set[tuple[int, int]] = set()
+    recovered: set[tuple[int, int]] = set()
+    for e in events:
+        key = (e["job_id"], e["task"])
+        if e["to"] == "PREEMPTED":
+            preempted.add(key)
+        elif e["to"] == "RUNNING" and key in preempted:
+            recovered.add(key)
+    resumed = 0
+    with Client(lab.socket) as c:
+        for job_id, task in sorted(recovered):
+            ref = f"{job_id}_{task}" if task else str(job_id)
+            with contextlib.suppress(HybridctlError):
+                resumed += "resumed from step" in c.call("logs", job=ref, offset=0, max_bytes=4096)["data"]
+    instances = cloud.get("instances", [])
+    ended = [i for i in instances if i["state"] == "terminated"]
 
     def pct(p: float) -> float | None:
         return round(waits[min(len(waits) - 1, int(p * len(waits)))], 2) if waits else None
@@ -165,21 +278,25 @@ def summary(lab: Lab, started: float) -> dict[str, Any]:
         "failed": states.get("FAILED", 0) + states.get("TIMEOUT", 0),
         "running_at_end": states.get("RUNNING", 0) + states.get("STARTING", 0),
         "pending_at_end": states.get("PENDING", 0),
-        "onprem_gpu_utilisation": round(gpu_hours / (onprem_gpus * elapsed_h), 3) if onprem_gpus else 0.0,
+        "onprem_nodes": len(onprem),
+        "onprem_gpu_utilisation": round(min(1.0, gpu_hours / (onprem_gpus * elapsed_h)), 3) if onprem_gpus else 0.0,
         "queue_wait_p50_s": pct(0.5),
         "queue_wait_p95_s": pct(0.95),
         "queue_wait_mean_s": round(statistics.fmean(waits), 2) if waits else None,
-        "cloud_nodes_launched": 0,
-        "cloud_nodes_terminated": 0,
-        "preemptions": 0,
-        "recoveries": 0,
-        "spent_usd": 0.0,
+        "cloud_nodes_launched": sum(1 for i in instances if i["state"] != "failed"),
+        "cloud_nodes_terminated": len(ended),
+        "scale_downs": sum(1 for i in ended if "idle" in i["reason"]),
+        "preemptions": len(preempted),
+        "recoveries": len(recovered),
+        "resumed_from_checkpoint": resumed,
+        "spent_usd": round(float(cloud.get("spent_usd") or 0.0), 4),
+        "budget_usd": cloud.get("budget_usd"),
         "duration_s": round(time.time() - started, 1),
     }
 
 
 def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float = 60.0, as_json: bool = False,
-        rate_per_min: float | None = None, keep: bool = False, readonly: bool = False) -> int:
+        rate_per_min: float | None = None, keep: bool = False, readonly: bool = False, cloud: bool = True) -> int:
     base = Path(tempfile.mkdtemp(prefix="hybridctl-demo-"))
     lab = Lab(base, nodes, gpus)
     lab.home.mkdir(parents=True)
@@ -191,13 +308,20 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         say(f"hybridctl demo: state in {base}")
-        lab.start(say)
+        lab.start(say, cloud=cloud)
         say(f"controller up. From another shell:\n  HYBRIDCTL_SOCKET={lab.socket} hybridctl queue --all\n"
             f"  HYBRIDCTL_SOCKET={lab.socket} hybridctl submit --gpus 1 -- 'nvidia-smi || echo hello'")
-        rate = rate_per_min or nodes * gpus * 4.0  # enough to keep the fleet full
-        gen = threading.Thread(target=workload, args=(lab, stop, rate), daemon=True, name="workload")
+        # Headless: one wave over the first third, so the run ends with the cloud scaled down.
+        # In the TUI: a wave every two minutes.
+        wave, cycle = (duration / 3, float("inf")) if headless else (45.0, 120.0)
         started = time.time()
-        gen.start()
+        threads = [threading.Thread(target=workload, args=(lab, stop, wave, cycle, rate_per_min), daemon=True,
+                                    name="workload")]
+        if cloud:
+            threads.append(threading.Thread(target=spot_market, args=(lab, stop, say, 1e9 if headless else 120.0),
+                                            daemon=True, name="spot-market"))
+        for t in threads:
+            t.start()
         if headless:
             deadline = time.monotonic() + duration
             while time.monotonic() < deadline:
@@ -205,7 +329,9 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
                 if not as_json:
                     s = summary(lab, started)
                     say(f"  t={s['duration_s']:.0f}s  submitted {s['jobs_submitted']}  running {s['running_at_end']}"
-                        f"  pending {s['pending_at_end']}  done {s['succeeded']}  failed {s['failed']}")
+                        f"  pending {s['pending_at_end']}  done {s['succeeded']}  failed {s['failed']}"
+                        f"  cloud nodes {s['cloud_nodes_launched'] - s['cloud_nodes_terminated']}"
+                        f"  ${s['spent_usd']:.2f}")
             stop.set()
             result = summary(lab, started)
             if as_json:

@@ -1,4 +1,4 @@
-"""`hybridctl cloud status | offers [--gpus A100:8] | cost [--by user|job|node] [--json]`.
+"""`hybridctl cloud status [--all] | offers [--gpus A100:8] | cost [--by user|job|node] [--json]`.
 
 Stdlib only at import time: `cli/main.py` registers this on every run, `submit` included."""
 
@@ -15,6 +15,7 @@ def add_parser(sub: Any) -> None:
                         description="Cloud bursting: rented nodes, spend against the limits, offers and cost.")
     csub = cl.add_subparsers(dest="cloud_cmd", metavar="ACTION", required=True)
     st = csub.add_parser("status", help="cloud nodes, spend against the limits, why a burst is held back")
+    st.add_argument("--all", action="store_true", help="also the nodes already given back (terminated, failed)")
     st.add_argument("--json", action="store_true")
     of = csub.add_parser("offers", help="instance offers, cheapest first")
     of.add_argument("--gpus", metavar="N|TYPE:N", help="only offers that can hold this, e.g. A100:8")
@@ -35,7 +36,7 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
     with Client(paths.socket_path()) as c:
         if args.cloud_cmd == "status":
-            data = c.call("cloud_status")
+            data = c.call("cloud_status", all=args.all)
             text = status_text(data)
         elif args.cloud_cmd == "offers":
             data = c.call("cloud_offers", gpus=args.gpus, spot=args.spot)

@@ -323,7 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hybridctl import demo
 
     return demo.run(nodes=args.nodes, gpus=args.gpus, headless=args.headless, duration=args.duration,
-                    as_json=args.json, rate_per_min=args.rate, keep=args.keep)
+                    as_json=args.json, rate_per_min=args.rate, keep=args.keep, cloud=not args.no_cloud)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -469,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--rate", type=float, help="jobs submitted per minute (default fills the fleet)")
     dm.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     dm.add_argument("--json", action="store_true", help="print the summary as JSON")
+    dm.add_argument("--no-cloud", action="store_true", help="on-prem only: no simulated spot cloud")
 
     tu = sub.add_parser("tui", help="the terminal UI (also what `hybridctl` with no command opens)")
     tu.add_argument("--readonly", action="store_true", help="look only: every action is disabled")

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from hybridctl.control.fleet import Fleet
 
 log = logging.getLogger("hybridctl.controller")
+_GONE = ("terminated", "failed")
+"""Cloud instance states of nodes already given back."""
 
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
 
@@ -658,8 +660,9 @@ class Controller:
             self._catalog_offers = cached
         return cached
 
-    def op_cloud_status(self, caller: Caller) -> dict[str, Any]:
-        """Cloud nodes, spend against the limits, and why any burst is held back."""
+    def op_cloud_status(self, caller: Caller, all: bool = False) -> dict[str, Any]:
+        """Cloud nodes (with `all`, also those given back), spend against the limits, and why any
+        burst is held back."""
         from hybridctl.control.autoscaler import limits, utc_day
         from hybridctl.core import burst
 
@@ -669,7 +672,7 @@ class Controller:
         scaler = getattr(self, "autoscaler", None)
         activity = self.store.cloud_node_activity()
         instances = []
-        for r in self.store.cloud_instances():
+        for r in self.store.cloud_instances(live=not all):
             o = r["offer"]
             held, last_end = activity.get(r["node"], (0, None))
             idle = None if held or r["state"] != "up" else now - max(last_end or 0.0, r["ready_at"] or r["launched_at"])
@@ -687,8 +690,8 @@ class Controller:
             "enabled": cfg.enabled, "running": scaler is not None, "providers": list(cfg.providers),
             "errors": dict(scaler.errors) if scaler is not None else {},
             "period": lim.budget_period, "spent_usd": round(spent, 4), "budget_usd": lim.budget_usd,
-            "hourly_usd": round(sum(i["price_hourly"] for i in instances), 4), "max_hourly_usd": lim.max_hourly_usd,
-            "nodes": len(instances), "max_nodes": lim.max_nodes, "after_s": lim.after, "idle_timeout_s": lim.idle_timeout,
+            "hourly_usd": round(sum(i["price_hourly"] for i in instances if i["state"] not in _GONE), 4), "max_hourly_usd": lim.max_hourly_usd,
+            "nodes": sum(1 for i in instances if i["state"] not in _GONE), "max_nodes": lim.max_nodes, "after_s": lim.after, "idle_timeout_s": lim.idle_timeout,
             "allow_on_demand": lim.allow_on_demand, "instances": instances,
             "blocked": [{"job": burst.label((b.job_id, b.task)), "reason": b.reason} for b in last.blocked] if last else [],
             "covered": [{"job": burst.label(k), "node": n} for k, n in last.covered.items()] if last else [],

@@ -16,10 +16,15 @@ import psutil
 from tests.integration.harness import wait_for
 
 
-def demo(*args: str) -> subprocess.Popen[str]:
+REPO = Path(__file__).resolve().parents[2]
+
+
+def demo(*args: str, script: bool = False) -> subprocess.Popen[str]:
+    """`hybridctl demo --headless ARGS`, or with `script` the README's own `scripts/demo`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCTL_")}
-    return subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "demo", "--headless", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd = [str(REPO / "scripts" / "demo")] if script else [sys.executable, "-m", "hybridctl.cli.main", "demo"]
+    return subprocess.Popen([*cmd, "--headless", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
 
 
 def leftovers(base: str) -> list[str]:
@@ -31,13 +36,19 @@ def leftovers(base: str) -> list[str]:
     return found
 
 
-def test_headless_demo_runs_jobs_and_prints_a_summary() -> None:
-    p = demo("--duration", "20", "--json", "--nodes", "2", "--gpus", "4")
-    out, err = p.communicate(timeout=180)
+def test_the_readme_demo_bursts_recovers_a_preemption_and_scales_down() -> None:
+    """The README's first command, as written: default fleet (4 servers x 8 GPUs), 60 s."""
+    p = demo("--duration", "60", "--json", script=True)
+    out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     s = json.loads(out)
-    assert s["succeeded"] >= 1 and s["failed"] == 0
-    assert s["jobs_submitted"] >= s["succeeded"]
+    assert s["failed"] == 0, err[-3000:]
+    assert s["succeeded"] >= 10 and s["jobs_submitted"] >= s["succeeded"] // 8
+    assert s["cloud_nodes_launched"] >= 1  # a burst
+    assert s["preemptions"] >= 1 and s["recoveries"] >= 1  # a reclaimed spot node's job ran again,
+    assert s["resumed_from_checkpoint"] >= 1  # from the checkpoint it wrote in the grace period
+    assert s["scale_downs"] >= 1  # an idle cloud node given back
+    assert 0 < s["spent_usd"] <= s["budget_usd"]
     assert 0 < s["onprem_gpu_utilisation"] <= 1
     base = re.search(r"state in (\S+)", err).group(1)  # type: ignore[union-attr]
     assert not Path(base).exists()
