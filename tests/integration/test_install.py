@@ -5,7 +5,6 @@ adding the node again upgrades it in place while jobs keep running. Also the per
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -98,23 +97,20 @@ def test_install_starts_the_agent_jobs_run_and_a_rerun_upgrades_in_place(
     assert node_row(ctl)["cpus"] == cpus  # the new agent's hello did not overwrite the override
 
 
-def _python_without_psutil() -> str | None:
-    for cand in (shutil.which("python3"), "/usr/bin/python3"):
-        if not cand:
-            continue
-        probe = subprocess.run([cand, "-c", "import sys; print(sys.executable)\nimport psutil"], capture_output=True,
-                               text=True)
-        has_pip = subprocess.run([cand, "-m", "pip", "--version"], capture_output=True).returncode == 0
-        if probe.returncode != 0 and "psutil" in probe.stderr and has_pip:
-            return probe.stdout.strip()
-    return None
+def _python_without_psutil(where: Path) -> str | None:
+    """A fresh venv: a node's Python with pip (from ensurepip, offline) and without psutil."""
+    made = subprocess.run([sys.executable, "-m", "venv", str(where)], capture_output=True, text=True, timeout=120)
+    python = where / "bin" / "python"
+    if made.returncode != 0 or subprocess.run([str(python), "-c", "import psutil"], capture_output=True).returncode == 0:
+        return None
+    return str(python)
 
 
 def test_install_with_an_offline_wheel_bundle(server: tuple[Sshd, Path, Path], tmp_path: Path,
                                               start_controller: Callable[..., ControllerProc]) -> None:
     sshd, key, node_dir = server
-    python = _python_without_psutil()
-    require(python is not None, "needs a python3 with pip but without psutil (the node's Python)")
+    python = _python_without_psutil(tmp_path / "node-python")
+    require(python is not None, "needs `python -m venv` with ensurepip (the node's Python, without psutil)")
     wheels = tmp_path / "wheels"
     got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
                           str(wheels), "psutil", "nvidia-ml-py"], capture_output=True, text=True, timeout=120)
