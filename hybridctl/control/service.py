@@ -255,6 +255,7 @@ class Controller:
     def op_nodes(self, caller: Caller) -> list[dict[str, Any]]:
         views = {v.name: v for v in self.store.node_views()}
         telemetry = self.fleet.telemetry() if self.fleet else {}
+        rented = {r["node"]: r for r in self.store.cloud_instances()} if self.settings.cloud.enabled else {}
         out = []
         for n in self.store.nodes():
             v = views[n.name]
@@ -266,6 +267,9 @@ class Controller:
             d["telemetry"] = telemetry.get(n.name)
             session = self.fleet.sessions.get(n.name) if self.fleet else None
             d["link_error"] = session.error if session else ""
+            if n.name in rented:
+                d["provider"] = rented[n.name]["provider"]
+                d["price_hourly"] = rented[n.name]["price_hourly"]
             out.append(d)
         return out
 
@@ -660,9 +664,9 @@ class Controller:
             self._catalog_offers = cached
         return cached
 
-    def op_cloud_status(self, caller: Caller, all: bool = False) -> dict[str, Any]:
-        """Cloud nodes (with `all`, also those given back), spend against the limits, and why any
-        burst is held back."""
+    def op_cloud_status(self, caller: Caller, all: bool = False, ended: int = 0) -> dict[str, Any]:
+        """Cloud nodes (with `all`, also every one given back; with `ended`, the last that many
+        given back), spend against the limits, and why any burst is held back."""
         from hybridctl.control.autoscaler import limits, utc_day
         from hybridctl.core import burst
 
@@ -672,7 +676,12 @@ class Controller:
         scaler = getattr(self, "autoscaler", None)
         activity = self.store.cloud_node_activity()
         instances = []
-        for r in self.store.cloud_instances(live=not all):
+        rows = self.store.cloud_instances(live=not (all or ended))
+        if ended and not all:
+            gone = [r for r in rows if r["state"] in _GONE]
+            keep = {r["instance_id"] for r in sorted(gone, key=lambda r: r["ended_at"] or 0)[-ended:]}
+            rows = [r for r in rows if r["state"] not in _GONE or r["instance_id"] in keep]
+        for r in rows:
             o = r["offer"]
             held, last_end = activity.get(r["node"], (0, None))
             idle = None if held or r["state"] != "up" else now - max(last_end or 0.0, r["ready_at"] or r["launched_at"])
@@ -681,7 +690,8 @@ class Controller:
                 "instance_type": o["instance_type"], "region": o["region"], "zone": o["zone"],
                 "market": "spot" if o["spot"] else "on-demand", "gpu_type": o.get("gpu_type"), "gpus": o["gpus"],
                 "price_hourly": r["price_hourly"], "state": r["state"], "reason": r["reason"],
-                "launched_at": r["launched_at"], "ready_at": r["ready_at"], "jobs": held, "idle_s": idle,
+                "launched_at": r["launched_at"], "ready_at": r["ready_at"], "ended_at": r["ended_at"],
+                "jobs": held, "idle_s": idle,
                 "spent_usd": round(r["spent_usd"], 4),
             })
         spent = self.store.cloud_spent_since(utc_day(burst.period_start(now, lim.budget_period)))

@@ -82,7 +82,7 @@ class FakeApi:
             {**base, "name": "gpu04", "site": "onprem", "state": "LOST", "state_reason": "silent for 310s: no route to host",
              "last_seen": self.now - 310, "gpus": [{"index": i, "model": "V100"} for i in range(4)],
              "gpus_used": 0, "gpus_total": 4, "telemetry": None},
-            {**base, "name": "aws-g5-1", "site": "cloud", "provider": "aws", "price_per_hour": 1.006, "state": "UP",
+            {**base, "name": "aws-g5-1", "site": "cloud", "provider": "aws", "price_hourly": 1.006, "state": "UP",
              "state_reason": "", "cpus": 8.0, "cpus_free": 4.0, "gpus": [{"index": 0, "model": "A10G"}],
              "gpus_used": 1, "gpus_total": 1,
              "telemetry": telemetry("aws-g5-1", [("A10G", 23028)], {0}, {0: [{"pid": 3100, "user": "dave",
@@ -201,24 +201,42 @@ class FakeApi:
     def op_events(self, limit: int = 200, before_id: int | None = None) -> list[dict[str, Any]]:
         return self.events[:limit]
 
-    def op_cloud_status(self) -> dict[str, Any]:
+    def op_cloud_status(self, all: bool = False, ended: int = 0) -> dict[str, Any]:
         if not self.cloud:
             raise HybridctlError("unknown request 'cloud_status'; this controller knows: cancel, drain, ...")
+
+        def inst(node: str, iid: str, itype: str, gpus: int, price: float, state: str, jobs: int, ago: float,
+                 spent: float, reason: str = "", ended: float | None = None) -> dict[str, Any]:
+            return {"node": node, "provider": "aws", "instance_id": iid, "instance_type": itype,
+                    "region": "us-east-1", "zone": "us-east-1b", "market": "spot", "gpu_type": "A10G", "gpus": gpus,
+                    "price_hourly": price, "state": state, "reason": reason, "launched_at": self.now - ago,
+                    "ready_at": self.now - ago + 90, "ended_at": ended, "jobs": jobs, "idle_s": None,
+                    "spent_usd": spent}
+
         return {
-            "provider": "aws", "budget": 500.0, "spent": 123.45, "per_hour": 1.006, "period": "month",
-            "decisions": [
-                {"time": self.now - 1500, "action": "burst", "node": "aws-g5-1",
-                 "reason": "job 15 waited 10m for A10G:1; cheapest offer g5.xlarge $1.006/h within budget"},
-                {"time": self.now - 5400, "action": "scale-down", "node": "aws-g5-0",
-                 "reason": "idle for 15m (idle_timeout 15m)"},
+            "enabled": True, "running": True, "providers": ["aws"], "errors": {}, "period": "month",
+            "spent_usd": 123.45, "budget_usd": 500.0, "hourly_usd": 1.006, "max_hourly_usd": 20.0, "nodes": 1,
+            "max_nodes": 4, "after_s": 120.0, "idle_timeout_s": 600.0, "allow_on_demand": False,
+            "instances": [
+                inst("aws-g5-1", "i-0a1", "g5.xlarge", 1, 1.006, "up", 1, 1500, 0.42),
+                inst("aws-g5-0", "i-09f", "g5.xlarge", 1, 0.998, "terminated", 0, 9000, 1.10,
+                     "idle for 10m (burst.idle_timeout 10m)", self.now - 5400),
             ],
-            "offers": [
-                {"provider": "aws", "instance_type": "g5.xlarge", "gpus": 1, "gpu_type": "A10G", "region": "us-east-1",
-                 "price_per_hour": 1.006, "spot": True},
-                {"provider": "aws", "instance_type": "p4d.24xlarge", "gpus": 8, "gpu_type": "A100",
-                 "region": "us-west-2", "price_per_hour": 9.83, "spot": True},
-            ],
+            "blocked": [{"job": "17", "reason": "needs H100:8; no offer within max_hourly_usd $20/h"}],
+            "covered": [{"job": "15", "node": "aws-g5-1"}],
+            "notes": [], "last_pass": self.now - 3, "backoffs": [], "leaks": [],
         }
+
+    def op_cloud_offers(self, gpus: str | None = None, spot: bool | None = None) -> list[dict[str, Any]]:
+        if not self.cloud:
+            raise HybridctlError("unknown request 'cloud_offers'")
+
+        def offer(itype: str, gpu: str, n: int, zone: str, price: float) -> dict[str, Any]:
+            return {"provider": "aws", "instance_type": itype, "region": zone[:-1], "zone": zone, "gpu_type": gpu,
+                    "gpus": n, "cpus": 4.0 * n, "memory_mb": 16384 * n, "spot": True, "price_hourly": price,
+                    "pool": f"aws/{zone}/{itype}/spot", "market": "spot"}
+
+        return [offer("g5.xlarge", "A10G", 1, "us-east-1b", 0.998), offer("p4d.24xlarge", "A100", 8, "us-west-2a", 9.83)]
 
     def _need_admin(self, verb: str) -> None:
         if not self.admin:

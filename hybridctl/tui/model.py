@@ -110,7 +110,7 @@ class NodeRow:
 def site_text(n: dict[str, Any]) -> str:
     if n.get("site") != "cloud":
         return "on-prem"
-    provider = n.get("provider") or (n.get("cloud") or {}).get("provider")
+    provider = n.get("provider")
     return f"cloud:{provider}" if provider else "cloud"
 
 
@@ -126,8 +126,7 @@ def node_row(n: dict[str, Any], history: History) -> NodeRow:
     temps = [g.get("temp_c") for g in gpus if g.get("temp_c") is not None]
     declared = n.get("gpus") or []
     models = sorted({str(g.get("model", "")) for g in declared if g.get("model")})
-    price = next((v for v in (n.get("price_per_hour"), n.get("price_hourly"),
-                               (n.get("cloud") or {}).get("price_per_hour")) if v is not None), None)
+    price = n.get("price_hourly")  # cloud nodes only
     return NodeRow(
         name=n["name"], site=site_text(n), state=n.get("state", "?"), reason=n.get("state_reason") or "",
         gpus_used=int(n.get("gpus_used") or 0), gpus_total=int(n.get("gpus_total", len(declared)) or 0),

@@ -18,7 +18,7 @@ from hybridctl.tui.screens.base import ViewScreen
 from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
 
 COLUMNS = [
-    Column("name", "NODE", 10, keep=9),
+    Column("name", "NODE", 12, keep=9),
     Column("site", "SITE", 9, keep=4),
     Column("state", "STATE", 11, keep=9),
     Column("gpus", "GPUS", 5, align="right", keep=8),
