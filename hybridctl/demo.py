@@ -128,6 +128,13 @@ class Lab:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self.cloud_dir.exists():  # the spot nodes still rented: a controller leaves them running
+            from hybridctl.cloud import catalog
+            from hybridctl.cloud.simulated import SimulatedProvider
+
+            market = SimulatedProvider(self.cloud_dir, catalog.load())
+            for inst in market.list({}):
+                market.terminate(inst.id)
 
 
 def _user() -> str:

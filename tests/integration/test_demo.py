@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from hybridctl.control.client import Client
 from tests.integration.harness import wait_for
 
 
@@ -68,7 +69,13 @@ def test_ctrl_c_leaves_no_process_socket_or_temp_dir() -> None:
 
     wait_for(ready, 120, what="demo controller up")
     base = re.search(r"state in (\S+)", "".join(lines)).group(1)  # type: ignore[union-attr]
-    assert leftovers(base)
+
+    def cloud_nodes_up() -> bool:  # Ctrl-C while spot nodes are rented: they must go too
+        with Client(Path(base) / "home" / "hybridctl.sock") as c:
+            return any(i["state"] == "up" for i in c.call("cloud_status")["instances"])
+
+    wait_for(cloud_nodes_up, 120, what="a burst to a simulated spot node")
+    assert any(f"{base}/cloud/" in cmd for cmd in leftovers(base))
     p.send_signal(signal.SIGINT)
     p.wait(timeout=120)
     reader.join(timeout=30)
