@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -50,7 +51,7 @@ class Ops:
         self.table: Dict[str, Callable[[Dict[str, Any]], Awaitable[Answer]]] = {
             "hello": self.hello, "sample": self.sample, "launch": self.launch,
             "jobs": self.list_jobs, "cancel": self.cancel, "logs": self.logs,
-            "forget": self.forget, "sim_fault": self.sim_fault, "sim_foreign": self.sim_foreign,
+            "forget": self.forget, "checkpoint_files": self.checkpoint_files, "sim_fault": self.sim_fault, "sim_foreign": self.sim_foreign,
         }
 
     async def dispatch(self, req: Dict[str, Any]) -> Answer:
@@ -103,6 +104,26 @@ class Ops:
         """Where a job checkpoints on this node: one directory per job (or array task), kept across
         its attempts here; the controller syncs it over SFTP and restores it before a restart."""
         return Path(self.cfg.state_dir) / "checkpoints" / job_id(key)
+
+    async def checkpoint_files(self, req: Dict[str, Any]) -> Answer:
+        """The files of a job's checkpoint directory with size and mtime in nanoseconds: SFTP's
+        whole-second mtimes miss a rewrite within the second, and the final checkpoint written in a
+        preemption's grace period is exactly such a rewrite."""
+        key = field(req, "key", str, required=True)
+        if not jf.valid_key(key):
+            raise AgentError(BAD_REQUEST, f"field 'key' must match {jf.KEY_RE.pattern} and not start with '.'")
+        root = self.checkpoint_dir(key)
+        files: Dict[str, Any] = {}
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # replaced under us (a temp file renamed): the next sync sees it
+                if stat.S_ISREG(st.st_mode):
+                    files[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns]
+        return {"root": str(root), "files": files}
 
     async def list_jobs(self, req: Dict[str, Any]) -> Answer:
         """Every job record, and a `version` digest of their states. With `since` (a version the

@@ -19,15 +19,6 @@ MANIFEST = ".hybridctl-manifest.json"
 class LocalFiles:
     """The SFTP calls this module uses, on the local filesystem (for `host: local` nodes)."""
 
-    async def listdir_tree(self, root: str) -> dict[str, tuple[int, float]]:
-        out: dict[str, tuple[int, float]] = {}
-        for dirpath, _dirs, files in os.walk(root):
-            for f in files:
-                p = os.path.join(dirpath, f)
-                st = os.stat(p)
-                out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime)
-        return out
-
     async def get(self, remote: str, local: str) -> None:
         shutil.copyfile(remote, local)
 
@@ -42,25 +33,6 @@ class SftpFiles:
     def __init__(self, sftp: Any) -> None:
         self.sftp = sftp
 
-    async def listdir_tree(self, root: str) -> dict[str, tuple[int, float]]:
-        out: dict[str, tuple[int, float]] = {}
-        if not await self.sftp.exists(root):
-            return out
-        stack = [""]
-        while stack:
-            rel = stack.pop()
-            for entry in await self.sftp.readdir(os.path.join(root, rel) if rel else root):
-                name = entry.filename
-                if name in (".", ".."):
-                    continue
-                child = os.path.join(rel, name) if rel else name
-                attrs = entry.attrs
-                if attrs.type == 2:  # SSH_FILEXFER_TYPE_DIRECTORY
-                    stack.append(child)
-                elif attrs.type == 1:  # regular file
-                    out[child] = (int(attrs.size or 0), float(attrs.mtime or 0))
-        return out
-
     async def get(self, remote: str, local: str) -> None:
         await self.sftp.get(remote, local)
 
@@ -69,16 +41,17 @@ class SftpFiles:
         await self.sftp.put(local, remote)
 
 
-async def pull(files: Any, remote_dir: str, local_dir: Path) -> int:
-    """Copy new and changed files from the node; return the bytes copied. Files appear atomically
-    (temp + rename), so a copy interrupted by a lost node never leaves a torn checkpoint."""
+async def pull(files: Any, remote_dir: str, remote: dict[str, list[int]], local_dir: Path) -> int:
+    """Copy new and changed files from the node; return the bytes copied. `remote` is the agent's
+    listing of `remote_dir` ({path: [size, mtime_ns]}: nanoseconds, since a checkpoint rewritten
+    within the second it was last copied must travel again). Files appear atomically (temp +
+    rename), so a copy interrupted by a lost node never leaves a torn checkpoint."""
     local_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = local_dir / MANIFEST
     try:
-        seen: dict[str, list[float]] = json.loads(manifest_path.read_text())
+        seen: dict[str, list[int]] = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         seen = {}
-    remote = await files.listdir_tree(remote_dir)
     copied = 0
     for rel, (size, mtime) in sorted(remote.items()):
         if rel == MANIFEST or seen.get(rel) == [size, mtime]:

@@ -181,9 +181,13 @@ class NodeSession:
         remote = self._remote_checkpoint_dir(key)
         if parsed is None or parsed[3] != 0 or remote is None:
             return
+        link = self.link
         try:
             async with self._sync_lock:
-                copied = await pull(await self.files(), remote, self.fleet.controller.checkpoint_path(key))
+                assert link is not None
+                listing = await link.call("checkpoint_files", key=key)
+                copied = await pull(await self.files(), listing["root"], listing["files"],
+                                    self.fleet.controller.checkpoint_path(key))
         except (OSError, NodeUnreachable) as exc:
             log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
             return

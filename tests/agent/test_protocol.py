@@ -210,3 +210,20 @@ async def test_async_client_speaks_the_protocol(agent: AgentProc) -> None:
         assert err.value.code == "not_found"
     finally:
         await client.close()
+
+
+def test_checkpoint_files_sees_a_rewrite_within_the_same_second(agent: AgentProc) -> None:
+    root = Path(agent.call("hello")["checkpoint_root"]) / "77"
+    root.mkdir(parents=True)
+    ckpt = root / "sub" / "ckpt.bin"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"a" * 100)
+    os.utime(ckpt, ns=(1_700_000_000_100_000_000, 1_700_000_000_100_000_000))
+    first = agent.call("checkpoint_files", key="77.a0.r0")
+    assert (first["root"], first["files"]) == (str(root), {"sub/ckpt.bin": [100, 1_700_000_000_100_000_000]})
+    ckpt.write_bytes(b"b" * 100)  # same size, same second: SFTP's whole-second mtime could not tell
+    os.utime(ckpt, ns=(1_700_000_000_600_000_000, 1_700_000_000_600_000_000))
+    assert agent.call("checkpoint_files", key="77.a1.r0")["files"]["sub/ckpt.bin"] == [100, 1_700_000_000_600_000_000]
+    assert agent.call("checkpoint_files", key="78")["files"] == {}
+    with pytest.raises(AgentCallError, match="field 'key'"):
+        agent.call("checkpoint_files", key="../etc")
