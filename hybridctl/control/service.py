@@ -80,8 +80,6 @@ class Controller:
         self._usage_cache: tuple[float, dict[str, float]] = (0.0, {})
         self.fleet: Fleet | None = None
         self._shape_cache: tuple[int, list[Any] | None] = (-1, None)
-        self.checkpoint_bytes: dict[str, int] = {}
-        """Bytes of checkpoint copied back per job label since the controller started (for benches)."""
 
     # ---- dispatch -------------------------------------------------------------------------------
 
@@ -432,7 +430,6 @@ class Controller:
 
     def checkpoint_synced(self, key: str, nbytes: int) -> None:
         log.info("checkpoint of %s synced: %d bytes", key.split(".", 1)[0], nbytes)
-        self.checkpoint_bytes[key.split(".", 1)[0]] = self.checkpoint_bytes.get(key.split(".", 1)[0], 0) + nbytes
 
     def log_path(self, key: str, stream: str) -> Any:
         """Where the controller keeps a finished job's log copy."""
