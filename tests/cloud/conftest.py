@@ -73,8 +73,12 @@ def moto_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 FAKE_CLOUD = textwrap.dedent('''\
     """A command-provider cloud for tests: instances in a JSON file ($FAKE_CLOUD_STATE)."""
-    import json, os, sys, time
+    import fcntl, json, os, sys, time
     path = os.environ["FAKE_CLOUD_STATE"]
+    # Calls may overlap (a delete while the next create runs) and the test reads the file
+    # meanwhile: serialise on a lock file and replace the state atomically.
+    lock = open(path + ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     state = json.load(open(path)) if os.path.exists(path) else {"next": 1, "instances": {}}
     req = json.load(sys.stdin)
     action = os.environ["HYBRIDCTL_ACTION"]
@@ -96,7 +100,9 @@ FAKE_CLOUD = textwrap.dedent('''\
         want = req.get("tags") or {}
         out = [i for i in state["instances"].values()
                if all(i["tags"].get(k) == v for k, v in want.items())]
-    json.dump(state, open(path, "w"))
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
     if out is not None:
         json.dump(out, sys.stdout)
 ''')
