@@ -10,6 +10,8 @@ Groups:
      bash started).
      Reference: `python -c pass` (the CLI's interpreter floor) and, with Slurm up, sbatch -> the
      job's own `date`, the same way.
+     Then cancel latency: `hybridctl cancel` of a running job -> its process gone on the node, and
+     -> its GPU free again in `nodes` (reference: the 1 s poll a cancel used to wait for).
   2. throughput: 200 trivial 1-GPU jobs (`true`) through ONE node with 8 simulated GPUs over SSH,
      first submit -> all SUCCEEDED (polled every 0.1 s, like the Slurm harness's squeue loop), with
      `scheduler.tick_seconds: 1` and the default `fleet.poll_interval` (1 s; the job watcher's
@@ -579,6 +581,41 @@ def g1_latency(k: Knobs, ctl: Ctl, base: Path, R: Results) -> None:
         R.add("1", "  jobs that went STARTING -> SUCCEEDED (no RUNNING event)", f"{no_running} of {len(tot)}")
 
 
+def g1_cancel(k: Knobs, ctl: Ctl, base: Path, R: Results) -> None:
+    """`hybridctl cancel` of a running job -> its process gone on the node, and -> its GPUs free
+    again in `nodes`. Reference: fleet.poll_interval (1 s), what a cancel waited for before the
+    controller kicked the node's session."""
+    outdir = base / "cancel"
+    outdir.mkdir()
+    n = max(5, k.lat_n // 3)
+    say(f"1. cancel latency: {n} running jobs, one at a time")
+    gone: list[float] = []
+    freed: list[float] = []
+    with ctl.client() as c:
+        for _ in range(n):
+            run = f"echo $$ > {outdir}/$HYBRIDCTL_JOB_ID; exec sleep 600"
+            jid = str(c.call("submit", spec={**SPEC, "run": run}, source="command line")["id"])
+            pid_file = outdir / jid
+            wait_for(lambda: pid_file.exists() and pid_file.read_text().strip()
+                     and c.call("show", job=jid)["tasks"][0]["state"] == "RUNNING", 30, f"job {jid} running", 0.02)
+            pid = int(pid_file.read_text())
+            time.sleep(0.3 + random.random() * 0.5)  # not in phase with the 1 s loops
+            t0 = time.time()
+            res = subprocess.run([*HYB, "cancel", jid], env=ctl.env, capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL)
+            if res.returncode != 0:
+                raise BenchError(f"cancel exited {res.returncode}: {res.stderr[-500:]}")
+            wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                     30, f"job {jid}'s process gone", 0.002)
+            gone.append(time.time() - t0)
+            wait_for(lambda: all(x["gpus_used"] == 0 for x in c.call("nodes")), 30, "GPUs freed", 0.01)
+            freed.append(time.time() - t0)
+    R.raw["g1_cancel"] = {"gone": gone, "freed": freed}
+    R.add("1", f"cancel -> job's process gone, p50 / p95 (of {n})", f"{ms(pct(gone, 50))} / {ms(pct(gone, 95))}",
+          "poll 1 s", fx(pct(gone, 50) / 1.0))
+    R.add("1", "cancel -> its GPUs free in `nodes`, p50 / p95", f"{ms(pct(freed, 50))} / {ms(pct(freed, 95))}")
+
+
 def pypass_floor(env: dict[str, str], n: int = 10) -> float:
     ts = []
     for _ in range(n):
@@ -872,6 +909,7 @@ def main() -> int:
                 t = time.perf_counter()
                 try:
                     g1_latency(k, ctl, base, R)
+                    g1_cancel(k, ctl, base, R)
                     floor = pypass_floor(ctl.env)
                     R.raw["pypass"] = floor
                     R.add("1", "  (reference: `python -c pass`, same interpreter)", "", ms(floor))

@@ -189,6 +189,7 @@ class Controller:
         now = self.clock()
         cancelled: list[str] = []
         skipped: list[str] = []
+        stopping: list[tuple[int, int]] = []
         why = reason or f"cancelled by {caller.user}"
         with self.store.tx() as c:
             for job_id, task in targets:
@@ -202,9 +203,19 @@ class Controller:
                     self.store.transition(job_id, t, JobStatus.CANCELLED, reason=why, actor_uid=caller.uid, now=now,
                                           release=not hold, conn=c)
                     cancelled.append(label)
+                    if hold:
+                        stopping.append((job_id, t))
+        for job_id, t in stopping:
+            self._kick_nodes_of(job_id, t)
         if cancelled:
             self.on_change()
         return {"cancelled": cancelled, "skipped": skipped}
+
+    def _kick_nodes_of(self, job_id: int, task: int) -> None:
+        """Have the nodes holding a task converge now (stop its processes), not at their next poll."""
+        if self.fleet is not None:
+            for node in self.store.task_nodes(job_id, task):
+                self.fleet.kick(node)
 
     def _on_real_node(self, job_id: int, task: int) -> bool:
         simulated = {n.name for n in self.store.nodes() if n.simulated}

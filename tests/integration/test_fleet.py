@@ -83,6 +83,26 @@ def test_node_lost_for_good_requeues_and_reruns_elsewhere(lab: Lab) -> None:
     lab.controller.cli("cancel", job, check=True)
 
 
+def test_cancel_stops_the_running_processes_then_frees_the_gpus(lab: Lab) -> None:
+    import psutil
+
+    job = submit(lab, "--gpus", "RTX3090:4", "--", "echo pid=$$; exec sleep 600")
+    lab.wait_state(job, "RUNNING")
+    line = wait_for(lambda: next((w for w in lab.controller.cli("logs", job).stdout.split() if w.startswith("pid=")),
+                                 None), 30, what="the job's pid in its log")
+    pid = int(line.removeprefix("pid="))
+    assert psutil.pid_exists(pid)
+    after = submit(lab, "--gpus", "RTX3090:4", "--", "echo next")  # needs the whole of node2
+    assert lab.controller.cli("cancel", job, check=True).stdout
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30,
+             what="the cancelled job's process gone")
+    assert lab.wait_state(after, "SUCCEEDED")["nodes"] == "node2"
+    t = lab.task(job)
+    assert t["state"] == "CANCELLED"
+    events = [e["to"] for e in lab.controller.cli_json("show", job)["events"]]
+    assert events[-1] == "CANCELLED" and "RUNNING" in events
+
+
 def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
     node = lab.nodes["node1"]
     node.sshd.stop()
