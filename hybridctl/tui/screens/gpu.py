@@ -11,9 +11,9 @@ from textual.widgets import Static
 
 from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
-from hybridctl.tui.model import allocations, gpu_rows, gpu_state, proc_rows
+from hybridctl.tui.model import gpu_rows, gpu_state, proc_rows
 from hybridctl.tui.screens.base import ViewScreen
-from hybridctl.tui.screens.node import ACTIVE_QUEUE, PROC_COLUMNS, charts, open_job, proc_cells, show_charts
+from hybridctl.tui.screens.node import ACTIVE_QUEUE, active_allocations, charts, open_job, procs_table, show_charts
 from hybridctl.tui.widgets.table import RowTable
 
 
@@ -29,8 +29,7 @@ class GpuScreen(ViewScreen):
     def body(self) -> Iterable[Widget]:
         yield Static("loading…", id="info", classes="summary")
         yield charts()
-        yield RowTable(PROC_COLUMNS, proc_cells, key=lambda p: p.key, empty="no processes, no job placed",
-                       id="procs")
+        yield procs_table("no processes, no job placed")
 
     def requests(self) -> list[Request]:
         return [ACTIVE_QUEUE]
@@ -38,8 +37,7 @@ class GpuScreen(ViewScreen):
     def update_view(self, state: State) -> None:
         super().update_view(state)
         n = state.node(self.node)
-        active = state.get(ACTIVE_QUEUE.key)
-        allocs = allocations(active if isinstance(active, list) else None)
+        allocs = active_allocations(state)
         row = next((r for r in gpu_rows(n, state.history, allocs) if r.index == self.index), None) if n else None
         if n is None or row is None:
             self.query_one("#info", Static).update("loading…" if not state.nodes

@@ -96,6 +96,17 @@ def charts() -> Vertical:
                     classes="charts")
 
 
+def procs_table(empty: str) -> RowTable:
+    """The GPU-process table of the node and GPU screens (Enter opens the process's job)."""
+    return RowTable(PROC_COLUMNS, proc_cells, key=lambda p: p.key, empty=empty, id="procs")
+
+
+def active_allocations(state: State) -> dict[tuple[str, int], list[dict]]:
+    """Which job holds which GPU, from the polled queue of running jobs."""
+    active = state.get(ACTIVE_QUEUE.key)
+    return allocations(active if isinstance(active, list) else None)
+
+
 def node_info(n: dict, state: State, now: float) -> Text:
     t = Text()
     t.append(n["name"], "bold")
@@ -133,8 +144,7 @@ class NodeScreen(ViewScreen):
         yield Static("loading…", id="info", classes="summary")
         yield RowTable(GPU_COLUMNS, gpu_cells, key=lambda r: str(r.index), empty="no GPUs reported", id="gpus")
         yield charts()
-        yield RowTable(PROC_COLUMNS, proc_cells, key=lambda p: p.key, empty="no GPU processes, no jobs placed",
-                       id="procs")
+        yield procs_table("no GPU processes, no jobs placed")
 
     def requests(self) -> list[Request]:
         return [ACTIVE_QUEUE]
@@ -147,8 +157,7 @@ class NodeScreen(ViewScreen):
             self.query_one("#info", Static).update(gone)
             return
         self.query_one("#info", Static).update(node_info(n, state, self.now()))
-        active = state.get(ACTIVE_QUEUE.key)
-        allocs = allocations(active if isinstance(active, list) else None)
+        allocs = active_allocations(state)
         gpus = self.query_one("#gpus", RowTable)
         gpus.set_rows(gpu_rows(n, state.history, allocs))
         self.query_one("#procs", RowTable).set_rows(proc_rows(n, allocs))

@@ -94,29 +94,21 @@ class RowTable(ScrollView, can_focus=True):
         Binding("enter", "select", "Open"),
     ]
 
-    class Selected(Message):
+    class _RowMessage(Message):
+        def __init__(self, table: RowTable, row: Any) -> None:
+            super().__init__()
+            self.table = table
+            self.row = row
+
+        @property
+        def control(self) -> RowTable:
+            return self.table
+
+    class Selected(_RowMessage):
         """Enter (or a click on the cursor row) on a row: the screen drills into it."""
 
-        def __init__(self, table: RowTable, row: Any) -> None:
-            super().__init__()
-            self.table = table
-            self.row = row
-
-        @property
-        def control(self) -> RowTable:
-            return self.table
-
-    class Highlighted(Message):
+    class Highlighted(_RowMessage):
         """The cursor moved to another row."""
-
-        def __init__(self, table: RowTable, row: Any) -> None:
-            super().__init__()
-            self.table = table
-            self.row = row
-
-        @property
-        def control(self) -> RowTable:
-            return self.table
 
     class HeaderClicked(Message):
         def __init__(self, table: RowTable, column: str) -> None:
