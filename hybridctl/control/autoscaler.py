@@ -26,7 +26,7 @@ from hybridctl.control.fleet import NodeSession
 from hybridctl.core import burst
 from hybridctl.core.errors import HybridctlError
 from hybridctl.core.model import ClusterView, JobStatus, NodeState
-from hybridctl.core.reconcile import AgentJob, Launch, job_key, reconcile
+from hybridctl.core.reconcile import job_key
 
 if TYPE_CHECKING:
     from hybridctl.control.fleet import Fleet
@@ -90,23 +90,28 @@ class CloudSession(NodeSession):
             self._root = home.rstrip("/") + "/.hybridctl"
         return self._root
 
-    async def converge(self, records: list[dict[str, Any]]) -> bool:
-        ctl = self.fleet.controller
-        agent = [AgentJob(r["key"], r.get("state") == "running", r.get("exit_code"), r.get("signal"), r.get("reason"))
-                 for r in records]
-        for action in reconcile(ctl.active_ranks(self.name), agent):
-            if isinstance(action, Launch) and action.rank.key not in self.scaler.prepared:
-                await self.prepare(action.rank)
-        return await super().converge(records)
+    async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
+        """The job runs in its uploaded copy of the workdir, with an output dir that comes back
+        when it ends (`pull_outputs`)."""
+        if rank.key not in self.scaler.prepared and not await self.prepare(rank):
+            return None
+        payload = await super().prepare_launch(rank)
+        where = self.scaler.prepared.get(rank.key)
+        if payload is not None and where is not None:
+            work, out = where
+            if work is not None:
+                payload["workdir"] = work
+            payload["envs"] = {**payload.get("envs", {}), "HYBRIDCTL_OUTPUT_DIR": out}
+        return payload
 
-    async def prepare(self, rank: Any) -> None:
+    async def prepare(self, rank: Any) -> bool:
         """Upload the workdir and make the output directory of one rank about to launch here; a
-        failure fails the job with the reason (it never starts)."""
+        failure fails the job with the reason (it never starts) and returns False."""
         ctl = self.fleet.controller
         assert self.link is not None
         conn = self.link.ssh_connection
         if conn is None:
-            return
+            return True
         info = ctl.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
         spec = info["spec"]
         cfg = ctl.settings.cloud
@@ -122,9 +127,9 @@ class CloudSession(NodeSession):
         except TransferError as exc:
             log.error("job %s: %s", rank.key, exc.message)
             ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc.message}")
-            ctl.on_change()
-            return
+            return False
         self.scaler.prepared[rank.key] = (work if spec.get("workdir") else None, out)
+        return True
 
     async def pull_logs(self, key: str) -> None:
         await self.pull_outputs(key)
@@ -181,21 +186,6 @@ class Autoscaler:
         self.key_path = cloud_key(self.settings)
         self.public_key = Path(f"{self.key_path}.pub").read_text().strip()
         controller.autoscaler = self  # type: ignore[attr-defined]
-        launch_payload = controller.launch_payload
-
-        def payload_with_cloud_paths(rank: Any, node: str) -> dict[str, Any]:
-            # Cloud nodes run the job in its uploaded copy of the workdir, with an output dir that
-            # comes back when it ends (CloudSession.prepare filled `prepared`).
-            payload = launch_payload(rank, node)
-            where = self.prepared.get(payload["key"])
-            if where is not None:
-                work, out = where
-                if work is not None:
-                    payload["workdir"] = work
-                payload["envs"] = {**payload.get("envs", {}), "HYBRIDCTL_OUTPUT_DIR": out}
-            return payload
-
-        controller.launch_payload = payload_with_cloud_paths  # type: ignore[method-assign]
 
     # ---- the loop --------------------------------------------------------------------------------
 

@@ -211,6 +211,12 @@ class NodeSession:
         if sent:
             log.info("restored %d bytes of checkpoint for %s onto %s", sent, key, self.name)
 
+    async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
+        """Put on this node what a rank needs before it starts (its latest checkpoint) and return
+        its launch payload; None when preparing failed the job. Cloud sessions add uploads."""
+        await self.restore_checkpoint(rank.key)
+        return self.fleet.controller.launch_payload(rank, self.name)
+
     async def converge(self, records: list[dict[str, Any]]) -> bool:
         """Act on the differences between the database and the agent's `records`; return whether
         anything was done. A task turns RUNNING once the agent reports its processes started (a
@@ -229,8 +235,10 @@ class NodeSession:
                    if not (isinstance(a, Started) and (a.job_id, a.task) in not_started)]
         for action in actions:
             if isinstance(action, Launch):
-                await self.restore_checkpoint(action.rank.key)
-                payload = ctl.launch_payload(action.rank, self.name)
+                payload = await self.prepare_launch(action.rank)
+                if payload is None:  # the job failed while being prepared (the reason is recorded)
+                    changed = True
+                    continue
                 try:
                     answer = await link.call("launch", job=payload)
                 except AgentRefused as exc:
