@@ -26,13 +26,10 @@ sys.path.insert(0, str(AGENTS))
 
 from hybridctl_agent.client import AgentClient  # noqa: E402
 
+from _common import cpu_s  # noqa: E402
+
 CPU_TARGET_PCT = 1.0
 RSS_TARGET_MB = 50.0
-
-
-def _cpu_s(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
 
 
 def _wait_socket(path: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -86,7 +83,7 @@ def measure(duration: float, gpus: int, jobs: int = 0) -> Dict[str, Any]:
         keys = _start_jobs(sock, jobs, gpus)
         time.sleep(2.0)  # let start-up work (imports, first samples) finish before measuring
         procs = {"agent": psutil.Process(agent.pid), "baseline": psutil.Process(idle.pid)}
-        cpu0 = {k: _cpu_s(p) for k, p in procs.items()}
+        cpu0 = {k: cpu_s(p) for k, p in procs.items()}
         rss_peak = {k: 0 for k in procs}
         seq, polls = 0, 0
         t0 = time.monotonic()
@@ -98,7 +95,7 @@ def measure(duration: float, gpus: int, jobs: int = 0) -> Dict[str, Any]:
                     rss_peak[k] = max(rss_peak[k], p.memory_info().rss)
                 time.sleep(1.0)
         wall = time.monotonic() - t0
-        cpu = {k: (_cpu_s(p) - cpu0[k]) / wall * 100.0 for k, p in procs.items()}
+        cpu = {k: (cpu_s(p) - cpu0[k]) / wall * 100.0 for k, p in procs.items()}
         rss = {k: p.memory_info().rss / 1e6 for k, p in procs.items()}
     finally:
         if keys:

@@ -48,9 +48,9 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hybridctl.control.client import Client  # noqa: E402  (stdlib only)
+
+from _common import T0, BenchError, Results, cpu_s, fmt_x, print_table, say, verdict, wait_for  # noqa: E402
 
 PY = sys.executable
 _script = Path(PY).parent / "hybridctl"
@@ -73,27 +75,6 @@ SPEC = {"resources": {"accelerators": 1, "cpus": 0.25}, "run": "true"}
 LISTEN_MAX = 16  # OpenSSH's MAX_LISTEN_SOCKS: Port lines per sshd process
 GPUS = "8:A100"
 
-T0 = time.perf_counter()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
 
 def pct(xs: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100)."""
@@ -102,11 +83,6 @@ def pct(xs: list[float], p: float) -> float:
         return float("nan")
     k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
     return s[k]
-
-
-def cpu_s(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return t.user + t.system
 
 
 # ---- everything this run starts, for cleanup ------------------------------------------------
@@ -478,38 +454,8 @@ class Slurm:
 # ---- results ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    group: str
-    metric: str
-    hyb: str
-    ref: str = ""
-    ratio: str = ""
-    target: str = ""
-    verdict: str = ""
-
-
-@dataclass
-class Results:
-    rows: list[Row] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, *a: Any, **kw: Any) -> None:
-        self.rows.append(Row(*a, **kw))
-
-
 def ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 1000:.0f} ms"
-
-
-def fx(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def ok(value: float, target: float, lower_is_better: bool) -> str:
-    return "ok" if (value <= target if lower_is_better else value >= target) else "MISS"
 
 
 @dataclass
@@ -565,7 +511,7 @@ def g1_latency(k: Knobs, ctl: Ctl, base: Path, R: Results) -> None:
     R.raw["g1"] = comp
     tot = comp["total"]
     R.add("1", f"submit -> job started, p50 (of {len(tot)})", ms(pct(tot, 50)), "", "", "<= 300 ms",
-          ok(pct(tot, 50), 0.300, True))
+          verdict(pct(tot, 50), 0.300, True))
     R.add("1", "submit -> job started, p95", ms(pct(tot, 95)))
     labels = {
         "cli": "  `hybridctl submit` round trip (process)",
@@ -612,7 +558,7 @@ def g1_cancel(k: Knobs, ctl: Ctl, base: Path, R: Results) -> None:
             freed.append(time.time() - t0)
     R.raw["g1_cancel"] = {"gone": gone, "freed": freed}
     R.add("1", f"cancel -> job's process gone, p50 / p95 (of {n})", f"{ms(pct(gone, 50))} / {ms(pct(gone, 95))}",
-          "poll 1 s", fx(pct(gone, 50) / 1.0))
+          "poll 1 s", fmt_x(pct(gone, 50) / 1.0))
     R.add("1", "cancel -> its GPUs free in `nodes`, p50 / p95", f"{ms(pct(freed, 50))} / {ms(pct(freed, 95))}")
 
 
@@ -727,8 +673,8 @@ def g2_rows(R: Results, label: str, r: dict[str, Any], slurm_d: dict[str, dict[s
     first = True
     for name, sr in refs:
         R.add("2", label if first else "", f"{rate:.1f} jobs/s" if first else "",
-              f"{name} {sr:.2f} jobs/s" if sr else f"{name} n/a", fx(rate / sr) if sr else "n/a",
-              ">= 25 jobs/s" if (first and target) else "", ok(rate, 25, False) if (first and target) else "")
+              f"{name} {sr:.2f} jobs/s" if sr else f"{name} n/a", fmt_x(rate / sr) if sr else "n/a",
+              ">= 25 jobs/s" if (first and target) else "", verdict(rate, 25, False) if (first and target) else "")
         first = False
     bad = {s: c for s, c in r["states"].items() if s != "SUCCEEDED"}
     R.add("2", f"  submit phase {r['submit_s']:.2f}s, total {r['total_s']:.2f}s, controller CPU "
@@ -794,15 +740,15 @@ def g3_size(k: Knobs, n: int, base: Path, nodes: list[Node], key: Path, idle: Ct
                              "ages": sorted(ages)}
         tgt = n >= 200
         R.add("3", f"N={n}: controller CPU (% of one core, {wall:.0f}s)", f"{c_pct:.1f} %",
-              f"0-node controller {i_pct:.1f} %", fx(c_pct / i_pct) if i_pct > 0 else "n/a",
-              "<= 25 % at 200" if tgt else "", ok(c_pct, 25, True) if tgt else "")
+              f"0-node controller {i_pct:.1f} %", fmt_x(c_pct / i_pct) if i_pct > 0 else "n/a",
+              "<= 25 % at 200" if tgt else "", verdict(c_pct, 25, True) if tgt else "")
         R.add("3", "  per node (above the 0-node controller)", f"{10 * (c_pct - i_pct) / n:.2f} ms/s",
-              f"agents total {ag_pct:.1f} %", fx(c_pct / ag_pct) if ag_pct > 0 else "n/a")
+              f"agents total {ag_pct:.1f} %", fmt_x(c_pct / ag_pct) if ag_pct > 0 else "n/a")
         R.add("3", "  sshd total (listeners + per-connection)", "", f"{ss_pct:.1f} %")
         R.add("3", f"  whole machine busy ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)} %; shared)", "",
               f"{m_pct:.0f} %")
         R.add("3", "  controller RSS", f"{rss / 1024:.1f} MiB", f"0-node {idle.rss_kb() / 1024:.1f} MiB",
-              fx(rss / idle.rss_kb()))
+              fmt_x(rss / idle.rss_kb()))
         R.add("3", f"  all {n} added / all UP with telemetry", f"{t_added:.1f} s / " +
               (f"{t_up:.1f} s" if reached else f"not after {t_up:.0f} s"),
               f"node_add p50 {pct(calls, 50):.2f}s, max {max(calls):.2f}s")
@@ -827,29 +773,6 @@ def profile_text(path: Path, title: str, top: int = 25) -> str:
 
 
 # ---- main ---------------------------------------------------------------------------------------
-
-
-def print_table(R: Results, args: argparse.Namespace, elapsed: float, slurm: Slurm) -> None:
-    head = ("grp", "metric", "hybridctl", "reference", "ratio", "target", "")
-    ordered = sorted(R.rows, key=lambda r: r.group)
-    rows = [head] + [(r.group, r.metric, r.hyb, r.ref, r.ratio, r.target, r.verdict) for r in ordered]
-    w = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    print()
-    print(f"hybridctl fleet benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cpus, "
-          f"python {sys.version.split()[0]}, {'quick' if args.quick else 'full'} run, Slurm: "
-          f"{'measured' if R.raw.get('slurm_d') else slurm.why})")
-    print("ratio = hybridctl / reference, both measured in this run (latency, CPU, memory: lower is better;"
-          " jobs/s: higher is better)")
-    for i, row in enumerate(rows):
-        print("  ".join(str(c).ljust(w[j]) for j, c in enumerate(row)).rstrip())
-        if i == 0:
-            print("  ".join("-" * x for x in w))
-    for note in R.notes:
-        print()
-        print(note.rstrip())
-    for e in R.errors:
-        print(f"ERROR: {e}")
-    print(f"\ntotal wall time {elapsed:.0f}s")
 
 
 def main() -> int:
@@ -979,7 +902,7 @@ def main() -> int:
                     sl = R.raw.get(f"slurm_lat_{tag}")
                     if sl:
                         R.add("1", f"  submit -> started vs {name} (p50 of {len(sl)})", ms(pct(tot, 50)),
-                              f"sbatch {ms(pct(sl, 50))} (p95 {ms(pct(sl, 95))})", fx(pct(tot, 50) / pct(sl, 50)))
+                              f"sbatch {ms(pct(sl, 50))} (p95 {ms(pct(sl, 95))})", fmt_x(pct(tot, 50) / pct(sl, 50)))
             for key_, label, target in (("api_poll1", f"{k.nd} jobs, 1 node x 8 GPUs, poll 1.0 (API submits)", True),
                                         ("cli_poll1", f"{k.cli_n} jobs, poll 1.0, bash loop of `hybridctl submit`", False),
                                         ("api_poll02", f"{k.nd} jobs, poll 0.2 (API submits)", False)):
@@ -1019,12 +942,10 @@ def main() -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
     elapsed = time.perf_counter() - T0
-    print_table(R, args, elapsed, slurm)
+    print_table(R, "fleet", args.quick, "measured" if R.raw.get("slurm_d") else slurm.why, "latency, CPU, memory",
+                elapsed)
     if args.json:
-        R.raw["rows"] = [r.__dict__ for r in R.rows]
-        R.raw["errors"] = R.errors
-        R.raw["elapsed_s"] = elapsed
-        Path(args.json).write_text(json.dumps(R.raw, indent=1, default=str))
+        R.write_json(args.json, elapsed)
     return 130 if interrupted else (1 if R.errors else 0)
 
 

@@ -48,8 +48,11 @@ from hybridctl.control.client import Client  # noqa: E402
 from hybridctl.sim import node as simnode  # noqa: E402
 from hybridctl.sim.keys import client_key, pin  # noqa: E402
 
+from _common import wait_for  # noqa: E402
+
 CLUSTER = "bench"
 NOTICE_S = 120.0  # AWS gives two minutes
+POLL = 0.1  # s between the checks of every wait_for
 CATALOG = {
     "snapshot": "bench",
     "instance_types": {"sim.a100x1": {"gpu": "A100", "gpus": 1, "vcpus": 8, "memory_gb": 64}},
@@ -120,17 +123,6 @@ def parse_size(s: str) -> int:
     return int(float(s[:-1]) * units[s[-1].upper()]) if s[-1].upper() in units else int(s)
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 class Lab:
     """Controller + one on-prem simulated A100 + the simulated cloud, all under `base`."""
 
@@ -174,9 +166,9 @@ class Lab:
             self.procs.append(subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "server"], env=self.env,
                                                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                                start_new_session=True))
-        wait_for("the controller", self._answers, 60)
-        wait_for("prem1 UP", lambda: any(n["name"] == "prem1" and n["state"] == "UP"
-                                         for n in self.client.call("nodes")), 60)
+        wait_for(self._answers, 60, "the controller", POLL)
+        wait_for(lambda: any(n["name"] == "prem1" and n["state"] == "UP" for n in self.client.call("nodes")), 60,
+                 "prem1 UP", POLL)
 
     def _answers(self) -> bool:
         if self.procs[-1].poll() is not None:
@@ -201,8 +193,8 @@ class Lab:
         return self.show(job)["tasks"][0]  # type: ignore[no-any-return]
 
     def wait_task(self, job: str, what: str, ok: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-        return wait_for(f"job {job}: {what} (log: {self.log})", lambda: t if ok(t := self.task(job)) else None,
-                        timeout)  # type: ignore[no-any-return]
+        return wait_for(lambda: t if ok(t := self.task(job)) else None, timeout,
+                        f"job {job}: {what} (log: {self.log})", POLL)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Stop everything started under `base`: controller, cloud machines, prem1, stray job processes."""
@@ -273,13 +265,13 @@ def measure(lab: Lab, size: int, mode: str, to: str, args: argparse.Namespace) -
     first = lab.wait_task(job, "RUNNING on a cloud node", lambda t: t["state"] == "RUNNING", 180)["nodes"]
     assert first.startswith("cloud-"), first
     # Trigger halfway between two periodic syncs: after one has landed, half an interval of steps on.
-    s0 = wait_for("a periodic checkpoint sync", lambda: synced_step(lab.home, job) > 0 and synced_step(lab.home, job),
-                  args.sync_interval * 4 + 120)
-    s1 = wait_for("the next periodic sync", lambda: synced_step(lab.home, job) > s0 and synced_step(lab.home, job),
-                  args.sync_interval * 4 + 120)
+    s0 = wait_for(lambda: synced_step(lab.home, job) > 0 and synced_step(lab.home, job),
+                  args.sync_interval * 4 + 120, "a periodic checkpoint sync", POLL)
+    s1 = wait_for(lambda: synced_step(lab.home, job) > s0 and synced_step(lab.home, job),
+                  args.sync_interval * 4 + 120, "the next periodic sync", POLL)
     steps_after = int(args.sync_interval / 2 / args.step_time)
-    wait_for("the trainer to run on", lambda: any(e["ev"] == "step" and e["step"] >= s1 + steps_after
-                                                  for e in trainer_events(events)), args.sync_interval * 4 + 60)
+    wait_for(lambda: any(e["ev"] == "step" and e["step"] >= s1 + steps_after for e in trainer_events(events)),
+             args.sync_interval * 4 + 60, "the trainer to run on", POLL)
     [inst] = lab.provider.list({"hybridctl-cluster": CLUSTER})
     synced_before = synced_step(lab.home, job)
     t0 = time.time()
@@ -291,8 +283,8 @@ def measure(lab: Lab, size: int, mode: str, to: str, args: argparse.Namespace) -
         lab.client.call("cancel", jobs=[hog])
     t = lab.wait_task(job, "RUNNING again", lambda t: t["state"] == "RUNNING" and t["attempt"] == 1,
                       args.grace + 300)
-    wait_for("the trainer's restart", lambda: any(e["ev"] == "start" and e["attempt"] == 1
-                                                  for e in trainer_events(events)), 120)
+    wait_for(lambda: any(e["ev"] == "start" and e["attempt"] == 1 for e in trainer_events(events)), 120,
+             "the trainer's restart", POLL)
     t_up = time.time()
     lab.client.call("cancel", jobs=[job])
     ev = trainer_events(events)

@@ -33,9 +33,11 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from _common import T0, BenchError, Results, fmt_x, print_table, say, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -47,17 +49,6 @@ SLURM_PARTITION = "bench"
 HEAVY = ("textual", "asyncssh", "torch", "sqlite_utils", "yaml")
 SPEC = {"resources": {"accelerators": 1}, "run": "true"}  # what `submit --gpus 1 -- true` sends
 NODE = {"name": "gpu01", "gpus": "8xA100", "cpus": 64, "memory": "512G", "simulated": True}
-
-T0 = time.perf_counter()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
 
 # ---- process timing --------------------------------------------------------------------------
 
@@ -279,43 +270,12 @@ class Slurm:
 # ---- results ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    group: str
-    metric: str
-    hyb: str
-    ref: str = ""
-    ratio: str = ""
-    target: str = ""
-    verdict: str = ""
-
-
-@dataclass
-class Results:
-    rows: list[Row] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, *a: Any, **kw: Any) -> None:
-        self.rows.append(Row(*a, **kw))
-
-
-def verdict(value: float, target: float, lower_is_better: bool) -> str:
-    ok = value <= target if lower_is_better else value >= target
-    return "ok" if ok else "MISS"
-
-
 def fmt_ms(x: float | None) -> str:
     return "n/a" if x is None else (f"{x:.1f} ms" if x >= 1 else f"{x * 1000:.0f} us")
 
 
 def fmt_rate(x: float | None, unit: str = "jobs/s") -> str:
     return "n/a" if x is None else f"{x:,.0f} {unit}"
-
-
-def fmt_x(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
 
 
 def fmt_mib(kb: int | None) -> str:
@@ -626,29 +586,6 @@ def g7_imports(base: Path, R: Results) -> None:
 # ---- main ------------------------------------------------------------------------------------
 
 
-def print_table(R: Results, args: argparse.Namespace, elapsed: float, slurm: Slurm) -> None:
-    head = ("grp", "metric", "hybridctl", "reference", "ratio", "target", "")
-    ordered = sorted(R.rows, key=lambda r: r.group)  # stable: keeps each group's own order
-    rows = [head] + [(r.group, r.metric, r.hyb, r.ref, r.ratio, r.target, r.verdict) for r in ordered]
-    w = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    print()
-    print(f"hybridctl submit benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} cpus, "
-          f"python {sys.version.split()[0]}, {'quick' if args.quick else 'full'} run, Slurm: "
-          f"{'up' if slurm.ok else slurm.why})")
-    print("ratio = hybridctl / reference, both measured in this run (latency and memory: lower is better;"
-          " jobs/s: higher is better)")
-    for i, row in enumerate(rows):
-        print("  ".join(str(c).ljust(w[j]) for j, c in enumerate(row)).rstrip())
-        if i == 0:
-            print("  ".join("-" * x for x in w))
-    for note in R.notes:
-        print()
-        print(note.rstrip())
-    for e in R.errors:
-        print(f"ERROR: {e}")
-    print(f"\ntotal wall time {elapsed:.0f}s")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--no-slurm", action="store_true", help="skip the Slurm side (its columns print n/a)")
@@ -698,12 +635,9 @@ def main() -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
     elapsed = time.perf_counter() - T0
-    print_table(R, args, elapsed, slurm)
+    print_table(R, "submit", args.quick, "up" if slurm.ok else slurm.why, "latency and memory", elapsed)
     if args.json:
-        R.raw["rows"] = [r.__dict__ for r in R.rows]
-        R.raw["errors"] = R.errors
-        R.raw["elapsed_s"] = elapsed
-        Path(args.json).write_text(json.dumps(R.raw, indent=1, default=str))
+        R.write_json(args.json, elapsed)
     return 1 if R.errors else 0
 
 

@@ -46,12 +46,9 @@ from hybridctl.tui.data import SocketApi  # noqa: E402
 from hybridctl.tui.widgets.table import RowTable  # noqa: E402
 from tests.integration.harness import make_controller  # noqa: E402
 
+from _common import say  # noqa: E402
+
 NODES, GPUS, JOBS, ARRAY = 1000, 8, 10_000, 250
-T0 = time.perf_counter()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 class TelemetryApi(SocketApi):
