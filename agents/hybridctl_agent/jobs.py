@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import psutil
 
 from hybridctl_agent import jobfiles as jf
-from hybridctl_agent.jobspec import LaunchPlan
+from hybridctl_agent.jobspec import LaunchPlan, job_id
 from hybridctl_agent.protocol import BAD_REQUEST, NOT_FOUND, REFUSED, AgentError
 
 START_GRACE_S = 60.0
@@ -114,6 +114,18 @@ class JobManager:
         self._change = asyncio.Event()
         """Set (and replaced) at the next change of any job record; see `next_change`."""
         self._events: Optional[socket.socket] = None
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """Where a job checkpoints on this node: one directory per job (or array task), kept across
+        its attempts here; the controller syncs it over SFTP and restores it before a restart."""
+        return self.state / "checkpoints" / job_id(key)
+
+    def _has_checkpoint(self, key: str) -> bool:
+        try:
+            with os.scandir(self.checkpoint_dir(key)) as entries:
+                return any(True for _ in entries)
+        except OSError:
+            return False
 
     def prepare(self) -> None:
         """Create the directories and drop half-built job directories of a crashed agent."""
@@ -223,6 +235,9 @@ class JobManager:
             "supervisor_pid": sup.get("pid") if sup else None,
         }
         if exited:
+            # Whether it left a checkpoint (its processes are gone: that is final), so the controller
+            # skips the `checkpoint_files` round trip for the many jobs that never checkpoint.
+            rec["has_checkpoint"] = self._has_checkpoint(key)
             self._final[key] = rec
             self._running.pop(key, None)
         else:

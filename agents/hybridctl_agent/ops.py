@@ -20,7 +20,7 @@ from hybridctl_agent import jobfiles as jf
 from hybridctl_agent.config import AgentConfig
 from hybridctl_agent.gpus import GpuSource
 from hybridctl_agent.jobs import JobManager
-from hybridctl_agent.jobspec import job_id, plan_launch
+from hybridctl_agent.jobspec import plan_launch
 from hybridctl_agent.logs import read_range
 from hybridctl_agent.protocol import BAD_REQUEST, REFUSED, AgentError, field
 from hybridctl_agent.telemetry import Telemetry
@@ -101,9 +101,7 @@ class Ops:
         return {"job": await self.jobs.launch(plan)}
 
     def checkpoint_dir(self, key: str) -> Path:
-        """Where a job checkpoints on this node: one directory per job (or array task), kept across
-        its attempts here; the controller syncs it over SFTP and restores it before a restart."""
-        return Path(self.cfg.state_dir) / "checkpoints" / job_id(key)
+        return self.jobs.checkpoint_dir(key)
 
     async def checkpoint_files(self, req: Dict[str, Any]) -> Answer:
         """The files of a job's checkpoint directory with size and mtime in nanoseconds: SFTP's

@@ -230,6 +230,7 @@ class NodeSession:
         ]
         not_started = {parsed[:2] for r in records if r.get("state") == "running" and r.get("pid") is None
                        and (parsed := parse_key(r["key"])) is not None}
+        no_checkpoint = {r["key"] for r in records if r.get("has_checkpoint") is False}  # absent: older agent
         changed = False
         actions = [a for a in reconcile(ctl.active_ranks(self.name), agent_jobs)
                    if not (isinstance(a, Started) and (a.job_id, a.task) in not_started)]
@@ -254,7 +255,8 @@ class NodeSession:
             elif isinstance(action, Started):
                 ctl.mark_running(action.job_id, action.task)
             elif isinstance(action, Finished):
-                await self.sync_checkpoint(action.key)
+                if action.key not in no_checkpoint:
+                    await self.sync_checkpoint(action.key)
                 await self.pull_logs(action.key)
                 ctl.rank_finished(action.key, action.exit_code, action.reason, action.status)
                 await link.call("forget", key=action.key)
@@ -266,7 +268,8 @@ class NodeSession:
                 await link.call("cancel", key=action.key, grace=ctl.settings.fleet.poll_interval * 10)
             elif isinstance(action, Forget):
                 if parse_key(action.key) is not None:
-                    await self.sync_checkpoint(action.key)  # e.g. the final checkpoint of a preempted job
+                    if action.key not in no_checkpoint:
+                        await self.sync_checkpoint(action.key)  # e.g. the final checkpoint of a preempted job
                     await self.pull_logs(action.key)  # a stopped rank or a straggler: keep its output too
                 await link.call("forget", key=action.key)
                 ctl.release(action.key)

@@ -384,3 +384,15 @@ def test_cancel_gives_the_jobs_processes_the_rest_of_the_grace_after_bash_dies(a
     done = agent.wait_exited("15")
     assert done["reason"] == "cancelled"
     assert (work / "saved.txt").read_text() == "saved\n"  # it ran to the end of its trap, not SIGKILLed
+
+
+def test_an_ended_job_says_whether_it_left_a_checkpoint(agent: AgentProc) -> None:
+    launch(agent, "31.a0.r0", 'echo step=7 > "$HYBRIDCTL_CHECKPOINT_DIR/ckpt.txt"')
+    launch(agent, "32.a0.r0", "true")
+    sleeper = launch(agent, "33.a0.r0", 'touch "$HYBRIDCTL_CHECKPOINT_DIR/x"; sleep 600')
+    assert agent.wait_exited("31.a0.r0")["has_checkpoint"] is True
+    assert agent.wait_exited("32.a0.r0")["has_checkpoint"] is False
+    assert "has_checkpoint" not in agent.job(sleeper["key"])  # only an ended job's record says
+    wait_for("the sleeper's checkpoint file", (Path(agent.call("hello")["checkpoint_root"]) / "33" / "x").exists)
+    agent.call("cancel", key="33.a0.r0", grace=0)
+    assert agent.wait_exited("33.a0.r0")["has_checkpoint"] is True
