@@ -134,6 +134,16 @@ class AgentLink:
         return self._conn
 
 
+CIPHERS = [
+    "aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+    "aes256-ctr", "aes192-ctr", "aes128-ctr",
+]
+"""asyncssh's defaults with AES-GCM first: on CPUs with AES instructions (every GPU server) it
+moves checkpoints over SFTP ~1.3-1.6x faster than chacha20-poly1305, asyncssh's first choice
+(bench: 1 GB over loopback sftp get 128 -> 172-239 MB/s, put 97 -> 134 MB/s). The server still
+picks from this list, so one without AES-GCM falls back as before."""
+
+
 async def connect(target: Target, timeout: float = 20.0) -> AgentLink:
     """Open the link; raise NodeUnreachable or HostKeyRefused."""
     if target.local:
@@ -151,6 +161,7 @@ async def connect(target: Target, timeout: float = 20.0) -> AgentLink:
         "keepalive_interval": 15,
         "keepalive_count_max": 4,
         "connect_timeout": timeout,
+        "encryption_algs": CIPHERS,
     }
     if target.user:
         options["username"] = target.user
