@@ -2,8 +2,10 @@
 
 Pull (node -> controller) runs every `fleet.checkpoint_sync_interval` while a job runs and once
 more when its processes end; only files whose size or mtime changed travel. Push (controller ->
-node) restores the latest copy before a job starts again, on any node. Over SSH both use SFTP on
-the node's existing connection; a local agent (`host: local`) gets plain file copies."""
+node) restores the latest copy before a job starts again, on any node; files the node still holds
+as the controller last saw them there (a restart where the job ran before) are not sent, and what
+was sent is recorded so the next pull does not copy it back. Over SSH both use SFTP on the node's
+existing connection; a local agent (`host: local`) gets plain file copies."""
 
 from __future__ import annotations
 
@@ -41,47 +43,81 @@ class SftpFiles:
         await self.sftp.put(local, remote)
 
 
-async def pull(files: Any, remote_dir: str, remote: dict[str, list[int]], local_dir: Path) -> int:
-    """Copy new and changed files from the node; return the bytes copied. `remote` is the agent's
+def _manifest(local_dir: Path) -> dict[str, list[Any]]:
+    """{path: [size, mtime_ns, node]}: each file of the controller's copy as it is on `node` (where
+    it came from, or where it was last restored to). Entries of older versions lack the node."""
+    try:
+        seen = json.loads((local_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
+def _save_manifest(local_dir: Path, seen: dict[str, list[Any]]) -> None:
+    path = local_dir / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(seen))
+    os.replace(tmp, path)
+
+
+async def pull(files: Any, remote_dir: str, remote: dict[str, list[int]], local_dir: Path, node: str = "") -> int:
+    """Copy new and changed files from `node`; return the bytes copied. `remote` is the agent's
     listing of `remote_dir` ({path: [size, mtime_ns]}: nanoseconds, since a checkpoint rewritten
     within the second it was last copied must travel again). Files appear atomically (temp +
     rename), so a copy interrupted by a lost node never leaves a torn checkpoint."""
     local_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = local_dir / MANIFEST
-    try:
-        seen: dict[str, list[int]] = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        seen = {}
+    seen = _manifest(local_dir)
     copied = 0
     for rel, (size, mtime) in sorted(remote.items()):
-        if rel == MANIFEST or seen.get(rel) == [size, mtime]:
+        if rel == MANIFEST or seen.get(rel, [])[:2] == [size, mtime]:
             continue
         dest = local_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.part")
         await files.get(os.path.join(remote_dir, rel), str(tmp))
+        if seen.pop(rel, None) is not None:
+            _save_manifest(local_dir, seen)  # a crash after the replace must not leave the old entry
         os.replace(tmp, dest)
-        seen[rel] = [size, mtime]
+        seen[rel] = [size, mtime, node]
         copied += size
     if copied:
         for rel in set(seen) - set(remote):  # deleted on the node (a rotated checkpoint)
             (local_dir / rel).unlink(missing_ok=True)
             del seen[rel]
-        tmp_manifest = manifest_path.with_suffix(".tmp")
-        tmp_manifest.write_text(json.dumps(seen))
-        os.replace(tmp_manifest, manifest_path)
+        _save_manifest(local_dir, seen)
     return copied
 
 
-async def push(files: Any, local_dir: Path, remote_dir: str) -> int:
-    """Restore the controller's copy onto a node before the job starts there; return bytes sent."""
-    sent = 0
+async def push(files: Any, local_dir: Path, remote_dir: str, remote: dict[str, list[int]],
+               node: str) -> tuple[list[str], list[str]]:
+    """Restore the controller's copy onto `node` before the job starts there; return the paths
+    sent and those already there. `remote` is the agent's listing of `remote_dir` now: a file the node still holds exactly
+    as the controller's copy last saw it there (same node, size and mtime_ns: a restart where the
+    job ran before) is not sent again. Record what was sent with `adopt`."""
     if not local_dir.is_dir():
-        return 0
+        return [], []
+    seen = _manifest(local_dir)
+    sent: list[str] = []
+    kept: list[str] = []
     for path in sorted(local_dir.rglob("*")):
-        if not path.is_file() or path.name == MANIFEST or path.name.endswith(".part"):
+        if not path.is_file() or path.name == MANIFEST or path.name.endswith((".part", ".tmp")):
             continue
         rel = str(path.relative_to(local_dir))
+        entry = seen.get(rel, [])
+        if len(entry) > 2 and entry[2] == node and remote.get(rel) == entry[:2]:
+            kept.append(rel)
+            continue
         await files.put(str(path), os.path.join(remote_dir, rel))
-        sent += path.stat().st_size
-    return sent
+        sent.append(rel)
+    return sent, kept
+
+
+def adopt(local_dir: Path, sent: list[str], remote: dict[str, list[int]], node: str) -> None:
+    """After a push: the files `sent` are on `node` as its listing `remote` shows them now, the
+    same bytes as the controller's copy. Recording that keeps the next pull from copying them back
+    and the next push to `node` from sending them again."""
+    seen = _manifest(local_dir)
+    for rel in sent:
+        if rel in remote:
+            seen[rel] = [*remote[rel], node]
+    _save_manifest(local_dir, seen)

@@ -187,7 +187,7 @@ class NodeSession:
                 assert link is not None
                 listing = await link.call("checkpoint_files", key=key)
                 copied = await pull(await self.files(), listing["root"], listing["files"],
-                                    self.fleet.controller.checkpoint_path(key))
+                                    self.fleet.controller.checkpoint_path(key), self.name)
         except (OSError, NodeUnreachable) as exc:
             log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
             return
@@ -201,15 +201,22 @@ class NodeSession:
 
     async def restore_checkpoint(self, key: str) -> None:
         """Put the controller's latest copy of a job's checkpoint on this node before it starts."""
-        from hybridctl.control.checkpoints import push
+        from hybridctl.control.checkpoints import adopt, push
 
         local = self.fleet.controller.checkpoint_path(key)
         remote = self._remote_checkpoint_dir(key)
-        if remote is None or not local.is_dir():
+        link = self.link
+        if remote is None or not local.is_dir() or link is None:
             return
-        sent = await push(await self.files(), local, remote)
+        before = (await link.call("checkpoint_files", key=key))["files"]
+        sent, kept = await push(await self.files(), local, remote, before, self.name)
         if sent:
-            log.info("restored %d bytes of checkpoint for %s onto %s", sent, key, self.name)
+            after = (await link.call("checkpoint_files", key=key))["files"]
+            adopt(local, sent, after, self.name)
+            log.info("restored %d bytes of checkpoint for %s onto %s",
+                     sum(after.get(rel, [0])[0] for rel in sent), key, self.name)
+        if kept:
+            log.info("checkpoint for %s: %d files already on %s, not sent again", key, len(kept), self.name)
 
     async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
         """Put on this node what a rank needs before it starts (its latest checkpoint) and return

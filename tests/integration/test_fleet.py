@@ -103,6 +103,20 @@ def test_cancel_stops_the_running_processes_then_frees_the_gpus(lab: Lab) -> Non
     assert events[-1] == "CANCELLED" and "RUNNING" in events
 
 
+def test_restart_on_the_same_node_finds_its_checkpoint_without_sending_it_again(lab: Lab) -> None:
+    script = ('c="$HYBRIDCTL_CHECKPOINT_DIR"; if [ -f "$c/state" ]; then echo "resumed $(cat "$c/state")"; exit 0; fi\n'
+              'head -c 4000000 /dev/zero > "$c/big.bin"; echo step-5 > "$c/state"; exit 3')
+    job = submit(lab, "--gpus", "RTX3090:1", "--max-restarts", "1", "--", script)  # RTX3090: node2 only
+    t = lab.wait_state(job, "SUCCEEDED", "FAILED")
+    assert (t["state"], t["attempt"], t["nodes"]) == ("SUCCEEDED", 1, "node2")
+    assert lab.controller.cli("logs", job, check=True).stdout.strip() == "resumed step-5"
+    log = lab.controller.log.read_text()
+    assert f"checkpoint for {job}.a1.r0: 2 files already on node2, not sent again" in log
+    assert not [line for line in log.splitlines() if "restored" in line and f"checkpoint for {job}." in line]
+    # The copy the controller holds is whole, for a restart anywhere else.
+    assert (lab.controller.home / "checkpoints" / job / "big.bin").stat().st_size == 4_000_000
+
+
 def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
     node = lab.nodes["node1"]
     node.sshd.stop()
