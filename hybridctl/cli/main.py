@@ -35,6 +35,7 @@ examples:
   hybridctl submit --gpus 2 -- python train.py   # no file: the command after --
   hybridctl submit --gpus A100:1 --array 1-100%10 -- python sweep.py
   id=$(hybridctl submit -- ./run.sh)             # the job id alone goes to stdout
+  hybridctl submit --wait --gpus 1 -- ./eval.sh   # block until it ends; exit with its exit code
 """
 
 
@@ -95,11 +96,97 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
                      flags={k: v for k, v in flags.items() if v is not None}, full=bool(args.json))
     for w in res.get("warnings", []):
         print(f"hybridctl: warning: {w}", file=sys.stderr)
+    if args.wait:
+        if not args.json:
+            print(res["id"], flush=True)
+        job = wait_for_job(str(res["id"]))
+        if args.json:
+            _out(args, job, "")
+        return job_exit_code(job)
     if args.json:
         _out(args, res["job"], "")
     else:
         print(res["id"])
     return ExitCode.OK
+
+
+_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
+
+
+def job_exit_code(job: dict[str, Any]) -> int:
+    """Like `sbatch --wait`: 0 when every task succeeded, else the highest task exit code, or 1 for
+    a task that ended without one (cancelled, killed by a signal, lost, refused)."""
+    worst = 0
+    for t in job["tasks"]:
+        if t["state"] != "SUCCEEDED":
+            code = t.get("exit_code")
+            worst = max(worst, code if isinstance(code, int) and 0 < code < 256 else 1)
+    return worst
+
+
+def _progress(job: dict[str, Any]) -> str:
+    """One line on where the job stands: a single task's state with its node or pending reason,
+    an array's counts by state."""
+    tasks = job["tasks"]
+    if len(tasks) == 1:
+        t = tasks[0]
+        text = t["state"]
+        if t["state"] in ("STARTING", "RUNNING") and t.get("nodes"):
+            text += f" on {t['nodes']}"
+        elif t["state"] == "PENDING" and t.get("reason"):
+            text += f": {t['reason']}"
+        elif t["state"] in _ENDED:
+            code = t.get("exit_code")
+            text += f" (exit code {code})" if code is not None else (f": {t['reason']}" if t.get("reason") else "")
+        if t.get("attempt"):
+            text += f" [attempt {t['attempt']}]"
+        return text
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t["state"]] = counts.get(t["state"], 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def wait_for_job(job_id: str) -> dict[str, Any]:
+    """Poll the job until every task has ended; each change of where it stands goes to stderr. A
+    controller restart is waited out; Ctrl-C stops waiting, not the job."""
+    from hybridctl.core.errors import ControllerUnavailable
+
+    last = ""
+    interval = 0.2
+    client = None
+    warned = False
+    try:
+        while True:
+            try:
+                if client is None:
+                    client = _client()
+                job = client.call("show", job=job_id)
+            except ControllerUnavailable as exc:
+                if client is not None:
+                    client.close()
+                    client = None
+                if not warned:
+                    print(f"hybridctl: {exc.message}; still waiting for job {job_id}", file=sys.stderr)
+                    warned = True
+                time.sleep(2.0)
+                continue
+            warned = False
+            now = _progress(job)
+            if now != last:
+                print(f"job {job_id}: {now}", file=sys.stderr, flush=True)
+                last = now
+            if all(t["state"] in _ENDED for t in job["tasks"]):
+                return job
+            time.sleep(interval)
+            interval = min(interval * 1.5, 2.0)
+    except KeyboardInterrupt:
+        print(f"\nhybridctl: stopped waiting; job {job_id} goes on (hybridctl cancel {job_id} stops it)",
+              file=sys.stderr)
+        raise
+    finally:
+        if client is not None:
+            client.close()
 
 
 # ---- queue / show / cancel / priority / usage -------------------------------------------------
@@ -374,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit codes (e.g. 75,143) that always requeue, not counted in --max-restarts")
     s.add_argument("--dependency", metavar="afterok:ID[:ID]", help="start only after these jobs succeeded")
     s.add_argument("--workdir", metavar="DIR", help="working directory of the job")
-    s.add_argument("--json", action="store_true", help="print the whole job record as JSON")
+    s.add_argument("--wait", action="store_true",
+                   help="wait until the job ends, showing its progress on stderr; exit with its exit code "
+                        "(like sbatch --wait; Ctrl-C stops waiting, not the job)")
+    s.add_argument("--json", action="store_true", help="print the whole job record as JSON (with --wait: as it ended)")
 
     q = sub.add_parser("queue", help="list jobs (yours by default)", description="List jobs, yours by default.")
     q.add_argument("-a", "--all", action="store_true", help="every user's jobs")

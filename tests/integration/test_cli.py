@@ -155,3 +155,24 @@ def test_usage_counts_gpu_hours(controller: ControllerProc) -> None:
     wait_for(lambda: controller.cli_json("queue")[0]["state"] == "STARTING", what="placed")
     rows = wait_for(lambda: controller.cli_json("usage"), what="usage rows")
     assert rows[0]["gpu_hours"] >= 0 and rows[0]["user"]
+
+
+def test_submit_queue_show_cancel_import_no_heavy_module(controller: ControllerProc) -> None:
+    """The fast-CLI rule: the researcher's commands never import textual, asyncssh or torch."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from hybridctl.cli.main import main; rc = main(sys.argv[1:]); "
+             "print('HEAVY', [m for m in ('textual', 'asyncssh', 'torch') if m in sys.modules], rc)")
+
+    def run(*args: str) -> str:
+        res = subprocess.run([sys.executable, "-c", probe, *args], env=controller.env, capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    out = run("submit", "--gpus", "1", "--", "true")
+    job = out.split()[0]
+    assert out.splitlines()[-1] == "HEAVY [] 0"
+    for args in (["queue", "--all"], ["show", job], ["cancel", job]):
+        assert run(*args).splitlines()[-1] == "HEAVY [] 0", args

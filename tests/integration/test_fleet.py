@@ -3,6 +3,7 @@ reached by a real controller over SSH. Links, agents, the controller and sshd ar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,56 @@ def test_restart_on_the_same_node_finds_its_checkpoint_without_sending_it_again(
     assert not [line for line in log.splitlines() if "restored" in line and f"checkpoint for {job}." in line]
     # The copy the controller holds is whole, for a restart anywhere else.
     assert (lab.controller.home / "checkpoints" / job / "big.bin").stat().st_size == 4_000_000
+
+
+def test_submit_wait_shows_progress_and_exits_with_the_jobs_exit_code(lab: Lab) -> None:
+    res = lab.controller.cli("submit", "--wait", "--gpus", "RTX3090:1", "--", "sleep 3; exit 7", timeout=120)
+    job = res.stdout.strip()
+    assert res.returncode == 7 and job.isdigit(), res.stderr
+    progress = res.stderr.splitlines()
+    assert f"job {job}: RUNNING on node2" in progress
+    assert progress[-1] == f"job {job}: FAILED (exit code 7)"
+    assert lab.task(job)["exit_code"] == 7
+
+    ok = lab.controller.cli("submit", "--wait", "--gpus", "A100:1", "--", "true", timeout=120)
+    assert ok.returncode == 0 and ok.stderr.splitlines()[-1] == f"job {ok.stdout.strip()}: SUCCEEDED (exit code 0)"
+
+    # An array exits with its highest task exit code; --json prints the record as it ended.
+    arr = lab.controller.cli("submit", "--wait", "--json", "--gpus", "A100:1", "--array", "1-3", "--",
+                             "exit $HYBRIDCTL_ARRAY_TASK_ID", timeout=120)
+    assert arr.returncode == 3, arr.stderr
+    rec = json.loads(arr.stdout)
+    assert sorted(t["exit_code"] for t in rec["tasks"]) == [1, 2, 3]
+    assert arr.stderr.splitlines()[-1].endswith(": 3 FAILED")
+
+
+def test_ctrl_c_stops_waiting_but_not_the_job(lab: Lab) -> None:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    with subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "submit", "--wait", "--gpus", "A100:1", "--",
+                           "sleep 600"], env=lab.controller.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stderr is not None and proc.stdout is not None
+            lines: list[str] = []  # stderr, read by a thread so that every wait below is bounded
+            reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+            reader.start()
+            job = wait_for(lambda: next((x.split(":")[0].split()[1] for x in lines if x.startswith("job ")), None),
+                           60, what="the first progress line")
+            line = wait_for(lambda: next((x for x in lines if "RUNNING" in x), None), 60, what="RUNNING progress")
+            assert line.startswith(f"job {job}: RUNNING on ")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+            reader.join(30)
+            assert any(f"stopped waiting; job {job} goes on" in x for x in lines)
+            assert proc.stdout.read().strip() == job
+        finally:
+            proc.kill()
+    assert lab.task(job)["state"] == "RUNNING"
+    lab.controller.cli("cancel", job, check=True)
 
 
 def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
