@@ -108,7 +108,7 @@ class NodeSession:
         version = None
         try:
             while True:
-                wait = max(1.0, self.fleet.interval * 4)
+                wait = min(60.0, max(1.0, self.fleet.interval * 4))  # the agent accepts 0-60 s
                 res = await channel.call("jobs", timeout=wait + 30, wait=wait,
                                          **({} if version is None else {"since": version}))
                 if version is not None and res.get("version") != version:

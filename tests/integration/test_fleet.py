@@ -3,9 +3,10 @@ reached by a real controller over SSH. Links, agents, the controller and sshd ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tests.integration.harness import wait_for
 from tests.integration.nodes import Lab
@@ -208,20 +209,18 @@ def test_unhealthy_and_foreign_gpus_leave_scheduling_and_show_in_nodes(lab: Lab)
     assert lab.wait_state(job, "SUCCEEDED")["nodes"] == "node3"
 
 
-def test_bridge_over_exec_channel_where_sshd_forbids_forwarding(tmp_path: Path) -> None:
-    """`fleet.bridge: true`: the agent is reached through `hybridctl-agent bridge` on an exec
-    channel, for servers whose sshd disables stream-local forwarding."""
-    import sys
-
+@contextlib.contextmanager
+def solo_node(tmp_path: Path, fleet: dict[str, Any], allow_forwarding: bool = True) -> Iterator[Any]:
+    """A controller with its own fleet settings and one 2-GPU node (`solo`, real sshd), added."""
     from tests.integration.harness import make_controller
     from tests.integration.nodes import LabNode
     from tests.integration.sshd import Sshd, keygen, require_sshd
 
     require_sshd()
     key = keygen(tmp_path / "id_ed25519")
-    node = LabNode("solo", tmp_path / "solo", "2:T4", Sshd(tmp_path / "solo" / "sshd", key, allow_forwarding=False))
-    ctl = make_controller(tmp_path / "ctl", {"scheduler": {"tick_seconds": 1.0}, "fleet": {
-        "poll_interval": 0.5, "bridge": True, "agent_command": f"{sys.executable} -m hybridctl_agent.cli"}})
+    node = LabNode("solo", tmp_path / "solo", "2:T4", Sshd(tmp_path / "solo" / "sshd", key,
+                                                            allow_forwarding=allow_forwarding))
+    ctl = make_controller(tmp_path / "ctl", {"scheduler": {"tick_seconds": 1.0}, "fleet": fleet})
     try:
         node.sshd.start()
         node.start_agent()
@@ -229,9 +228,35 @@ def test_bridge_over_exec_channel_where_sshd_forbids_forwarding(tmp_path: Path) 
         res = ctl.cli(*node.add_args(key), timeout=120)
         assert res.returncode == 0, res.stderr
         assert "2 GPUs" in res.stdout
-        job = ctl.cli("submit", "--gpus", "1", "--", "echo via-bridge", check=True).stdout.strip()
-        wait_for(lambda: ctl.cli_json("show", job)["tasks"][0]["state"] == "SUCCEEDED", 90, what="job done")
-        assert ctl.cli("logs", job, check=True).stdout.strip() == "via-bridge"
+        yield ctl
     finally:
         ctl.stop()
         node.stop()
+
+
+def test_bridge_over_exec_channel_where_sshd_forbids_forwarding(tmp_path: Path) -> None:
+    """`fleet.bridge: true`: the agent is reached through `hybridctl-agent bridge` on an exec
+    channel, for servers whose sshd disables stream-local forwarding."""
+    import sys
+
+    fleet = {"poll_interval": 0.5, "bridge": True, "agent_command": f"{sys.executable} -m hybridctl_agent.cli"}
+    with solo_node(tmp_path, fleet, allow_forwarding=False) as ctl:
+        job = ctl.cli("submit", "--gpus", "1", "--", "echo via-bridge", check=True).stdout.strip()
+        wait_for(lambda: ctl.cli_json("show", job)["tasks"][0]["state"] == "SUCCEEDED", 90, what="job done")
+        assert ctl.cli("logs", job, check=True).stdout.strip() == "via-bridge"
+
+
+def test_cancel_reaches_the_node_without_waiting_for_its_poll(tmp_path: Path) -> None:
+    """With a 60 s poll, only the kick from `cancel` can stop the job within the 20 s allowed here."""
+    import psutil
+
+    fleet = {"poll_interval": 60.0, "unreachable_after": 600.0, "lost_after": 1200.0}
+    with solo_node(tmp_path, fleet) as ctl:
+        job = ctl.cli("submit", "--gpus", "1", "--", "echo pid=$$; exec sleep 600", check=True).stdout.strip()
+        wait_for(lambda: ctl.cli_json("show", job)["tasks"][0]["state"] == "RUNNING", 60, what="job running")
+        line = wait_for(lambda: next((w for w in ctl.cli("logs", job).stdout.split() if w.startswith("pid=")), None),
+                        30, what="the job's pid in its log")
+        pid = int(line.removeprefix("pid="))
+        ctl.cli("cancel", job, check=True)
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 20,
+                 what="the cancelled job's process gone before the next poll")
