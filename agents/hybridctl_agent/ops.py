@@ -90,7 +90,7 @@ class Ops:
                            gpu_indices=[g.index for g in self.gpus.inventory()],
                            rootless=self.cfg.rootless, job_path=self.cfg.job_path,
                            kill_grace=self.cfg.kill_grace)
-        ckpt = self.checkpoint_dir(plan.key)
+        ckpt = self.jobs.checkpoint_dir(plan.key)
         ckpt.mkdir(parents=True, exist_ok=True, mode=0o700)
         if plan.run_as is not None:  # restored files arrive as the SSH user: hand them all over
             for root, dirs, files in os.walk(ckpt):
@@ -100,9 +100,6 @@ class Ops:
         plan.env["HYBRIDCTL_CHECKPOINT_DIR"] = str(ckpt)
         return {"job": await self.jobs.launch(plan)}
 
-    def checkpoint_dir(self, key: str) -> Path:
-        return self.jobs.checkpoint_dir(key)
-
     async def checkpoint_files(self, req: Dict[str, Any]) -> Answer:
         """The files of a job's checkpoint directory with size and mtime in nanoseconds: SFTP's
         whole-second mtimes miss a rewrite within the second, and the final checkpoint written in a
@@ -110,7 +107,7 @@ class Ops:
         key = field(req, "key", str, required=True)
         if not jf.valid_key(key):
             raise AgentError(BAD_REQUEST, f"field 'key' must match {jf.KEY_RE.pattern} and not start with '.'")
-        root = self.checkpoint_dir(key)
+        root = self.jobs.checkpoint_dir(key)
         files: Dict[str, Any] = {}
         for dirpath, _dirs, names in os.walk(root):
             for name in names:

@@ -110,7 +110,10 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
     return ExitCode.OK
 
 
-_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
+def _ended(task: dict[str, Any]) -> bool:
+    from hybridctl.core.model import JobStatus  # the pure core: stdlib only
+
+    return JobStatus(task["state"]).is_terminal()
 
 
 def job_exit_code(job: dict[str, Any]) -> int:
@@ -135,7 +138,7 @@ def _progress(job: dict[str, Any]) -> str:
             text += f" on {t['nodes']}"
         elif t["state"] == "PENDING" and t.get("reason"):
             text += f": {t['reason']}"
-        elif t["state"] in _ENDED:
+        elif _ended(t):
             code = t.get("exit_code")
             text += f" (exit code {code})" if code is not None else (f": {t['reason']}" if t.get("reason") else "")
         if t.get("attempt"):
@@ -176,7 +179,7 @@ def wait_for_job(job_id: str) -> dict[str, Any]:
             if now != last:
                 print(f"job {job_id}: {now}", file=sys.stderr, flush=True)
                 last = now
-            if all(t["state"] in _ENDED for t in job["tasks"]):
+            if all(_ended(t) for t in job["tasks"]):
                 return job
             time.sleep(interval)
             interval = min(interval * 1.5, 2.0)

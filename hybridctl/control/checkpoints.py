@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = ".hybridctl-manifest.json"
+_OURS = (MANIFEST, ".hybridctl-manifest.tmp")
+"""The store's own files, never restored onto a node."""
 
 
 class LocalFiles:
@@ -43,6 +45,15 @@ class SftpFiles:
         await self.sftp.put(local, remote)
 
 
+def _partial(name: str) -> str:
+    """The name a pulled file has until it is whole."""
+    return f".{name}.part"
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".part")
+
+
 def _manifest(local_dir: Path) -> dict[str, list[Any]]:
     """{path: [size, mtime_ns, node]}: each file of the controller's copy as it is on `node` (where
     it came from, or where it was last restored to). Entries of older versions lack the node."""
@@ -55,7 +66,7 @@ def _manifest(local_dir: Path) -> dict[str, list[Any]]:
 
 def _save_manifest(local_dir: Path, seen: dict[str, list[Any]]) -> None:
     path = local_dir / MANIFEST
-    tmp = path.with_suffix(".tmp")
+    tmp = local_dir / _OURS[1]
     tmp.write_text(json.dumps(seen))
     os.replace(tmp, path)
 
@@ -73,7 +84,7 @@ async def pull(files: Any, remote_dir: str, remote: dict[str, list[int]], local_
             continue
         dest = local_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
+        tmp = dest.with_name(_partial(dest.name))
         await files.get(os.path.join(remote_dir, rel), str(tmp))
         if seen.pop(rel, None) is not None:
             _save_manifest(local_dir, seen)  # a crash after the replace must not leave the old entry
@@ -100,7 +111,7 @@ async def push(files: Any, local_dir: Path, remote_dir: str, remote: dict[str, l
     sent: list[str] = []
     kept: list[str] = []
     for path in sorted(local_dir.rglob("*")):
-        if not path.is_file() or path.name == MANIFEST or path.name.endswith((".part", ".tmp")):
+        if not path.is_file() or path.name in _OURS or _is_partial(path.name):
             continue
         rel = str(path.relative_to(local_dir))
         entry = seen.get(rel, [])

@@ -189,7 +189,7 @@ class Controller:
         now = self.clock()
         cancelled: list[str] = []
         skipped: list[str] = []
-        stopping: list[tuple[int, int]] = []
+        stopping: set[str] = set()
         why = reason or f"cancelled by {caller.user}"
         with self.store.tx() as c:
             for job_id, task in targets:
@@ -199,27 +199,22 @@ class Controller:
                         skipped.append(f"{label} ({state.value})")
                         continue
                     # A dispatched job keeps its GPUs until its node confirms the processes are gone.
-                    hold = state.is_active() and self.fleet is not None and self._on_real_node(job_id, t)
+                    real = self._real_nodes(job_id, t) if state.is_active() and self.fleet is not None else []
                     self.store.transition(job_id, t, JobStatus.CANCELLED, reason=why, actor_uid=caller.uid, now=now,
-                                          release=not hold, conn=c)
+                                          release=not real, conn=c)
                     cancelled.append(label)
-                    if hold:
-                        stopping.append((job_id, t))
-        for job_id, t in stopping:
-            self._kick_nodes_of(job_id, t)
+                    stopping.update(real)
+        if self.fleet is not None:
+            for node in stopping:  # converge now (stop the processes), not at the node's next poll
+                self.fleet.kick(node)
         if cancelled:
             self.on_change()
         return {"cancelled": cancelled, "skipped": skipped}
 
-    def _kick_nodes_of(self, job_id: int, task: int) -> None:
-        """Have the nodes holding a task converge now (stop its processes), not at their next poll."""
-        if self.fleet is not None:
-            for node in self.store.task_nodes(job_id, task):
-                self.fleet.kick(node)
-
-    def _on_real_node(self, job_id: int, task: int) -> bool:
+    def _real_nodes(self, job_id: int, task: int) -> list[str]:
+        """The nodes with an agent (not simulated) that hold the task."""
         simulated = {n.name for n in self.store.nodes() if n.simulated}
-        return any(node not in simulated for node in self.store.task_nodes(job_id, task))
+        return [node for node in self.store.task_nodes(job_id, task) if node not in simulated]
 
     def op_priority(self, caller: Caller, job: str, priority: int) -> dict[str, Any]:
         job_id, _ = parse_job_ref(job)

@@ -83,3 +83,16 @@ def test_manifest_of_an_older_version_still_syncs(tmp_path: Path) -> None:
     (store / MANIFEST).write_text('{"ckpt.bin": [3, 1700000000000000000]}')
     assert run(pull(files, str(node_a), listing(node_a), store, "a")) == 0
     assert run(push(files, store, str(node_a), listing(node_a), "a"))[0] == ["ckpt.bin"]
+
+
+def test_the_jobs_own_tmp_and_part_files_travel_both_ways(tmp_path: Path) -> None:
+    """Only the store's manifest and its own half-pulled `.NAME.part` files stay behind."""
+    files = LocalFiles()
+    node_a, node_b, store = tmp_path / "a", tmp_path / "b", tmp_path / "store"
+    for name in ("model.tmp", "shard.part", "ckpt.bin"):
+        write(node_a / name, name.encode(), 1_700_000_000_000_000_000)
+    run(pull(files, str(node_a), listing(node_a), store, "a"))
+    (store / ".ckpt.bin.part").write_bytes(b"torn")  # a pull cut short
+    sent, _kept = run(push(files, store, str(node_b), listing(node_b), "b"))
+    assert sorted(sent) == ["ckpt.bin", "model.tmp", "shard.part"]
+    assert sorted(p.name for p in node_b.iterdir()) == ["ckpt.bin", "model.tmp", "shard.part"]
