@@ -7,7 +7,8 @@ wave overfills the fleet, so the controller bursts to spot nodes; the market rec
 (with notice) while it runs a checkpointing job, which resumes elsewhere; between waves the cloud
 nodes go idle and are scaled down. Then it opens the TUI, or with `--headless` runs for
 `--duration` seconds and prints a summary. Everything it started is stopped and its temporary
-directory removed on exit, Ctrl-C included."""
+directory removed on exit: `q`, `:q` or Ctrl-C in the TUI, Ctrl-C or SIGTERM headless, SIGHUP (a
+closed terminal) in both. A TUI that cannot start is an error, never a quiet headless run."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -108,7 +109,9 @@ class Lab:
             except HybridctlError:
                 pass
             if self.controller.poll() is not None or time.monotonic() > deadline:
-                raise HybridctlError(f"the demo controller did not come up; see {self.home / 'controller.log'}")
+                # Quote the log: the state directory, the log with it, is removed on the way out.
+                tail = (self.home / "controller.log").read_text(errors="replace").splitlines()[-15:]
+                raise HybridctlError("the demo controller did not come up; the end of its log:\n  " + "\n  ".join(tail))
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -135,6 +138,25 @@ class Lab:
             market = SimulatedProvider(self.cloud_dir, catalog.load())
             for inst in market.list({}):
                 market.terminate(inst.id)
+
+
+def _tui() -> Callable[..., int]:
+    """The TUI's entry point, checked before the lab starts: a demo that cannot show its TUI says
+    why and exits non-zero instead of quietly running without it (which once hid a TUI that no
+    longer imported)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise HybridctlError("the demo's TUI needs a terminal, and stdin or stdout is not one; "
+                             "run `scripts/demo --headless --duration 60` to run the demo without it")
+    try:
+        from hybridctl.tui.app import main
+    except ImportError as exc:
+        raise HybridctlError(f"the TUI cannot start: {exc}; `scripts/demo --headless` runs the demo without it") \
+            from exc
+    return main
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _user() -> str:
@@ -304,6 +326,7 @@ def summary(lab: Lab, started: float) -> dict[str, Any]:
 
 def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float = 60.0, as_json: bool = False,
         rate_per_min: float | None = None, keep: bool = False, readonly: bool = False, cloud: bool = True) -> int:
+    tui = None if headless else _tui()
     base = Path(tempfile.mkdtemp(prefix="hybridctl-demo-"))
     lab = Lab(base, nodes, gpus)
     lab.home.mkdir(parents=True)
@@ -311,8 +334,11 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
         print(msg, file=sys.stderr, flush=True)
 
     stop = threading.Event()
-    # SIGTERM ends the demo the way Ctrl-C does: through the finally below.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # SIGTERM and SIGHUP end the demo the way Ctrl-C does: through the finally below. While the
+    # TUI runs it takes them over (it must restore the terminal first) and gives them back.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         say(f"hybridctl demo: state in {base}")
         lab.start(say, cloud=cloud)
@@ -347,21 +373,24 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
                 for k, v in result.items():
                     print(f"{k:>24}: {v}")
             return 0 if result["failed"] == 0 else 1
-        try:
-            from hybridctl.tui.app import run as run_tui
-        except ImportError:
-            say("the TUI is not available in this build; running headless for the duration instead")
-            stop.wait(duration)
-            return 0
         os.environ["HYBRIDCTL_SOCKET"] = str(lab.socket)
-        run_tui(readonly=readonly)
-        return 0
+        assert tui is not None  # checked before the lab started
+        return tui(readonly=readonly)
     except KeyboardInterrupt:
         return 130
     finally:
+        # Cleanup is bounded (Lab.stop waits 20 s at most per process, then kills): let it finish
+        # rather than be cut short by an impatient second Ctrl-C or the terminal closing.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stop.set()
+        with contextlib.suppress(OSError):  # stderr may be a terminal that has gone away
+            say("hybridctl demo: stopping the lab and removing its state...")
         lab.stop()
         if keep:
-            say(f"kept {base}")
+            with contextlib.suppress(OSError):
+                say(f"kept {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

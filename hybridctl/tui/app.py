@@ -4,9 +4,11 @@ one 1 Hz refresh that reads what the visible screen needs, the reconnect banner,
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import signal
 import time
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 from textual import on, work
 from textual.app import App
@@ -40,6 +42,9 @@ class HybridApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "refresh", "Refresh", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False),
+        # Ctrl-C quits from anywhere, dialogs and inputs included, as in k9s and every terminal
+        # program (Textual's default only says "press Ctrl+Q"); priority, or an Input's copy wins.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
     def __init__(
@@ -52,6 +57,7 @@ class HybridApp(App[None]):
         mode: str = "fleet",
         cursor_blink: bool = True,
         history: int = 300,
+        exit_on: Sequence[signal.Signals] = (),
     ) -> None:
         super().__init__()
         self.api = api
@@ -66,14 +72,29 @@ class HybridApp(App[None]):
         self._ticks = 0
         self.polls = 0
         """Refreshes handled so far (tests and the benchmark wait on it)."""
+        self.exit_on = tuple(exit_on)
+        """Signals that end the session the way `q` does (`main` passes SIGTERM and SIGHUP)."""
+        self._old_handlers: dict[signal.Signals, Any] = {}
 
     def on_mount(self) -> None:
+        # A signal through the event loop, not a Python handler: the app then exits from its own
+        # task, restores the terminal and returns from run(), so the caller's cleanup runs (the
+        # demo's lab would otherwise outlive a closed terminal window).
+        loop = asyncio.get_running_loop()
+        for sig in self.exit_on:
+            self._old_handlers[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, self.exit)
         if self.start_mode != self.DEFAULT_MODE:
             self.switch_mode(self.start_mode)
         self.set_interval(self.interval, self.poll_now)
         self.poll_now()
 
     def on_unmount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig, old in self._old_handlers.items():
+            loop.remove_signal_handler(sig)  # leaves SIG_DFL: put back what the caller had
+            signal.signal(sig, old)
+        self._old_handlers.clear()
         close = getattr(self.api, "close", None)
         if close is not None:
             close()
@@ -292,13 +313,14 @@ def cancel_text(result: dict[str, Any]) -> str:
 
 
 def main(readonly: bool = False, interval: float = 1.0) -> int:
-    """`hybridctl` / `hybridctl tui`: run the TUI against the controller named by HYBRIDCTL_SOCKET."""
+    """`hybridctl` / `hybridctl tui` / the demo: run the TUI against the controller named by
+    HYBRIDCTL_SOCKET until `q`, `:q` or Ctrl-C, or SIGTERM/SIGHUP (a closed terminal)."""
     from hybridctl import paths
     from hybridctl.tui.data import SocketApi
 
     api = SocketApi(paths.socket_path())
     try:
-        HybridApp(api, readonly=readonly, interval=interval).run()
+        HybridApp(api, readonly=readonly, interval=interval, exit_on=(signal.SIGTERM, signal.SIGHUP)).run()
     finally:
         api.close()
     return 0

@@ -84,3 +84,13 @@ def test_ctrl_c_leaves_no_process_socket_or_temp_dir() -> None:
     assert p.returncode == 130
     assert not Path(base).exists()
     wait_for(lambda: leftovers(base) == [], 30, what="every demo process gone")
+
+
+def test_without_a_terminal_the_demo_says_why_instead_of_running_without_its_tui() -> None:
+    """No quiet fallback: the TUI cannot start, so the demo says so and starts nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCTL_")}
+    res = subprocess.run([sys.executable, "-m", "hybridctl.cli.main", "demo"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert res.returncode == 1
+    assert "needs a terminal" in res.stderr and "--headless" in res.stderr
+    assert "state in" not in res.stderr  # nothing was started

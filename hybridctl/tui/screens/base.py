@@ -38,6 +38,12 @@ class ViewScreen(Screen[None]):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("colon", "command", "Cmd", key_display=":"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        # k9s's keys: `q` on a top view (and Ctrl-C, bound on the app) ends the session; on a
+        # screen opened from a view, `q` goes back like Esc (the first binding is disabled there,
+        # so the second, hidden one takes the key). Bound on the views, not the app: a dialog is a
+        # screen of its own and an Input takes printable keys first, so a typed `q` stays a `q`.
+        Binding("q", "quit", "Quit"),
+        Binding("q", "back", "Back", show=False),
     ]
 
     filter_text = reactive("", init=False)
@@ -102,13 +108,24 @@ class ViewScreen(Screen[None]):
             return False
         if action == "filter" and not self.filterable:
             return False
+        if action == "quit" and self.is_pushed:
+            return False
         return True
+
+    @property
+    def is_pushed(self) -> bool:
+        """Opened from another view (a node, a job, logs), not a view of its own (`:nodes`, ...)."""
+        stack = self.app.screen_stack
+        return bool(stack) and stack[0] is not self
 
     def action_back(self) -> None:
         if self.filter_text:
             self.filter_text = ""
         elif len(self.app.screen_stack) > 1:
             self.app.pop_screen()
+
+    def action_quit(self) -> None:
+        self.app.exit()
 
     def action_filter(self) -> None:
         self.query_one(PromptBar).open("/", self.filter_text)

@@ -32,6 +32,7 @@ COMMANDS = [
 GRAMMAR = [
     ("Enter", "drill down: node → GPU → process → job → logs"),
     ("Esc", "back (and clear the filter first)"),
+    ("q / Ctrl-C", "quit (q on an opened screen goes back, like Esc)"),
     ("/", "filter: words, user:NAME (@NAME), state:run,pend, node:NAME"),
     ("s / S / click header", "sort by the next column / reverse / that column"),
     ("mouse", "click a row to select it, click it again to open it; wheel scrolls"),
