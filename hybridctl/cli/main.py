@@ -77,9 +77,11 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
     base_dir = None
     source = "command line"
     if args.file:
+        from hybridctl.textfile import read_text
+
         source = args.file
         try:
-            text = Path(args.file).read_text()
+            text = read_text(args.file)  # NotText (exit 2) names the file and the first bad byte
         except OSError as exc:
             print(f"hybridctl: {args.file}: cannot read the job file ({exc.strerror})", file=sys.stderr)
             return ExitCode.USAGE
@@ -89,10 +91,14 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
         "priority": args.priority, "time_limit": args.time_limit, "array": args.array, "envs": args.env or None,
         "run": command or None, "num_nodes": args.nodes, "placement": args.placement,
         "max_restarts": args.max_restarts, "recover_on_exit_codes": args.recover_on_exit_codes, "depends_on": args.dependency,
-        "workdir": os.path.abspath(args.workdir) if args.workdir else None,
+        "workdir": args.workdir,  # as typed: the controller resolves ~ (from our uid) and cwd-relative paths
     }
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # the directory was removed under us: a relative --workdir is then an error
+        cwd = None
     with _client() as c:
-        res = c.call("submit", yaml=text, source=source, base_dir=base_dir,
+        res = c.call("submit", yaml=text, source=source, base_dir=base_dir, cwd=cwd,
                      flags={k: v for k, v in flags.items() if v is not None}, full=bool(args.json))
     for w in res.get("warnings", []):
         print(f"hybridctl: warning: {w}", file=sys.stderr)
@@ -463,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recover-on-exit-codes", metavar="CODES",
                    help="exit codes (e.g. 75,143) that always requeue, not counted in --max-restarts")
     s.add_argument("--dependency", metavar="afterok:ID[:ID]", help="start only after these jobs succeeded")
-    s.add_argument("--workdir", metavar="DIR", help="working directory of the job")
+    s.add_argument("--workdir", metavar="DIR", help="working directory of the job (relative to here; ~ is your home)")
     s.add_argument("--wait", action="store_true",
                    help="wait until the job ends, showing its progress on stderr; exit with its exit code "
                         "(like sbatch --wait; Ctrl-C stops waiting, not the job)")

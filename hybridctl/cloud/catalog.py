@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from hybridctl.config import ConfigError
 from hybridctl.core.burst import Offer
+from hybridctl.textfile import NotText, read_text
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def load(path: Path | None = None) -> Catalog:
 
     path = path or default_path()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
+    except NotText as exc:
+        raise ConfigError(f"{exc.message}; set cloud.catalog to a UTF-8 file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the offer catalog ({exc.strerror}); set cloud.catalog") from exc
     except yaml.YAMLError as exc:

@@ -4,6 +4,7 @@ Pure; `yaml` is imported only when YAML text is parsed, since `hybridctl submit`
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "parse_env",
     "parse_memory",
     "parse_spec",
+    "resolve_paths",
 ]
 
 MAX_NODES = 4096
@@ -72,6 +74,8 @@ FLAG_NAMES = {"num_nodes": "--nodes", "depends_on": "--dependency", "envs": "--e
 _STR, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float"))
 _TYPED = frozenset({_INT, _FLOAT, "tag:yaml.org,2002:bool"})
 _RUN = "give the command to run, in the YAML `run:` or after `--` on the command line"
+PATH_KEYS = ("workdir", "checkpoint_dir")
+"""Top-level keys holding a path on the submitter's machine; `resolve_paths` makes them absolute."""
 
 
 def load_yaml(text: str, source: str) -> dict[str, Any]:
@@ -127,6 +131,50 @@ def load_yaml(text: str, source: str) -> dict[str, Any]:
             "", None, "expected at least 'run: COMMAND'", source, problem="the file is empty"
         )
     return _mapping(data, "", source)
+
+
+def resolve_paths(
+    data: Mapping[str, Any],
+    *,
+    base_dir: str | None,
+    home: Callable[[str], str | None],
+    source: str = "",
+    flags: bool = False,
+) -> dict[str, Any]:
+    """Make the path keys (`PATH_KEYS`) of a user-level mapping, or of the flags with `flags`,
+    absolute as the submitter means them, at submit time: nothing later knows who typed `~`
+    or from where. `~` and `~/x` are under `home("")`, the submitter's home; `~name/x` under
+    `home("name")`; a relative path is relative to `base_dir` (the job file's directory, or the
+    directory the flags were typed in). Pure: the caller looks homes up (the controller, from
+    the caller's uid) and passes the directories in. Returns a new mapping; a path that cannot
+    be resolved raises SpecError naming the field. Values that are not strings, or blank, are
+    left for `parse_spec` / `apply_flags` to reject.
+    """
+    out = dict(data)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value.strip() or posixpath.isabs(value):
+            continue
+        field = FLAG_NAMES.get(key, "--" + key.replace("_", "-")) if flags else key
+        out[key] = _resolve_path(value, base_dir, home, field, "" if flags else source)
+    return out
+
+
+def _resolve_path(
+    value: str, base_dir: str | None, home: Callable[[str], str | None], field: str, source: str
+) -> str:
+    if value.startswith("~"):
+        name, _, rest = value[1:].partition("/")
+        root = home(name)
+        if not root or not posixpath.isabs(root):
+            whose = f"user {name!r} has" if name else "you have"
+            problem = f"{value!r} cannot be resolved: {whose} no home directory on this host"
+            raise SpecError(field, value, "give an absolute path", source, problem=problem)
+        return posixpath.normpath(posixpath.join(root, rest))
+    if not base_dir or not posixpath.isabs(base_dir):
+        problem = f"{value!r} is a relative path, and no directory came with it to resolve it against"
+        raise SpecError(field, value, "give an absolute path, or one starting with ~", source, problem=problem)
+    return posixpath.normpath(posixpath.join(base_dir, value))
 
 
 def parse_spec(data: Mapping[str, Any], source: str = "") -> tuple[JobSpec, list[str]]:

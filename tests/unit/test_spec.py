@@ -22,7 +22,9 @@ from hybridctl.core.spec import (
     parse_env,
     parse_memory,
     parse_spec,
+    resolve_paths,
 )
+from hybridctl.textfile import NotText, decode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -427,3 +429,70 @@ def test_skypilot_job_recovery_maps_to_max_restarts_and_exit_codes() -> None:
     assert spec_from_dict(spec.to_dict()) == spec
     own, _ = parse_spec({**data, "max_restarts": 1, "recover_on_exit_codes": []})  # hybridctl's keys win
     assert (own.max_restarts, own.recover_on_exit_codes) == (1, ())
+
+
+HOMES = {"": "/home/me", "bob": "/srv/bob"}
+
+
+@pytest.mark.parametrize(
+    ("given", "base_dir", "expected"),
+    [
+        ({"workdir": "~/src/resnet"}, "/jobs", {"workdir": "/home/me/src/resnet"}),  # the README's
+        ({"workdir": "~"}, None, {"workdir": "/home/me"}),
+        ({"workdir": "~/"}, None, {"workdir": "/home/me"}),
+        ({"workdir": "~bob/data/../x"}, None, {"workdir": "/srv/bob/x"}),
+        ({"workdir": "src", "checkpoint_dir": "./ckpt"}, "/jobs/a",
+         {"workdir": "/jobs/a/src", "checkpoint_dir": "/jobs/a/ckpt"}),
+        ({"checkpoint_dir": "../ckpt"}, "/jobs/a", {"checkpoint_dir": "/jobs/ckpt"}),
+        ({"workdir": "/abs/./kept"}, None, {"workdir": "/abs/./kept"}),  # absolute: as written
+        ({"workdir": 5, "checkpoint_dir": ""}, None, {"workdir": 5, "checkpoint_dir": ""}),  # parse_spec's to refuse
+        ({"run": "~/x.sh", "setup": "cd rel"}, None, {"run": "~/x.sh", "setup": "cd rel"}),  # scripts, not paths
+    ],
+)
+def test_paths_are_resolved_as_the_submitter_means_them(given: dict, base_dir: str | None, expected: dict) -> None:
+    assert resolve_paths(given, base_dir=base_dir, home=HOMES.get, source="job.yaml") == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "base_dir", "flags", "message"),
+    [
+        ({"workdir": "~carol/x"}, "/jobs", False,
+         "job.yaml: workdir: '~carol/x' cannot be resolved: user 'carol' has no home directory on this host; "
+         "give an absolute path"),
+        ({"checkpoint_dir": "ckpt"}, None, False,
+         "job.yaml: checkpoint_dir: 'ckpt' is a relative path, and no directory came with it to resolve it "
+         "against; give an absolute path, or one starting with ~"),
+        ({"workdir": "w"}, "relative/base", True, "--workdir: 'w' is a relative path"),
+    ],
+)
+def test_a_path_that_cannot_be_resolved_names_the_field(given: dict, base_dir: str | None, flags: bool,
+                                                        message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        resolve_paths(given, base_dir=base_dir, home=HOMES.get, source="job.yaml", flags=flags)
+    assert err.value.message.startswith(message)
+
+
+def test_a_submitter_without_a_home_gets_an_error_not_a_guess() -> None:
+    with pytest.raises(SpecError, match="'~/x' cannot be resolved: you have no home directory"):
+        resolve_paths({"workdir": "~/x"}, base_dir="/j", home=lambda name: None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"name: caf\xe9\nrun: x\n", "job.yaml: not UTF-8 text: byte 0xe9 at offset 9 (line 1); save it as UTF-8"),
+        (b"run: echo hi\n# \xff\n", "job.yaml: not UTF-8 text: byte 0xff at offset 15 (line 2); save it as UTF-8"),
+        ("run: x\n".encode("utf-16"), "byte 0xff at offset 0 (line 1); it looks like UTF-16; save it as UTF-8"),
+        (b"\xef\xbb\xbfrun: \xc3(\n", "byte 0xc3 at offset 8 (line 1)"),  # the offset counts the BOM
+    ],
+)
+def test_a_job_file_that_is_not_utf8_names_the_first_bad_byte(raw: bytes, message: str) -> None:
+    with pytest.raises(NotText) as err:
+        decode(raw, "job.yaml")
+    assert err.value.exit_code == 2
+    assert message in err.value.message
+
+
+def test_utf8_text_decodes_and_a_byte_order_mark_is_dropped() -> None:
+    assert decode("name: café\n".encode(), "f") == "name: café\n"
+    assert decode(b"\xef\xbb\xbfrun: x\n", "f") == "run: x\n"

@@ -43,6 +43,7 @@ class SubmitRequest:
 def build_spec(values: dict[str, str]) -> SubmitRequest:
     """Form values (empty = not given) -> a validated spec, as `hybridctl submit` builds it."""
     from hybridctl.core import spec as specmod
+    from hybridctl.textfile import read_text
 
     v = {k: (x.strip() or None) for k, x in values.items()}
     data: dict[str, Any] = {}
@@ -51,7 +52,7 @@ def build_spec(values: dict[str, str]) -> SubmitRequest:
         path = Path(os.path.expanduser(str(v["file"])))
         source = str(path)
         try:
-            text = path.read_text()
+            text = read_text(path)
         except OSError as exc:
             raise SpecError("YAML file", str(path), f"cannot read it ({exc.strerror}); give a job YAML file") from exc
         data = specmod.load_yaml(text, source)
