@@ -81,6 +81,24 @@ class AgentConfig:
     `orphan_command` and exit, so a dead controller cannot run up a bill (0 = never)."""
     orphan_command: Optional[str] = None
     """Shell command run on orphan timeout, e.g. `sudo -n shutdown -h now`."""
+    cgroup_enable: bool = True
+    """Run each job in its own cgroup (when root and a cgroup hierarchy is writable), so a stop
+    reaches every process it started and its memory/CPU/process limits are enforced; false:
+    process-group killing only (hello reports which, as `containment`)."""
+    cgroup_root: Optional[str] = None
+    """The cgroup mount to use: a cgroup2 mount point, or the directory holding v1 controller
+    mounts (memory/, pids/, ...). Default: found in /proc/self/mountinfo, preferring v1
+    controllers where a host mounts both (hybrid), else the cgroup2 mount."""
+    cgroup_parent: str = "/hybridctl"
+    """Job cgroups are `<parent>/job-<key>` in each hierarchy: an absolute parent counts from the
+    hierarchy's root, a relative one from the agent's own cgroup (v1, or v2 in a delegated
+    subtree whose agent cgroup holds no processes)."""
+    job_pids_max: int = 16384
+    """Most tasks (processes + threads) per job, a fork-bomb stop (0 = no limit). Generous:
+    8 ranks x 8 data-loader workers x one OpenMP thread per core reach thousands on big hosts."""
+    gpu_device_rules: bool = True
+    """cgroup v1: deny each job the /dev/nvidia<N> of the GPUs it was not given (v2 would need
+    eBPF: not done; hello says so)."""
 
     @property
     def rootless(self) -> bool:
@@ -180,6 +198,12 @@ def load(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = No
                           f"(got interval={cfg.interval}, history={cfg.history})")
     if cfg.jobs_rescan <= 0:
         raise ConfigError(f"{path or 'config'}: need jobs_rescan > 0 (got {cfg.jobs_rescan})")
+    if cfg.job_pids_max < 0:
+        raise ConfigError(f"{path or 'config'}: job_pids_max must be >= 0 (0 = no limit), "
+                          f"got {cfg.job_pids_max}")
+    if not cfg.cgroup_parent.strip("/") or ".." in cfg.cgroup_parent.split("/"):
+        raise ConfigError(f"{path or 'config'}: cgroup_parent {cfg.cgroup_parent!r}; expected a "
+                          "cgroup path such as /hybridctl, without '..'")
     if cfg.nvml_library is None:
         cfg.nvml_library = os.environ.get(NVML_LIBRARY_ENV) or None
     cfg.socket = os.path.abspath(os.path.expanduser(cfg.socket))

@@ -13,6 +13,7 @@ import signal
 import time
 from typing import Dict, Optional
 
+from hybridctl_agent import cgroup, containment
 from hybridctl_agent.config import AgentConfig
 from hybridctl_agent.gpus import GpuSource, JobView, open_source
 from hybridctl_agent.host import HostSampler
@@ -31,7 +32,11 @@ class Agent:
         self.cfg = cfg
         os.makedirs(cfg.state_dir, mode=0o700 if cfg.rootless else 0o711, exist_ok=True)
         self.gpus = gpus if gpus is not None else open_source(cfg)
-        self.jobs = JobManager(cfg.state_dir)
+        # Before any job starts: creates (and proves writable) the parent of the job cgroups.
+        self.containment = containment.detect(
+            enabled=cfg.cgroup_enable, root=cfg.cgroup_root,
+            parent=containment.agent_parent(cfg.cgroup_parent, cfg.state_dir))
+        self.jobs = JobManager(cfg.state_dir, self.containment)
         self.telemetry = Telemetry(self.gpus, HostSampler(cfg.state_dir), self._job_view,
                                    cfg.interval, cfg.history)
         self.ops = Ops(cfg, self.gpus, self.jobs, self.telemetry)
@@ -71,6 +76,8 @@ class Agent:
         self.jobs.open_events()
         if self.gpus.error:
             log.warning("no GPU telemetry: %s", self.gpus.error)
+        (log.warning if self.containment.mode == cgroup.MODE_NONE else log.info)(
+            "job containment: %s", self.containment.describe())
         # The first sample exists before the first client can ask for one.
         await self.telemetry.sample_once()
         await self.server.start()
@@ -95,6 +102,7 @@ class Agent:
             log.info("stopping (running jobs continue under their supervisors)")
             await self.server.close()
             await self.jobs.close()
+            containment.remove_parents(self.containment)
             for task in [stopper, *tasks.values()]:
                 task.cancel()
             for task in [stopper, *tasks.values()]:

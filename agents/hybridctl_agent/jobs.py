@@ -20,7 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import psutil
 
+from hybridctl_agent import cgroup as cgroups
 from hybridctl_agent import jobfiles as jf
+from hybridctl_agent.containment import job_of, open_job, sweep
 from hybridctl_agent.jobspec import LaunchPlan, job_id
 from hybridctl_agent.protocol import BAD_REQUEST, NOT_FOUND, REFUSED, AgentError
 
@@ -102,7 +104,10 @@ class SupervisorServer:
 class JobManager:
     """All jobs under `<state_dir>/jobs`; every answer is derived from the files there."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str,
+                 containment: Optional[cgroups.Containment] = None) -> None:
+        self.containment = containment or cgroups.Containment(cgroups.MODE_NONE, "not detected")
+        """How jobs are contained on this node (containment.detect, at agent start)."""
         self.state = Path(state_dir)
         self.root = self.state / jf.JOBS
         self.done = self.state / "done"
@@ -135,6 +140,7 @@ class JobManager:
         for entry in self.root.iterdir():
             if entry.name.startswith(".build-"):
                 shutil.rmtree(entry, ignore_errors=True)
+        sweep(self.containment, {e.name for e in self.root.iterdir() if not (e / jf.EXIT).exists()})
 
     # ---- change events ------------------------------------------------------------------
 
@@ -189,6 +195,13 @@ class JobManager:
         started = jf.read_json(d / jf.STARTED)
         if started and started.get("pgid"):
             _kill_orphans(int(started["pgid"]), int(started.get("start_ticks") or 0))
+        spec = jf.read_json(d / jf.SPEC) or {}
+        if spec.get("cgroup"):  # the cgroup also holds what left the process group
+            cg = open_job(cgroups.Containment.from_dict(spec["cgroup"]["containment"]), d.name)
+            if cg is not None:
+                if not cg.kill_and_wait(timeout=10.0):
+                    log.error("job %s: processes in %s survive SIGKILL", d.name, cg.path)
+                cg.remove()
         jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None, "ended_at": time.time(),
                                     "reason": reason}, 0o644)
         self.changed()
@@ -340,14 +353,19 @@ class JobManager:
         return self.root / key
 
     def owner_map(self) -> "Owners":
-        return Owners(self.running())
+        agent = {os.path.basename(d) for d in self.containment.dirs.values()}
+        return Owners(self.running(), next(iter(agent), None))
 
 
 class Owners:
-    """Maps a pid to the key of the job it belongs to: same session as the job's bash (jobs run
-    in their own session), or a descendant of the job's supervisor."""
+    """Maps a pid to the key of the job it belongs to: in the job's cgroup (which setsid and
+    double-forked processes cannot leave), same session as the job's bash (jobs run in their own
+    session), or a descendant of the job's supervisor."""
 
-    def __init__(self, running: Sequence[Dict[str, Any]]) -> None:
+    def __init__(self, running: Sequence[Dict[str, Any]], cgroup_dir: Optional[str] = None) -> None:
+        self.keys = {r["key"] for r in running}
+        self.cgroup_dir = cgroup_dir
+        """This agent's cgroup subtree name (`agent-<id>`), None without cgroups."""
         self.by_sid = {r["pgid"]: r["key"] for r in running if r.get("pgid")}
         self.by_ancestor = dict(self.by_sid)
         self.by_ancestor.update({r["supervisor_pid"]: r["key"] for r in running
@@ -356,6 +374,9 @@ class Owners:
     def lookup(self, pid: int) -> Optional[str]:
         if not self.by_sid:
             return None
+        key = job_of(pid, self.cgroup_dir, self.keys) if self.cgroup_dir else None
+        if key is not None:
+            return key
         try:
             key = self.by_sid.get(os.getsid(pid))
             if key is not None:

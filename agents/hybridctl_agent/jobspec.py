@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from hybridctl_agent import jobfiles
+from hybridctl_agent.cgroup import MODE_NONE, Containment, Limits
 from hybridctl_agent.protocol import BAD_REQUEST, REFUSED, AgentError
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -43,6 +44,13 @@ class LaunchPlan:
     """None: the job directory's work/ subdirectory."""
     time_limit: Optional[float]
     kill_grace: float
+    memory_mb: Optional[int] = None
+    """resources.memory in MiB (None or 0: no limit); enforced where the node has cgroups."""
+    cpus: Optional[float] = None
+    """resources.cpus (CPU cores); enforced as a CFS quota where the node has cgroups."""
+    cgroup: Optional[Dict[str, Any]] = None
+    """How the supervisor contains the job: {"containment": cgroup.Containment.to_dict(),
+    "limits": cgroup.Limits.to_dict()}; None where the node has no cgroups."""
 
 
 def iface_for(addr: str) -> Optional[str]:
@@ -153,8 +161,11 @@ def _own_account() -> RunAs:
 
 
 def plan_launch(job: Any, *, node: str, gpu_indices: Sequence[int], rootless: bool,
-                job_path: str, kill_grace: float) -> LaunchPlan:
-    """Check a `launch` request's `job` object; raise AgentError naming the bad field."""
+                job_path: str, kill_grace: float, containment: Optional[Containment] = None,
+                pids_max: int = 0, device_rules: bool = True) -> LaunchPlan:
+    """Check a `launch` request's `job` object; raise AgentError naming the bad field.
+    `containment` (from containment.detect) and `pids_max` decide the job's cgroup and limits; with
+    `device_rules`, the node's GPUs not given to the job are denied to it."""
     if not isinstance(job, dict):
         raise AgentError(BAD_REQUEST, "field 'job' must be an object")
     if not jobfiles.valid_key(job.get("key")):
@@ -176,6 +187,12 @@ def plan_launch(job: Any, *, node: str, gpu_indices: Sequence[int], rootless: bo
     grace = _typed(job, "kill_grace", (int, float), "a number of seconds", kill_grace)
     if grace < 0:
         raise AgentError(BAD_REQUEST, f"job.kill_grace must be >= 0 seconds, got {grace!r}")
+    memory_mb = _typed(job, "memory_mb", (int,), "a whole number of MiB (0 = no limit)")
+    if memory_mb is not None and memory_mb < 0:
+        raise AgentError(BAD_REQUEST, f"job.memory_mb must be >= 0 MiB, got {memory_mb!r}")
+    cpus = _typed(job, "cpus", (int, float), "a number of CPU cores")
+    if cpus is not None and not 0 < cpus <= 1_000_000:
+        raise AgentError(BAD_REQUEST, f"job.cpus must be > 0 CPU cores, got {cpus!r}")
     account = _own_account() if rootless else _run_as(job, node)
     cvd = ",".join(str(g) for g in gpus)
     env = {"PATH": job_path, "HOME": account.home, "USER": account.user,
@@ -195,8 +212,16 @@ def plan_launch(job: Any, *, node: str, gpu_indices: Sequence[int], rootless: bo
                 "HYBRIDCTL_JOB_ID": job_id(key), "HYBRIDCTL_JOB_KEY": key,
                 "HYBRIDCTL_NODE": node, "HYBRIDCTL_GPUS": cvd,
                 "HYBRIDCTL_NUM_GPUS": str(len(gpus))})
+    contain = None
+    if containment is not None and containment.mode != MODE_NONE:
+        limits = Limits(memory_bytes=memory_mb * (1 << 20) if memory_mb else None,
+                        cpus=float(cpus) if cpus else None, pids=pids_max or None,
+                        deny_gpus=tuple(g for g in gpu_indices if g not in gpus)
+                        if device_rules else ())
+        contain = {"containment": containment.to_dict(), "limits": limits.to_dict()}
     return LaunchPlan(key=key, gpus=gpus, user=account.user, uid=account.uid,
                       run_as=None if rootless else account,
                       script=render_script(key, setup, run), env=env, cwd=workdir,
                       time_limit=float(limit) if limit is not None else None,
-                      kill_grace=float(grace))
+                      kill_grace=float(grace), memory_mb=memory_mb or None,
+                      cpus=float(cpus) if cpus else None, cgroup=contain)

@@ -9,10 +9,13 @@ millisecond, where a fresh interpreter per job cost ~30 ms. The server exits at 
 the server's child. Each supervisor's command line is the server's (it names the state dir);
 its pid is in the job's supervisor.json.
 
-A supervisor starts `bash job.sh` in a new session as the job's user, waits for it, enforces the
-time limit and cancel requests (SIGTERM to the process group, SIGKILL after a grace period) and
-writes `exit.json` durably. After writing started.json or exit.json it sends a wake-up datagram
-to the agent's events socket, so long polls answer at once instead of at the next rescan.
+A supervisor creates the job's cgroup (cgroup.py; where the node has none, the job's process group
+stands in), starts `bash job.sh` in it in a new session as the job's user, waits for it, enforces
+the time limit and cancel requests (SIGTERM to every process of the job, SIGKILL to all after a
+grace period), kills what the job left when bash ends, waits until the cgroup is empty, and only
+then writes `exit.json` durably: a job reported gone has no process left holding its GPUs. After
+writing started.json or exit.json it sends a wake-up datagram to the agent's events socket, so
+long polls answer at once instead of at the next rescan.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, NoReturn, Optional
+from typing import Any, Dict, NoReturn, Optional, Union
 
+from hybridctl_agent import cgroup as cgroups
 from hybridctl_agent import jobfiles as jf
 
 _WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -42,27 +46,7 @@ def _log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (not zombie) process other than the group leader is in process group
-    `pgid`, from /proc: a group whose leader is an unreaped zombie still answers killpg(0)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == pgid:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+Group = Union[cgroups.Cgroup, cgroups.ProcessGroup]
 
 
 class Supervisor:
@@ -79,6 +63,10 @@ class Supervisor:
         self.reason: Optional[str] = None
         self.kill_at: Optional[float] = None
         self.deadline: Optional[float] = None
+        self.cgroup: Optional[cgroups.Cgroup] = None
+        """The job's cgroup; None where the node has no cgroups (then `group` is its pgid)."""
+        self.group: Optional[Group] = None
+        """What `terminate` and the final kill act on: the cgroup, else the process group."""
 
     # ---- start --------------------------------------------------------------------------
 
@@ -99,10 +87,16 @@ class Supervisor:
         run_as = self.spec.get("run_as")
         env = {str(k): str(v) for k, v in self.spec["env"].items()}
         rfd, wfd = os.pipe()  # both close-on-exec: EOF on rfd means exec succeeded
+        cg = self.cgroup
         pid = os.fork()
         if pid == 0:  # the child: only async-signal-safe-ish steps, no return
-            step = "start a new session"
+            step = "join the job's cgroup"
             try:
+                # First, while still root and before anything can fork: every process the job
+                # starts from here on is born inside the cgroup and cannot leave it.
+                if cg is not None:
+                    cg.add(os.getpid())
+                step = "start a new session"
                 os.setsid()
                 if run_as:
                     step = f"switch to user {run_as['user']} (uid {run_as['uid']})"
@@ -149,14 +143,24 @@ class Supervisor:
     # ---- run ----------------------------------------------------------------------------
 
     def terminate(self, reason: str, grace: float) -> None:
-        """SIGTERM (+SIGCONT, for a stopped job) to the group now, SIGKILL after `grace`."""
+        """SIGTERM (+SIGCONT, for a stopped job) to every process of the job now, SIGKILL to all
+        after `grace`."""
         if self.reason is not None:
             return
         self.reason = reason
         _log(f"terminating job ({reason}), SIGKILL in {grace:g}s")
-        _killpg(self.pid, signal.SIGTERM)
-        _killpg(self.pid, signal.SIGCONT)
+        assert self.group is not None
+        self.group.signal_all(signal.SIGTERM)
+        self.group.signal_all(signal.SIGCONT)
         self.kill_at = time.monotonic() + max(0.0, grace)
+
+    def kill_all(self) -> None:
+        """SIGKILL everything the job runs; with a cgroup, return only once it is empty."""
+        assert self.group is not None
+        if self.cgroup is not None:
+            self.cgroup.kill_and_wait(log=_log)
+        else:
+            self.group.kill_all()
 
     def on_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -177,16 +181,19 @@ class Supervisor:
                 # being stopped, its other processes keep the rest of the grace period to exit (bash
                 # dies of SIGTERM at once; a trainer behind it is still writing its checkpoint), as
                 # Slurm's KillWait gives them. Then kill what is left in the group and reap bash.
-                while self.kill_at is not None and time.monotonic() < self.kill_at and _group_alive(self.pid):
+                assert self.group is not None
+                while (self.kill_at is not None and time.monotonic() < self.kill_at
+                       and not self.group.empty()):
                     time.sleep(0.05)
-                _killpg(self.pid, signal.SIGKILL)
+                self.kill_all()
                 return os.waitpid(self.pid, 0)[1]
             now = time.monotonic()
             if self.deadline is not None and now >= self.deadline and self.reason is None:
                 self.terminate("timeout", float(self.spec.get("kill_grace", 10.0)))
             if self.kill_at is not None and now >= self.kill_at:
-                _log("grace period over, SIGKILL to the group")
-                _killpg(self.pid, signal.SIGKILL)
+                _log("grace period over, SIGKILL to every process of the job")
+                assert self.group is not None
+                self.group.kill_all()
                 self.kill_at = None
             waits = [_POLL_S]
             for t in (self.deadline if self.reason is None else None, self.kill_at):
@@ -221,17 +228,32 @@ class Supervisor:
         if (self.dir / jf.CANCEL).exists():
             self.finish(None, None, "cancelled")
             return 0
+        contain = self.spec.get("cgroup")
+        if contain:
+            try:
+                self.cgroup = cgroups.create(cgroups.Containment.from_dict(contain["containment"]),
+                                             self.dir.name,
+                                             cgroups.Limits.from_dict(contain["limits"]))
+            except cgroups.CgroupError as exc:
+                self.finish(None, None, f"launch_failed: {exc}")
+                return 0
         try:
             self.pid = self.spawn()
         except LaunchFailed as exc:
+            if self.cgroup is not None:
+                self.cgroup.kill_and_wait(timeout=10.0)
+                self.cgroup.remove()
             self.finish(None, None, f"launch_failed: {exc}")
             return 0
+        self.group = self.cgroup if self.cgroup is not None else cgroups.ProcessGroup(self.pid)
         limit = self.spec.get("time_limit")
         started = time.monotonic()
         self.deadline = started + float(limit) if limit else None
         jf.write_json(self.dir / jf.STARTED, {"pid": self.pid, "pgid": self.pid,
                                               "start_ticks": jf.start_time(self.pid),
-                                              "started_at": time.time()}, 0o644)
+                                              "started_at": time.time(),
+                                              "cgroup": self.cgroup.path if self.cgroup else None},
+                      0o644)
         self.notify()
         _log(f"started bash pid {self.pid}")
         if (self.dir / jf.CANCEL).exists():  # a cancel that raced with the start
@@ -240,13 +262,22 @@ class Supervisor:
             status = self.wait()
         except BaseException as exc:  # never leave a job running unsupervised
             _log("supervisor error:\n" + traceback.format_exc())
-            _killpg(self.pid, signal.SIGKILL)
+            self.group.kill_all()
+            if self.cgroup is not None:
+                self.cgroup.kill_and_wait(timeout=30.0)
+                self.cgroup.remove()
             self.finish(None, signal.SIGKILL, f"lost: supervisor error: {exc!r}")
             return 1
-        if os.WIFSIGNALED(status):
-            self.finish(None, os.WTERMSIG(status), self.reason)
-        else:
-            self.finish(os.WEXITSTATUS(status), None, self.reason)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        reason = self.reason
+        if self.cgroup is not None:
+            if reason is None and code != 0 and self.cgroup.oom_kills() > 0:
+                mib = (self.spec["cgroup"]["limits"].get("memory_bytes") or 0) // (1 << 20)
+                reason = (f"out_of_memory: the kernel killed a process of the job at its memory "
+                          f"limit of {mib} MiB (resources.memory)")
+            self.cgroup.remove()
+        self.finish(code, sig, reason)
         return 0
 
 

@@ -347,8 +347,9 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         out.append([n["name"], n["state"], f"{n['gpus_used']}/{n['gpus_total']}", ",".join(models),
                     f"{sum(util) / len(util):.0f}%" if util else "-",
                     f"{used / 1024:.0f}/{total / 1024:.0f}G" if total else "-",
-                    f"{max(temps)}C" if temps else "-", reason])
-    print(o.table(["NODE", "STATE", "GPUS", "MODEL", "UTIL", "GPU MEM", "TEMP", "REASON"], out, max_last=40))
+                    f"{max(temps)}C" if temps else "-", o.containment_text(n.get("containment")), reason])
+    print(o.table(["NODE", "STATE", "GPUS", "MODEL", "UTIL", "GPU MEM", "TEMP", "CGROUP", "REASON"], out,
+                  max_last=40))
     return ExitCode.OK
 
 

@@ -55,6 +55,16 @@ def gpus_text(count: int, gpu_type: str | None, num_nodes: int = 1) -> str:
     return f"{num_nodes}x{base}" if num_nodes > 1 else base
 
 
+def containment_text(containment: str | None) -> str:
+    """The CGROUP column of `nodes`: v1, v2 or none (jobs stopped by process group only; a
+    setsid child escapes), '-' before the agent said; `nodes --json` has the agent's full text."""
+    if not containment:
+        return "-"
+    if containment.startswith("cgroup-"):
+        return containment.split()[0].removeprefix("cgroup-")
+    return "none"
+
+
 def collapse_arrays(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pending tasks of one array that wait for the same reason become one row, '42_[3-1000]'."""
     out: list[dict[str, Any]] = []

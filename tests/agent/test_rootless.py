@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import pytest
 
-from tests.agent.agent_harness import AGENTS_DIR, AgentProc
+from tests.agent.agent_harness import AGENTS_DIR, AgentProc, alive, wait_for
 from tests.conftest import require
 
 NOBODY = pwd.getpwnam("nobody")
@@ -40,8 +40,8 @@ def _python_for_nobody(agents_dir: str) -> Optional[str]:
     return None
 
 
-@pytest.mark.needs_root
-def test_rootless_agent_runs_every_job_as_its_own_user() -> None:
+def _rootless_agent() -> AgentProc:
+    """An agent (not yet started) that runs as user nobody, with its own copy of the agent."""
     require(os.geteuid() == 0, "needs root to start an agent as user nobody")
     base = tempfile.mkdtemp(prefix="hca-", dir="/tmp")
     os.chown(base, NOBODY.pw_uid, NOBODY.pw_gid)
@@ -57,8 +57,13 @@ def test_rootless_agent_runs_every_job_as_its_own_user() -> None:
     require(python is not None, "no Python with psutil that user nobody can run "
             "(apt-get install python3-psutil, or set HYBRIDCTL_TEST_ROOTLESS_PYTHON)")
     assert python is not None
-    agent = AgentProc(["--simulate-gpus", "2:T4", "--interval", "0.2"], base=base,
-                      python=[*_as_nobody(), python], env={"PYTHONPATH": agents_dir})
+    return AgentProc(["--simulate-gpus", "2:T4", "--interval", "0.2"], base=base,
+                     python=[*_as_nobody(), python], env={"PYTHONPATH": agents_dir})
+
+
+@pytest.mark.needs_root
+def test_rootless_agent_runs_every_job_as_its_own_user() -> None:
+    agent = _rootless_agent()
     try:
         agent.start()
         hello = agent.call("hello")
@@ -71,5 +76,23 @@ def test_rootless_agent_runs_every_job_as_its_own_user() -> None:
         assert done["exit_code"] == 0
         out = agent.call("logs", key="60")["data"]
         assert out == f"{NOBODY.pw_uid}\nnobody\n"
+    finally:
+        agent.cleanup()
+
+
+@pytest.mark.needs_root
+def test_rootless_agent_reports_no_containment_and_still_kills_the_process_group() -> None:
+    agent = _rootless_agent()
+    try:
+        agent.start()
+        assert agent.call("hello")["containment"].startswith("none: rootless agent")
+        run = "sleep 300 & echo $! > child.pid\nsleep 300"
+        agent.call("launch", job={"key": "61", "run": run, "time_limit": 1, "kill_grace": 1})
+        pid_file = agent.job_dir("61") / "work" / "child.pid"
+        child = int(wait_for("the job's child", lambda: pid_file.exists() and
+                             pid_file.read_text().strip()))
+        done = agent.wait_exited("61")
+        assert done["reason"] == "timeout"
+        wait_for("the job's child to be killed with its process group", lambda: not alive(child))
     finally:
         agent.cleanup()
