@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 from hybridctl.cloud import cost as costs
 from hybridctl.cloud.base import TAG_CLUSTER, CapacityError, CloudProvider, Instance, LaunchSpec, Notice
 from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
-from hybridctl.cloud.transfer import TransferError, download, mkdirs, upload
+from hybridctl.cloud.transfer import TransferError, download, output_dir, owner_of, upload
 from hybridctl.config import ConfigError, Settings
 from hybridctl.control.fleet import NodeSession
 from hybridctl.core import burst
@@ -73,22 +73,6 @@ class CloudSession(NodeSession):
     def __init__(self, fleet: Fleet, name: str, scaler: Autoscaler) -> None:
         super().__init__(fleet, name)
         self.scaler = scaler
-        self._root: str | None = None
-
-    async def remote_root(self) -> str:
-        """Where job files go on this node (TransferError if SFTP cannot say)."""
-        if self._root is None:
-            import asyncssh
-
-            assert self.link is not None
-            conn = self.link.ssh_connection
-            try:
-                async with conn.start_sftp_client() as sftp:
-                    home = await sftp.realpath(".")
-            except (OSError, asyncssh.Error) as exc:
-                raise TransferError(f"node {self.name}: SFTP is not available: {exc}") from exc
-            self._root = home.rstrip("/") + "/.hybridctl"
-        return self._root
 
     async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
         """The job runs in its uploaded copy of the workdir, with an output dir that comes back
@@ -106,29 +90,37 @@ class CloudSession(NodeSession):
 
     async def prepare(self, rank: Any) -> bool:
         """Upload the workdir and make the output directory of one rank about to launch here; a
-        failure fails the job with the reason (it never starts) and returns False."""
+        failure fails the job with the reason (it never starts) and returns False. The workdir is
+        read here as the job's owner and written there as the job's user (cloud/transfer.py)."""
+        from hybridctl.control.checkpoints import TransferMismatch
+        from hybridctl.ssh.link import AgentRefused
+
         ctl = self.fleet.controller
         assert self.link is not None
-        conn = self.link.ssh_connection
-        if conn is None:
+        if self.link.ssh_connection is None:
             return True
         info = ctl.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
         spec = info["spec"]
         cfg = ctl.settings.cloud
+        owner = owner_of(info)
+        work = None
         try:
-            root = await self.remote_root()
-            work = f"{root}/work/{rank.key}"
-            out = f"{root}/out/{rank.key}"
-            await mkdirs(conn, work, out)
+            agent, files = await self.files()
+            out = await output_dir(agent, rank.key, owner)
             if spec.get("workdir"):
-                sent = await upload(conn, Path(spec["workdir"]), work, cfg.workdir_excludes,
-                                    cfg.workdir_cap_mb * 1024 * 1024)
+                work, sent = await upload(agent, files, rank.key, owner, Path(spec["workdir"]), cfg.workdir_excludes,
+                                          cfg.workdir_cap_mb * 1024 * 1024)
                 log.info("job %s: uploaded workdir %s to %s (%d bytes)", rank.key, spec["workdir"], self.name, sent)
-        except TransferError as exc:
+        except (TransferError, AgentRefused, TransferMismatch) as exc:
             log.error("job %s: %s", rank.key, exc.message)
             ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc.message}")
             return False
-        self.scaler.prepared[rank.key] = (work if spec.get("workdir") else None, out)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("asyncssh") and not isinstance(exc, OSError):
+                raise
+            ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc}")
+            return False
+        self.scaler.prepared[rank.key] = (work, out)
         return True
 
     async def pull_logs(self, key: str) -> None:
@@ -136,21 +128,30 @@ class CloudSession(NodeSession):
         await super().pull_logs(key)
 
     async def pull_outputs(self, key: str) -> None:
-        """Bring HYBRIDCTL_OUTPUT_DIR of a finished (or preempted) rank back to the controller."""
+        """Bring HYBRIDCTL_OUTPUT_DIR of a finished (or preempted) rank back to the controller, as
+        the agent staged it (read as the job's user, links skipped)."""
+        from hybridctl.control.checkpoints import TransferMismatch
+        from hybridctl.ssh.link import AgentRefused
+
         ctl = self.fleet.controller
         self.scaler.prepared.pop(key, None)
         if self.link is None or self.link.ssh_connection is None:
             return
         dest = ctl.settings.home_path / "outputs" / key
         try:
-            root = await self.remote_root()
-            files, size, cut = await download(self.link.ssh_connection, f"{root}/out/{key}", dest,
-                                              ctl.settings.cloud.output_cap_mb * 1024 * 1024)
-        except TransferError as exc:
-            log.error("job %s: %s", key, exc.message)
+            agent, files = await self.files()
+            count, size, cut = await download(agent, files, key, dest, ctl.settings.cloud.output_cap_mb * 1024 * 1024,
+                                              self.name)
+        except (TransferError, AgentRefused, TransferMismatch, OSError) as exc:
+            log.error("job %s: output download from %s failed: %s", key, self.name, exc)
             return
-        if files:
-            log.info("job %s: %d output files (%d bytes) from %s in %s%s", key, files, size, self.name, dest,
+        except Exception as exc:
+            if not type(exc).__module__.startswith("asyncssh"):
+                raise
+            log.error("job %s: output download from %s failed: %s", key, self.name, exc)
+            return
+        if count:
+            log.info("job %s: %d output files (%d bytes) from %s in %s%s", key, count, size, self.name, dest,
                      " (truncated at cloud.output_cap_mb)" if cut else "")
 
 
@@ -190,7 +191,8 @@ class Autoscaler:
     # ---- the loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Pass after pass until cancelled. A failing pass is logged and retried on the next one."""
+        """Pass after pass until cancelled. A failing pass is logged and retried on the next one;
+        the daemon runs this under `control.supervisor`, so a failing `adopt` is retried too."""
         self.adopt()
         while True:
             try:
@@ -211,7 +213,7 @@ class Autoscaler:
                 # The provider may or may not have made it; the leak sweep terminates it if it did.
                 self.store.cloud_update_instance(row["instance_id"], now, state="failed", ended_at=now,
                                                  reason="controller restarted during the launch")
-            elif row["state"] == "bootstrapping":
+            elif row["state"] == "bootstrapping" and row["node"] not in self._busy:  # (a supervised rerun)
                 self._spawn(row["node"], self._resume(row))
             elif row["state"] in ("up", "draining"):
                 self.start_session(row["node"])
@@ -421,7 +423,7 @@ class Autoscaler:
         if old is not None and old.task is not None:
             old.task.cancel()
         s = CloudSession(self.fleet, name, self)
-        s.task = asyncio.create_task(s.run(), name=f"node:{name}")
+        s.start()
         self.fleet.sessions[name] = s
 
     def fix_shapes(self) -> None:

@@ -15,8 +15,10 @@ import time
 from typing import Any
 
 from hybridctl.config import Settings
+from hybridctl.control import supervisor
 from hybridctl.control.identity import caller as make_caller
 from hybridctl.control.identity import peer_credentials
+from hybridctl.control.limits import BadRequest, Connections, LogBudget, Refused, decode_request
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import HybridctlError
 from hybridctl.control.nodes import config_record
@@ -24,7 +26,8 @@ from hybridctl.store.sqlite import Store
 
 log = logging.getLogger("hybridctl.controller")
 
-MAX_REQUEST = 8 * 1024 * 1024
+READ_CHUNK = 65536
+"""Bytes read from a client at a time; a connection buffers at most limits.max_request_bytes plus this."""
 
 
 class AlreadyRunning(HybridctlError):
@@ -42,10 +45,37 @@ class Daemon:
         self.controller: Controller | None = None
         self._lock_fd: int | None = None
         self.fleet: Any = None
+        limits = settings.limits
+        self.connections = Connections(limits)
+        self.bad_requests = LogBudget(limits.bad_request_log_per_minute)
+        """Log lines for malformed requests, per uid (any user can send them by the thousand)."""
+        self.refusals = LogBudget(limits.bad_request_log_per_minute)
+        self.internal_errors = LogBudget(limits.bad_request_log_per_minute)
+
+    def _private_home(self) -> None:
+        """Everything the controller writes from here on is its user's alone (umask 077): the
+        database and its WAL, log, checkpoint and output copies hold every user's secrets, and
+        other users reach them only through the API's permission checks. A home left open by an
+        older version is tightened."""
+        from hybridctl import paths
+
+        os.umask(0o077)
+        try:
+            tightened = paths.make_private(self.home)
+        except paths.UnsafeHome as exc:
+            raise HybridctlError(str(exc)) from None
+        if tightened:
+            log.warning("state directory %s was readable by other users: made private (%s)", self.home,
+                        ", ".join(tightened[:8]) + (" …" if len(tightened) > 8 else ""))
+        inside = self.home.resolve() in self.socket_path.resolve().parents
+        if inside and self.settings.socket_mode & 0o077:
+            log.info("the socket %s is inside the private state directory, so only the controller's user and "
+                     "root can reach it; for a controller shared by several users set `socket:` (or "
+                     "HYBRIDCTL_SOCKET) to a path outside it, e.g. /run/hybridctl/controller.sock", self.socket_path)
 
     def _lock(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.home / "controller.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._private_home()
+        fd = os.open(self.home / "controller.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,31 +100,32 @@ class Daemon:
         self.controller.fleet = self.fleet
         for n in self.settings.nodes:
             self.store.add_node(config_record(n), time.time())
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()  # stale: we hold the lock, so no live controller owns it
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path), limit=MAX_REQUEST)
-        os.chmod(self.socket_path, self.settings.socket_mode)
+        from hybridctl.control.listener import claim
+
+        _raise_file_limit(self.settings.limits.max_connections + 256)
+        # Not asyncio's start_unix_server(path=…): it deletes any socket at the path, a live
+        # controller's too (one with another home holds another lock). `claim` asks first.
+        listening = claim(self.socket_path, self.settings.socket_mode)
+        server = await asyncio.start_unix_server(self._serve, sock=listening.sock, limit=READ_CHUNK)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         log.info("controller ready: socket %s, database %s", self.socket_path, self.settings.db_path)
         self.fleet.sync()
+        # Side tasks run supervised: one that raises is logged and restarted with back-off, so the
+        # daemon ends only on a stop signal. (It used to exit with the first task that raised, e.g.
+        # the schedule loop's WAL checkpoint failing to open the database while accept() had used
+        # up every file descriptor.)
         tasks = [
-            asyncio.create_task(self._schedule_loop(), name="schedule"),
-            asyncio.create_task(self.fleet.monitor(), name="fleet-monitor"),
+            supervisor.start("schedule", self._schedule_loop),
+            supervisor.start("fleet-monitor", self.fleet.monitor),
         ]
         if self.settings.cloud.enabled:  # rent cloud nodes when saturated (docs/cloud.md)
             from hybridctl.control.autoscaler import Autoscaler
 
-            tasks.append(asyncio.create_task(Autoscaler(self.controller, self.fleet).run(), name="autoscaler"))
+            tasks.append(supervisor.start("autoscaler", Autoscaler(self.controller, self.fleet).run))
         try:
-            stop = asyncio.create_task(self.stop_event.wait(), name="stop")
-            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stop and t.exception():
-                    log.error("side task %s died: %r", t.get_name(), t.exception())
-                    raise t.exception()  # type: ignore[misc]
+            await self.stop_event.wait()
         finally:
             for t in tasks:
                 t.cancel()
@@ -102,8 +133,7 @@ class Daemon:
                 if session.task is not None:
                     session.task.cancel()
             server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
+            listening.release()  # unlinks the path only if it is still our socket
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.store.close()
@@ -139,48 +169,120 @@ class Daemon:
                          (time.perf_counter() - started) * 1000)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: requests in, one reply line each, in order. Over the per-uid
+        connection cap a client gets one error line and is disconnected; a connection idle past
+        limits.idle_timeout, or sending a line over limits.max_request_bytes, is closed with one."""
         assert self.controller is not None
         sock: socket.socket = writer.get_extra_info("socket")
+        _pid, uid, gid = peer_credentials(sock)
+        refusal = self.connections.admit(uid)
+        if refusal is not None:
+            if self.refusals.allow(uid, "refused connections"):
+                log.warning("refused a connection from uid %d: %s", uid, refusal)
+            await _last_word(writer, _error(Refused(refusal)))
+            return
         try:
-            _pid, uid, gid = peer_credentials(sock)
             who = make_caller(uid, gid, self.settings.admin_group)
-            while line := await reader.readline():
+            pending = bytearray()
+            while True:
+                try:
+                    line = await self._read_request(who, reader, pending)
+                except Refused as exc:
+                    await _last_word(writer, _error(exc, idle="limits.idle_timeout" in exc.message))
+                    return
+                if line is None:
+                    return
                 writer.write(await self._answer(who, line))
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+                # A client that never reads its replies holds memory: give it as long as an idle one.
+                await asyncio.wait_for(writer.drain(), self.settings.limits.idle_timeout)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
-        except ValueError:  # line over the limit
-            writer.write(_error(HybridctlError("request too large")))
         finally:
+            self.connections.release(uid)
             writer.close()
 
+    async def _read_request(self, who: Any, reader: asyncio.StreamReader, pending: bytearray) -> bytes | None:
+        """The next request line (None at end of input). `pending` carries bytes read past the
+        previous line. Refused when no complete line arrives within the idle timeout or the line
+        outgrows the request limit: memory per connection stays bounded."""
+        limits = self.settings.limits
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.idle_timeout
+        scanned = 0
+        while True:
+            end = pending.find(b"\n", scanned)
+            if 0 <= end < limits.max_request_bytes:
+                line = bytes(pending[: end + 1])
+                del pending[: end + 1]
+                return line
+            if end >= 0 or len(pending) > limits.max_request_bytes:
+                if self.bad_requests.allow(who.uid, "bad requests"):
+                    log.warning("bad request from uid %d (%s): a line over %d bytes; connection closed", who.uid,
+                                who.user, limits.max_request_bytes)
+                raise Refused(f"request over {limits.max_request_bytes} bytes (limits.max_request_bytes); "
+                              "connection closed")
+            scanned = len(pending)
+            try:
+                chunk = await asyncio.wait_for(reader.read(READ_CHUNK), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise Refused(f"closed after {limits.idle_timeout:g} s without a complete request "
+                              "(limits.idle_timeout); reconnect to go on") from None
+            if not chunk:
+                return None
+            pending += chunk
+
     async def _answer(self, who: Any, line: bytes) -> bytes:
+        """One reply line. Malformed requests cost one log line each (within the per-uid budget)
+        and never a traceback: any user can send them by the thousand."""
         assert self.controller is not None
         try:
-            req = json.loads(line)
-            op = req["op"]
-            args = req.get("args") or {}
-            if not isinstance(args, dict):
-                raise HybridctlError("request args must be an object")
+            op, args = decode_request(line)
+        except BadRequest as exc:
+            if self.bad_requests.allow(who.uid, "bad requests"):
+                log.warning("bad request from uid %d (%s): %s", who.uid, who.user, exc.message)
+            return _error(exc)
+        try:
             result = self.controller.handle(who, op, args)
             if asyncio.iscoroutine(result):
                 result = await result
             return json.dumps({"ok": True, "result": result}).encode() + b"\n"
         except HybridctlError as exc:
             return _error(exc)
-        except TypeError as exc:
-            return _error(HybridctlError(f"bad request: {exc}"))
-        except (json.JSONDecodeError, KeyError) as exc:
-            return _error(HybridctlError(f"malformed request: {exc}"))
-        except Exception as exc:  # a bug: log it whole, tell the client in one line
-            log.exception("internal error handling %r", line[:200])
+        except TypeError as exc:  # arguments the op does not take
+            if self.bad_requests.allow(who.uid, "bad requests"):
+                log.warning("bad request from uid %d (%s): %s: %s", who.uid, who.user, op, exc)
+            return _error(BadRequest(f"bad request: {exc}"))
+        except Exception as exc:  # a bug: log it whole (within the budget), tell the client in one line
+            if self.internal_errors.allow(who.uid, "internal errors"):
+                log.exception("internal error handling %s from uid %d: %r", op, who.uid, line[:200])
             return _error(HybridctlError(f"internal controller error: {exc!r} (see the controller log)"))
 
 
-def _error(exc: HybridctlError) -> bytes:
-    return json.dumps(
-        {"ok": False, "error": exc.message, "type": type(exc).__name__, "exit_code": exc.exit_code}
-    ).encode() + b"\n"
+async def _last_word(writer: asyncio.StreamWriter, line: bytes) -> None:
+    """Send one final line (an error saying why), then close, waiting at most a second."""
+    with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+        writer.write(line)
+        await asyncio.wait_for(writer.drain(), 1.0)
+    writer.close()
+
+
+def _error(exc: HybridctlError, idle: bool = False) -> bytes:
+    reply: dict[str, Any] = {"ok": False, "error": exc.message, "type": type(exc).__name__, "exit_code": exc.exit_code}
+    if idle:
+        reply["idle"] = True  # the request was never read: clients reconnect and send it again
+    return json.dumps(reply).encode() + b"\n"
+
+
+def _raise_file_limit(want: int) -> None:
+    """Raise the soft open-file limit towards `want` (within the hard limit), so that the connection
+    caps, not EMFILE, decide who is refused."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def serve(settings: Settings) -> None:

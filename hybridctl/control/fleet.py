@@ -5,19 +5,25 @@ list to the reconciler whenever either side may have changed: the job watcher (a
 second channel) saw a new job-list version, or the database's active ranks for the node differ
 from the last converge (placements, cancels, requeues). Dispatch, adoption after a reconnect,
 and recording results are one code path. A monitor turns silence into UNREACHABLE (keep jobs)
-and, much later, LOST (requeue them)."""
+and, much later, LOST (requeue them).
+
+A node is believed only about itself, and only after `core.wire` has checked what it sent: a
+malformed field is logged once per session (naming the node) and ignored, and the rest of the
+report still counts. Sessions run under `control.supervisor`, so a bug restarts one, never ends it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from hybridctl.control import supervisor
+from hybridctl.core import wire
 from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.core.reconcile import (
-    AgentJob,
     Finished,
     Forget,
     Launch,
@@ -33,6 +39,10 @@ if TYPE_CHECKING:
     from hybridctl.control.service import Controller
 
 log = logging.getLogger("hybridctl.fleet")
+
+_REPORTED_LIMIT = 1000
+"""Distinct problems remembered per node session (each is logged once); past this, problems are
+no longer logged one by one."""
 
 
 class NodeSession:
@@ -50,6 +60,8 @@ class NodeSession:
         self.error = "not contacted yet"
         self.task: asyncio.Task[None] | None = None
         self._files: Any = None
+        self._xfer: Any = None
+        """The agent channel that checkpoint and file transfers use (see `files`)."""
         self._last_sync = time.monotonic()
         self._syncing: asyncio.Task[None] | None = None
         """The periodic checkpoint pulls in flight: their own task, so that a large checkpoint
@@ -60,6 +72,29 @@ class NodeSession:
         """The agent's job-list version as the watcher last saw it; None while no watch runs."""
         self._settled: tuple[Any, list[Any]] | None = None
         """(job-list version, active ranks) of the last converge that had nothing to do."""
+        self._reported: set[str] = set()
+        """Problems with this node's reports already logged (each is logged once)."""
+
+    def start(self) -> None:
+        """Run the session as a supervised task (restarted with back-off if it ever raises)."""
+        self.task = supervisor.start(f"node:{self.name}", self.run)
+
+    def once(self, message: str) -> None:
+        """Log a warning about this node the first time it is seen."""
+        if message in self._reported:
+            return
+        if len(self._reported) >= _REPORTED_LIMIT:
+            if len(self._reported) == _REPORTED_LIMIT:
+                self._reported.add("")
+                log.warning("node %s: more problems than %d; no longer logged one by one", self.name,
+                            _REPORTED_LIMIT)
+            return
+        self._reported.add(message)
+        log.warning("node %s: %s", self.name, message)
+
+    def believe(self, problems: list[wire.Problem]) -> None:
+        for p in problems:
+            self.once(f"malformed {p}; ignored")
 
     async def run(self) -> None:
         backoff = 0.25
@@ -67,8 +102,11 @@ class NodeSession:
             try:
                 async with self.fleet.connect_slots:
                     self.link = await connect(self.fleet.target(self.name))
-                self.hello = await self.link.call("hello")
-                self.fleet.on_hello(self, self.hello)
+                problems: list[wire.Problem] = []
+                hello = wire.hello(await self.link.call("hello"), problems)
+                self.believe(problems)
+                self.hello = hello.to_dict()
+                self.fleet.on_hello(self, hello)
                 backoff = 0.25
                 self._settled = None
                 watcher = asyncio.create_task(self.watch(await self.link.second_channel()), name=f"watch:{self.name}")
@@ -91,7 +129,7 @@ class NodeSession:
                 log.error("%s", exc.message)
                 self.fleet.on_silence(self, exc.message, force=True)
                 backoff = 30.0
-            except NodeUnreachable as exc:
+            except (NodeUnreachable, AgentRefused) as exc:  # AgentRefused: an op the session needs was refused
                 self.error = exc.message
                 log.warning("%s", exc.message)
             finally:
@@ -111,9 +149,15 @@ class NodeSession:
                 wait = min(60.0, max(1.0, self.fleet.interval * 4))  # the agent accepts 0-60 s
                 res = await channel.call("jobs", timeout=wait + 30, wait=wait,
                                          **({} if version is None else {"since": version}))
-                if version is not None and res.get("version") != version:
+                raw = res.get("version") if isinstance(res, dict) else res
+                new = wire.version(raw)
+                if new is None:  # without a version the agent would answer at once: no busy loop
+                    self.once(f"malformed jobs answer: version = {wire.shown(raw)}; ignored")
+                    self.watch_version = None  # every poll lists the jobs meanwhile
+                    await asyncio.sleep(self.fleet.interval)
+                elif version is not None and new != version:
                     self.kick.set()
-                version = self.watch_version = res.get("version")
+                version = self.watch_version = new
         finally:
             self.watch_version = None
             await channel.close()
@@ -121,11 +165,14 @@ class NodeSession:
     async def poll(self) -> None:
         link = self.link
         assert link is not None
-        sample = await link.call("sample", **({} if self.seq is None else {"since": self.seq}))
-        if sample.get("samples"):
-            self.latest = sample["samples"][-1]
-            self.seq = sample.get("seq", self.seq)
-            self.fleet.on_sample(self, self.latest)
+        problems: list[wire.Problem] = []
+        sample = wire.sample_answer(await link.call("sample", **({} if self.seq is None else {"since": self.seq})),
+                                    problems)
+        self.believe(problems)
+        if sample.latest is not None:
+            self.latest = sample.latest
+            self.seq = sample.seq if sample.seq is not None else self.seq
+            self.fleet.on_sample(self, sample.latest)
         self.last_ok = time.monotonic()
         self.error = ""
         self.fleet.on_alive(self)
@@ -133,9 +180,14 @@ class NodeSession:
         # the last converge still holds: skip the listing. Without a watcher, every poll lists.
         ranks = self.fleet.controller.active_ranks(self.name)
         if self.watch_version is None or (self.watch_version, ranks) != self._settled:
-            listing = await link.call("jobs")
-            acted = await self.converge(listing.get("jobs", []))
-            self._settled = None if acted else (listing.get("version"), ranks)
+            problems = []
+            listing = wire.job_records(await link.call("jobs"), problems)
+            self.believe(problems)
+            if listing is None:  # unusable as a whole: never read it as "no jobs"
+                self._settled = None
+            else:
+                acted = await self.converge(listing)
+                self._settled = None if acted else (listing.version, ranks)
         due = time.monotonic() - self._last_sync >= self.fleet.controller.settings.fleet.checkpoint_sync_interval
         if due and (self._syncing is None or self._syncing.done()):
             self._last_sync = time.monotonic()
@@ -151,44 +203,45 @@ class NodeSession:
         except Exception:  # a bug, not a transfer error (those are logged in sync_checkpoint)
             log.exception("checkpoint sync on %s failed", self.name)
 
-    async def files(self) -> Any:
-        """File access to the node (SFTP on the node's connection, or the local filesystem)."""
+    async def files(self) -> tuple[Any, Any]:
+        """(agent channel, file access) for moving a job's files: a channel of its own, so a staging
+        copy on the agent never queues telemetry or launches behind it, and SFTP on the node's
+        connection (or the local filesystem), which only ever touches the agent's staging area."""
         from hybridctl.control.checkpoints import LocalFiles, SftpFiles
         from hybridctl.ssh.link import NodeUnreachable as _Unreachable
 
         if self._files is None:
-            assert self.link is not None
-            conn = self.link.ssh_connection
+            link = self.link
+            assert link is not None
+            if self._xfer is not None:  # the previous connection's channel
+                await self._xfer.close()
+                self._xfer = None
+            conn = link.ssh_connection
             if conn is None:
-                self._files = LocalFiles()
+                files: Any = LocalFiles()
             else:
                 try:
-                    self._files = SftpFiles(await conn.start_sftp_client())
+                    files = SftpFiles(await conn.start_sftp_client())
                 except Exception as exc:  # asyncssh errors stop here
                     raise _Unreachable(f"node {self.name}: SFTP is not available: {exc}") from exc
-        return self._files
-
-    def _remote_checkpoint_dir(self, key: str) -> str | None:
-        root = (self.hello or {}).get("checkpoint_root")
-        return f"{root}/{key.split('.', 1)[0]}" if root else None
+            self._xfer = await link.second_channel()
+            self._files = (self._xfer, files)
+        return self._files  # type: ignore[no-any-return]
 
     async def sync_checkpoint(self, key: str) -> None:
-        """Pull rank 0's checkpoint directory (changed files only) into the controller's store."""
-        from hybridctl.control.checkpoints import pull
+        """Pull rank 0's checkpoint directory (changed files only) into the controller's store, as
+        the agent staged it (checkpoints.sync_from)."""
+        from hybridctl.control.checkpoints import TransferMismatch, sync_from
         from hybridctl.core.reconcile import parse_key
 
         parsed = parse_key(key)
-        remote = self._remote_checkpoint_dir(key)
-        if parsed is None or parsed[3] != 0 or remote is None:
+        if parsed is None or parsed[3] != 0 or self.link is None:
             return
-        link = self.link
         try:
             async with self._sync_lock:
-                assert link is not None
-                listing = await link.call("checkpoint_files", key=key)
-                copied = await pull(await self.files(), listing["root"], listing["files"],
-                                    self.fleet.controller.checkpoint_path(key), self.name)
-        except (OSError, NodeUnreachable) as exc:
+                agent, files = await self.files()
+                copied = await sync_from(agent, files, key, self.fleet.controller.checkpoint_path(key), self.name)
+        except (OSError, NodeUnreachable, AgentRefused, TransferMismatch) as exc:
             log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
             return
         except Exception as exc:
@@ -199,110 +252,157 @@ class NodeSession:
         if copied:
             self.fleet.controller.checkpoint_synced(key, copied)
 
-    async def restore_checkpoint(self, key: str) -> None:
-        """Put the controller's latest copy of a job's checkpoint on this node before it starts."""
-        from hybridctl.control.checkpoints import adopt, push
+    async def restore_checkpoint(self, key: str, owner: dict[str, Any]) -> str | None:
+        """Put the controller's latest copy of a job's checkpoint on this node before it starts,
+        written there as the job's `owner` ({uid, gid, user}); return why it could not be, or None."""
+        from hybridctl.control.checkpoints import TransferMismatch, restore_to
 
         local = self.fleet.controller.checkpoint_path(key)
-        remote = self._remote_checkpoint_dir(key)
-        link = self.link
-        if remote is None or not local.is_dir() or link is None:
-            return
-        before = (await link.call("checkpoint_files", key=key))["files"]
-        sent, kept = await push(await self.files(), local, remote, before, self.name)
+        if not local.is_dir() or self.link is None:
+            return None
+        agent, files = await self.files()
+        try:
+            sent, kept, nbytes = await restore_to(agent, files, key, local, self.name, owner)
+        except (AgentRefused, TransferMismatch) as exc:
+            return f"checkpoint restore onto {self.name} failed: {exc}"
         if sent:
-            after = (await link.call("checkpoint_files", key=key))["files"]
-            adopt(local, sent, after, self.name)
-            log.info("restored %d bytes of checkpoint for %s onto %s",
-                     sum(after.get(rel, [0])[0] for rel in sent), key, self.name)
+            log.info("restored %d bytes of checkpoint for %s onto %s", nbytes, key, self.name)
         if kept:
             log.info("checkpoint for %s: %d files already on %s, not sent again", key, len(kept), self.name)
+        return None
 
     async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
         """Put on this node what a rank needs before it starts (its latest checkpoint) and return
         its launch payload; None when preparing failed the job. Cloud sessions add uploads."""
-        await self.restore_checkpoint(rank.key)
-        return self.fleet.controller.launch_payload(rank, self.name)
+        payload = self.fleet.controller.launch_payload(rank, self.name)
+        why = await self.restore_checkpoint(rank.key, payload)
+        if why is not None:
+            log.error("job %s: %s", rank.key, why)
+            self.fleet.controller.finish(rank.job_id, rank.task, None, why)
+            return None
+        return payload
 
-    async def converge(self, records: list[dict[str, Any]]) -> bool:
-        """Act on the differences between the database and the agent's `records`; return whether
-        anything was done. A task turns RUNNING once the agent reports its processes started (a
-        pid): `launch` answers before that, and the watcher reports the start."""
+    async def converge(self, listing: wire.Listing) -> bool:
+        """Act on the differences between the database and the agent's checked `listing`; return
+        whether anything was done. A task turns RUNNING once the agent reports its processes
+        started (a pid): `launch` answers before that, and the watcher reports the start. Only
+        ranks whose open allocation is on this node are finished, released or copied from it."""
         ctl = self.fleet.controller
-        link = self.link
-        assert link is not None
-        agent_jobs = [
-            AgentJob(r["key"], r.get("state") == "running", r.get("exit_code"), r.get("signal"), r.get("reason"))
-            for r in records
-        ]
-        not_started = {parsed[:2] for r in records if r.get("state") == "running" and r.get("pid") is None
-                       and (parsed := parse_key(r["key"])) is not None}
-        no_checkpoint = {r["key"] for r in records if r.get("has_checkpoint") is False}  # absent: older agent
+        records = listing.records
+        not_started = {parsed[:2] for r in records if r.running and r.pid is None
+                       and (parsed := parse_key(r.key)) is not None}
+        no_checkpoint = {r.key for r in records if r.has_checkpoint is False}  # None: older agent
         changed = False
-        actions = [a for a in reconcile(ctl.active_ranks(self.name), agent_jobs)
+        actions = [a for a in reconcile(ctl.active_ranks(self.name), [r.agent_job() for r in records],
+                                        ctl.held_keys(self.name), listing.unreadable)
                    if not (isinstance(a, Started) and (a.job_id, a.task) in not_started)]
         for action in actions:
-            if isinstance(action, Launch):
-                payload = await self.prepare_launch(action.rank)
-                if payload is None:  # the job failed while being prepared (the reason is recorded)
-                    changed = True
-                    continue
-                try:
-                    answer = await link.call("launch", job=payload)
-                except AgentRefused as exc:
-                    ctl.finish(action.rank.job_id, action.rank.task, None, f"launch refused by {self.name}: {exc}")
-                    changed = True
-                    continue
-                rec = answer.get("job") or {}
-                if rec.get("state") == "running":
-                    if rec.get("pid") is not None:
-                        ctl.mark_running(action.rank.job_id, action.rank.task)
-                else:
-                    self.kick.set()  # already exited (or failed to launch): the next listing records it
-            elif isinstance(action, Started):
-                ctl.mark_running(action.job_id, action.task)
-            elif isinstance(action, Finished):
-                if action.key not in no_checkpoint:
-                    await self.sync_checkpoint(action.key)
-                await self.pull_logs(action.key)
-                ctl.rank_finished(action.key, action.exit_code, action.reason, action.status)
-                await link.call("forget", key=action.key)
-                changed = True
-            elif isinstance(action, Vanished):
-                ctl.requeue_or_fail(action.job_id, action.task, f"the agent on {self.name} has no record of it")
-                changed = True
-            elif isinstance(action, Stop):
-                await link.call("cancel", key=action.key, grace=ctl.settings.fleet.poll_interval * 10)
-            elif isinstance(action, Forget):
-                if parse_key(action.key) is not None:
-                    if action.key not in no_checkpoint:
-                        await self.sync_checkpoint(action.key)  # e.g. the final checkpoint of a preempted job
-                    await self.pull_logs(action.key)  # a stopped rank or a straggler: keep its output too
-                await link.call("forget", key=action.key)
-                ctl.release(action.key)
+            try:
+                changed = await self._act(action, no_checkpoint) or changed
+            except AgentRefused as exc:  # e.g. forget of a key the agent listed but does not know
+                self.once(f"{type(action).__name__.lower()} failed: {exc.message}")
         if changed:
             ctl.on_change()
         return bool(actions)
 
+    async def _act(self, action: Any, no_checkpoint: set[str]) -> bool:
+        """Carry out one reconcile action on this node; return whether the database changed."""
+        ctl = self.fleet.controller
+        link = self.link
+        assert link is not None
+        if isinstance(action, Launch):
+            payload = await self.prepare_launch(action.rank)
+            if payload is None:  # the job failed while being prepared (the reason is recorded)
+                return True
+            try:
+                answer = await link.call("launch", job=payload)
+            except AgentRefused as exc:
+                ctl.finish(action.rank.job_id, action.rank.task, None, f"launch refused by {self.name}: {exc}")
+                return True
+            problems: list[wire.Problem] = []
+            rec = wire.launch_answer(answer, action.rank.key, problems)
+            self.believe(problems)
+            if rec is not None and rec.running:
+                if rec.pid is not None:
+                    ctl.mark_running(action.rank.job_id, action.rank.task)
+            else:
+                self.kick.set()  # already exited (or failed to launch): the next listing records it
+        elif isinstance(action, Started):
+            ctl.mark_running(action.job_id, action.task)
+        elif isinstance(action, Finished):
+            await self._keep_output(action.key, action.key not in no_checkpoint)
+            ctl.rank_finished(action.key, action.exit_code, action.reason, action.status, node=self.name)
+            await link.call("forget", key=action.key)
+            return True
+        elif isinstance(action, Vanished):
+            ctl.requeue_or_fail(action.job_id, action.task, f"the agent on {self.name} has no record of it")
+            return True
+        elif isinstance(action, Stop):
+            self._not_ours(action.key, "running")
+            await link.call("cancel", key=action.key, grace=ctl.settings.fleet.poll_interval * 10)
+        elif isinstance(action, Forget):
+            if action.held:
+                # A stopped rank of this node (cancelled, preempted, a failed multi-node job):
+                # keep its output (e.g. a preempted job's final checkpoint), then free its GPUs.
+                await self._keep_output(action.key, action.key not in no_checkpoint)
+                await link.call("forget", key=action.key)
+                ctl.release(action.key, node=self.name)
+                return True
+            if not self._not_ours(action.key, "ended") and parse_key(action.key) is not None \
+                    and not ctl.log_path(action.key, "stdout").exists():
+                await self._keep_output(action.key, False)  # a straggler of this node: its logs, never a checkpoint
+            await link.call("forget", key=action.key)
+        return False
+
+    def _not_ours(self, key: str, what: str) -> bool:
+        """Whether `key` is a rank placed on another node (logged once: a confused or lying agent)."""
+        home = self.fleet.controller.rank_home(key)
+        if home is None or home == self.name:
+            return False
+        self.once(f"reported job {key} as {what}, but that rank was placed on {home}: not believed "
+                  f"(this node is only told to stop or forget it)")
+        return True
+
+    async def _keep_output(self, key: str, checkpoint: bool) -> None:
+        """Copy a rank's logs (and, with `checkpoint`, its final checkpoint) before it is forgotten;
+        an agent refusing is logged, and the rank's result is recorded anyway."""
+        try:
+            if checkpoint:
+                await self.sync_checkpoint(key)
+            await self.pull_logs(key)
+        except AgentRefused as exc:
+            self.once(f"output of {key} not copied: {exc.message}")
+
     async def pull_logs(self, key: str) -> None:
         """Copy a finished job's logs to the controller, so `hybridctl logs` works after the node
-        forgets the job, goes away, or (cloud) is terminated. Capped per stream."""
+        forgets the job, goes away, or (cloud) is terminated. Capped per stream; an answer that is
+        not a sane chunk ends the copy there."""
         link = self.link
         assert link is not None
         cap = self.fleet.controller.settings.fleet.log_pull_cap_mb * 1024 * 1024
+        step = 1 << 20
         for stream in ("stdout", "stderr"):
             dest = self.fleet.controller.log_path(key, stream)
             dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
             offset = 0
-            with open(dest, "w", encoding="utf-8") as f:
+            # Into a side file, renamed when whole: `hybridctl logs` reads a local copy as soon as
+            # it exists, and must never see one half copied (or empty).
+            with open(part, "w", encoding="utf-8") as f:
                 while offset < cap:
-                    res = await link.call("logs", key=key, stream=stream, offset=offset, max_bytes=1 << 20)
-                    f.write(res.get("data", ""))
-                    if res.get("offset", offset) == offset:
+                    res = await link.call("logs", key=key, stream=stream, offset=offset, max_bytes=step)
+                    data = res.get("data") if isinstance(res, dict) else None
+                    nxt = wire.integer(res.get("offset"), offset, offset + step) if isinstance(res, dict) else None
+                    if not isinstance(data, str) or len(data) > step or nxt is None:
+                        self.once(f"malformed logs answer for {key} ({stream}) at offset {offset}; copy ends there")
                         break
-                    offset = res["offset"]
+                    f.write(data)
+                    if nxt == offset:
+                        break
+                    offset = nxt
                 if offset >= cap:
                     f.write(f"\n[hybridctl: log truncated at {cap >> 20} MiB; the rest is on the node]\n")
+            os.replace(part, dest)
 
 
 class Fleet:
@@ -329,7 +429,7 @@ class Fleet:
         wanted = {n.name for n in self.controller.store.nodes() if not n.simulated}
         for name in wanted - self.sessions.keys():
             s = NodeSession(self, name)
-            s.task = asyncio.create_task(s.run(), name=f"node:{name}")
+            s.start()
             self.sessions[name] = s
         for name in self.sessions.keys() - wanted:
             s = self.sessions.pop(name)
@@ -365,18 +465,24 @@ class Fleet:
             log.info("node %s is back", s.name)
             self.controller.set_link(s.name, NodeState.UP, "")
 
-    def on_hello(self, s: NodeSession, hello: dict[str, Any]) -> None:
-        gpus = [{"index": g["index"], "model": g.get("name", "GPU"), "memory_mb": g.get("memory_total_mb")}
-                for g in hello.get("gpus", [])]
-        self.controller.node_hardware(s.name, gpus, float(hello.get("cpus") or 1), int(hello.get("memory_mb") or 0))
+    def on_hello(self, s: NodeSession, hello: wire.Hello) -> None:
+        """Record the node's hardware as its agent reports it; what it left out or sent malformed
+        stays as the database has it."""
+        old = self.controller.store.node(s.name)
+        gpus = [dict(g) for g in old.gpus] if hello.gpus is None else [
+            {"index": g.index, "model": g.model, "memory_mb": g.memory_mb} for g in hello.gpus]
+        self.controller.node_hardware(s.name, gpus, old.cpus if hello.cpus is None else hello.cpus,
+                                      old.memory_mb if hello.memory_mb is None else hello.memory_mb)
 
     def on_sample(self, s: NodeSession, sample: dict[str, Any]) -> None:
         """Fold GPU health and foreign processes into the node's GPU list (written only on change)."""
         busy_foreign = self.controller.settings.fleet.foreign_gpu_busy
         health = {}
-        for g in sample.get("gpus", []):
-            foreign = busy_foreign and any(p.get("job") is None for p in g.get("processes") or [])
-            health[g["index"]] = (bool(g.get("healthy", True)), g.get("health_reason") or "", foreign)
+        for g in sample["gpus"]:  # checked by core.wire: index an int, healthy a bool or None
+            if g["healthy"] is None:
+                continue  # unknown this time: keep what is known
+            foreign = busy_foreign and any(p["job"] is None for p in g["processes"])
+            health[g["index"]] = (g["healthy"], g["health_reason"] or "", foreign)
         self.controller.node_gpu_health(s.name, health)
 
     def telemetry(self) -> dict[str, dict[str, Any]]:

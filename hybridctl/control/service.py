@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from hybridctl.config import Settings
 from hybridctl.control.identity import Caller
 from hybridctl.core import schedule as sched
+from hybridctl.core import wire
 from hybridctl.core.errors import HybridctlError, PermissionDenied, SpecError, Unschedulable
 from hybridctl.core.model import (
     ClusterView,
@@ -98,20 +99,27 @@ class Controller:
     def op_submit(
         self, caller: Caller, spec: dict[str, Any] | None = None, yaml: str | None = None, source: str = "",
         flags: dict[str, Any] | None = None, base_dir: str | None = None, full: bool = False,
+        cwd: str | None = None,
     ) -> dict[str, Any]:
         """Queue a job. `spec` is a user-level mapping, or `yaml` the text of a job file named `source`;
-        `flags` are command-line overrides (as typed); a relative `workdir` in the file is taken
-        relative to `base_dir` (the file's directory). All validation happens here, once."""
-        from hybridctl.core.spec import apply_flags, load_yaml
+        `flags` are command-line overrides (as typed). Paths (workdir, checkpoint_dir) are made
+        absolute here, once: `~` is the home of the caller's uid (never a name the client sends),
+        a relative path in the file is relative to `base_dir` (the file's directory), one in the
+        flags to `cwd` (where they were typed). All validation happens here, once."""
+        import pwd
+
+        from hybridctl.core.spec import apply_flags, load_yaml, resolve_paths
+
+        def home(name: str) -> str | None:
+            try:
+                return (pwd.getpwnam(name) if name else pwd.getpwuid(caller.uid)).pw_dir
+            except (KeyError, ValueError):  # no such user; a NUL in the name
+                return None
 
         data: dict[str, Any] = load_yaml(yaml, source) if yaml is not None else dict(spec or {})
+        data = resolve_paths(data, base_dir=base_dir, home=home, source=source)
         if flags:
-            data = apply_flags(data, **flags)
-        workdir = data.get("workdir")
-        if base_dir and isinstance(workdir, str) and workdir and not workdir.startswith(("/", "~")):
-            import os.path
-
-            data["workdir"] = os.path.normpath(os.path.join(base_dir, workdir))
+            data = apply_flags(data, **resolve_paths(flags, base_dir=cwd, home=home, flags=True))
         job, warnings = parse_spec(data, source)
         limit = 1000 if caller.admin else self.settings.max_user_priority
         if job.priority > limit:
@@ -120,6 +128,7 @@ class Controller:
                 f"ask an admin (group {self.settings.admin_group}) or use a lower --priority"
             )
         self._check_fits(job.resources, job.num_nodes, job.placement)
+        self._check_limits(caller, job)
         for dep in job.depends_on:
             self.store.job_owner(dep)  # NotFound names the missing job
         who = Submitter(caller.uid, caller.user, caller.gid, caller.group)
@@ -162,9 +171,24 @@ class Controller:
         who = None if all else (user or caller.user)
         return self.store.queue(user=who, states=states, include_finished=finished)
 
+    def _check_limits(self, caller: Caller, job: Any) -> None:
+        """Per-user submit limits (`limits:` in the config), for admins too: they protect the
+        controller, not a policy an admin may override per job."""
+        from hybridctl.control.limits import check_submit
+
+        tasks = len(job.array.indices) if job.array else 1
+        check_submit(self.settings.limits, caller.user, tasks, self.store.pending_tasks_of(caller.uid))
+
     def op_show(self, caller: Caller, job: str) -> dict[str, Any]:
+        """A job's spec, tasks and history. Another user (not an admin) sees the spec with the
+        environment's values, the command and the setup script hidden (`redacted` names them)."""
+        from hybridctl.control.limits import redact
+
         job_id, _task = parse_job_ref(job)
         out = self.store.job(job_id)
+        if out["uid"] != caller.uid and not caller.admin:
+            out["spec"] = redact(out["spec"])
+            out["redacted"] = ["envs", "run", "setup"]
         if any(t["state"] == "PENDING" for t in out["tasks"]):
             out["wait_or_pay"] = self.cloud_wait_or_pay(job_id)
         return out
@@ -271,6 +295,7 @@ class Controller:
             d["telemetry"] = telemetry.get(n.name)
             session = self.fleet.sessions.get(n.name) if self.fleet else None
             d["link_error"] = session.error if session else ""
+            d["containment"] = (session.hello or {}).get("containment") if session else None
             if n.name in rented:
                 d["provider"] = rented[n.name]["provider"]
                 d["price_hourly"] = rented[n.name]["price_hourly"]
@@ -343,14 +368,19 @@ class Controller:
                         self.settings.fleet.bridge, self.settings.fleet.agent_command)
         link = await connect(target)
         try:
-            hello = await link.call("hello")
+            answer = await link.call("hello")
         finally:
             await link.close()
-        gpus = [{"index": g["index"], "model": g.get("name", "GPU"), "memory_mb": g.get("memory_total_mb")}
-                for g in hello.get("gpus", [])]
-        reported = float(hello.get("cpus") or 1)
+        problems: list[wire.Problem] = []
+        checked = wire.hello(answer, problems)
+        if problems:  # a node is believed only about what it reports sanely: refuse it whole here
+            raise HybridctlError(f"node {name}: the agent's hello is malformed: "
+                                 + "; ".join(str(p) for p in problems[:5]), title="node add")
+        hello = checked.to_dict()
+        gpus = [{"index": g.index, "model": g.model, "memory_mb": g.memory_mb} for g in checked.gpus or ()]
+        reported = checked.cpus or 1.0
         rec = NodeRecord(name, host, int(port), user, identity, agent_socket, site, NodeState.UP, "", False, "",
-                         tuple(gpus), float(cpus or reported), int(hello.get("memory_mb") or 0), False,
+                         tuple(gpus), float(cpus or reported), checked.memory_mb or 0, False,
                          self.clock(), float(cpus) if cpus else None)
         self.store.add_node(rec, self.clock(), replace=upgrade)
         if self.fleet:
@@ -448,6 +478,32 @@ class Controller:
 
         return [ActiveRank(j, t, a, r, JobStatus(s)) for j, t, a, r, s in self.store.active_ranks(node)]
 
+    def held_keys(self, node: str) -> set[str]:
+        """The keys of every rank whose allocation on `node` is still open: all `node` is
+        believed about (finish, release, logs, checkpoint)."""
+        from hybridctl.core.reconcile import job_key
+
+        return {job_key(*r) for r in self.store.held_ranks(node)}
+
+    def _held_by(self, key: str, node: str) -> tuple[int, int, int, int] | None:
+        """The parsed key when its rank's open allocation is on `node`, else None (and a warning:
+        a node reported on a rank that is not its own, which is a bug or a lie)."""
+        from hybridctl.core.reconcile import parse_key
+
+        parsed = parse_key(key)
+        if parsed is not None and parsed in self.store.held_ranks(node):
+            return parsed
+        log.warning("node %s reported on job %s, which holds no allocation there: not believed", node, key)
+        return None
+
+    def rank_home(self, key: str) -> str | None:
+        """The node this rank of this attempt was placed on (its allocation may be closed since);
+        None for a key hybridctl never placed."""
+        from hybridctl.core.reconcile import parse_key
+
+        parsed = parse_key(key)
+        return None if parsed is None else self.store.rank_node(*parsed)
+
     def launch_payload(self, rank: Any, node: str) -> dict[str, Any]:
         info = self.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
         spec = info["spec"]
@@ -459,6 +515,9 @@ class Controller:
             "key": rank.key, "user": info["user"], "uid": info["uid"], "gid": info["gid"], "gpus": info["gpus"],
             "run": spec["run"], "setup": spec.get("setup") or "", "envs": envs, "workdir": spec.get("workdir"),
             "time_limit": spec.get("time_limit"),
+            # Enforced by the node's cgroups where it has them (hello's `containment`).
+            "memory_mb": (spec.get("resources") or {}).get("memory_mb") or None,
+            "cpus": (spec.get("resources") or {}).get("cpus"),
         }
         nodes = info["rank_nodes"]
         if len(nodes) > 1:
@@ -477,12 +536,11 @@ class Controller:
         if state is JobStatus.STARTING:
             self.store.transition(job_id, task, JobStatus.RUNNING, reason="started", actor_uid=None, now=self.clock())
 
-    def rank_finished(self, key: str, exit_code: int | None, reason: str, status: JobStatus) -> None:
-        """One rank's processes ended. A single-node job ends with it; a multi-node job succeeds when
-        every rank exited 0, and fails (stopping the other ranks) as soon as one did not."""
-        from hybridctl.core.reconcile import parse_key
-
-        parsed = parse_key(key)
+    def rank_finished(self, key: str, exit_code: int | None, reason: str, status: JobStatus, *, node: str) -> None:
+        """One rank's processes ended on `node`, which must hold its open allocation. A single-node
+        job ends with it; a multi-node job succeeds when every rank exited 0, and fails (stopping
+        the other ranks) as soon as one did not."""
+        parsed = self._held_by(key, node)
         if parsed is None:
             return
         job_id, task, attempt, rank = parsed
@@ -553,12 +611,11 @@ class Controller:
             self.store.transition(job_id, task, JobStatus.PREEMPTED, reason=reason, actor_uid=None, now=self.clock(),
                                   release=False)
 
-    def release(self, key: str) -> None:
-        """A rank's processes are gone on its node: free what it held (cancelled jobs wait for this;
-        a preempted job goes back to the queue once its last rank is gone)."""
-        from hybridctl.core.reconcile import parse_key
-
-        parsed = parse_key(key)
+    def release(self, key: str, *, node: str) -> None:
+        """A rank's processes are gone on `node`: free what it held there (cancelled jobs wait for
+        this; a preempted job goes back to the queue once its last rank is gone). Only the node
+        that holds the rank's open allocation can release it."""
+        parsed = self._held_by(key, node)
         if parsed is not None:
             job_id, task, attempt, _rank = parsed
             self.store.release_rank(*parsed, now=self.clock())

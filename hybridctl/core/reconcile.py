@@ -3,13 +3,17 @@
 Dispatch is not a separate code path: a placed task is simply one the database says is active on
 a node while the agent has no record of it, so the reconciler answers "launch". The same rules
 adopt jobs that kept running while the controller or the link was away, record results that came
-in meanwhile, and stop stragglers the database no longer wants — so nothing is started twice."""
+in meanwhile, and stop stragglers the database no longer wants — so nothing is started twice.
+
+A node is believed only about itself: a record acts on the database (finish, release, copy logs
+and checkpoints) only for a rank whose open allocation is on that node (`held`); anything else it
+reports is merely stopped or forgotten on that same node."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Collection, Sequence, Union
 
 from hybridctl.core.model import JobStatus, task_label
 
@@ -93,7 +97,13 @@ class Stop:
 
 @dataclass(frozen=True)
 class Forget:
+    """The agent holds an ended job the database does not want (any more) on this node: tell the
+    agent to forget it. Only with `held` (the rank's open allocation is on this very node: a
+    cancelled or preempted rank whose processes are now gone) does the controller also keep its
+    logs and checkpoint and release the allocation."""
+
     key: str
+    held: bool = False
 
 
 Action = Union[Launch, Started, Finished, Vanished, Stop, Forget]
@@ -115,13 +125,21 @@ def outcome(job: AgentJob) -> tuple[JobStatus, str]:
     return JobStatus.FAILED, f"exit code {job.exit_code}"
 
 
-def reconcile(active: Sequence[ActiveRank], agent: Sequence[AgentJob]) -> list[Action]:
+def reconcile(active: Sequence[ActiveRank], agent: Sequence[AgentJob], held: Collection[str] | None = None,
+              unreadable: Collection[str] = ()) -> list[Action]:
     """What to do so the agent matches the database. `agent` must be a listing taken after every
-    launch this controller has already confirmed (launch is idempotent, so a repeat is harmless)."""
+    launch this controller has already confirmed (launch is idempotent, so a repeat is harmless).
+    `held`: the keys of every rank whose allocation on this node is still open, whatever its
+    task's state (default: the active ones). `unreadable`: keys the agent reported in a record
+    that could not be believed; those ranks are left exactly as they are (neither launched,
+    finished nor requeued) until the node reports them sanely."""
     actions: list[Action] = []
     by_key = {j.key: j for j in agent}
     wanted = {r.key for r in active}
+    held = wanted if held is None else set(held) | wanted
     for r in active:
+        if r.key in unreadable:
+            continue
         job = by_key.get(r.key)
         if job is None:
             if r.state is JobStatus.STARTING:
@@ -137,5 +155,5 @@ def reconcile(active: Sequence[ActiveRank], agent: Sequence[AgentJob]) -> list[A
     for job in agent:
         if job.key in wanted:
             continue
-        actions.append(Stop(job.key) if job.running else Forget(job.key))
+        actions.append(Stop(job.key) if job.running else Forget(job.key, held=job.key in held))
     return actions
