@@ -34,6 +34,10 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    # The agent sets the mode of everything private it creates (spec.json 0600, staging 0700, its
+    # socket); the directories a job's user must traverse (the state dir, jobs/, checkpoints/) need
+    # o+x whatever umask started us (a controller's 077 is inherited by simulated machines).
+    os.umask(0o022)
     try:
         cfg = config.load(args.config, {
             "socket": args.socket, "state_dir": args.state_dir, "name": args.name,

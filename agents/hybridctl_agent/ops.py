@@ -23,6 +23,7 @@ from hybridctl_agent.jobs import JobManager
 from hybridctl_agent.jobspec import plan_launch
 from hybridctl_agent.logs import read_range
 from hybridctl_agent.protocol import BAD_REQUEST, REFUSED, AgentError, field
+from hybridctl_agent.staging import Staging, identity
 from hybridctl_agent.telemetry import Telemetry
 
 Answer = Dict[str, Any]
@@ -46,12 +47,15 @@ class Ops:
         self.jobs = jobs
         self.telemetry = telemetry
         self.boot_id = uuid.uuid4().hex
+        self.staging = Staging(cfg.state_dir, cfg.allowed_group)
         self.last_request = time.monotonic()
         """When the last request was served (the orphan guard's clock)."""
         self.table: Dict[str, Callable[[Dict[str, Any]], Awaitable[Answer]]] = {
             "hello": self.hello, "sample": self.sample, "launch": self.launch,
             "jobs": self.list_jobs, "cancel": self.cancel, "logs": self.logs,
-            "forget": self.forget, "checkpoint_files": self.checkpoint_files, "sim_fault": self.sim_fault, "sim_foreign": self.sim_foreign,
+            "forget": self.forget, "checkpoint_files": self.checkpoint_files,
+            "stage_open": self.stage_open, "stage_done": self.stage_done, "stage_pull": self.stage_pull,
+            "stage_push": self.stage_push, "stage_unpack": self.stage_unpack, "sim_fault": self.sim_fault, "sim_foreign": self.sim_foreign,
         }
 
     async def dispatch(self, req: Dict[str, Any]) -> Answer:
@@ -70,6 +74,8 @@ class Ops:
             "cpus": os.cpu_count() or 1,
             "memory_mb": psutil.virtual_memory().total // (1024 * 1024),
             "uid": os.geteuid(), "rootless": self.cfg.rootless,
+            # "cgroup-v1", "cgroup-v2 (<what is not enforced>)" or "none: <why>"
+            "containment": self.jobs.containment.describe(),
             "checkpoint_root": str(Path(self.cfg.state_dir) / "checkpoints"),
             "interval_s": self.cfg.interval, "history_s": self.cfg.history,
         }
@@ -89,14 +95,13 @@ class Ops:
         plan = plan_launch(job, node=self.cfg.name,
                            gpu_indices=[g.index for g in self.gpus.inventory()],
                            rootless=self.cfg.rootless, job_path=self.cfg.job_path,
-                           kill_grace=self.cfg.kill_grace)
+                           kill_grace=self.cfg.kill_grace, containment=self.jobs.containment,
+                           pids_max=self.cfg.job_pids_max,
+                           device_rules=self.cfg.gpu_device_rules)
         ckpt = self.jobs.checkpoint_dir(plan.key)
         ckpt.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if plan.run_as is not None:  # restored files arrive as the SSH user: hand them all over
-            for root, dirs, files in os.walk(ckpt):
-                for name in [*dirs, *files]:
-                    os.lchown(os.path.join(root, name), plan.run_as.uid, plan.run_as.gid)
-            os.chown(ckpt, plan.run_as.uid, plan.run_as.gid)
+        if plan.run_as is not None:  # restored files are written as the job's user (stage_push)
+            os.chown(ckpt, plan.run_as.uid, plan.run_as.gid)  # the parent is the agent's: no link here
         plan.env["HYBRIDCTL_CHECKPOINT_DIR"] = str(ckpt)
         return {"job": await self.jobs.launch(plan)}
 
@@ -119,6 +124,52 @@ class Ops:
                 if stat.S_ISREG(st.st_mode):
                     files[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns]
         return {"root": str(root), "files": files}
+
+    # ---- transfers of a job's files (staging.py, stage.py) ---------------------------------------
+
+    def _stage_key(self, req: Dict[str, Any]) -> str:
+        key = field(req, "key", str, required=True)
+        if not jf.valid_key(key):
+            raise AgentError(BAD_REQUEST, f"field 'key' must match {jf.KEY_RE.pattern} and not start with '.'")
+        return key
+
+    async def stage_open(self, req: Dict[str, Any]) -> Answer:
+        """A fresh staging directory for a push: the controller writes its files there."""
+        token, path = self.staging.open()
+        return {"token": token, "path": str(path)}
+
+    async def stage_done(self, req: Dict[str, Any]) -> Answer:
+        """Remove a staging directory (after the controller read a pull's files); idempotent."""
+        self.staging.close(field(req, "token", str, required=True))
+        return {}
+
+    async def stage_pull(self, req: Dict[str, Any]) -> Answer:
+        """List a job's directory (`kind`: checkpoint, output) as the job's user and stage the files
+        that differ from `have`; see docs/AGENT_PROTOCOL.md."""
+        have = field(req, "have", dict, {})
+        max_bytes = field(req, "max_bytes", int)
+        return await self.staging.pull(field(req, "kind", str, "checkpoint"), self._stage_key(req), have,
+                                       field(req, "copy", bool, True), max_bytes)
+
+    async def stage_push(self, req: Dict[str, Any]) -> Answer:
+        """Copy a staging directory's `files` ({path: size}) into a job's directory (`kind`:
+        checkpoint, workdir, output; made if missing) as the job's user (`uid`, `gid`, `user`)."""
+        key = self._stage_key(req)
+        files = field(req, "files", dict, {})
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in files.values()):
+            raise AgentError(BAD_REQUEST, "field 'files' must map paths to sizes in bytes")
+        who = identity(req, self.cfg.rootless, self.cfg.name)
+        return await self.staging.push(field(req, "kind", str, "checkpoint"), key, who,
+                                       field(req, "token", str), files)
+
+    async def stage_unpack(self, req: Dict[str, Any]) -> Answer:
+        """Extract a staged tar (`tar`, a workdir from the controller) into a job's directory as the
+        job's user; regular files and directories only."""
+        key = self._stage_key(req)
+        who = identity(req, self.cfg.rootless, self.cfg.name)
+        return await self.staging.unpack(field(req, "kind", str, "workdir"), key, who,
+                                         field(req, "token", str, required=True),
+                                         field(req, "tar", str, required=True))
 
     async def list_jobs(self, req: Dict[str, Any]) -> Answer:
         """Every job record, and a `version` digest of their states. With `since` (a version the

@@ -1,0 +1,81 @@
+"""Trust at the cloud file-transfer boundary (issue 12, attack 6): a job's workdir is read with its
+owner's rights, never the controller's (root), and its outputs come back as the agent staged them
+as the job's user, links not followed. Real controller, simulated cloud machines (agent + SSH
+server on loopback), jobs submitted and run as `nobody`."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.cloud.lab import Lab
+from tests.conftest import require
+from tests.integration.test_permissions import AsUser, hybridctl_copy  # noqa: F401 - a fixture
+
+
+@pytest.fixture
+def cloud(hybridctl_copy: tuple[Path, str]) -> Iterator[tuple[Lab, AsUser, Path]]:  # noqa: F811
+    require(os.geteuid() == 0, "needs root to run jobs as nobody")
+    base = Path(tempfile.mkdtemp(prefix="hyb-tfc-"))  # every uid can enter: jobs run as nobody there
+    base.chmod(0o755)
+    lab = Lab(base, burst={"after": 0.5, "idle_timeout": 60.0})
+    try:
+        lab.start()
+        yield lab, AsUser(lab.ctl, *hybridctl_copy), base
+    finally:
+        lab.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def submit_as_nobody(lab: Lab, as_user: AsUser, *args: str) -> str:
+    nobody = pwd.getpwnam("nobody")
+    before = {r["job_id"] for r in lab.ctl.cli_json("queue", "--all")}
+    code, err = as_user(nobody.pw_uid, nobody.pw_gid, "submit", *args)
+    assert code == 0, err
+    [job] = {r["job_id"] for r in lab.ctl.cli_json("queue", "--all") if r["job_id"] not in before}
+    return str(job)
+
+
+def test_workdir_is_read_as_the_submitter_and_outputs_never_through_links(cloud: Any) -> None:
+    lab, as_user, base = cloud
+    private = base / "private"  # root's, mode 0700: nobody cannot list or read it
+    private.mkdir(mode=0o700)
+    (private / "secret.txt").write_text("TOPSECRET-workdir\n")
+    secret = base / "root-only"
+    secret.write_text("TOPSECRET-output\n")
+    secret.chmod(0o600)
+    mine = base / "mine"
+    mine.mkdir()
+    (mine / "input.txt").write_text("payload\n")
+
+    stolen = submit_as_nobody(lab, as_user, "--placement", "cloud", "--gpus", "A100:1", "--workdir", str(private),
+                              "--", "cat secret.txt")
+    # Run by the controller's own user: simulated machines are children of the controller, whose
+    # umask (077) leaves their directories closed to other uids. Links in the output directory
+    # must still be skipped, not followed.
+    outputs = lab.submit(
+        "--placement", "cloud", "--gpus", "A100:1", "--workdir", str(mine), "--",
+        f'cat input.txt; O="$HYBRIDCTL_OUTPUT_DIR"; echo result > "$O/out.txt"; mkdir "$O/d"; echo x > "$O/d/y";'
+        f' ln -s {secret} "$O/leak"; ln -s {base} "$O/dirlink"; echo done')
+
+    t = lab.wait_state(stolen, "FAILED", "SUCCEEDED", timeout=120)
+    assert t["state"] == "FAILED"
+    why = lab.ctl.cli_json("show", stolen)["events"][-1]["reason"]
+    assert why.startswith("workdir upload to cloud-") and "Permission denied" in why, why
+    assert "TOPSECRET" not in lab.ctl.cli("logs", stolen).stdout
+
+    t = lab.wait_state(outputs, "FAILED", "SUCCEEDED", timeout=120)
+    assert t["state"] == "SUCCEEDED", lab.ctl.log.read_text()[-3000:]
+    assert lab.ctl.cli("logs", outputs, check=True).stdout.startswith("payload\n")
+    out = lab.ctl.home / "outputs" / f"{outputs}.a0.r0"
+    assert (out / "out.txt").read_text() == "result\n" and (out / "d" / "y").read_text() == "x\n"
+    assert not (out / "leak").exists() and not (out / "dirlink").exists()
+    for path in (lab.ctl.home / "outputs").rglob("*"):
+        if path.is_file():
+            assert b"TOPSECRET" not in path.read_bytes(), path
