@@ -220,11 +220,45 @@ class CloudConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one local user may take of the controller that every user shares (`limits:`). A
+    request over a submit limit is refused at submit (exit 2, naming the key); a client over a
+    connection limit gets one error line and is disconnected."""
+
+    max_connections_per_uid: int = 64
+    """Open connections one uid may hold at once (the CLI holds one, the TUI two)."""
+    max_connections: int = 1024
+    """Open connections of all users together (the controller also raises its file limit to fit)."""
+    idle_timeout: float = 60.0
+    """A connection that sends no complete request for this long (s) is closed. A request being
+    answered (a long poll) is never cut; clients reconnect by themselves."""
+    max_request_bytes: int = 1048576
+    """A request line longer than this is refused and its connection closed (memory per connection
+    stays bounded; a job file is far smaller)."""
+    max_array_tasks: int = 1001
+    """Tasks in one array job (Slurm's MaxArraySize default: indices 0-1000)."""
+    max_pending_tasks_per_user: int = 10000
+    """PENDING tasks one user may have queued at once, arrays counted by task (Slurm's MaxSubmitJobs)."""
+    bad_request_log_per_minute: int = 10
+    """Malformed requests are logged one line each (no traceback), at most this many per uid per
+    minute; the rest are counted in one line. The same budget applies to refused connections and
+    to internal errors (logged with their traceback)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not value > 0 or (f.type in (int, "int") and value != int(value)):
+                raise ConfigError(f"limits.{f.name}: {value!r} is not valid; a number above 0")
+
+
+@dataclass(frozen=True)
 class Settings:
     home: str = ""
     """State directory (database, socket, logs); empty = `$HYBRIDCTL_HOME` or ~/.local/state/hybridctl."""
     socket: str = ""
-    """Controller socket path; empty = `<home>/hybridctl.sock`."""
+    """Controller socket path; empty = `$HYBRIDCTL_SOCKET`, else `<home>/hybridctl.sock` (reachable by
+    the controller's user only, as the home is private: a shared controller names a path outside
+    it; the systemd unit uses /run/hybridctl/controller.sock)."""
     admin_group: str = "hybridctl-admin"
     """Members of this Unix group (and root) may act on every job and node."""
     socket_mode: int = 0o666
@@ -237,6 +271,8 @@ class Settings:
     nodes: tuple[NodeConfig, ...] = ()
     cloud: CloudConfig = field(default_factory=CloudConfig)
     """Cloud bursting: providers, burst policy and limits."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """Per-user limits that keep the shared controller up for everyone."""
 
     @property
     def home_path(self) -> Path:
@@ -268,10 +304,14 @@ def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
     data: dict[str, Any] = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
+        from hybridctl.textfile import NotText, read_text
+
         try:
-            text = path.read_text()
+            text = read_text(path)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        except NotText as exc:  # one error type for the config, as every other mistake in it
+            raise ConfigError(exc.message) from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -316,7 +356,10 @@ def _build(cls: type, data: Mapping[str, Any], source: str, prefix: str) -> Any:
             hint = f"; did you mean '{close[0]}'?" if close else f"; accepted: {', '.join(names)}"
             raise ConfigError(f"{source}: {dotted}: unknown setting{hint}")
         kwargs[key] = _coerce(hints[key], value, source, dotted)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a range check in __post_init__: add the file
+        raise ConfigError(f"{source}: {exc.message}") from None
 
 
 def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:

@@ -40,20 +40,15 @@ class Client:
         self._file = s.makefile("rwb")
 
     def call(self, op: str, **args: Any) -> Any:
-        """Send one request; return its result or raise the controller's error as a HybridctlError."""
-        if self._sock is None:
-            self._connect()
-        try:
-            self._file.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
-            self._file.flush()
-            line = self._file.readline()
-        except (ConnectionError, socket.timeout, OSError) as exc:
+        """Send one request; return its result or raise the controller's error as a HybridctlError.
+        A connection the controller closed while it sat idle (limits.idle_timeout) is reopened and
+        the request sent again: the controller never read it."""
+        if self._sock is not None and _closed_by_peer(self._sock):
+            self.close()  # an idle timeout: nothing was pending, so nothing is lost
+        reply = self._exchange(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        if reply.get("idle"):
             self.close()
-            raise ControllerUnavailable(f"lost the connection to the controller ({exc}); is it still running?") from exc
-        if not line:
-            self.close()
-            raise ControllerUnavailable("the controller closed the connection before answering; see its log")
-        reply = json.loads(line)
+            reply = self._exchange(json.dumps({"op": op, "args": args}).encode() + b"\n")
         if reply.get("ok"):
             return reply.get("result")
         cls = getattr(errors, str(reply.get("type")), None)
@@ -64,6 +59,38 @@ class Client:
             exc.exit_code = int(reply.get("exit_code", 1))
         exc.title = str(reply.get("type", ""))
         raise exc
+
+    def _exchange(self, request: bytes) -> dict[str, Any]:
+        if self._sock is None:
+            self._connect()
+        try:
+            self._file.write(request)
+            self._file.flush()
+            line = self._file.readline()
+        except (ConnectionError, socket.timeout, OSError) as exc:
+            # Refused at connect (too many connections): the controller said why, then hung up.
+            said = self._last_word()
+            self.close()
+            if said is not None:
+                return said
+            raise ControllerUnavailable(f"lost the connection to the controller ({exc}); is it still running?") from exc
+        if not line:
+            self.close()
+            raise ControllerUnavailable("the controller closed the connection before answering; see its log")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def _last_word(self) -> dict[str, Any] | None:
+        """An error line the controller left before closing, if any."""
+        try:
+            assert self._sock is not None
+            self._sock.settimeout(0.5)
+            with self._sock.makefile("rb") as f:
+                line = f.readline()
+            reply = json.loads(line) if line else None
+        except (OSError, ValueError, AssertionError):
+            return None
+        return reply if isinstance(reply, dict) and reply.get("ok") is False else None
 
     def close(self) -> None:
         if self._sock is not None:
@@ -81,3 +108,15 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True when the controller has hung up (or left a last word) on an idle connection: between
+    requests nothing else is ever readable."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

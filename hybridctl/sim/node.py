@@ -66,7 +66,9 @@ async def serve(args: argparse.Namespace) -> None:
     state = base / "state"
     host_key_path = base / "ssh_host_key"
     if not host_key_path.exists():
-        asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(host_key_path))
+        from hybridctl.sim.keys import write_private_key
+
+        write_private_key(asyncssh.generate_private_key("ssh-ed25519"), host_key_path)
     host_key = asyncssh.read_private_key(str(host_key_path))
     log = open(base / "agent.log", "ab")
     agent = subprocess.Popen(
