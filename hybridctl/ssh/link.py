@@ -118,7 +118,10 @@ class AgentLink:
 
     async def close(self) -> None:
         try:
-            await self._client.close()
+            # Bounded: closing a channel waits for the peer's close, which a node that fell off
+            # the network never sends; it ended only when SSH keepalives gave up (a minute or
+            # more), holding up the session's reconnect and the controller's shutdown.
+            await asyncio.wait_for(self._client.close(), 5)
         except Exception:  # closing a broken link: nothing more to learn from it
             pass
         if self._conn is not None and self._owns_conn:
