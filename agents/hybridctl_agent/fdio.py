@@ -93,15 +93,16 @@ def parts(rel: str) -> List[str]:
     return out
 
 
-def open_dir(parent: int, name: str, create: bool) -> int:
-    """Open directory `name` in `parent` without following a link (creating it, 0755, if asked)."""
+def open_dir(parent: int, name: str, create: bool, mode: int = 0o755) -> int:
+    """Open directory `name` in `parent` without following a link (creating it with `mode`, if
+    asked). The controller's checkpoint store uses this too (with 0700)."""
     try:
         return os.open(name, DIR_FLAGS, dir_fd=parent)
     except FileNotFoundError:
         if not create:
             raise
         try:
-            os.mkdir(name, 0o755, dir_fd=parent)
+            os.mkdir(name, mode, dir_fd=parent)
         except FileExistsError:
             pass
         return os.open(name, DIR_FLAGS, dir_fd=parent)
@@ -111,12 +112,12 @@ def open_dir(parent: int, name: str, create: bool) -> int:
         raise
 
 
-def walk_to(top: int, names: List[str], create: bool) -> int:
+def walk_to(top: int, names: List[str], create: bool, mode: int = 0o755) -> int:
     """A new fd of the directory `names` below `top`, every step O_NOFOLLOW."""
     fd = os.dup(top)
     try:
         for name in names:
-            nxt = open_dir(fd, name, create)
+            nxt = open_dir(fd, name, create, mode)
             os.close(fd)
             fd = nxt
     except BaseException:

@@ -15,7 +15,6 @@ directory in the store, and every file must arrive with the size the node listed
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridctl.core.errors import HybridctlError
+from hybridctl_agent.fdio import Refused, copy_sparse, walk_to
 
 log = logging.getLogger("hybridctl.checkpoints")
 
@@ -76,31 +76,13 @@ def checked(listing: object, what: str, node: str) -> dict[str, list[int]]:
 # ---- the store, through directory fds ------------------------------------------------------------
 
 
-def _open_dir(parent: int, name: str, create: bool) -> int:
-    try:
-        return os.open(name, _DIR, dir_fd=parent)
-    except FileNotFoundError:
-        if not create:
-            raise
-        try:
-            os.mkdir(name, 0o700, dir_fd=parent)
-        except FileExistsError:
-            pass
-        return os.open(name, _DIR, dir_fd=parent)
-
-
 def _walk(top: int, names: list[str], create: bool) -> int:
-    """A new fd of directory `names` below `top`, each step O_NOFOLLOW."""
-    fd = os.dup(top)
+    """A new fd of directory `names` below `top`, each step O_NOFOLLOW (the agent's helper; a
+    link in the store is refused as a mismatch, never followed)."""
     try:
-        for name in names:
-            nxt = _open_dir(fd, name, create)
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return walk_to(top, names, create, 0o700)
+    except Refused as exc:
+        raise TransferMismatch(f"the checkpoint store holds a link or non-directory: {exc}") from None
 
 
 def _fd_path(dfd: int, name: str) -> str:
@@ -110,41 +92,6 @@ def _fd_path(dfd: int, name: str) -> str:
 
 
 # ---- copying ------------------------------------------------------------------------------------
-
-
-def copy_sparse(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes from `src` into `dst` keeping holes, and make `dst` exactly `size` long
-    (a file ending in a hole keeps its length). The agent's stage.py has the same."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(src, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            start = pos
-        if start >= size:
-            break
-        try:
-            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
-        except OSError:
-            end = size
-        off = start
-        while off < end:
-            try:
-                n = os.copy_file_range(src, dst, end - off, off, off)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                data = os.pread(src, min(end - off, 1 << 20), off)
-                n = os.pwrite(dst, data, off) if data else 0
-            if n == 0:
-                raise TransferMismatch(f"a file shrank while it was copied ({off} of {size} bytes)")
-            off += n
-        pos = end
-    os.ftruncate(dst, size)
 
 
 def _fix_size(path: str, size: int, what: str) -> None:

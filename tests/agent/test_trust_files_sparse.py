@@ -8,8 +8,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from hybridctl.control.checkpoints import LocalFiles, TransferMismatch, copy_sparse, pull
+from hybridctl.control.checkpoints import LocalFiles, TransferMismatch, pull
 from hybridctl_agent import stage
+from hybridctl_agent.fdio import copy_sparse
 
 SIZE = 64 << 20
 
@@ -61,15 +62,15 @@ def test_a_short_copy_is_caught_not_recorded_as_synced(tmp_path: Path) -> None:
 
 
 def test_copy_sparse_copies_data_between_holes_exactly(tmp_path: Path) -> None:
+    """The one copy both sides use (the agent's staging, the controller's local-node store)."""
     src = tmp_path / "src"
     want = sparse_file(src)
-    for copier in (stage.copy_sparse, copy_sparse):
-        dst = tmp_path / f"dst-{copier.__module__}"
-        a = os.open(src, os.O_RDONLY)
-        b = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            copier(a, b, SIZE)
-        finally:
-            os.close(a)
-            os.close(b)
-        assert dst.read_bytes() == want
+    dst = tmp_path / "dst"
+    a = os.open(src, os.O_RDONLY)
+    b = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        copy_sparse(a, b, SIZE)
+    finally:
+        os.close(a)
+        os.close(b)
+    assert dst.read_bytes() == want
