@@ -7,6 +7,7 @@ import pytest
 
 from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller
 from tests.integration.nodes import Lab
+from tests.integration.other_user import AsUser, readable_package
 from tests.integration.sshd import require_sshd
 
 
@@ -40,3 +41,15 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
     finally:
         lab.stop()
+
+
+@pytest.fixture(scope="session")
+def as_user() -> Iterator[AsUser]:
+    """Run the real CLI as another uid (needs root); see tests/integration/other_user.py."""
+    import os
+
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "needs root to run a client as another uid")
+    for package, preload in readable_package():
+        yield AsUser(package, preload)

@@ -17,26 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from tests.conftest import require
 from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller, wait_for
+from tests.integration.other_user import AsUser, Result
 
 # Runs as root, imports what it needs, then drops to the other uid (the interpreter may live in a
 # 0700 directory, so a fresh process as `nobody` could not even start Python). Prints one JSON line.
-AS_OTHER_USER = textwrap.dedent(
-    """
-    import contextlib, io, json, os, sys
-    from hybridctl.cli.main import build_parser, main
-    import difflib, shlex, hybridctl.cli.output, hybridctl.control.client, hybridctl.control.identity, hybridctl.core.spec
-    build_parser()  # argparse loads gettext/locale lazily: do it while the interpreter's files are readable
-    uid, gid = int(sys.argv[1]), int(sys.argv[2])
-    os.setgroups([]); os.setgid(gid); os.setuid(uid)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(sys.argv[3:])
-    print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue()}))
-    """
-)
-
 # The flood, as another uid: idle connections until refused, then one malformed request of each
 # kind on connections it already holds. Reports what it saw as one JSON line, then keeps its
 # connections open until its stdin closes.
@@ -79,12 +67,11 @@ def nobody() -> pwd.struct_passwd:
     return pwd.getpwnam("nobody")
 
 
-def as_nobody(c: ControllerProc, *args: str) -> dict[str, Any]:
+@pytest.fixture
+def as_nobody(as_user: AsUser) -> Callable[..., Result]:
+    """`as_nobody(controller, *args)`: the CLI as nobody (tests/integration/other_user.py)."""
     who = nobody()
-    p = subprocess.run([sys.executable, "-c", AS_OTHER_USER, str(who.pw_uid), str(who.pw_gid), *args], env=c.env,
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return lambda c, *args: as_user(c.env, who.pw_uid, who.pw_gid, *args)
 
 
 def call(c: ControllerProc, op: str, **args: Any) -> Any:
@@ -97,22 +84,24 @@ def call(c: ControllerProc, op: str, **args: Any) -> Any:
 # ---- confidentiality ---------------------------------------------------------------------------
 
 
-def test_another_user_sees_neither_the_env_values_nor_the_command_of_my_job(controller: ControllerProc) -> None:
+def test_another_user_sees_neither_the_env_values_nor_the_command_of_my_job(
+    controller: ControllerProc, as_nobody: Callable[..., Result]
+) -> None:
     job = controller.cli("submit", "--env", "API_TOKEN=hunter2-secret", "--name", "train", "--",
                          "curl -H 'Authorization: topsecret-cmd' x", check=True).stdout.strip()
     mine = controller.cli_json("show", job)
     assert mine["spec"]["envs"] == {"API_TOKEN": "hunter2-secret"} and "topsecret-cmd" in mine["spec"]["run"]
     for args in (("show", job, "--json"), ("show", job), ("queue", "--all", "--json")):
         res = as_nobody(controller, *args)
-        assert res["code"] == 0, (args, res)
-        assert "hunter2" not in res["out"] and "topsecret" not in res["out"], (args, res["out"])
-    theirs = json.loads(as_nobody(controller, "show", job, "--json")["out"])
+        assert res.code == 0, (args, res)
+        assert "hunter2" not in res.out and "topsecret" not in res.out, (args, res.out)
+    theirs = json.loads(as_nobody(controller, "show", job, "--json").out)
     assert theirs["spec"]["envs"] == {"API_TOKEN": "<hidden>"}
     assert "topsecret" not in theirs["spec"]["run"] and theirs["redacted"] == ["envs", "run", "setup"]
     assert theirs["spec"]["resources"] == mine["spec"]["resources"] and theirs["name"] == "train"
 
 
-def test_state_files_are_private_after_a_job_ran(tmp_path: Path) -> None:
+def test_state_files_are_private_after_a_job_ran(tmp_path: Path, as_nobody: Callable[..., Result]) -> None:
     """Database, WAL, pulled logs and checkpoint copies: owner-only, in an owner-only home; the
     log that `hybridctl logs` refuses to show another user cannot be read with `cat` either."""
     from tests.integration.test_fleet import solo_node
@@ -125,7 +114,7 @@ def test_state_files_are_private_after_a_job_ran(tmp_path: Path) -> None:
         wait_for(lambda: ctl.cli_json("show", job)["tasks"][0]["state"] == "SUCCEEDED", 60, what="job done")
         log = wait_for(lambda: next(iter((ctl.home / "logs").glob(f"{job}.*.stdout")), None), 30, what="pulled log")
         ckpt = wait_for(lambda: next(iter((ctl.home / "checkpoints").rglob("state")), None), 30, what="checkpoint")
-        assert as_nobody(ctl, "logs", job)["code"] == 3
+        assert as_nobody(ctl, "logs", job).code == 3
         modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (ctl.home, ctl.home / "hybridctl.db",
                                                            ctl.home / "hybridctl.db-wal", ctl.home / "logs", log,
                                                            ckpt.parent, ckpt)}
