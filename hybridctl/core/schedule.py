@@ -7,7 +7,7 @@ back, so smaller tasks behind it may still start (backfill without a start-time 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from hybridctl.core.capacity import Fleet, FreeIndex, Misses
 from hybridctl.core.fairshare import decayed_usage, priority_key
@@ -30,7 +30,7 @@ from hybridctl.core.model import (
     task_label,
 )
 
-__all__ = ["plan", "never_fits", "decayed_usage", "priority_key"]
+__all__ = ["plan", "window", "never_fits", "decayed_usage", "priority_key"]
 
 _SITES = {"onprem": ("onprem",), "cloud": ("cloud",), "any": ("onprem", "cloud")}
 _SITE_WORDS = {"onprem": "on-prem", "cloud": "cloud"}
@@ -184,6 +184,39 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
         if throttle is not None:
             array_running[t.job_id] = array_running.get(t.job_id, 0) + 1
     return ScheduleDecision(tuple(placements), tuple(waiting))
+
+
+def window(view: ClusterView) -> Callable[[PendingTask], int]:
+    """How many of one job's pending tasks, in index order, a pass must see for `plan` to decide
+    exactly what it would over all of them (Slurm keeps an array as one record until its tasks
+    start; this is the equivalent). A job's tasks share priority, user and shape, so they are
+    contiguous in `priority_key` order and once one waits every later one waits too: at most as
+    many start as its throttle and the fleet's free GPUs, CPUs and memory allow, the first that
+    cannot is told why, and the second gets the reason all the later ones would. The bound is
+    computed once per pass from `view`; the function is called once per job."""
+    free_gpus = sum(1 for n in view.nodes for s in n.gpus if s.free)
+    free_cpus = sum(max(0.0, n.cpus_free) for n in view.nodes)
+    free_mem = sum(max(0, n.memory_free_mb) for n in view.nodes)
+    running = view.running_tasks_by_array
+
+    def size(t: PendingTask) -> int:
+        res, nodes = t.resources, max(t.num_nodes, 1)
+        bounds = []
+        if res.gpus:
+            bounds.append(free_gpus // (res.gpus * nodes))
+        if res.cpus > 0:
+            bounds.append(int(free_cpus / (res.cpus * nodes)) + 1)  # +1: Fleet's float tolerance
+        if res.memory_mb > 0:
+            bounds.append(free_mem // (res.memory_mb * nodes))
+        if t.array_throttle is not None:
+            bounds.append(max(0, t.array_throttle - running.get(t.job_id, 0)))
+        if t.deps_unmet:
+            bounds.append(0)
+        if not bounds:  # a task that asks for nothing: no bound but the job's own size
+            return 2**62
+        return min(bounds) + 2
+
+    return size
 
 
 def _dependency_reason(deps: tuple[int, ...]) -> str:
