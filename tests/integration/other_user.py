@@ -93,3 +93,15 @@ class AsUser:
         assert p.returncode == 0, p.stderr
         res = json.loads(p.stdout.strip().splitlines()[-1])
         return Result(int(res["code"]), res["out"], res["err"])
+
+
+@dataclass(frozen=True)
+class BoundCli:
+    """`AsUser` bound to one controller's environment: `(uid, gid, *args) -> (exit code, stderr)`."""
+
+    as_user: AsUser
+    env: dict[str, Any]
+
+    def __call__(self, uid: int, gid: int, *args: str) -> tuple[int, str]:
+        res = self.as_user(self.env, uid, gid, *args)
+        return res.code, res.err.strip()

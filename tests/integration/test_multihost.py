@@ -177,7 +177,10 @@ def verify_unit(text: str, name: str, where: Path, user: bool = False) -> str:
     res = subprocess.run([SYSTEMD_ANALYZE, *(["--user"] if user else []), "verify", str(where / name)],
                          capture_output=True, text=True, timeout=60, cwd=where,
                          env=clean_env(XDG_RUNTIME_DIR=str(runtime), SYSTEMD_LOG_COLOR="0"))
-    return (res.stdout + res.stderr).strip() or ("" if res.returncode == 0 else f"exit {res.returncode}")
+    # Only what it says about this unit: `--user` also loads the host's user units, and a host
+    # package's broken one (gpg-agent-browser.socket on some images) is not this project's.
+    ours = [line for line in (res.stdout + res.stderr).splitlines() if name.rpartition("/")[2] in line]
+    return "\n".join(ours).strip() or ("" if res.returncode == 0 else f"exit {res.returncode}")
 
 
 def installed_copy(unit: Path, release: Release, binary: str) -> str:

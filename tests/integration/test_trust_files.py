@@ -22,7 +22,7 @@ from tests.conftest import require
 from tests.integration.harness import ControllerProc, make_controller, wait_for
 from tests.integration.nodes import FLEET_CONFIG, LabNode
 from tests.integration.sshd import Sshd, keygen, require_sshd
-from tests.integration.test_permissions import AsUser, hybridctl_copy  # noqa: F401 - a fixture
+from tests.integration.other_user import AsUser, BoundCli
 
 LYING_AGENT = textwrap.dedent('''\
     """A deliberately misbehaving agent (LyingAgent): the real one, except that its checkpoint
@@ -72,7 +72,7 @@ class OneNode:
     base: Path
     node: LabNode
     ctl: ControllerProc
-    as_user: AsUser
+    as_user: BoundCli
     drop: Path
     """A world-writable directory the job and the test share."""
 
@@ -102,14 +102,14 @@ class LyingNode(LabNode):
         wait_for(self.socket.exists, 30, what=f"agent socket of {self.name}")
 
 
-def start_lab(base: Path, copy: tuple[Path, str], node_cls: type[LabNode] = LabNode) -> OneNode:
+def start_lab(base: Path, as_user: AsUser, node_cls: type[LabNode] = LabNode) -> OneNode:
     key = keygen(base / "id_ed25519")
     node = node_cls("node1", base / "node1", "2:A100", Sshd(base / "node1" / "sshd", key))
     ctl = make_controller(base / "ctl", FLEET_CONFIG)
     drop = base / "drop"
     drop.mkdir(mode=0o777)
     drop.chmod(0o1777)
-    lab = OneNode(base, node, ctl, AsUser(ctl, *copy), drop)
+    lab = OneNode(base, node, ctl, BoundCli(as_user, ctl.env), drop)
     node.sshd.start()
     node.start_agent()
     ctl.start()
@@ -131,8 +131,8 @@ def world_base() -> Iterator[Path]:
 
 
 @pytest.fixture
-def lab(world_base: Path, hybridctl_copy: tuple[Path, str]) -> Iterator[OneNode]:  # noqa: F811
-    lab = start_lab(world_base, hybridctl_copy)
+def lab(world_base: Path, as_user: AsUser) -> Iterator[OneNode]:
+    lab = start_lab(world_base, as_user)
     try:
         yield lab
     finally:
@@ -230,7 +230,7 @@ def test_pull_never_reads_through_a_link_swapped_in_for_a_file(lab: OneNode) -> 
 
 
 def test_a_lying_agent_cannot_make_the_controller_write_outside_the_jobs_store(
-        world_base: Path, hybridctl_copy: tuple[Path, str]) -> None:  # noqa: F811
+        world_base: Path, as_user: AsUser) -> None:
     """Attack 3: a LyingAgent's listing names `../../..` paths and an absolute path, with real
     files staged behind them; the controller writes nothing outside the job's checkpoint store."""
     absolute = world_base / "abs_target"
@@ -240,7 +240,7 @@ def test_a_lying_agent_cannot_make_the_controller_write_outside_the_jobs_store(
     os.environ["LYING_AGENT_LIES"] = ":".join(lies)  # inherited by the agent only
     os.environ["LYING_AGENT_MARK"] = str(world_base / "lied")
     try:
-        lab = start_lab(world_base, hybridctl_copy, LyingNode)
+        lab = start_lab(world_base, as_user, LyingNode)
     finally:
         del os.environ["LYING_AGENT_LIES"], os.environ["LYING_AGENT_MARK"]
     try:

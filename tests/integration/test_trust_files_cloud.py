@@ -16,24 +16,24 @@ import pytest
 
 from tests.cloud.lab import Lab
 from tests.conftest import require
-from tests.integration.test_permissions import AsUser, hybridctl_copy  # noqa: F401 - a fixture
+from tests.integration.other_user import AsUser, BoundCli
 
 
 @pytest.fixture
-def cloud(hybridctl_copy: tuple[Path, str]) -> Iterator[tuple[Lab, AsUser, Path]]:  # noqa: F811
+def cloud(as_user: AsUser) -> Iterator[tuple[Lab, BoundCli, Path]]:
     require(os.geteuid() == 0, "needs root to run jobs as nobody")
     base = Path(tempfile.mkdtemp(prefix="hyb-tfc-"))  # every uid can enter: jobs run as nobody there
     base.chmod(0o755)
     lab = Lab(base, burst={"after": 0.5, "idle_timeout": 60.0})
     try:
         lab.start()
-        yield lab, AsUser(lab.ctl, *hybridctl_copy), base
+        yield lab, BoundCli(as_user, lab.ctl.env), base
     finally:
         lab.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def submit_as_nobody(lab: Lab, as_user: AsUser, *args: str) -> str:
+def submit_as_nobody(lab: Lab, as_user: BoundCli, *args: str) -> str:
     nobody = pwd.getpwnam("nobody")
     before = {r["job_id"] for r in lab.ctl.cli_json("queue", "--all")}
     code, err = as_user(nobody.pw_uid, nobody.pw_gid, "submit", *args)
