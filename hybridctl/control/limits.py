@@ -160,8 +160,20 @@ def redact(spec: dict[str, Any]) -> dict[str, Any]:
     """A job's spec as another (non-admin) user sees it: resources and timing as they are, the
     environment's names with their values hidden, no command or setup script (tokens and keys
     end up in all three)."""
-    out = dict(spec)
+    out = mask_secrets(spec)
     out["envs"] = {k: HIDDEN for k in (spec.get("envs") or {})}
     out["run"] = HIDDEN
     out["setup"] = HIDDEN if spec.get("setup") else spec.get("setup")
+    return out
+
+
+def mask_secrets(spec: dict[str, Any]) -> dict[str, Any]:
+    """A job's spec as anyone sees it, its owner and admins included (SkyPilot redacts secrets
+    everywhere): the secrets' names, each value replaced by SECRET_SHOWN. Only the launch
+    payload to the agent carries the values."""
+    from hybridctl.core.fields import SECRET_SHOWN
+
+    out = dict(spec)
+    if spec.get("secrets"):
+        out["secrets"] = {k: SECRET_SHOWN for k in spec["secrets"]}
     return out

@@ -221,6 +221,50 @@ def parse_env(
     return out
 
 
+SECRET_SHOWN = "<secret>"
+"""How a secret's value appears in anything hybridctl prints: errors, `show`, `--json`."""
+
+
+def parse_secrets(
+    items: Iterable[str] | Mapping[str, Any], *, field: str = "--secret", source: str = ""
+) -> dict[str, str | None]:
+    """SkyPilot's `secrets:` ({K: V} in YAML) or `--secret K=V` flags -> {K: 'V'}, keeping null
+    (the file's "give it on the command line"); `parse_spec` refuses a null left unfilled. Names
+    follow the `envs` rules. No error ever shows a value: messages are logged and printed."""
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    elif isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise SpecError(field, SECRET_SHOWN, "expected NAME: VALUE pairs or a list of 'NAME=VALUE'", source)
+    else:
+        pairs = []
+        for item in items:
+            if not isinstance(item, str) or "=" not in item:
+                raise SpecError(field, SECRET_SHOWN, "expected NAME=VALUE, or NAME to take the value "
+                                "from your shell's environment", source)
+            name, _, text = item.partition("=")
+            pairs.append((name, text))
+    out: dict[str, str | None] = {}
+    for name, value in pairs:
+        if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+            raise SpecError(field, name, ENV_NAME, source)
+        where = f"{field}.{name}" if field == "secrets" else field
+        if name.startswith(RESERVED_ENV_PREFIXES):
+            reserved = "HYBRIDCTL_* and CUDA_VISIBLE_DEVICES are reserved: hybridctl sets them"
+            raise SpecError(where, name, reserved, source)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        elif value is not None and not isinstance(value, str):
+            raise SpecError(where, SECRET_SHOWN, "expected a string (or null: given with --secret)", source,
+                            problem=f"a {type(value).__name__} is not valid")
+        if value is not None and "\0" in value:
+            raise SpecError(where, SECRET_SHOWN, "a value cannot hold a NUL character", source,
+                            problem="holds a NUL character")
+        out[name] = value
+    return out
+
+
 def parse_depends_on(value: Any, *, field: str = "depends_on", source: str = "") -> tuple[int, ...]:
     """Job ids from [12, 13], 12, '12,13', 'afterok:12:13' or 'afterok:12,afterok:13'."""
     if value is None:

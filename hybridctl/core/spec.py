@@ -22,6 +22,7 @@ from hybridctl.core.fields import (
     parse_int,
     parse_memory,
     parse_placement,
+    parse_secrets,
     parse_time_limit,
 )
 from hybridctl.core.model import JobSpec, Resources
@@ -45,14 +46,14 @@ PRIORITY_RANGE = (-1000, 1000)
 TOP_KEYS = frozenset(
     {"name", "resources", "num_nodes", "envs", "setup", "run", "workdir", "priority",
      "time_limit", "max_restarts", "recover_on_exit_codes", "checkpoint_dir", "placement", "array",
-     "depends_on"}
+     "depends_on", "secrets"}
 )  # fmt: skip
 RESOURCE_KEYS = frozenset({"accelerators", "cpus", "memory", "use_spot", "job_recovery"})
 # SkyPilot's resources.job_recovery keys, read as max_restarts / recover_on_exit_codes.
 JOB_RECOVERY_KEYS = frozenset({"max_restarts_on_errors", "recover_on_exit_codes"})
 # SkyPilot task keys (its sky/utils/schemas.py) that hybridctl accepts and ignores, with a warning.
 SKYPILOT_TOP_KEYS = frozenset(
-    {"file_mounts", "secrets", "volumes", "config", "service", "event_callback", "inputs",
+    {"file_mounts", "volumes", "config", "service", "event_callback", "inputs",
      "outputs", "experimental", "file_mounts_mapping", "pool"}
 )  # fmt: skip
 SKYPILOT_RESOURCE_KEYS = frozenset(
@@ -70,7 +71,7 @@ _HINTS = {
     "resources.": {"gpus": "accelerators", "gpu": "accelerators", "mem": "memory"},
 }  # fmt: skip
 # Flags named in errors, where the CLI's name differs from "--" + the key with dashes.
-FLAG_NAMES = {"num_nodes": "--nodes", "depends_on": "--dependency", "envs": "--env"}
+FLAG_NAMES = {"num_nodes": "--nodes", "depends_on": "--dependency", "envs": "--env", "secrets": "--secret"}
 _STR, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float"))
 _TYPED = frozenset({_INT, _FLOAT, "tag:yaml.org,2002:bool"})
 _RUN = "give the command to run, in the YAML `run:` or after `--` on the command line"
@@ -230,6 +231,7 @@ def parse_spec(data: Mapping[str, Any], source: str = "") -> tuple[JobSpec, list
         placement=opt(data, "placement", parse_placement, "any"),
         array=opt(data, "array", parse_array, None),
         depends_on=opt(data, "depends_on", parse_depends_on, ()),
+        secrets=_secrets(data, source),
     )
     return spec, warnings
 
@@ -253,6 +255,7 @@ def apply_flags(
     recover_on_exit_codes: str | None = None,
     depends_on: str | None = None,
     workdir: str | None = None,
+    secrets: Iterable[str] | None = None,
     source: str = "",
 ) -> dict[str, Any]:
     """Merge command-line flags (None = not given) into a user-level mapping; flags win.
@@ -260,7 +263,8 @@ def apply_flags(
     Returns a new mapping for `parse_spec`. Each flag is checked here so that its error names
     the flag (`--memory: 'lots' is not valid; ...`); the value is stored as typed. `run` is the
     argv after `--`: several words are joined with shlex.join; a single word is kept as a shell
-    script, as `ssh host 'a | b'` does. `--gpus N` keeps the file's GPU type and `--gpu-type T`
+    script, as `ssh host 'a | b'` does. `secrets` are 'NAME=VALUE' (the CLI has already read a
+    bare `--secret NAME` from the submitting shell, which only it can see). `--gpus N` keeps the file's GPU type and `--gpu-type T`
     its count (or 1). `source` names the file in errors about the file's own values.
     """
     out = dict(data)
@@ -305,6 +309,10 @@ def apply_flags(
         merged = _section(out, "envs", source)
         merged.update(parse_env(envs, field=FLAG_NAMES["envs"]))
         out["envs"] = merged
+    if secrets is not None:  # as envs: a flag fills the file's `NAME: null`, or overrides its value
+        given = _section(out, "secrets", source)
+        given.update(parse_secrets(secrets, field=FLAG_NAMES["secrets"]))
+        out["secrets"] = given
     if run:  # None, or [] from a bare `--`: keep the file's `run:`
         out["run"] = run[0] if len(run) == 1 else shlex.join(run)
     return out
@@ -352,6 +360,25 @@ def _check_keys(
             accepted = f"did you mean '{suggestion}'?" if suggestion else listed
             raise SpecError(prefix + key, key, accepted, source, problem="unknown key")
     return ignored
+
+
+def _secrets(data: Mapping[str, Any], source: str) -> dict[str, str]:
+    """The `secrets:` mapping, every value given: a null left (SkyPilot's "required") is refused
+    with the flag that fills it. No message names a value."""
+    raw = data.get("secrets")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError("secrets", type(raw).__name__, "expected a mapping such as 'HF_TOKEN: null'", source,
+                        problem="is not a mapping")
+    out = {}
+    for name, value in parse_secrets(raw, field="secrets", source=source).items():
+        if value is None:
+            accepted = (f"give it with --secret {name}=VALUE, or export {name} in your shell and "
+                        f"pass --secret {name}")
+            raise SpecError(f"secrets.{name}", None, accepted, source, problem="is null and no value was given")
+        out[name] = value
+    return out
 
 
 def _ranged(lo: int, hi: int) -> Callable[..., int]:

@@ -349,10 +349,10 @@ def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
 
 
 def test_skypilot_keys_give_one_warning() -> None:
-    data = {"run": "x", "secrets": {}, "volumes": {}, "resources": {"ports": 8080, "image_id": "x"}}
+    data = {"run": "x", "file_mounts": {}, "volumes": {}, "resources": {"ports": 8080, "image_id": "x"}}
     assert parse_spec(data, "job.yaml")[1] == [
         "job.yaml: ignoring SkyPilot keys hybridctl does not act on: "
-        "secrets, volumes, resources.ports, resources.image_id"
+        "file_mounts, volumes, resources.ports, resources.image_id"
     ]
     assert parse_spec(data)[1][0].startswith("ignoring SkyPilot keys")
 
