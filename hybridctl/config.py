@@ -252,6 +252,29 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RecoveryConfig:
+    """Requeues the job did not cause (`recovery:`): a spot reclaim, a scale-down the controller
+    made, a lost node, an exit code in `recover_on_exit_codes`. They never use up a job's
+    `max_restarts` (which counts its own failures); this cap only stops a job that loses every
+    node it lands on from looping for ever."""
+
+    max_recoveries: int = 100
+    """A task is requeued at most this many times for such causes, then ends FAILED with a reason
+    naming this key; 0 = never recover (every preemption or lost node fails the job)."""
+
+    def __post_init__(self) -> None:
+        value = self.max_recoveries
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() \
+                or not 0 <= value <= MAX_RECOVERIES_LIMIT:
+            raise ConfigError(f"recovery.max_recoveries: {value!r} is not valid; a whole number from 0 to "
+                              f"{MAX_RECOVERIES_LIMIT}")
+
+
+MAX_RECOVERIES_LIMIT = 100000
+"""Above this a cap is no cap: a looping job would fill the event log first."""
+
+
+@dataclass(frozen=True)
 class Settings:
     home: str = ""
     """State directory (database, socket, logs); empty = `$HYBRIDCTL_HOME` or ~/.local/state/hybridctl."""
@@ -273,6 +296,8 @@ class Settings:
     """Cloud bursting: providers, burst policy and limits."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     """Per-user limits that keep the shared controller up for everyone."""
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    """How often a job is requeued after stops it did not cause (preemption, lost nodes)."""
 
     @property
     def home_path(self) -> Path:
@@ -387,6 +412,8 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
     if hint in (int, float) or text in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {dotted}: {value!r} is not a number")
+        if hint is int and not float(value).is_integer():  # int(2.5) would quietly make it 2
+            raise ConfigError(f"{source}: {dotted}: {value!r} is not a whole number")
         return hint(value) if hint in (int, float) else value
     if hint is bool:
         if not isinstance(value, bool):

@@ -87,3 +87,17 @@ def label(r: dict[str, Any]) -> str:
     if "_last" in r:
         return f"{r['job_id']}_[{r['task']}-{r['_last']}]"
     return f"{r['job_id']}_{r['task']}"
+
+
+def recovery_text(task: dict[str, Any], max_restarts: int) -> str:
+    """'recovered 2 times (preemption), restarts 0/2': how one task's requeues were charged.
+    Recoveries (preemption, lost nodes, recover_on_exit_codes) never use up max_restarts."""
+    n = task.get("recoveries") or 0
+    causes: dict[str, int] = task.get("recovery_causes") or {}
+    if n:
+        order = sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))
+        by = ", ".join(k if len(order) == 1 else f"{c} {k}" for k, c in order)
+        head = f"recovered {n} time{'' if n == 1 else 's'}" + (f" ({by})" if by else "")
+    else:
+        head = "not recovered"
+    return f"{head}, restarts {task.get('restarts') or 0}/{max_restarts}"

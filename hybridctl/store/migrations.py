@@ -184,7 +184,16 @@ def m004_node_cpus(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE nodes ADD COLUMN cpus_override REAL;")
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus]
+def m005_recoveries(db: sqlite3.Connection) -> None:
+    """Requeues the job did not cause (preemption, a lost node, an exit code in
+    recover_on_exit_codes), counted apart from `restarts`: they never use up max_restarts, only
+    the controller's sanity cap `recovery.max_recoveries`. `recovery_causes` is a JSON object of
+    counts by cause ({"preemption": 2}) for `show`."""
+    _run(db, "ALTER TABLE tasks ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;")
+    _run(db, "ALTER TABLE tasks ADD COLUMN recovery_causes TEXT NOT NULL DEFAULT '{}';")
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus, m005_recoveries]
 
 
 def migrate(db: sqlite3.Connection) -> int:

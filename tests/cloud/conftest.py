@@ -126,7 +126,7 @@ def _no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def make_lab(tmp_path: Path) -> Iterator[Any]:
-    """make_lab(burst=..., simulated=..., cloud=..., fleet=...) -> a started `tests.cloud.lab.Lab`."""
+    """make_lab(burst=..., simulated=..., cloud=..., fleet=..., recovery=...) -> a started `tests.cloud.lab.Lab`."""
     from tests.cloud.lab import Lab
 
     labs: list[Lab] = []

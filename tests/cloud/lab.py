@@ -25,7 +25,8 @@ class Lab:
     """One on-prem simulated machine with one A100, a controller, and a simulated cloud."""
 
     def __init__(self, base: Path, burst: dict[str, Any], simulated: dict[str, Any] | None = None,
-                 cloud: dict[str, Any] | None = None, fleet: dict[str, Any] | None = None) -> None:
+                 cloud: dict[str, Any] | None = None, fleet: dict[str, Any] | None = None,
+                 recovery: dict[str, Any] | None = None) -> None:
         self.base = base
         self.key = client_key(base / "keys")
         self.cloud_dir = base / "sim"
@@ -49,6 +50,8 @@ class Lab:
                 **(cloud or {}),
             },
         }
+        if recovery is not None:
+            config["recovery"] = recovery
         self.ctl: ControllerProc = make_controller(base / "ctl", config)
         pin(self.ctl.home / "known_hosts", info["port"], info["host_key"])
 

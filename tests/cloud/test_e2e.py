@@ -102,7 +102,7 @@ def test_preemption_notice_requeues_the_job_and_it_reruns_on_a_new_node(make_lab
     lab: Lab = make_lab(burst={})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     lab.wait_state(hog, "RUNNING")
-    job = lab.submit("--gpus", "A100:1", "--max-restarts", "1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 300")
+    job = lab.submit("--gpus", "A100:1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 300")  # max_restarts 0
     first = lab.wait_state(job, "RUNNING", timeout=90)["nodes"]
     assert first.startswith("cloud-")
     [inst] = lab.provider().list({TAG_CLUSTER: CLUSTER})
@@ -116,7 +116,30 @@ def test_preemption_notice_requeues_the_job_and_it_reruns_on_a_new_node(make_lab
     wait_for(lambda: lab.provider().describe(inst.id).state == "terminated", 30, interval=0.2, what="reclaimed")
     wait_for(lambda: lab.node(first)["state"] == "absent", 30, interval=0.2, what=f"{first} removed")
     wait_for(lambda: "attempt=1" in lab.ctl.cli("logs", job).stdout, 30, interval=0.2, what="attempt 1 output")
+    [row] = [r for r in lab.ctl.cli_json("queue") if str(r["job_id"]) == job]
+    assert (row["recoveries"], row["recovery_causes"], row["restarts"]) == (1, {"preemption": 1}, 0)
     lab.ctl.cli("cancel", hog, job, check=True)
+
+
+def test_a_job_preempted_more_often_than_the_cap_fails_naming_the_cap(make_lab: Any) -> None:
+    lab: Lab = make_lab(burst={}, recovery={"max_recoveries": 1})
+    hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
+    lab.wait_state(hog, "RUNNING")
+    job = lab.submit("--gpus", "A100:1", "--max-restarts", "3", "--", "sleep 300")  # restarts left do not help
+    nodes = []
+    for n in range(2):
+        t = wait_for(lambda: (t := lab.task(job))["state"] == "RUNNING" and t["attempt"] == n and t, 90,
+                     interval=0.2, what=f"attempt {n} running on a cloud node")
+        nodes.append(t["nodes"])
+        [inst] = [i for i in lab.provider().list({TAG_CLUSTER: CLUSTER}) if i.name == t["nodes"]]
+        lab.provider().preempt(inst.id, time.time() + 4)
+    t = lab.wait_state(job, "FAILED", timeout=60)
+    assert (t["recoveries"], t["restarts"], t["attempt"]) == (1, 0, 1)
+    reason = lab.ctl.cli_json("show", job)["events"][-1]["reason"]
+    assert "already recovered 1 time, the most recovery.max_recoveries (1) allows" in reason, reason
+    assert nodes[0] != nodes[1] and all(n.startswith("cloud-") for n in nodes)
+    assert "recovered 1 time (preemption), restarts 0/3" in lab.ctl.cli("show", job, check=True).stdout
+    lab.ctl.cli("cancel", hog, check=True)
 
 
 def test_failed_bootstrap_terminates_the_instance_and_tries_another_offer(make_lab: Any, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_preempted_training_resumes_from_its_final_checkpoint_with_identical_wei
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 600")  # the on-prem GPU is busy: the job bursts
     lab.wait_state(hog, "RUNNING")
     out = tmp_path / "final.pt"
-    job = lab.submit("--gpus", "A100:1", "--max-restarts", "1", "--env", "OMP_NUM_THREADS=1", "--",
+    job = lab.submit("--gpus", "A100:1", "--env", "OMP_NUM_THREADS=1", "--",  # the default spec: max_restarts 0
                      f"{sys.executable} {TRAIN} --steps {STEPS} --ckpt-every 2 --step-time 0.1 --out {out}")
     first = lab.wait_state(job, "RUNNING", timeout=120)["nodes"]
     assert first.startswith("cloud-")
@@ -70,6 +70,9 @@ def test_preempted_training_resumes_from_its_final_checkpoint_with_identical_wei
     assert f"done at step {STEPS}" in after
     events = [e["to"] for e in lab.ctl.cli_json("show", job)["events"]]
     assert events == ["PENDING", "STARTING", "RUNNING", "PREEMPTED", "PENDING", "STARTING", "RUNNING", "SUCCEEDED"]
+    shown = lab.ctl.cli_json("show", job)["tasks"][0]
+    assert (shown["recoveries"], shown["recovery_causes"], shown["restarts"]) == (1, {"preemption": 1}, 0)
+    assert "recovered 1 time (preemption), restarts 0/0" in lab.ctl.cli("show", job, check=True).stdout
 
     ref = tmp_path / "ref.pt"
     subprocess.run([sys.executable, str(TRAIN), "--steps", str(STEPS), "--ckpt-every", "2", "--out", str(ref)],

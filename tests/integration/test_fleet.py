@@ -70,7 +70,7 @@ def test_controller_killed_mid_job_adopts_and_records_on_restart(lab: Lab) -> No
 
 
 def test_node_lost_for_good_requeues_and_reruns_elsewhere(lab: Lab) -> None:
-    job = submit(lab, "--gpus", "A100:1", "--max-restarts", "1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 600")
+    job = submit(lab, "--gpus", "A100:1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 600")  # max_restarts 0
     t = lab.wait_state(job, "RUNNING")
     first = t["nodes"]
     lab.nodes[first].sshd.stop()

@@ -31,7 +31,7 @@ def test_node_lost_without_notice_resumes_from_last_sync_with_identical_result(l
 
     out = tmp_path / "final.pt"
     cmd = f"{sys.executable} {TRAIN} --steps {STEPS} --ckpt-every 4 --step-time 0.1 --out {out}"
-    job = submit(lab, "--gpus", "A100:1", "--max-restarts", "2", "--env", "OMP_NUM_THREADS=1", "--", cmd)
+    job = submit(lab, "--gpus", "A100:1", "--env", "OMP_NUM_THREADS=1", "--", cmd)  # default spec: max_restarts 0
     first = lab.wait_state(job, "RUNNING")["nodes"]
     wait_for(lambda: synced_step(lab, job) >= 20, 120, what="a synced checkpoint at step >= 20")
     lab.nodes[first].stop()  # the machine dies: sshd, agent and the job's processes, no notice
@@ -54,3 +54,5 @@ def test_node_lost_without_notice_resumes_from_last_sync_with_identical_result(l
         assert torch.equal(a[k], b[k]), k  # same steps, same order: bit-identical
     events = [e["to"] for e in lab.controller.cli_json("show", job)["events"]]
     assert events.count("NODE_LOST") == 1 and events[-1] == "SUCCEEDED"
+    shown = lab.controller.cli_json("show", job)["tasks"][0]
+    assert (shown["recoveries"], shown["recovery_causes"], shown["restarts"]) == (1, {"node loss": 1}, 0)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from hybridctl.config import NodeConfig, SchedulerConfig, Settings
+from hybridctl.config import NodeConfig, RecoveryConfig, SchedulerConfig, Settings
 from hybridctl.control.nodes import config_record
 from hybridctl.control.identity import Caller
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import IllegalTransition, PermissionDenied, SpecError, Unschedulable
-from hybridctl.core.model import JobStatus
+from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.store.sqlite import Store
 
 ALICE = Caller(1001, 1001, "alice", "lab", admin=False)
@@ -153,10 +154,64 @@ def test_failures_requeue_until_max_restarts_and_recover_codes_do_not_count(ctl:
     t = run_and_exit(1)  # a failure: uses the one restart
     assert (t["state"], t["attempt"], t["reason"]) == ("PENDING", 3, "exited with code 1; requeued (restart 1 of 1)")
     ctl.schedule()
-    ctl.requeue_or_fail(j, 0, "node n1 lost", JobStatus.NODE_LOST)  # a lost node counts too: none left
-    assert task(ctl, j)["state"] == "FAILED"
-    assert "no restarts left (max_restarts 1)" in ctl.op_show(ROOT, str(j))["events"][-1]["reason"]
+    ctl.requeue_or_fail(j, 0, "node n1 lost", JobStatus.NODE_LOST)  # not the job's fault: no restart used
+    t = task(ctl, j)
+    assert (t["state"], t["attempt"], t["restarts"], t["recoveries"]) == ("PENDING", 4, 1, 3)
+    assert t["recovery_causes"] == {"exit code 75": 2, "node loss": 1}
+    t = run_and_exit(1)  # its own failure again: none left
+    assert (t["state"], t["exit_code"]) == ("FAILED", 1)
+    assert ctl.op_show(ROOT, str(j))["events"][-1]["reason"] == "exited with code 1; no restarts left (max_restarts 1)"
     assert ctl.store.open_allocations() == []
+
+
+def test_preemption_and_node_loss_are_recovered_with_the_default_spec(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE, resources={"accelerators": 1})  # max_restarts 0
+    for n in range(1, 5):
+        ctl.schedule()
+        assert task(ctl, j)["state"] == "STARTING"
+        if n % 2:
+            ctl.preempt(j, 0, "spot reclaim notice")  # PREEMPTED, then PENDING once its processes are gone
+            assert task(ctl, j)["state"] == "PREEMPTED"
+            ctl.requeue_or_fail(j, 0, "preempted")
+        else:
+            ctl.node_lost("n1", "silent for 300 s")
+            ctl.set_link("n1", NodeState.UP, "back")
+        t = task(ctl, j)
+        assert (t["state"], t["attempt"], t["restarts"], t["recoveries"]) == ("PENDING", n, 0, n)
+    assert t["recovery_causes"] == {"preemption": 2, "node loss": 2}
+    assert "does not use max_restarts" in t["reason"]
+    [row] = ctl.op_queue(ALICE)
+    assert (row["recoveries"], row["restarts"], row["max_restarts"]) == (4, 0, 0)
+    assert row["recovery_causes"] == {"preemption": 2, "node loss": 2}
+    assert ctl.op_show(ALICE, str(j))["max_restarts"] == 0
+
+
+def test_a_job_recovered_past_the_cap_fails_naming_the_cap_and_its_key(ctl: Controller, clock: Clock) -> None:
+    capped = Controller(ctl.store, dataclasses.replace(ctl.settings, recovery=RecoveryConfig(max_recoveries=2)),
+                        clock=clock)
+    j = submit(capped, ALICE, resources={"accelerators": 1}, max_restarts=5)  # restarts left do not help
+    for _ in range(2):
+        capped.schedule()
+        capped.requeue_or_fail(j, 0, "cloud node c1 is gone: preempted", JobStatus.PREEMPTED)
+        assert task(capped, j)["state"] == "PENDING"
+    capped.schedule()
+    capped.requeue_or_fail(j, 0, "cloud node c2 is gone: preempted", JobStatus.PREEMPTED)
+    t = task(capped, j)
+    assert (t["state"], t["recoveries"], t["restarts"]) == ("FAILED", 2, 0)
+    last = capped.op_show(ROOT, str(j))["events"][-1]
+    assert last["to"] == "FAILED"
+    assert last["reason"] == ("cloud node c2 is gone: preempted; not requeued: already recovered 2 times, the most"
+                              " recovery.max_recoveries (2) allows")
+    assert ctl.store.open_allocations() == []
+
+
+def test_a_time_limit_is_final_even_with_restarts_left(ctl: Controller, clock: Clock) -> None:
+    j = submit(ctl, ALICE, resources={"accelerators": 1}, max_restarts=3, recover_on_exit_codes=[143])
+    ctl.schedule()
+    ctl.store.transition(j, 0, JobStatus.RUNNING, reason="started", actor_uid=None, now=clock())
+    ctl.finish(j, 0, 143, "time limit reached", status=JobStatus.TIMEOUT)
+    t = task(ctl, j)
+    assert (t["state"], t["attempt"], t["restarts"], t["recoveries"]) == ("TIMEOUT", 0, 0, 0)
 
 
 def test_non_zero_exit_fails_at_once_without_restarts(ctl: Controller, clock: Clock) -> None:
