@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hybridctl.cli import cloud as cloud_cli  # stdlib only, like the rest of this path
+from hybridctl.cli import outputs as outputs_cli  # stdlib only too
 from hybridctl.core.errors import HybridctlError
 
 
@@ -86,12 +87,24 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
             print(f"hybridctl: {args.file}: cannot read the job file ({exc.strerror})", file=sys.stderr)
             return ExitCode.USAGE
         base_dir = os.path.dirname(os.path.abspath(args.file))
+    secrets = []
+    for item in args.secret or ():
+        # A bare NAME is read here: only the submitting shell has it (SkyPilot's --secret NAME).
+        name, eq, _value = item.partition("=")
+        if not eq:
+            if name not in os.environ:
+                print(f"hybridctl: --secret {name}: {name} is not set in your environment; export it, or "
+                      f"give --secret {name}=VALUE", file=sys.stderr)
+                return ExitCode.USAGE
+            item = f"{name}={os.environ[name]}"
+        secrets.append(item)
     flags = {
         "gpus": args.gpus, "gpu_type": args.gpu_type, "cpus": args.cpus, "memory": args.memory, "name": args.name,
         "priority": args.priority, "time_limit": args.time_limit, "array": args.array, "envs": args.env or None,
         "run": command or None, "num_nodes": args.nodes, "placement": args.placement,
         "max_restarts": args.max_restarts, "recover_on_exit_codes": args.recover_on_exit_codes, "depends_on": args.dependency,
         "workdir": args.workdir,  # as typed: the controller resolves ~ (from our uid) and cwd-relative paths
+        "secrets": secrets or None,
     }
     try:
         cwd: str | None = os.getcwd()
@@ -253,9 +266,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if s.get("workdir"):
         lines.append(f"  workdir    {s['workdir']}")
     lines.append("  run        " + s["run"].strip().replace("\n", "\n             "))
+    lines.append(_requeues_line(job))
     if job.get("wait_or_pay"):
         lines.append(f"  wait/pay   {job['wait_or_pay']['text']}")
-    print("\n".join(lines))
+    print("\n".join(line for line in lines if line))
     print()
     tasks = job["tasks"]
     rows = [
@@ -276,6 +290,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     print(o.table(["TIME", "TASK", "CHANGE", "REASON", "BY"], ev))
     return ExitCode.OK
+
+
+def _requeues_line(job: dict[str, Any]) -> str:
+    """`show`'s requeue line: recoveries (preemption, lost nodes: never charged to max_restarts)
+    and restarts used. An array sums its tasks, and says nothing while none was requeued."""
+    from hybridctl.cli import output as o
+
+    most = job.get("max_restarts") or 0
+    tasks = job["tasks"]
+    if len(tasks) == 1:
+        return f"  requeues   {o.recovery_text(tasks[0], most)}"
+    causes: dict[str, int] = {}
+    for t in tasks:
+        for k, n in (t.get("recovery_causes") or {}).items():
+            causes[k] = causes.get(k, 0) + n
+    total = {"recoveries": sum(t.get("recoveries") or 0 for t in tasks), "recovery_causes": causes}
+    used = sum(t.get("restarts") or 0 for t in tasks)
+    if not total["recoveries"] and not used:
+        return ""
+    text = o.recovery_text(total, most).rsplit(", restarts ", 1)[0]
+    return f"  requeues   tasks {text}, restarts {used} used (max {most} per task)"
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -463,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-limit", metavar="T", help="e.g. 90m, 2h, 1-00:00:00; the job is stopped after it")
     s.add_argument("--array", metavar="A-B[%N]", help="job array, e.g. 1-100%%10 (at most 10 tasks at once)")
     s.add_argument("--env", action="append", metavar="K=V", help="environment variable (repeatable)")
+    s.add_argument("--secret", action="append", metavar="K[=V]",
+                   help="secret in the job's environment, never shown (repeatable); K alone takes the value "
+                        "from your shell's environment, as sky launch --secret does")
     s.add_argument("--nodes", metavar="N", help="number of nodes (multi-node job)")
     s.add_argument("--placement", choices=["onprem", "cloud", "any"], help="where it may run")
     s.add_argument("--max-restarts", metavar="N",
@@ -558,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--rank", type=int, default=0, help="which node of a multi-node job (default 0)")
     lg.add_argument("--attempt", type=int, metavar="N",
                     help="an earlier run of a requeued job (0 = the first; default: the latest)")
+    outputs_cli.add_parser(sub)
 
     dm = sub.add_parser("demo", help="a whole simulated lab on this machine (no root, no config)",
                         description="Start simulated GPU servers reached over real SSH on loopback, a controller "
@@ -586,7 +625,7 @@ COMMANDS = {
     "cloud": cloud_cli.cmd_cloud,
     "queue": cmd_queue, "show": cmd_show, "cancel": cmd_cancel, "priority": cmd_priority, "usage": cmd_usage,
     "nodes": cmd_nodes, "node": cmd_node, "server": cmd_server, "logs": cmd_logs,
-    "demo": cmd_demo, "tui": cmd_tui,
+    "demo": cmd_demo, "tui": cmd_tui, "outputs": outputs_cli.cmd_outputs,
 }
 
 EXIT_BY_TYPE = {"PermissionDenied": ExitCode.DENIED, "NotFound": ExitCode.NOT_FOUND}

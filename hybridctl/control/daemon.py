@@ -254,7 +254,8 @@ class Daemon:
             return _error(BadRequest(f"bad request: {exc}"))
         except Exception as exc:  # a bug: log it whole (within the budget), tell the client in one line
             if self.internal_errors.allow(who.uid, "internal errors"):
-                log.exception("internal error handling %s from uid %d: %r", op, who.uid, line[:200])
+                # Argument names, never values: a submit carries envs and secrets.
+                log.exception("internal error handling %s(%s) from uid %d", op, ", ".join(sorted(args)), who.uid)
             return _error(HybridctlError(f"internal controller error: {exc!r} (see the controller log)"))
 
 

@@ -14,6 +14,7 @@ from hybridctl.control.identity import Caller
 from hybridctl.core import schedule as sched
 from hybridctl.core import wire
 from hybridctl.core.errors import HybridctlError, PermissionDenied, SpecError, Unschedulable
+from hybridctl.core.retry import Cause, Charge, RequeueDecision, decide
 from hybridctl.core.model import (
     ClusterView,
     GpuSlot,
@@ -29,12 +30,15 @@ from hybridctl.store.sqlite import Store, Submitter
 
 if TYPE_CHECKING:
     from hybridctl.control.fleet import Fleet
+    from hybridctl.control.outputs import OutputTarget
 
 log = logging.getLogger("hybridctl.controller")
 _GONE = ("terminated", "failed")
 """Cloud instance states of nodes already given back."""
 
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
+_CANCEL_PER_PASS = 2000
+"""Tasks whose dependency failed, cancelled per scheduling pass (one transaction, ~0.1 s)."""
 
 
 def parse_job_ref(ref: object) -> tuple[int, int | None]:
@@ -44,23 +48,6 @@ def parse_job_ref(ref: object) -> tuple[int, int | None]:
     if not head.isdigit() or (tail and not tail.isdigit()):
         raise SpecError("job", text, "expected a job id like 42, or an array task like 42_7")
     return int(head), int(tail) if tail else None
-
-
-def rendezvous_env(rank: Any, ips: Sequence[str], gpus_per_node: int) -> dict[str, str]:
-    """What every rank of a multi-node job gets, so `torchrun` and SkyPilot-style scripts work
-    unchanged. WORLD_SIZE counts processes (nodes × processes per node, torch's meaning); RANK and
-    LOCAL_RANK describe the node's first process, which is right for one process per node and is
-    overridden by torchrun for its workers."""
-    nproc = max(1, gpus_per_node)
-    port = 29500 + (rank.job_id * 131 + rank.task * 17 + rank.attempt) % 2000
-    return {
-        "MASTER_ADDR": ips[0], "MASTER_PORT": str(port), "NNODES": str(len(ips)), "NODE_RANK": str(rank.rank),
-        "NPROC_PER_NODE": str(nproc), "WORLD_SIZE": str(len(ips) * nproc), "RANK": str(rank.rank * nproc),
-        "LOCAL_RANK": "0", "HYBRIDCTL_NODE_IPS": "\n".join(ips), "HYBRIDCTL_NUM_NODES": str(len(ips)),
-        "HYBRIDCTL_NODE_RANK": str(rank.rank), "SKYPILOT_NODE_RANK": str(rank.rank),
-        "SKYPILOT_NODE_IPS": "\n".join(ips), "SKYPILOT_NUM_NODES": str(len(ips)),
-        "SKYPILOT_NUM_GPUS_PER_NODE": str(gpus_per_node),
-    }
 
 
 class Controller:
@@ -137,7 +124,10 @@ class Controller:
         self.on_change()
         out: dict[str, Any] = {"id": job_id, "warnings": warnings}
         if full:
+            from hybridctl.control.limits import mask_secrets
+
             out["job"] = self.store.job(job_id)
+            out["job"]["spec"] = mask_secrets(out["job"]["spec"])
         return out
 
     def _fleet_shape(self) -> list[Any]:
@@ -182,10 +172,11 @@ class Controller:
     def op_show(self, caller: Caller, job: str) -> dict[str, Any]:
         """A job's spec, tasks and history. Another user (not an admin) sees the spec with the
         environment's values, the command and the setup script hidden (`redacted` names them)."""
-        from hybridctl.control.limits import redact
+        from hybridctl.control.limits import mask_secrets, redact
 
         job_id, _task = parse_job_ref(job)
         out = self.store.job(job_id)
+        out["spec"] = mask_secrets(out["spec"])  # for everyone, the owner too
         if out["uid"] != caller.uid and not caller.admin:
             out["spec"] = redact(out["spec"])
             out["redacted"] = ["envs", "run", "setup"]
@@ -460,6 +451,93 @@ class Controller:
         return {"data": res.get("data", ""), "offset": res.get("offset", 0), "eof": bool(res.get("eof")),
                 "state": self.store.task_states(job_id, t)[0][1].value, "node": where}
 
+    # ---- outputs --------------------------------------------------------------------------------
+
+    async def op_outputs(self, caller: Caller, job: str, attempt: int | None = None,
+                         rank: int = 0) -> dict[str, Any]:
+        """The files one rank of a cloud job wrote to HYBRIDCTL_OUTPUT_DIR, as the controller copied
+        them back when it ended (`files`: {path: size}), for its owner or an admin. The copies sit
+        in the controller's private home, so this (and `op_output_read`) is the only way to them.
+        `attempt` defaults to the latest one that left outputs; `ranks` and `attempts` say which
+        others did; `note` says why there are none."""
+        import asyncio
+
+        from hybridctl.control import outputs
+
+        target = self._outputs_of(caller, job, attempt, rank)
+        home = self.settings.home_path
+        listing = await asyncio.to_thread(outputs.list_copy, home, target.key)
+        ranks = [r for r in range(target.num_nodes)
+                 if (listing is not None if r == target.rank else outputs.has_copy(home, target.key_of(r)))]
+        out: dict[str, Any] = {
+            "job": target.label, "attempt": target.attempt, "rank": target.rank, "num_nodes": target.num_nodes,
+            "state": target.state.value, "node": target.node, "files": listing.files if listing else {},
+            "total": sum(listing.files.values()) if listing else 0, "skipped": listing.skipped if listing else 0,
+            "truncated": bool(listing and listing.truncated), "ranks": ranks, "attempts": target.attempts,
+        }
+        note = target.note(bool(listing and listing.files))
+        if note:
+            out["note"] = note
+        return out
+
+    async def op_output_read(self, caller: Caller, job: str, path: str, offset: int = 0,
+                             max_bytes: int = 1 << 20, attempt: int | None = None,
+                             rank: int = 0) -> dict[str, Any]:
+        """A chunk of one file of a rank's output copy (`op_outputs` lists them): `data` is base64,
+        `size` the file's size now, `offset` where the next chunk starts. The path is opened
+        relative to the copy's directory fd, one O_NOFOLLOW component at a time; only a regular
+        file is read (the controller is root, and the copy's contents came from a node)."""
+        import asyncio
+        import base64
+
+        from hybridctl.control import outputs
+
+        if wire.integer(offset, 0, 1 << 62) is None:
+            raise SpecError("offset", offset, "a byte offset: an integer, 0 or more")
+        if wire.integer(max_bytes, 1, outputs.MAX_CHUNK) is None:
+            raise SpecError("max_bytes", max_bytes, f"an integer from 1 to {outputs.MAX_CHUNK}")
+        outputs.check_path(path)  # before the job's ownership: a bad request is one whoever sends it
+        target = self._outputs_of(caller, job, attempt, rank)
+
+        def read() -> tuple[str, int, int]:  # in a thread: the disk read and the base64 stay off the loop
+            data, size = outputs.read_copy(self.settings.home_path, target.key, target.label, path, offset, max_bytes)
+            return base64.b64encode(data).decode("ascii"), len(data), size
+
+        text, n, size = await asyncio.to_thread(read)
+        return {"data": text, "offset": offset + n, "size": size, "eof": offset + n >= size,
+                "attempt": target.attempt, "rank": target.rank}
+
+    def _outputs_of(self, caller: Caller, job: str, attempt: object, rank: object) -> OutputTarget:
+        """Which rank's output copy a request means, after the owner check. As in `op_logs`, an
+        array names one task; `attempt` None is the latest attempt that left outputs."""
+        from hybridctl.control import outputs
+        from hybridctl.core.errors import NotFound
+        from hybridctl.core.reconcile import job_key
+
+        job_id, task = parse_job_ref(job)
+        self._owned(caller, job_id, "read the outputs of")
+        states = self.store.task_states(job_id, task)
+        if not states:
+            raise NotFound(f"job {job_id} has no task {task}; `hybridctl show {job_id}` lists its tasks")
+        if task is None and len(states) > 1:
+            raise SpecError("JOB", job, f"job {job_id} is an array; name one task, e.g. {job_id}_{states[0][0]}")
+        t, state, latest = states[0]
+        label = task_label(job_id, t)
+        if attempt is not None and wire.integer(attempt, 0, latest) is None:
+            raise SpecError("--attempt", attempt, f"job {label} has attempts 0 to {latest}")
+        num_nodes = int(self.store.launch_info(job_id, t, 0, 0)["spec"].get("num_nodes") or 1)
+        if wire.integer(rank, 0, num_nodes - 1) is None:
+            ranks = "rank 0 only" if num_nodes == 1 else f"ranks 0 to {num_nodes - 1}"
+            raise SpecError("--rank", rank, f"job {label} has {ranks}")
+        home = self.settings.home_path
+        attempts = [a for a in range(latest + 1)
+                    if any(outputs.has_copy(home, job_key(job_id, t, a, r)) for r in range(num_nodes))]
+        if attempt is None:
+            attempt = attempts[-1] if attempts else latest
+        assert isinstance(attempt, int) and isinstance(rank, int)
+        return outputs.OutputTarget(job_id, t, label, attempt, rank, num_nodes, state, latest, attempts,
+                                    self.store.rank_node(job_id, t, attempt, rank))
+
     def checkpoint_path(self, key: str) -> Any:
         """The controller's copy of a job's (or array task's) checkpoint directory."""
         return self.settings.home_path / "checkpoints" / key.split(".", 1)[0]
@@ -505,12 +583,22 @@ class Controller:
         return None if parsed is None else self.store.rank_node(*parsed)
 
     def launch_payload(self, rank: Any, node: str) -> dict[str, Any]:
+        """What the agent on `node` gets to start one rank. The job's environment comes from
+        core/jobenv.py (SKYPILOT_* and HYBRIDCTL_* for every job); secrets travel only in here,
+        to the agent, which keeps them in its private job spec and the job's environment."""
+        from hybridctl.core.jobenv import RankPlace, job_env, with_user_env
+
         info = self.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
         spec = info["spec"]
-        envs = dict(spec.get("envs") or {})
-        if info["array"]:
-            envs["HYBRIDCTL_ARRAY_TASK_ID"] = str(rank.task)
-        envs["HYBRIDCTL_ATTEMPT"] = str(rank.attempt)
+        nodes = info["rank_nodes"] or [node]
+        ips = [self._node_address(n) for n in nodes]
+        first = self.store.node(nodes[0])
+        place = RankPlace(
+            job_id=rank.job_id, task=rank.task, attempt=rank.attempt, rank=rank.rank, array=bool(info["array"]),
+            name=spec.get("name") or "", user=info["user"], submitted_at=float(info["submitted_at"]),
+            gpus_per_node=len(info["gpus"]), node_ips=tuple(ips), cluster_name=first.name, site=first.site,
+        )
+        envs = with_user_env(job_env(place), spec.get("envs") or {}, spec.get("secrets") or {})
         payload: dict[str, Any] = {
             "key": rank.key, "user": info["user"], "uid": info["uid"], "gid": info["gid"], "gpus": info["gpus"],
             "run": spec["run"], "setup": spec.get("setup") or "", "envs": envs, "workdir": spec.get("workdir"),
@@ -519,10 +607,7 @@ class Controller:
             "memory_mb": (spec.get("resources") or {}).get("memory_mb") or None,
             "cpus": (spec.get("resources") or {}).get("cpus"),
         }
-        nodes = info["rank_nodes"]
         if len(nodes) > 1:
-            ips = [self._node_address(n) for n in nodes]
-            envs.update(rendezvous_env(rank, ips, len(info["gpus"])))
             payload["rendezvous_addr"] = ips[0]
         return payload
 
@@ -565,42 +650,55 @@ class Controller:
             # It ran (it has an exit code) but ended before a poll saw it running: record that it
             # started, so started_at and the history are right for short jobs too.
             self.store.transition(job_id, task, JobStatus.RUNNING, reason="started", actor_uid=None, now=self.clock())
-        if status is JobStatus.FAILED and exit_code is not None:
-            used, most, codes = self.store.restarts(job_id, task)
-            again = None
-            if exit_code in codes:
-                again = f"{reason}; exit code {exit_code} is in recover_on_exit_codes: requeued"
-            elif used < most:
-                again = f"{reason}; requeued (restart {used + 1} of {most})"
-            if again is not None:
+        if (status is JobStatus.FAILED and exit_code is not None) or status is JobStatus.TIMEOUT:
+            # A non-zero exit is the job's own failure (a restart), unless its code is in
+            # recover_on_exit_codes (a recovery); a time limit is final, as in Slurm.
+            d = self._decide(job_id, task, Cause.TIMEOUT if status is JobStatus.TIMEOUT else Cause.EXIT, exit_code)
+            if d.requeue:
+                again = f"{reason}; {d.note}"
                 self.store.transition(job_id, task, JobStatus.PENDING, reason=again, actor_uid=None, now=self.clock(),
-                                      release=release, count_restart=exit_code not in codes)
+                                      release=release, count_restart=d.charge is Charge.RESTART,
+                                      recovery=d.kind if d.charge is Charge.RECOVERY else "")
                 log.info("job %s requeued (%s)", task_label(job_id, task), again)
                 return
+            if d.note:
+                reason = f"{reason}; {d.note}"
         self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=self.clock(),
                               exit_code=exit_code, release=release)
         log.info("job %s %s (%s)", task_label(job_id, task), status.value, reason)
 
     def requeue_or_fail(self, job_id: int, task: int, reason: str,
                         status: JobStatus = JobStatus.NODE_LOST) -> None:
-        """PREEMPTED/NODE_LOST, then back to PENDING while restarts remain, else FAILED. A task
-        already PREEMPTED (see `preempt`) takes the second step only."""
+        """PREEMPTED/NODE_LOST, then back to PENDING as a recovery, else FAILED. The job did not
+        cause this stop (a reclaim, a scale-down the controller made, a lost node, an agent that
+        lost the job), so it never uses up max_restarts; only `recovery.max_recoveries` ends it.
+        A task already PREEMPTED (see `preempt`) takes the second step only."""
         (_task, state, _attempt), = self.store.task_states(job_id, task)
         if not state.is_active() and state is not JobStatus.PREEMPTED:
             return
-        used, max_restarts, _codes = self.store.restarts(job_id, task)
+        preempted = JobStatus.PREEMPTED in (state, status)
+        d = self._decide(job_id, task, Cause.PREEMPTION if preempted else Cause.NODE_LOSS)
         now = self.clock()
         with self.store.tx() as c:
             if state is not JobStatus.PREEMPTED:
                 self.store.transition(job_id, task, status, reason=reason, actor_uid=None, now=now, conn=c)
-            if used < max_restarts:
-                self.store.transition(job_id, task, JobStatus.PENDING,
-                                      reason=f"requeued (restart {used + 1} of {max_restarts})",
-                                      actor_uid=None, now=now, count_restart=True, conn=c)
+            if d.requeue:
+                self.store.transition(job_id, task, JobStatus.PENDING, reason=d.note, actor_uid=None, now=now,
+                                      recovery=d.kind, conn=c)
             else:
-                self.store.transition(job_id, task, JobStatus.FAILED,
-                                      reason=f"{reason}; no restarts left (max_restarts {max_restarts})",
+                self.store.transition(job_id, task, JobStatus.FAILED, reason=f"{reason}; {d.note}",
                                       actor_uid=None, now=now, conn=c)
+        if d.requeue:
+            log.info("job %s %s", task_label(job_id, task), d.note)
+        else:
+            log.warning("job %s failed: %s; %s", task_label(job_id, task), reason, d.note)
+
+    def _decide(self, job_id: int, task: int, cause: Cause, exit_code: int | None = None) -> RequeueDecision:
+        """`core.retry.decide` on what this task has used so far and the controller's cap."""
+        u = self.store.retry_usage(job_id, task)
+        return decide(cause, restarts_used=u.restarts, max_restarts=u.max_restarts, recoveries_used=u.recoveries,
+                      max_recoveries=self.settings.recovery.max_recoveries, exit_code=exit_code,
+                      recover_codes=u.recover_codes)
 
     def preempt(self, job_id: int, task: int, reason: str) -> None:
         """A reclaim notice: PREEMPTED now, keeping its GPUs while its node stops it (SIGTERM, then
@@ -677,11 +775,18 @@ class Controller:
         return usage
 
     def schedule(self) -> ScheduleDecision:
-        """One pass: read the cluster, plan, record placements and reasons."""
+        """One pass: read the cluster, plan, record placements and reasons. Its cost follows what
+        could start, not how many tasks wait: each job contributes only the window of its pending
+        tasks that `sched.window` says could matter (a 100,000-task array is read as a few)."""
         now = self.clock()
-        for job_id, task, dep in self.store.failed_dependencies():
-            self.store.transition(job_id, task, JobStatus.CANCELLED, reason=f"dependency {dep} did not succeed",
-                                  actor_uid=None, now=now)
+        doomed = self.store.failed_dependencies(limit=_CANCEL_PER_PASS)
+        if doomed:
+            with self.store.tx() as c:
+                for job_id, task, dep in doomed:
+                    self.store.transition(job_id, task, JobStatus.CANCELLED, reason=f"dependency {dep} did not succeed",
+                                          actor_uid=None, now=now, conn=c)
+            if len(doomed) >= _CANCEL_PER_PASS:
+                self.on_change()  # the rest in the next pass, so that clients are answered in between
         by_user: dict[str, int] = {}
         by_group: dict[str, int] = {}
         by_array: dict[int, int] = {}
@@ -699,7 +804,7 @@ class Controller:
             running_tasks_by_array=by_array,
             usage_by_user=self.usage_by_user(now),
         )
-        decision = sched.plan(view, self.store.pending(), self.policy)
+        decision = sched.plan(view, self.store.pending(window=sched.window(view)), self.policy)
         if decision.placements:
             self.store.start(decision.placements, now)
         self.store.set_reasons(decision.waiting, now)

@@ -28,9 +28,11 @@ class JobStatus(str, enum.Enum):
     TIMEOUT = "TIMEOUT"
     """Stopped because it ran past its time limit."""
     PREEMPTED = "PREEMPTED"
-    """Its (spot) node was reclaimed; it goes back to PENDING unless out of restarts."""
+    """Its (spot) node was reclaimed or given back; it goes back to PENDING (a recovery, never
+    charged to max_restarts) unless past `recovery.max_recoveries` (core/retry.py)."""
     NODE_LOST = "NODE_LOST"
-    """Its node stopped answering for good; it goes back to PENDING unless out of restarts."""
+    """Its node stopped answering for good; it goes back to PENDING (a recovery, never charged to
+    max_restarts) unless past `recovery.max_recoveries` (core/retry.py)."""
 
     def is_terminal(self) -> bool:
         return self in _TERMINAL
@@ -154,6 +156,9 @@ class JobSpec:
     array: ArraySpec | None = None
     depends_on: tuple[int, ...] = ()
     """Job ids that must have SUCCEEDED first (Slurm's afterok)."""
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """SkyPilot's `secrets:`: set in the job's environment like `envs` (and winning over them),
+    never shown: `show` masks the values, even to the owner (control/limits.mask_secrets)."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form; `spec_from_dict` reads it back."""
@@ -187,6 +192,7 @@ class JobSpec:
                 "throttle": self.array.throttle,
             },
             "depends_on": list(self.depends_on),
+            "secrets": dict(self.secrets),
         }
 
 
@@ -210,6 +216,7 @@ def spec_from_dict(d: Mapping[str, object]) -> JobSpec:
         placement=str(d.get("placement") or "any"),
         array=None if not arr else ArraySpec(**arr),  # type: ignore[arg-type]
         depends_on=tuple(d.get("depends_on") or ()),  # type: ignore[arg-type]
+        secrets=dict(d.get("secrets") or {}),  # type: ignore[call-overload]
     )
 
 

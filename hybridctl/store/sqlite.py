@@ -10,7 +10,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from hybridctl.core.errors import NotFound
 from hybridctl.core.model import (
@@ -29,6 +29,20 @@ from hybridctl.core.model import (
 from hybridctl.store.migrations import migrate
 
 _ACTIVE = ("STARTING", "RUNNING")
+_NOT_SUCCEEDED = ", ".join(f"'{s.value}'" for s in JobStatus if s is not JobStatus.SUCCEEDED)
+"""Every state but SUCCEEDED, as an SQL list (for index probes on tasks_state)."""
+
+
+@dataclass(frozen=True)
+class RetryUsage:
+    """What one task has used of its requeues, and its job's limits (read by `core.retry.decide`)."""
+
+    restarts: int
+    """Requeues after its own failures, charged to max_restarts."""
+    max_restarts: int
+    recoveries: int
+    """Requeues it did not cause (preemption, a lost node, a recover_on_exit_codes exit)."""
+    recover_codes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,9 @@ class Store:
         self.conn = conn
         self.fleet_version = 0
         """Bumped whenever a node's shape changes (add, remove, hardware), for caches of the fleet's shape."""
+        self.waiting_after: dict[int, tuple[int, str]] = {}
+        """job -> (task, reason) from the last scheduling pass: its pending tasks after `task` were
+        not looked at and wait for `reason` (`set_reasons`)."""
         self.schema_version = migrate(conn)
 
     def close(self) -> None:
@@ -209,18 +226,21 @@ class Store:
         exit_code: int | None = None,
         release: bool = True,
         count_restart: bool = False,
+        recovery: str = "",
         conn: sqlite3.Connection | None = None,
     ) -> JobStatus:
         """Move one task to `new` (raising IllegalTransition if the state machine forbids it),
         record the event, and release its allocations when it leaves STARTING/RUNNING — unless
         `release` is False: a cancelled job keeps its GPUs until its node confirms the processes
         are gone (`release_rank`), so the next job never shares a GPU with a dying one.
-        `count_restart` counts a requeue (-> PENDING) against the job's max_restarts.
+        `count_restart` counts a requeue (-> PENDING) against the job's max_restarts; `recovery`
+        names the cause of a requeue that counts as a recovery instead ('preemption').
         Runs inside the caller's transaction when `conn` is given, else in its own."""
         if conn is None:
             with self.tx() as c:
                 return self.transition(job_id, task, new, reason=reason, actor_uid=actor_uid, now=now,
-                                       exit_code=exit_code, release=release, count_restart=count_restart, conn=c)
+                                       exit_code=exit_code, release=release, count_restart=count_restart,
+                                       recovery=recovery, conn=c)
         row = conn.execute("SELECT state FROM tasks WHERE job_id=? AND task=?", (job_id, task)).fetchone()
         if row is None:
             raise NotFound(f"job {task_label(job_id, task)} does not exist")
@@ -241,6 +261,11 @@ class Store:
             sets += ["attempt=attempt+1", "nodes=''", "gpus=''", "started_at=NULL", "ended_at=NULL", "exit_code=NULL"]
             if count_restart:
                 sets.append("restarts=restarts+1")
+            if recovery:
+                path = '$."' + recovery.replace('"', "") + '"'
+                sets += ["recoveries=recoveries+1",
+                         "recovery_causes=json_set(recovery_causes, ?, COALESCE(json_extract(recovery_causes, ?), 0) + 1)"]
+                args += [path, path]
         conn.execute(f"UPDATE tasks SET {', '.join(sets)} WHERE job_id=? AND task=?", (*args, job_id, task))
         conn.execute(
             "INSERT INTO events (job_id, task, time, from_state, to_state, reason, actor_uid) VALUES (?,?,?,?,?,?,?)",
@@ -298,12 +323,13 @@ class Store:
             (job_id, task, attempt),
         ))
 
-    def restarts(self, job_id: int, task: int) -> tuple[int, int, tuple[int, ...]]:
-        """(restarts used, max_restarts, recover_on_exit_codes) of one task."""
-        used, most, spec = self.conn.execute(
-            "SELECT t.restarts, j.max_restarts, j.spec FROM tasks t JOIN jobs j ON j.id = t.job_id"
+    def retry_usage(self, job_id: int, task: int) -> RetryUsage:
+        """What one task has used of its restarts and recoveries, with its job's limits."""
+        used, most, recovered, spec = self.conn.execute(
+            "SELECT t.restarts, j.max_restarts, t.recoveries, j.spec FROM tasks t JOIN jobs j ON j.id = t.job_id"
             " WHERE t.job_id=? AND t.task=?", (job_id, task)).fetchone()
-        return int(used), int(most), tuple(json.loads(spec).get("recover_on_exit_codes") or ())
+        return RetryUsage(int(used), int(most), int(recovered),
+                          tuple(json.loads(spec).get("recover_on_exit_codes") or ()))
 
     def task_nodes(self, job_id: int, task: int) -> list[str]:
         return [n for (n,) in self.conn.execute(
@@ -350,9 +376,9 @@ class Store:
         )
 
     def launch_info(self, job_id: int, task: int, attempt: int, rank: int) -> dict[str, Any]:
-        """What an agent needs to start one rank: owner, spec and the rank's GPUs."""
-        uid, gid, user, spec, array = self.conn.execute(
-            "SELECT uid, gid, user, spec, array_spec FROM jobs WHERE id=?", (job_id,)
+        """What an agent needs to start one rank: owner, spec, submit time and the rank's GPUs."""
+        uid, gid, user, spec, array, submitted_at = self.conn.execute(
+            "SELECT uid, gid, user, spec, array_spec, submitted_at FROM jobs WHERE id=?", (job_id,)
         ).fetchone()
         row = self.conn.execute(
             "SELECT gpus, node FROM allocations WHERE job_id=? AND task=? AND attempt=? AND rank=? AND end IS NULL",
@@ -360,11 +386,22 @@ class Store:
         ).fetchone()
         ranks = [n for (n,) in self.conn.execute(
             "SELECT node FROM allocations WHERE job_id=? AND task=? AND attempt=? ORDER BY rank", (job_id, task, attempt))]
-        return {"uid": uid, "gid": gid, "user": user, "spec": json.loads(spec), "array": array,
+        return {"uid": uid, "gid": gid, "user": user, "spec": json.loads(spec), "array": array, "submitted_at": submitted_at,
                 "gpus": json.loads(row[0]) if row else [], "node": row[1] if row else None, "rank_nodes": ranks}
 
     def set_reasons(self, waiting: Sequence[Waiting], now: float) -> None:
-        """Record why each pending task waits; writes only the reasons that changed."""
+        """Record why each pending task a pass looked at waits (only the reasons that changed), and
+        remember per job the reason of its last one: a pass sees only a window of a large array
+        (`pending(window)`), and every later task of that job waits for that same reason
+        (`core.schedule.window`). Those are not written row by row — "behind job 42_17" changes
+        whenever a task starts, and rewriting 100,000 rows each time would stall the controller;
+        `queue` and `job` show the job's reason for them, as squeue shows an array's."""
+        rest: dict[int, tuple[int, str]] = {}
+        for w in waiting:
+            last = rest.get(w.job_id)
+            if last is None or w.task > last[0]:
+                rest[w.job_id] = (w.task, w.reason)
+        self.waiting_after = rest
         if not waiting:
             return
         with self.tx() as c:
@@ -372,6 +409,14 @@ class Store:
                 "UPDATE tasks SET reason=? WHERE job_id=? AND task=? AND state='PENDING' AND reason<>?",
                 ((w.reason, w.job_id, w.task, w.reason) for w in waiting),
             )
+
+    def _reason(self, job_id: int, task: int, state: str, stored: str) -> str:
+        """A pending task's reason: its own, or its job's for tasks past the last pass's window."""
+        if state == "PENDING":
+            after = self.waiting_after.get(job_id)
+            if after is not None and task > after[0]:
+                return after[1]
+        return stored
 
     def set_priority(self, job_id: int, priority: int, actor_uid: int, now: float) -> None:
         with self.tx() as c:
@@ -387,8 +432,45 @@ class Store:
 
     # ---- what the scheduler reads -------------------------------------------------------------
 
-    def pending(self) -> list[PendingTask]:
-        """Every PENDING task, with its job's resources and unmet dependencies."""
+    def pending(self, window: Callable[[PendingTask], int] | None = None) -> list[PendingTask]:
+        """PENDING tasks, with their job's resources and unmet dependencies. With `window`
+        (`core.schedule.window`), only the first `window(task)` pending tasks of each job by index,
+        found through the (state, job_id, task) index: a 100,000-task array costs a pass what a
+        100-task one does. Without, every pending task (the autoscaler's and estimates' view)."""
+        if window is None:
+            return self._all_pending()
+        # One row per job with pending tasks (a skip scan over the index, not over its tasks),
+        # carrying its first pending task.
+        heads = self.conn.execute(
+            "WITH RECURSIVE pj(id) AS (SELECT MIN(job_id) FROM tasks WHERE state='PENDING'"
+            " UNION ALL SELECT (SELECT MIN(job_id) FROM tasks WHERE state='PENDING' AND job_id > pj.id)"
+            " FROM pj WHERE pj.id IS NOT NULL)"
+            " SELECT j.id, (SELECT MIN(task) FROM tasks WHERE state='PENDING' AND job_id=j.id), j.user, j.grp,"
+            " j.priority, j.submitted_at, j.gpus, j.gpu_type, j.cpus, j.memory_mb, j.num_nodes, j.placement,"
+            " j.throttle, j.depends_on, j.use_spot, j.num_tasks FROM pj JOIN jobs j ON j.id = pj.id"
+        ).fetchall()
+        deps_cache: dict[str, tuple[int, ...]] = {}
+        out: list[PendingTask] = []
+        for (job_id, task, user, grp, prio, sub, gpus, gtype, cpus, mem, nn, place, thr, deps, spot, n) in heads:
+            unmet = deps_cache.get(deps)
+            if unmet is None:
+                unmet = deps_cache[deps] = self._unmet(json.loads(deps))
+            res = Resources(gpus=gpus, gpu_type=gtype, cpus=cpus, memory_mb=mem, use_spot=bool(spot))
+            head = PendingTask(job_id, task, user, grp, prio, sub, res, nn, place, thr, unmet)
+            want = window(head)
+            if n <= 1 or want <= 1:
+                out.append(head)
+                continue
+            out += [
+                PendingTask(job_id, t, user, grp, prio, sub, res, nn, place, thr, unmet)
+                for (t,) in self.conn.execute(
+                    "SELECT task FROM tasks WHERE state='PENDING' AND job_id=? ORDER BY task LIMIT ?",
+                    (job_id, min(want, n)),
+                )
+            ]
+        return out
+
+    def _all_pending(self) -> list[PendingTask]:
         rows = self.conn.execute(
             "SELECT t.job_id, t.task, j.user, j.grp, j.priority, j.submitted_at, j.gpus, j.gpu_type, j.cpus,"
             " j.memory_mb, j.num_nodes, j.placement, j.throttle, j.depends_on, j.use_spot"
@@ -410,30 +492,37 @@ class Store:
         return out
 
     def _unmet(self, deps: list[int]) -> tuple[int, ...]:
-        if not deps:
-            return ()
+        """The dependencies not yet met: a job that does not exist, or has a task that has not
+        SUCCEEDED. Index probes per state, never a read of a (large) dependency's every task."""
         unmet = []
         for d in deps:
-            states = {s for (s,) in self.conn.execute("SELECT state FROM tasks WHERE job_id=?", (d,))}
-            if states != {"SUCCEEDED"}:
+            exists = self.conn.execute("SELECT 1 FROM tasks WHERE job_id=? LIMIT 1", (d,)).fetchone()
+            if not exists or self.conn.execute(
+                f"SELECT 1 FROM tasks WHERE state IN ({_NOT_SUCCEEDED}) AND job_id=? LIMIT 1", (d,)
+            ).fetchone():
                 unmet.append(d)
         return tuple(unmet)
 
-    def failed_dependencies(self) -> list[tuple[int, int, int]]:
-        """Pending (job, task, dep) whose dependency ended in a state other than SUCCEEDED."""
-        rows = self.conn.execute(
-            "SELECT t.job_id, t.task, j.depends_on FROM tasks t JOIN jobs j ON j.id=t.job_id"
-            " WHERE t.state='PENDING' AND j.depends_on <> '[]'"
+    def failed_dependencies(self, limit: int = 2000) -> list[tuple[int, int, int]]:
+        """Pending (job, task, dep) whose dependency ended in a state other than SUCCEEDED, at most
+        `limit` (the caller cancels them; a 100k-task array is cancelled over several passes).
+        Dependencies are checked once per job, not once per task."""
+        jobs = self.conn.execute(
+            "SELECT j.id, j.depends_on FROM jobs j WHERE j.depends_on <> '[]'"
+            " AND EXISTS (SELECT 1 FROM tasks t WHERE t.state='PENDING' AND t.job_id=j.id)"
         ).fetchall()
-        out = []
-        for job_id, task, deps in rows:
-            for d in json.loads(deps):
-                bad = self.conn.execute(
-                    "SELECT 1 FROM tasks WHERE job_id=? AND state IN ('FAILED','CANCELLED','TIMEOUT') LIMIT 1", (d,)
-                ).fetchone()
-                if bad:
-                    out.append((job_id, task, d))
-                    break
+        out: list[tuple[int, int, int]] = []
+        for job_id, deps in jobs:
+            bad = next((d for d in json.loads(deps) if self.conn.execute(
+                "SELECT 1 FROM tasks WHERE state IN ('FAILED','CANCELLED','TIMEOUT') AND job_id=? LIMIT 1", (d,)
+            ).fetchone()), None)
+            if bad is None:
+                continue
+            out += [(job_id, t, bad) for (t,) in self.conn.execute(
+                "SELECT task FROM tasks WHERE state='PENDING' AND job_id=? ORDER BY task LIMIT ?",
+                (job_id, limit - len(out)))]
+            if len(out) >= limit:
+                break
         return out
 
     def open_allocations(self) -> list[tuple[int, int, str, list[int], float, int, str, str]]:
@@ -458,7 +547,8 @@ class Store:
     def queue(self, *, user: str | None, states: Sequence[str] | None, include_finished: bool) -> list[dict[str, Any]]:
         q = (
             "SELECT t.job_id, t.task, j.user, j.name, t.state, t.reason, j.gpus, j.gpu_type, j.num_nodes, t.nodes,"
-            " t.gpus, j.priority, j.submitted_at, t.started_at, t.ended_at, t.attempt, t.exit_code, j.array_spec"
+            " t.gpus, j.priority, j.submitted_at, t.started_at, t.ended_at, t.attempt, t.exit_code, j.array_spec,"
+            " t.restarts, j.max_restarts, t.recoveries, t.recovery_causes"
             " FROM tasks t JOIN jobs j ON j.id=t.job_id WHERE 1=1"
         )
         args: list[Any] = []
@@ -472,8 +562,16 @@ class Store:
             q += " AND t.state NOT IN ('SUCCEEDED','FAILED','CANCELLED','TIMEOUT')"
         q += " ORDER BY t.job_id, t.task"
         keys = ("job_id", "task", "user", "name", "state", "reason", "gpus", "gpu_type", "num_nodes", "nodes",
-                "gpu_ids", "priority", "submitted_at", "started_at", "ended_at", "attempt", "exit_code", "array")
-        return [dict(zip(keys, row)) for row in self.conn.execute(q, args)]
+                "gpu_ids", "priority", "submitted_at", "started_at", "ended_at", "attempt", "exit_code", "array",
+                "restarts", "max_restarts", "recoveries", "recovery_causes")
+        rows = [dict(zip(keys, row)) for row in self.conn.execute(q, args)]
+        after = self.waiting_after
+        for r in rows:
+            causes = r["recovery_causes"]
+            r["recovery_causes"] = json.loads(causes) if causes != "{}" else {}
+            if after and r["job_id"] in after:
+                r["reason"] = self._reason(r["job_id"], r["task"], r["state"], r["reason"])
+        return rows
 
     def job(self, job_id: int) -> dict[str, Any]:
         row = self.conn.execute(
@@ -484,13 +582,17 @@ class Store:
         out = dict(zip(("id", "uid", "user", "group", "name", "spec", "priority", "submitted_at", "array"), row))
         out["spec"] = json.loads(out["spec"])
         out["tasks"] = [
-            dict(zip(("task", "state", "reason", "attempt", "nodes", "gpu_ids", "started_at", "ended_at", "exit_code"), r))
+            dict(zip(("task", "state", "reason", "attempt", "nodes", "gpu_ids", "started_at", "ended_at", "exit_code",
+                      "restarts", "recoveries", "recovery_causes"), (*r[:-1], json.loads(r[-1]))))
             for r in self.conn.execute(
-                "SELECT task, state, reason, attempt, nodes, gpus, started_at, ended_at, exit_code FROM tasks"
-                " WHERE job_id=? ORDER BY task",
+                "SELECT task, state, reason, attempt, nodes, gpus, started_at, ended_at, exit_code, restarts,"
+                " recoveries, recovery_causes FROM tasks WHERE job_id=? ORDER BY task",
                 (job_id,),
             )
         ]
+        for t in out["tasks"]:
+            t["reason"] = self._reason(job_id, t["task"], t["state"], t["reason"])
+        out["max_restarts"] = out["spec"].get("max_restarts", 0)
         out["events"] = [
             dict(zip(("task", "time", "from", "to", "reason", "actor_uid"), r))
             for r in self.conn.execute(
