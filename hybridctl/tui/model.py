@@ -362,7 +362,8 @@ class JobRowCache:
         old, new = self._rows, {}
         out = []
         for r in queue:
-            key = tuple(r.values())
+            # A record's dict values (`recovery_causes`) are not hashable: key them by their repr.
+            key = tuple(repr(v) if isinstance(v, (dict, list)) else v for v in r.values())
             row = old.get(key)
             if row is None:
                 row = job_row(r)
