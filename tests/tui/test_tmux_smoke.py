@@ -22,4 +22,4 @@ def test_tui_in_tmux(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tui-smoke: ok" in res.stdout
     panes = sorted((tmp_path / "panes").glob("*.txt"))
-    assert len(panes) == 13 and "smoke-job" in panes[3].read_text()
+    assert len(panes) == 10 and "smoke-job" in panes[2].read_text()

@@ -12,7 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
+from textual.widgets import Footer, Input
 
 from hybridctl.tui.cells import clock
 from hybridctl.tui.data import Request, State
@@ -26,6 +26,24 @@ if TYPE_CHECKING:
 
 WRITE_ACTIONS = frozenset({"submit", "cancel", "priority", "drain", "resume"})
 """Actions that change the controller's state: hidden and disabled under --readonly."""
+VIEW_KEY_ACTIONS = frozenset({"back", "filter", "command", "help", "quit"})
+"""The actions of `view_key`s: off while a text field has focus (its keys are text, Esc its own)."""
+
+
+def view_key(key: str, action: str, description: str, *, show: bool = True,
+             key_display: str | None = None) -> list[Binding]:
+    """A key that moves focus or changes screens (Esc, `:`, `/`, `?`, `q`), bound twice.
+
+    Textual hands each key to the widget focused when the app reads it, and runs ordinary
+    bindings only when the key comes back up from that widget, by which time the keys read after
+    it have already been handed out. So `Esc :nodes`, arriving in one read (tmux send-keys, a
+    paste, a fast typist), routed `:nodes` to the table of the screen Esc was closing, and `:jobs`
+    its letters to the table rather than the prompt `:` opens. As a priority binding the key acts
+    when the app reads it, before the next key is routed. The ordinary, hidden copy (no
+    description, so not in the help) takes the key when it reaches the view the slow way: handed
+    to a dialog that the key before it was closing, it comes back up once this view is on top."""
+    return [Binding(key, action, description, show=show, key_display=key_display, priority=True),
+            Binding(key, action, "", show=False)]
 
 
 class ViewScreen(Screen[None]):
@@ -34,16 +52,16 @@ class ViewScreen(Screen[None]):
     filterable: ClassVar[bool] = True
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("colon", "command", "Cmd", key_display=":"),
-        Binding("question_mark", "help", "Help", key_display="?"),
+        *view_key("escape", "back", "Back"),
+        *view_key("slash", "filter", "Filter", key_display="/"),
+        *view_key("colon", "command", "Cmd", key_display=":"),
+        *view_key("question_mark", "help", "Help", key_display="?"),
         # k9s's keys: `q` on a top view (and Ctrl-C, bound on the app) ends the session; on a
-        # screen opened from a view, `q` goes back like Esc (the first binding is disabled there,
+        # screen opened from a view, `q` goes back like Esc (the first pair is disabled there,
         # so the second, hidden one takes the key). Bound on the views, not the app: a dialog is a
         # screen of its own and an Input takes printable keys first, so a typed `q` stays a `q`.
-        Binding("q", "quit", "Quit"),
-        Binding("q", "back", "Back", show=False),
+        *view_key("q", "quit", "Quit"),
+        *view_key("q", "back", "Back", show=False),
     ]
 
     filter_text = reactive("", init=False)
@@ -104,6 +122,10 @@ class ViewScreen(Screen[None]):
     # ---- keys ------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in VIEW_KEY_ACTIONS and isinstance(self.focused, Input):
+            # The prompt has focus: `/`, `?`, `q` are letters of what is typed (`:gpu gpu01/0`), Esc
+            # is the prompt's own Cancel. Priority bindings would otherwise take them first.
+            return False
         if action in WRITE_ACTIONS and self.hyb.readonly:
             return False
         if action == "filter" and not self.filterable:
@@ -158,6 +180,10 @@ class ViewScreen(Screen[None]):
         self._focus_main()
 
     def _focus_main(self) -> None:
+        """After the prompt: the prompt already gave focus back to what had it before (at once, so
+        keys typed right after Enter or Esc go there); only if nothing has it, the first table."""
+        if self.focused is not None and not isinstance(self.focused, Input):
+            return
         tables = list(self.query(RowTable))
         if tables:
             tables[0].focus()
