@@ -40,13 +40,23 @@ class _Server(asyncssh.SSHServer):
 
 
 def kill_tree(state_dir: Path) -> None:
-    """End every process that runs on this simulated machine's state (job supervisors and jobs)."""
+    """End every process that runs on this simulated machine's state: job supervisors (their
+    command line names it) and jobs, which a root agent puts in cgroups under its own
+    `agent-<id>` subtree (a job's `setsid` children name nothing of the machine)."""
+    from hybridctl_agent.containment import agent_parent
+
     me = os.getpid()
+    subtree = "/" + agent_parent("", str(state_dir)).lstrip("/") + "/"
     for p in psutil.process_iter(["cmdline"]):
         if p.pid == me:
             continue
         cmd = " ".join(p.info["cmdline"] or [])
-        if str(state_dir) in cmd:
+        try:
+            with open(f"/proc/{p.pid}/cgroup") as fh:
+                in_ours = subtree in fh.read()
+        except OSError:
+            in_ours = False
+        if str(state_dir) in cmd or in_ours:
             try:
                 os.killpg(os.getpgid(p.pid), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
