@@ -74,7 +74,14 @@ class HybridApp(App[None]):
         """Refreshes handled so far (tests and the benchmark wait on it)."""
         self.exit_on = tuple(exit_on)
         """Signals that end the session the way `q` does (`main` passes SIGTERM and SIGHUP)."""
-        self._old_handlers: dict[signal.Signals, Any] = {}
+        self.signalled = False
+        """One of `exit_on` arrived while no event-loop handler was installed (`note_signal`)."""
+
+    def note_signal(self, *_: Any) -> None:
+        """The Python-level handler for `exit_on` before mount and after unmount: it only notes
+        the signal. Raising there (a KeyboardInterrupt, as the demo's own handler does) would
+        land anywhere in Textual, e.g. inside its writer queue's lock, and hang its shutdown."""
+        self.signalled = True
 
     def on_mount(self) -> None:
         # A signal through the event loop, not a Python handler: the app then exits from its own
@@ -82,8 +89,9 @@ class HybridApp(App[None]):
         # demo's lab would otherwise outlive a closed terminal window).
         loop = asyncio.get_running_loop()
         for sig in self.exit_on:
-            self._old_handlers[sig] = signal.getsignal(sig)
             loop.add_signal_handler(sig, self.exit)
+        if self.signalled:  # the terminal closed while the app was starting
+            self.exit()
         if self.start_mode != self.DEFAULT_MODE:
             self.switch_mode(self.start_mode)
         self.set_interval(self.interval, self.poll_now)
@@ -91,10 +99,9 @@ class HybridApp(App[None]):
 
     def on_unmount(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig, old in self._old_handlers.items():
-            loop.remove_signal_handler(sig)  # leaves SIG_DFL: put back what the caller had
-            signal.signal(sig, old)
-        self._old_handlers.clear()
+        for sig in self.exit_on:
+            loop.remove_signal_handler(sig)  # leaves SIG_DFL: note, don't die, while shutting down
+            signal.signal(sig, self.note_signal)
         close = getattr(self.api, "close", None)
         if close is not None:
             close()
@@ -319,8 +326,14 @@ def main(readonly: bool = False, interval: float = 1.0) -> int:
     from hybridctl.tui.data import SocketApi
 
     api = SocketApi(paths.socket_path())
+    app = HybridApp(api, readonly=readonly, interval=interval, exit_on=(signal.SIGTERM, signal.SIGHUP))
+    # The caller's handlers (the demo's raise KeyboardInterrupt) come back only once Textual has
+    # finished: until then a signal is noted (before mount, after unmount) or exits the app.
+    saved = {sig: signal.signal(sig, app.note_signal) for sig in app.exit_on}
     try:
-        HybridApp(api, readonly=readonly, interval=interval, exit_on=(signal.SIGTERM, signal.SIGHUP)).run()
+        app.run()
     finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
         api.close()
     return 0
