@@ -104,33 +104,32 @@ def _fix_size(path: str, size: int, what: str) -> None:
         os.truncate(path, size)
 
 
+def _copy_file(src_path: str, dst_path: str, size: int, dst_flags: int, check_size: bool) -> None:
+    """Copy `size` bytes (holes kept) between two paths, neither followed through a link; with
+    `check_size`, the source must be the regular file of exactly `size` bytes the agent listed."""
+    src = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(src)
+        if check_size and (not stat.S_ISREG(st.st_mode) or st.st_size != size):
+            raise TransferMismatch(f"{src_path}: {st.st_size} bytes staged, the agent listed {size}")
+        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | dst_flags, 0o600)
+        try:
+            copy_sparse(src, dst, size)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
 class LocalFiles:
     """File access to a `host: local` agent's staging directories (the same machine)."""
 
     async def get(self, remote: str, local: str, size: int) -> None:
-        src = os.open(remote, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(src).st_mode) or os.fstat(src).st_size != size:
-                raise TransferMismatch(f"{remote}: {os.fstat(src).st_size} bytes staged, the agent listed {size}")
-            dst = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                copy_sparse(src, dst, size)
-            finally:
-                os.close(dst)
-        finally:
-            os.close(src)
+        _copy_file(remote, local, size, os.O_EXCL, check_size=True)
 
     async def put(self, local: str, remote: str, size: int) -> None:
         os.makedirs(os.path.dirname(remote), exist_ok=True)
-        src = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            dst = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                copy_sparse(src, dst, size)
-            finally:
-                os.close(dst)
-        finally:
-            os.close(src)
+        _copy_file(local, remote, size, os.O_TRUNC, check_size=False)
 
 
 class SftpFiles:

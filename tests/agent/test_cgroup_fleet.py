@@ -7,31 +7,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from tests.conftest import require
 from tests.integration.harness import wait_for
 from tests.integration.nodes import Lab
-from tests.integration.sshd import require_sshd
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    require_sshd()
-    require(os.geteuid() == 0, "root agents (cgroups) need root")
-    lab = Lab(tmp_path)
-    try:
-        lab.start()
-        yield lab
-    finally:
-        lab.stop()
+from tests.integration.conftest import lab  # noqa: F401 - real sshd and agents (root agents use cgroups)
 
 
 @pytest.mark.needs_root
 @pytest.mark.needs_sshd
 def test_memory_and_cpus_reach_the_job_cgroup_and_nodes_shows_containment(lab: Lab) -> None:
+    require(os.geteuid() == 0, "root agents (cgroups) need root")
     def hellos() -> Any:
         rows = lab.controller.cli_json("nodes")
         return rows if rows and all(r.get("containment") for r in rows) else None
