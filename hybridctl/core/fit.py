@@ -4,6 +4,7 @@ node shapes in words, and `never_fits`. Shared by the scheduler and submit-time 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import lru_cache
 from typing import Sequence
 
@@ -50,6 +51,14 @@ def gpu_type_matches(gpu_type: str, model: str) -> bool:
         else:
             return False
     return True
+
+
+def candidates(res: Resources) -> tuple[Resources, ...]:
+    """Each accelerator candidate of `res` as a full Resources (cpus, memory, spot kept, no
+    alternatives of its own), in order of preference; `(res,)` when it has none."""
+    if not res.alternatives:
+        return (res,)
+    return tuple(replace(res, gpu_type=t, gpus=n, alternatives=(), ordered=False) for t, n in res.alternatives)
 
 
 def fmt_mem(mb: int) -> str:

@@ -105,6 +105,13 @@ class Resources:
     """Host memory per node in MiB; 0 = no requirement."""
     use_spot: bool = True
     """May run on cloud spot nodes (SkyPilot's `use_spot`)."""
+    alternatives: tuple[tuple[str | None, int], ...] = ()
+    """Accelerator candidates (SkyPilot's `{L4:8, A10G:8}` set, `[A100:8, H100:8]` list,
+    `any_of`/`ordered`) as (gpu_type, gpus) pairs in order of preference, the first being
+    (gpu_type, gpus) above; () = exactly gpu_type/gpus. See core.fit.candidates."""
+    ordered: bool = False
+    """True: candidates are a preference order (SkyPilot list / `ordered`); False: any of them
+    (a set / `any_of`), the cheapest or first that fits."""
 
     def describe(self) -> str:
         gpu = f"{self.gpu_type}:{self.gpus}" if self.gpu_type else str(self.gpus)
