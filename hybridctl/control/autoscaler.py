@@ -10,59 +10,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Sequence
 
+from hybridctl.aio import wait_event
 from hybridctl.cloud import cost as costs
-from hybridctl.cloud.base import TAG_CLUSTER, CapacityError, CloudProvider, Instance, LaunchSpec, Notice
+from hybridctl.cloud import providers as provider_mod
+from hybridctl.cloud.base import (
+    TAG_CLUSTER,
+    CapacityError,
+    CloudNodeState,
+    CloudProvider,
+    Instance,
+    InstanceState,
+    LaunchSpec,
+    Notice,
+)
 from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
 from hybridctl.cloud.transfer import TransferError, download, output_dir, owner_of, upload
-from hybridctl.config import ConfigError, Settings
-from hybridctl.control.fleet import NodeSession
+from hybridctl.config import Settings
+from hybridctl.control.budget import limits, utc_day
+from hybridctl.control.checkpoints import MANIFEST, TransferMismatch
+from hybridctl.control.fleet import Fleet, NodeSession
+from hybridctl.control.lifecycle import Lifecycle
+from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
 from hybridctl.core.errors import HybridctlError
-from hybridctl.core.model import ClusterView, JobStatus, NodeState
-from hybridctl.core.reconcile import job_key
-
-if TYPE_CHECKING:
-    from hybridctl.control.fleet import Fleet
-    from hybridctl.control.service import Controller
+from hybridctl.core.model import JobStatus, NodeState, PendingTask, task_label
+from hybridctl.core.reconcile import ActiveRank, job_key
+from hybridctl.sim.keys import client_key
+from hybridctl.ssh.link import AgentRefused
+from hybridctl.ssh.sftp import is_ssh_error
+from hybridctl.store.sqlite import NodeRecord, Store
 
 log = logging.getLogger("hybridctl.autoscaler")
-
-LIVE = ("launching", "bootstrapping", "up", "draining")
-
-
-def limits(settings: Settings) -> burst.Limits:
-    """The policy's limits from `cloud.burst` (ConfigError names a bad key)."""
-    b = settings.cloud.burst
-    if b.budget_period not in burst.PERIODS:
-        raise ConfigError(f"cloud.burst.budget_period: {b.budget_period!r}; accepted: {', '.join(burst.PERIODS)}")
-    for key in ("after", "idle_timeout", "max_hourly_usd", "budget_usd", "backoff"):
-        if getattr(b, key) < 0:
-            raise ConfigError(f"cloud.burst.{key}: must be >= 0, got {getattr(b, key)}")
-    return burst.Limits(
-        after=b.after, idle_timeout=b.idle_timeout, allow_on_demand=b.allow_on_demand, max_nodes=b.max_nodes,
-        max_hourly_usd=b.max_hourly_usd, budget_usd=b.budget_usd, budget_period=b.budget_period,
-        spread_penalty=b.spread_penalty, count_freeing_within=b.count_freeing_within,
-        budget_reserve_h=b.budget_reserve_h, stop_margin_s=max(60.0, 3 * settings.cloud.poll_interval),
-    )
-
-
-def utc_day(t: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(t))
 
 
 def cloud_key(settings: Settings) -> Path:
     """The SSH key the controller uses for cloud nodes (created on first use)."""
     if settings.cloud.identity:
         return Path(settings.cloud.identity).expanduser()
-    from hybridctl.sim.keys import client_key
-
     return client_key(settings.home_path / "cloud")
 
 
@@ -74,7 +67,7 @@ class CloudSession(NodeSession):
         super().__init__(fleet, name)
         self.scaler = scaler
 
-    async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
+    async def prepare_launch(self, rank: ActiveRank) -> dict[str, Any] | None:
         """The job runs in its uploaded copy of the workdir, with an output dir that comes back
         when it ends (`pull_outputs`)."""
         if rank.key not in self.scaler.prepared and not await self.prepare(rank):
@@ -88,20 +81,17 @@ class CloudSession(NodeSession):
             payload["envs"] = {**payload.get("envs", {}), "HYBRIDCTL_OUTPUT_DIR": out}
         return payload
 
-    async def prepare(self, rank: Any) -> bool:
+    async def prepare(self, rank: ActiveRank) -> bool:
         """Upload the workdir and make the output directory of one rank about to launch here; a
         failure fails the job with the reason (it never starts) and returns False. The workdir is
         read here as the job's owner and written there as the job's user (cloud/transfer.py)."""
-        from hybridctl.control.checkpoints import TransferMismatch
-        from hybridctl.ssh.link import AgentRefused
-
-        ctl = self.fleet.controller
+        jobs = self.fleet.lifecycle
         assert self.link is not None
         if self.link.ssh_connection is None:
             return True
-        info = ctl.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
+        info = self.fleet.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
         spec = info["spec"]
-        cfg = ctl.settings.cloud
+        cfg = self.fleet.settings.cloud
         owner = owner_of(info)
         work = None
         try:
@@ -113,12 +103,12 @@ class CloudSession(NodeSession):
                 log.info("job %s: uploaded workdir %s to %s (%d bytes)", rank.key, spec["workdir"], self.name, sent)
         except (TransferError, AgentRefused, TransferMismatch) as exc:
             log.error("job %s: %s", rank.key, exc.message)
-            ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc.message}")
+            jobs.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc.message}")
             return False
         except Exception as exc:
-            if not type(exc).__module__.startswith("asyncssh") and not isinstance(exc, OSError):
+            if not is_ssh_error(exc) and not isinstance(exc, OSError):
                 raise
-            ctl.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc}")
+            jobs.finish(rank.job_id, rank.task, None, f"workdir upload to {self.name}: {exc}")
             return False
         self.scaler.prepared[rank.key] = (work, out)
         return True
@@ -130,23 +120,20 @@ class CloudSession(NodeSession):
     async def pull_outputs(self, key: str) -> None:
         """Bring HYBRIDCTL_OUTPUT_DIR of a finished (or preempted) rank back to the controller, as
         the agent staged it (read as the job's user, links skipped)."""
-        from hybridctl.control.checkpoints import TransferMismatch
-        from hybridctl.ssh.link import AgentRefused
-
-        ctl = self.fleet.controller
+        settings = self.fleet.settings
         self.scaler.prepared.pop(key, None)
         if self.link is None or self.link.ssh_connection is None:
             return
-        dest = ctl.settings.home_path / "outputs" / key
+        dest = settings.home_path / "outputs" / key
         try:
             agent, files = await self.files()
-            count, size, cut = await download(agent, files, key, dest, ctl.settings.cloud.output_cap_mb * 1024 * 1024,
+            count, size, cut = await download(agent, files, key, dest, settings.cloud.output_cap_mb * 1024 * 1024,
                                               self.name)
         except (TransferError, AgentRefused, TransferMismatch, OSError) as exc:
             log.error("job %s: output download from %s failed: %s", key, self.name, exc)
             return
         except Exception as exc:
-            if not type(exc).__module__.startswith("asyncssh"):
+            if not is_ssh_error(exc):
                 raise
             log.error("job %s: output download from %s failed: %s", key, self.name, exc)
             return
@@ -155,18 +142,64 @@ class CloudSession(NodeSession):
                      " (truncated at cloud.output_cap_mb)" if cut else "")
 
 
+class CheckpointIntervals:
+    """Seconds between a task's checkpoints as the checkpoint sync has seen them, from the manifest
+    of the controller's copy ({path: [size, mtime_ns, ...]}, control/checkpoints.py): the median
+    gap between the files' distinct modification times (a job that writes a file per checkpoint)
+    and between successive newest times seen (one that overwrites its file). Gaps under
+    `MIN_GAP_S` are files of one checkpoint. Re-read only when the manifest changed."""
+
+    MIN_GAP_S = 10.0
+
+    def __init__(self, path_of: Callable[[str], Path]) -> None:
+        self.path_of = path_of
+        self._seen: dict[str, tuple[int, float | None, list[float], float | None]] = {}
+        """label -> (manifest mtime_ns, newest file time, gaps seen between newest times (last 8),
+        the interval)."""
+
+    def interval(self, job_id: int, task: int) -> float | None:
+        """The median gap, or None while the sync has not seen two checkpoints."""
+        label = task_label(job_id, task)
+        path = self.path_of(label) / MANIFEST
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+        old = self._seen.get(label)
+        if old is not None and old[0] == stamp:
+            return old[3]
+        try:
+            listing = json.loads(path.read_text())
+            times = sorted({v[1] / 1e9 for v in listing.values()
+                            if isinstance(v, list) and len(v) > 1 and isinstance(v[1], int)})
+        except (OSError, ValueError, AttributeError):
+            times = []
+        newest = times[-1] if times else None
+        seen = list(old[2]) if old is not None else []
+        if old is not None and old[1] is not None and newest is not None and newest - old[1] >= self.MIN_GAP_S:
+            seen = (seen + [newest - old[1]])[-8:]
+        tail = times[-9:]
+        gaps = sorted([b - a for a, b in zip(tail, tail[1:]) if b - a >= self.MIN_GAP_S] + seen)
+        every = gaps[len(gaps) // 2] if gaps else None
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        self._seen[label] = (stamp, newest, seen, every)
+        return every
+
+
 class Autoscaler:
-    """Runs the burst policy against the providers; see the module docstring."""
+    """Runs the burst policy against the providers; see the module docstring. Job state changes
+    (preempt, requeue, node lost) go through `lifecycle`; cloud nodes' sessions through `fleet`;
+    the policy and fair-share usage come from `scheduler`. `clock` is wall time."""
 
-    def __init__(self, controller: Controller, fleet: Fleet, providers: dict[str, CloudProvider] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        from hybridctl.cloud import providers as provider_mod
-
-        self.ctl = controller
+    def __init__(self, store: Store, settings: Settings, lifecycle: Lifecycle, fleet: Fleet, scheduler: Scheduler,
+                 providers: dict[str, CloudProvider] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.settings = settings
+        self.lifecycle = lifecycle
         self.fleet = fleet
-        self.store = controller.store
-        self.settings = controller.settings
-        self.cfg = controller.settings.cloud
+        self.scheduler = scheduler
+        self.cfg = settings.cloud
         self.limits = limits(self.settings)
         self.providers = provider_mod.build(self.settings) if providers is None else providers
         self.clock = clock
@@ -176,6 +209,8 @@ class Autoscaler:
         """Provider -> its last error (shown by `cloud status`), cleared on success."""
         self.last: burst.BurstDecision | None = None
         self.last_at: float | None = None
+        self.checkpoints = CheckpointIntervals(lifecycle.checkpoint_path)
+        """Observed checkpoint intervals (World.checkpoint_every)."""
         self.leaks: list[dict[str, Any]] = []
         self.wake = asyncio.Event()
         self.prepared: dict[str, tuple[str | None, str]] = {}
@@ -186,7 +221,6 @@ class Autoscaler:
         self._declared: set[str] = set()
         self.key_path = cloud_key(self.settings)
         self.public_key = Path(f"{self.key_path}.pub").read_text().strip()
-        controller.autoscaler = self  # type: ignore[attr-defined]
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -201,21 +235,20 @@ class Autoscaler:
                 log.warning("autoscaler pass: %s", exc.message)
             except Exception:  # a bug in one pass must not stop the controller; it is logged whole
                 log.exception("autoscaler pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.cfg.poll_interval)
+            await wait_event(self.wake, self.cfg.poll_interval)
             self.wake.clear()
 
     def adopt(self) -> None:
         """After a restart: cloud nodes get cloud sessions, and interrupted launches are settled."""
         now = self.clock()
         for row in self.store.cloud_instances():
-            if row["state"] == "launching":
+            if row["state"] == CloudNodeState.LAUNCHING:
                 # The provider may or may not have made it; the leak sweep terminates it if it did.
-                self.store.cloud_update_instance(row["instance_id"], now, state="failed", ended_at=now,
+                self.store.cloud_update_instance(row["instance_id"], now, state=CloudNodeState.FAILED, ended_at=now,
                                                  reason="controller restarted during the launch")
-            elif row["state"] == "bootstrapping" and row["node"] not in self._busy:  # (a supervised rerun)
+            elif row["state"] == CloudNodeState.BOOTSTRAPPING and row["node"] not in self._busy:  # (a supervised rerun)
                 self._spawn(row["node"], self._resume(row))
-            elif row["state"] in ("up", "draining"):
+            elif row["state"] in (CloudNodeState.UP, CloudNodeState.DRAINING):
                 self.start_session(row["node"])
                 if row["offer"].get("declared_shape"):
                     self._declared.add(row["node"])
@@ -237,12 +270,6 @@ class Autoscaler:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for p in self.providers.values():
-            p.close()
-
     async def tick(self) -> burst.BurstDecision:
         """One pass (see the module docstring); returns the decision it acted on."""
         now = self.clock()
@@ -252,15 +279,20 @@ class Autoscaler:
         self.accrue(now)
         self.fix_shapes()
         for r in self.store.cloud_instances():
-            if r["state"] == "draining" and r["node"] not in self._busy:
+            if r["state"] == CloudNodeState.DRAINING and r["node"] not in self._busy:
                 # A give-back that failed (the provider refused the termination): try again.
                 self._spawn(r["node"], self.give_back(r["instance_id"], r["node"], r["reason"] or "draining"))
-        decision = burst.decide(self.world(now), self.limits, self.ctl.policy, now)
+        decision = burst.decide(self.world(now), self.limits, self.scheduler.policy, now)
         self.last, self.last_at = decision, now
+        self.scheduler.no_spot = decision.no_spot  # the next pass keeps them off spot nodes too
         for sd in decision.scale_down:
             if sd.node not in self._busy:
-                budget = sd.reason.startswith("budget")
+                # A paced budget never kills running work: only the old stop-everything rule forces.
+                budget = sd.reason.startswith("budget") and not self.limits.pace_budget
                 self._spawn(sd.node, self.scale_down(sd.node, sd.reason, force=budget))
+        for sd in decision.drain:  # no new work; given back by a later pass once idle
+            if sd.node not in self._busy:
+                self.store.set_drain(sd.node, True, sd.reason, now)
         for req in decision.launches:
             name = self.new_name()
             self._busy.add(name)
@@ -286,37 +318,71 @@ class Autoscaler:
 
     def world(self, now: float) -> burst.World:
         store = self.store
-        views = store.node_views()
-        by_user: dict[str, int] = {}
-        by_group: dict[str, int] = {}
-        by_array: dict[int, int] = {}
-        seen: set[tuple[int, int]] = set()
-        for job_id, task, _node, gpus, _c, _m, user, group in store.open_allocations():
-            by_user[user] = by_user.get(user, 0) + len(gpus)
-            by_group[group] = by_group.get(group, 0) + len(gpus)
-            if (job_id, task) not in seen:
-                seen.add((job_id, task))
-                by_array[job_id] = by_array.get(job_id, 0) + 1
-        cluster = ClusterView(tuple(views), by_user, by_group, by_array, self.ctl.usage_by_user(now))
+        cluster = self.scheduler.cluster(now)
+        views = cluster.nodes
         activity = store.cloud_node_activity()
         cloud = []
         for r in store.cloud_instances():
             offer = replace(burst.Offer.from_dict(r["offer"]), price_hourly=r["price_hourly"])
             held, last_end = activity.get(r["node"], (0, None))
-            up = r["state"] == "up"
+            up = r["state"] == CloudNodeState.UP
             idle_since = None
             if up and not held:
                 idle_since = max(last_end or 0.0, r["ready_at"] or r["launched_at"])
-            cloud.append(burst.CloudNode(r["node"], offer, r["launched_at"], up, idle_since, r["state"] == "draining"))
+            cloud.append(burst.CloudNode(r["node"], offer, r["launched_at"], up, idle_since,
+                                         r["state"] == CloudNodeState.DRAINING))
         site = {v.name: v.site for v in views}
         freeing = [
-            burst.Freeing(node, tuple(gpus), cpus, mem, start + tl)
-            for node, gpus, cpus, mem, start, tl, _j, _t in store.running_allocations()
-            if tl and site.get(node) != "cloud"
+            burst.Freeing(a.node, tuple(a.gpus), a.cpus, a.memory_mb, a.start + a.time_limit)
+            for a in store.running_allocations()
+            if a.time_limit and site.get(a.node) != "cloud"
         ]
         backoff = {p: u for p, (u, _r) in store.cloud_backoffs(now).items()}
         spent = store.cloud_spent_since(utc_day(burst.period_start(now, self.limits.budget_period)))
-        return burst.World(store.pending(), cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing)
+        pending = store.pending()
+        checkpoint_every, deadlines = self.job_facts(pending)
+        return burst.World(pending, cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing,
+                           checkpoint_every=checkpoint_every, deadlines=deadlines,
+                           transfer_s=self.transfer_times(pending))
+
+    def transfer_times(self, pending: Sequence[PendingTask]) -> dict[tuple[int, int], float]:
+        """Per pending task, the seconds a fresh cloud node would spend receiving its environment
+        and data (nothing when locality is off: the scheduler knows no needs then)."""
+        if self.settings.locality.weight <= 0:
+            return {}
+        out: dict[tuple[int, int], float] = {}
+        by_job: dict[int, float] = {}
+        for t in pending:
+            if t.job_id not in by_job:
+                est = self.scheduler.transfer_estimate(t.job_id, "cloud")
+                by_job[t.job_id] = est[1] if est else 0.0
+            if by_job[t.job_id]:
+                out[(t.job_id, t.task)] = by_job[t.job_id]
+        return out
+
+    def job_facts(self, pending: list[PendingTask]) -> tuple[dict[burst.TaskKey, float], dict[burst.TaskKey, float]]:
+        """Per pending task of a job with `checkpoint_dir`: seconds between its checkpoints (as the
+        checkpoint sync observed them, else `fleet.checkpoint_sync_interval`); per task of a job
+        with a `deadline`: the deadline. One query per 500 jobs (specs are JSON in the store)."""
+        ids = sorted({t.job_id for t in pending})
+        facts: dict[int, tuple[bool, float | None]] = {
+            job_id: (bool(ckpt), float(deadline) if deadline is not None else None)
+            for job_id, (_uid, (ckpt, deadline)) in self.store.spec_fields(
+                ids, ("$.checkpoint_dir", "$.deadline"), any_set=True).items()
+        }
+        every: dict[burst.TaskKey, float] = {}
+        deadlines: dict[burst.TaskKey, float] = {}
+        fallback = self.settings.fleet.checkpoint_sync_interval
+        for t in pending:
+            f = facts.get(t.job_id)
+            if f is None:
+                continue
+            key = (t.job_id, t.task)
+            if f[0]:
+                every[key] = self.checkpoints.interval(t.job_id, t.task) or fallback
+            if f[1] is not None:
+                deadlines[key] = f[1]
+        return every, deadlines
 
     def row(self, node: str) -> dict[str, Any] | None:
         return next((r for r in self.store.cloud_instances() if r["node"] == node), None)
@@ -342,15 +408,16 @@ class Autoscaler:
         except HybridctlError as exc:
             now = self.clock()
             capacity = isinstance(exc, CapacityError)
-            self.store.cloud_update_instance(placeholder, now, state="failed", ended_at=now, reason=exc.message)
+            self.store.cloud_update_instance(placeholder, now, state=CloudNodeState.FAILED, ended_at=now,
+                                             reason=exc.message)
             self.backoff(offer.pool, exc.message, now)
             (log.warning if capacity else log.error)("launch of %s refused (%s); trying another offer", offer.pool, exc.message)
             self.wake.set()
             return
         now = self.clock()
         offer_row = {**offer.to_dict(), "declared_shape": inst.declared_shape}
-        self.store.cloud_update_instance(placeholder, now, new_id=inst.id, state="bootstrapping",
-                                         offer=_json(offer_row))
+        self.store.cloud_update_instance(placeholder, now, new_id=inst.id, state=CloudNodeState.BOOTSTRAPPING,
+                                         offer=json.dumps(offer_row))
         await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout)
 
     async def _resume(self, row: dict[str, Any]) -> None:
@@ -374,7 +441,7 @@ class Autoscaler:
             now = self.clock()
             self.backoff(offer.pool, f"bootstrap failed: {why}", now)
             # Draining until terminated: if the provider refuses the termination, the next pass retries.
-            self.store.cloud_update_instance(iid, now, state="draining", reason=f"bootstrap failed: {why}")
+            self.store.cloud_update_instance(iid, now, state=CloudNodeState.DRAINING, reason=f"bootstrap failed: {why}")
             await self.give_back(iid, name, f"bootstrap failed: {why}", failed=True)
             self.wake.set()
 
@@ -382,9 +449,9 @@ class Autoscaler:
         known = self.settings.known_hosts_path
         while True:
             inst = await asyncio.to_thread(provider.describe, iid)
-            if inst.state == "terminated":
+            if inst.state == InstanceState.TERMINATED:
                 raise BootstrapFailed(f"instance {iid} ended before it could be reached ({inst.reason or 'no reason given'})")
-            if inst.state == "running" and inst.host:
+            if inst.state == InstanceState.RUNNING and inst.host:
                 break
             await asyncio.sleep(0.25)
         if inst.host_key:
@@ -396,8 +463,6 @@ class Autoscaler:
 
     async def join(self, inst: Instance, name: str, offer: burst.Offer, socket: str) -> None:
         """Record the node (site 'cloud') and start its session; return once it is UP."""
-        from hybridctl.store.sqlite import NodeRecord
-
         now = self.clock()
         gpus = tuple({"index": i, "model": offer.gpu_type or "GPU"} for i in range(offer.gpus))
         rec = NodeRecord(name, inst.host, inst.port, inst.ssh_user or None, str(self.key_path), socket, "cloud",
@@ -412,25 +477,19 @@ class Autoscaler:
             await asyncio.sleep(0.1)
         self.fix_shapes()
         now = self.clock()
-        self.store.cloud_update_instance(inst.id, now, state="up", ready_at=now)
+        self.store.cloud_update_instance(inst.id, now, state=CloudNodeState.UP, ready_at=now)
         log.info("cloud node %s (%s, %s) joined the fleet", name, inst.id, offer.describe())
-        self.ctl.on_change()
+        self.lifecycle.changed()
 
     def start_session(self, name: str) -> None:
-        old = self.fleet.sessions.get(name)
-        if isinstance(old, CloudSession):
-            return
-        if old is not None and old.task is not None:
-            old.task.cancel()
-        s = CloudSession(self.fleet, name, self)
-        s.start()
-        self.fleet.sessions[name] = s
+        self.fleet.start_session(name, CloudSession, self)
 
     def fix_shapes(self) -> None:
         """Simulated machines report the host's CPUs and memory; record the offer's (the node was
         rented for them, and the scheduler and the policy must agree on its size)."""
         for r in self.store.cloud_instances():
-            if r["node"] not in self._declared or r["state"] not in ("up", "bootstrapping", "draining"):
+            if r["node"] not in self._declared or r["state"] not in (CloudNodeState.UP, CloudNodeState.BOOTSTRAPPING,
+                                                                    CloudNodeState.DRAINING):
                 continue
             with contextlib.suppress(HybridctlError):
                 n = self.store.node(r["node"])
@@ -453,7 +512,7 @@ class Autoscaler:
         if held and not force:
             return
         self.store.set_drain(node, True, reason, self.clock())
-        self.store.cloud_update_instance(row["instance_id"], self.clock(), state="draining", reason=reason)
+        self.store.cloud_update_instance(row["instance_id"], self.clock(), state=CloudNodeState.DRAINING, reason=reason)
         log.info("cloud node %s: giving back: %s", node, reason)
         if held:
             await self.evict(node, reason, JobStatus.PREEMPTED)
@@ -463,23 +522,23 @@ class Autoscaler:
                     notice: bool = False) -> None:
         """Stop every job on `node` and requeue it. With a `notice` (a reclaim to come) each job goes
         PREEMPTED, gets SIGTERM and `cloud.preemption_grace`, and is requeued once its processes are
-        gone and the fleet has pulled its final checkpoint and logs (`Controller.release`). Without
+        gone and the fleet has pulled its final checkpoint and logs (`Lifecycle.release`). Without
         one it is requeued at once, keeping what its logs say so far and its last periodic sync."""
         session = self.fleet.sessions.get(node)
         link = session.link if session is not None else None
-        for job_id, task, attempt, rank, _state in self.store.active_ranks(node):
-            key = job_key(job_id, task, attempt, rank)
+        for a in self.store.active_ranks(node):
+            key = job_key(a.job_id, a.task, a.attempt, a.rank)
             if notice:
-                self.ctl.preempt(job_id, task, reason)
+                self.lifecycle.preempt(a.job_id, a.task, reason)
             else:
                 if link is not None and isinstance(session, NodeSession):
                     with contextlib.suppress(HybridctlError, TransferError, OSError):
                         await session.pull_logs(key)
-                self.ctl.requeue_or_fail(job_id, task, reason, status=status)
+                self.lifecycle.requeue_or_fail(a.job_id, a.task, reason, status=status)
             if link is not None:
                 with contextlib.suppress(HybridctlError):
                     await link.call("cancel", key=key, grace=self.cfg.preemption_grace if grace is None else grace)
-        self.ctl.on_change()
+        self.lifecycle.changed()
 
     async def give_back(self, iid: str, node: str, reason: str, failed: bool = False) -> None:
         """Terminate the instance, settle its cost, and forget the node."""
@@ -490,18 +549,17 @@ class Autoscaler:
         now = self.clock()
         if row is not None:
             self.accrue_row(row, now)
-        self.store.cloud_update_instance(iid, now, state="failed" if failed else "terminated", ended_at=now,
+        self.store.cloud_update_instance(iid, now, state=CloudNodeState.FAILED if failed else CloudNodeState.TERMINATED,
+                                         ended_at=now,
                                          reason=reason)
-        session = self.fleet.sessions.pop(node, None)
-        if session is not None and session.task is not None:
-            session.task.cancel()
+        self.fleet.stop_session(node)
         with contextlib.suppress(HybridctlError):
             if self.store.cloud_node_activity().get(node, (0, None))[0]:
-                self.ctl.node_lost(node, reason)
+                self.lifecycle.node_lost(node, reason)
             self.store.remove_node(node)
         self._declared.discard(node)
         log.info("cloud node %s (%s) terminated: %s", node, iid, reason)
-        self.ctl.on_change()
+        self.lifecycle.changed()
 
     # ---- what the providers say ------------------------------------------------------------------
 
@@ -511,7 +569,7 @@ class Autoscaler:
         rows = self.store.cloud_instances()
         known = self.store.cloud_instance_ids()
         held = {r["instance_id"] for r in rows}
-        launching = {r["node"] for r in rows if r["state"] == "launching"}
+        launching = {r["node"] for r in rows if r["state"] == CloudNodeState.LAUNCHING}
         for name, p in self.providers.items():
             try:
                 listed = await asyncio.to_thread(p.list, {TAG_CLUSTER: self.cfg.cluster})
@@ -520,7 +578,7 @@ class Autoscaler:
                 continue
             ids = {i.id for i in listed}
             for r in rows:
-                if r["provider"] != name or r["state"] not in ("up", "draining") or r["instance_id"] in ids:
+                if r["provider"] != name or r["state"] not in (CloudNodeState.UP, CloudNodeState.DRAINING) or r["instance_id"] in ids:
                     continue
                 if r["node"] in self._busy:
                     continue
@@ -551,7 +609,7 @@ class Autoscaler:
     async def handle_notices(self, now: float) -> None:
         by_provider: dict[str, dict[str, dict[str, Any]]] = {}
         for r in self.store.cloud_instances():
-            if r["state"] == "up" and r["node"] not in self._busy:
+            if r["state"] == CloudNodeState.UP and r["node"] not in self._busy:
                 by_provider.setdefault(r["provider"], {})[r["instance_id"]] = r
         for name, rows in by_provider.items():
             p = self.providers.get(name)
@@ -576,11 +634,10 @@ class Autoscaler:
         reason = f"{notice.reason} of {node} ({row['provider']}) at {at}"
         log.warning("cloud node %s: %s notice; requeueing its jobs", node, notice.reason)
         self.store.set_drain(node, True, reason, self.clock())
-        self.store.cloud_update_instance(row["instance_id"], self.clock(), state="draining", reason=reason)
+        self.store.cloud_update_instance(row["instance_id"], self.clock(), state=CloudNodeState.DRAINING, reason=reason)
         await self.evict(node, reason, JobStatus.PREEMPTED, notice=True)
-        until = time.monotonic() + max(0.0, notice.at - self.clock())
-        while time.monotonic() < until and self.store.cloud_node_activity().get(node, (0, None))[0]:
-            await asyncio.sleep(min(0.2, max(0.0, until - time.monotonic())))
+        while self.clock() < notice.at and self.store.cloud_node_activity().get(node, (0, None))[0]:
+            await asyncio.sleep(min(0.2, max(0.0, notice.at - self.clock())))
         await self.give_back(row["instance_id"], node, reason)
 
     # ---- cost ------------------------------------------------------------------------------------
@@ -601,14 +658,8 @@ class Autoscaler:
         if until <= start:
             return
         o = r["offer"]
-        held = [costs.Held(*a) for a in self.store.cloud_allocations(r["node"], start)]
+        held = [costs.Held(**a._asdict()) for a in self.store.cloud_allocations(r["node"], start)]
         charges = costs.split(r["price_hourly"], start, until, int(o.get("gpus") or 0), float(o.get("cpus") or 1), held)
         self.store.cloud_accrue(r["instance_id"], r["node"], [(c.job_id, c.task, c.user, c.usd, c.hours) for c in charges],
                                 until, utc_day(until), self.clock())
         r["billed_until"] = until
-
-
-def _json(d: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(d)

@@ -14,14 +14,20 @@ import socket
 import time
 from typing import Any
 
+from hybridctl.aio import wait_event
 from hybridctl.config import Settings
 from hybridctl.control import supervisor
+from hybridctl.control.fleet import Fleet
+from hybridctl.control.identity import Caller, peer_credentials
 from hybridctl.control.identity import caller as make_caller
-from hybridctl.control.identity import peer_credentials
+from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.control.limits import BadRequest, Connections, LogBudget, Refused, decode_request
+from hybridctl.control.listener import claim
+from hybridctl.control.metrics import Observer
+from hybridctl.control.nodes import config_record
+from hybridctl.control.scheduler import Scheduler
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import HybridctlError
-from hybridctl.control.nodes import config_record
 from hybridctl.store.sqlite import Store
 
 log = logging.getLogger("hybridctl.controller")
@@ -43,8 +49,9 @@ class Daemon:
         self.wake = asyncio.Event()
         self.store: Store | None = None
         self.controller: Controller | None = None
+        self.scheduler: Scheduler | None = None
         self._lock_fd: int | None = None
-        self.fleet: Any = None
+        self.fleet: Fleet | None = None
         limits = settings.limits
         self.connections = Connections(limits)
         self.bad_requests = LogBudget(limits.bad_request_log_per_minute)
@@ -92,16 +99,25 @@ class Daemon:
         """Serve until SIGTERM/SIGINT or `stop()`."""
         self._lock()
         self.store = Store(self.settings.db_path)
-        self.controller = Controller(self.store, self.settings)
-        self.controller.on_change = self.wake.set
-        from hybridctl.control.fleet import Fleet
+        # The parts, wired once, each given what it needs: every job state change goes through
+        # `lifecycle`, which wakes the schedule loop; requests see the fleet and the autoscaler
+        # only through the views of control/ports.py.
+        clock = time.time
+        lifecycle = Lifecycle(self.store, self.settings, clock, on_change=self.wake.set)
+        # The fleet's cache index feeds cache-aware placement (locality:); the fleet comes next.
+        self.scheduler = Scheduler(self.store, self.settings, lifecycle, clock, caches=lambda: fleet.caches())
+        self.fleet = fleet = Fleet(self.store, self.settings, lifecycle)
+        scaler = None
+        if self.settings.cloud.enabled:  # rent cloud nodes when saturated (docs/cloud.md)
+            from hybridctl.control.autoscaler import Autoscaler  # cloud SDKs load only when bursting is on
 
-        self.fleet = Fleet(self.controller)
-        self.controller.fleet = self.fleet
+            scaler = Autoscaler(self.store, self.settings, lifecycle, fleet, self.scheduler, clock=clock)
+        # Telemetry history, idle GPUs and the Prometheus endpoint (docs/ARCHITECTURE.md, Observability).
+        observer = Observer(self.store, self.settings, lifecycle, fleet, clock)
+        self.controller = Controller(self.store, self.settings, clock, lifecycle=lifecycle, scheduler=self.scheduler,
+                                     fleet=fleet, cloud=scaler, observer=observer)
         for n in self.settings.nodes:
-            self.store.add_node(config_record(n), time.time())
-        from hybridctl.control.listener import claim
-
+            self.store.add_node(config_record(n), clock())
         _raise_file_limit(self.settings.limits.max_connections + 256)
         # Not asyncio's start_unix_server(path=…): it deletes any socket at the path, a live
         # controller's too (one with another home holds another lock). `claim` asks first.
@@ -111,27 +127,26 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         log.info("controller ready: socket %s, database %s", self.socket_path, self.settings.db_path)
-        self.fleet.sync()
+        fleet.sync()
         # Side tasks run supervised: one that raises is logged and restarted with back-off, so the
         # daemon ends only on a stop signal. (It used to exit with the first task that raised, e.g.
         # the schedule loop's WAL checkpoint failing to open the database while accept() had used
         # up every file descriptor.)
+        observer.start()  # binds metrics.listen (OSError naming the key when taken)
         tasks = [
             supervisor.start("schedule", self._schedule_loop),
-            supervisor.start("fleet-monitor", self.fleet.monitor),
+            supervisor.start("fleet-monitor", fleet.monitor),
+            supervisor.start("observe", observer.run),
         ]
-        if self.settings.cloud.enabled:  # rent cloud nodes when saturated (docs/cloud.md)
-            from hybridctl.control.autoscaler import Autoscaler
-
-            tasks.append(supervisor.start("autoscaler", Autoscaler(self.controller, self.fleet).run))
+        if scaler is not None:
+            tasks.append(supervisor.start("autoscaler", scaler.run))
         try:
             await self.stop_event.wait()
         finally:
             for t in tasks:
                 t.cancel()
-            for session in self.fleet.sessions.values():
-                if session.task is not None:
-                    session.task.cancel()
+            fleet.stop_all()
+            observer.close()
             server.close()
             listening.release()  # unlinks the path only if it is still our socket
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -145,13 +160,12 @@ class Daemon:
         self.stop_event.set()
 
     async def _schedule_loop(self) -> None:
-        assert self.controller is not None
+        assert self.scheduler is not None and self.fleet is not None
         tick = self.settings.scheduler.tick_seconds
         gap = self.settings.scheduler.min_interval
         last_checkpoint = time.monotonic()
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=tick)
+            await wait_event(self.wake, tick)
             # Coalesce a burst of submits into one pass (Slurm's batch_sched_delay, much shorter):
             # replies have already gone out, so waiting costs clients nothing.
             await asyncio.sleep(gap)
@@ -161,8 +175,8 @@ class Daemon:
                 assert self.store is not None
                 await asyncio.to_thread(self.store.checkpoint)
             started = time.perf_counter()
-            decision = self.controller.schedule()
-            for node in {p.node for p in decision.placements}:
+            decision = self.scheduler.schedule()
+            for node in {p.node for p in decision.placements} | self.scheduler.stopping:
                 self.fleet.kick(node)
             if decision.placements:
                 log.info("scheduled %d placements in %.1f ms", len(decision.placements),
@@ -201,7 +215,7 @@ class Daemon:
             self.connections.release(uid)
             writer.close()
 
-    async def _read_request(self, who: Any, reader: asyncio.StreamReader, pending: bytearray) -> bytes | None:
+    async def _read_request(self, who: Caller, reader: asyncio.StreamReader, pending: bytearray) -> bytes | None:
         """The next request line (None at end of input). `pending` carries bytes read past the
         previous line. Refused when no complete line arrives within the idle timeout or the line
         outgrows the request limit: memory per connection stays bounded."""
@@ -231,7 +245,7 @@ class Daemon:
                 return None
             pending += chunk
 
-    async def _answer(self, who: Any, line: bytes) -> bytes:
+    async def _answer(self, who: Caller, line: bytes) -> bytes:
         """One reply line. Malformed requests cost one log line each (within the per-uid budget)
         and never a traceback: any user can send them by the thousand."""
         assert self.controller is not None

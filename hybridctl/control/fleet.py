@@ -18,12 +18,18 @@ import logging
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Awaitable, Callable
 
-from hybridctl.control import supervisor
+from hybridctl.aio import wait_event
+from hybridctl.config import Settings
+from hybridctl.control import mounts, supervisor
+from hybridctl.control.checkpoints import LocalFiles, SftpFiles, TransferMismatch, restore_to, sync_from
+from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.core import wire
 from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.core.reconcile import (
+    Action,
+    ActiveRank,
     Finished,
     Forget,
     Launch,
@@ -34,9 +40,8 @@ from hybridctl.core.reconcile import (
     reconcile,
 )
 from hybridctl.ssh.link import AgentLink, AgentRefused, HostKeyRefused, NodeUnreachable, Target, connect
-
-if TYPE_CHECKING:
-    from hybridctl.control.service import Controller
+from hybridctl.ssh.sftp import is_ssh_error, start_sftp
+from hybridctl.store.sqlite import Store
 
 log = logging.getLogger("hybridctl.fleet")
 
@@ -56,21 +61,24 @@ class NodeSession:
         self.hello: dict[str, Any] | None = None
         self.latest: dict[str, Any] | None = None
         self.seq: int | None = None
-        self.last_ok = time.monotonic()
+        self.last_ok = fleet.monotonic()
         self.error = "not contacted yet"
         self.task: asyncio.Task[None] | None = None
-        self._files: Any = None
-        self._xfer: Any = None
+        self._files: tuple[AgentLink, Any] | None = None
+        self._xfer: AgentLink | None = None
         """The agent channel that checkpoint and file transfers use (see `files`)."""
-        self._last_sync = time.monotonic()
+        self._last_sync = fleet.monotonic()
         self._syncing: asyncio.Task[None] | None = None
         """The periodic checkpoint pulls in flight: their own task, so that a large checkpoint
         never holds up this node's telemetry and job reconciliation."""
         self._sync_lock = asyncio.Lock()
         """One checkpoint pull at a time per node (the final one waits for a periodic one)."""
         self.watch_version: str | None = None
+        self.cache: Any = None
+        """The node's last `cache_list` (core/locality.NodeCache): the controller's cache index."""
+        self.cache_at = float("-inf")
         """The agent's job-list version as the watcher last saw it; None while no watch runs."""
-        self._settled: tuple[Any, list[Any]] | None = None
+        self._settled: tuple[Any, list[ActiveRank]] | None = None
         """(job-list version, active ranks) of the last converge that had nothing to do."""
         self._reported: set[str] = set()
         """Problems with this node's reports already logged (each is logged once)."""
@@ -101,7 +109,7 @@ class NodeSession:
         while True:
             try:
                 async with self.fleet.connect_slots:
-                    self.link = await connect(self.fleet.target(self.name))
+                    self.link = await self.fleet.connect(self.fleet.target(self.name))
                 problems: list[wire.Problem] = []
                 hello = wire.hello(await self.link.call("hello"), problems)
                 self.believe(problems)
@@ -113,10 +121,8 @@ class NodeSession:
                 try:
                     while True:
                         await self.poll()
-                        try:
-                            await asyncio.wait_for(self.kick.wait(), self.fleet.interval)
-                        except asyncio.TimeoutError:
-                            pass
+                        await mounts.refresh_cache(self)
+                        await wait_event(self.kick, self.fleet.interval)
                         self.kick.clear()
                         if watcher.done():
                             watcher.result()  # re-raises why the watch channel broke
@@ -173,12 +179,12 @@ class NodeSession:
             self.latest = sample.latest
             self.seq = sample.seq if sample.seq is not None else self.seq
             self.fleet.on_sample(self, sample.latest)
-        self.last_ok = time.monotonic()
+        self.last_ok = self.fleet.monotonic()
         self.error = ""
         self.fleet.on_alive(self)
         # While the watcher runs, an unchanged job-list version and unchanged active ranks mean
         # the last converge still holds: skip the listing. Without a watcher, every poll lists.
-        ranks = self.fleet.controller.active_ranks(self.name)
+        ranks = self.fleet.lifecycle.active_ranks(self.name)
         if self.watch_version is None or (self.watch_version, ranks) != self._settled:
             problems = []
             listing = wire.job_records(await link.call("jobs"), problems)
@@ -188,10 +194,10 @@ class NodeSession:
             else:
                 acted = await self.converge(listing)
                 self._settled = None if acted else (listing.version, ranks)
-        due = time.monotonic() - self._last_sync >= self.fleet.controller.settings.fleet.checkpoint_sync_interval
+        due = self.fleet.monotonic() - self._last_sync >= self.fleet.settings.fleet.checkpoint_sync_interval
         if due and (self._syncing is None or self._syncing.done()):
-            self._last_sync = time.monotonic()
-            keys = [r.key for r in self.fleet.controller.active_ranks(self.name)
+            self._last_sync = self.fleet.monotonic()
+            keys = [r.key for r in self.fleet.lifecycle.active_ranks(self.name)
                     if r.rank == 0 and r.state is JobStatus.RUNNING]
             if keys:
                 self._syncing = asyncio.create_task(self._sync_all(keys), name=f"sync:{self.name}")
@@ -203,61 +209,47 @@ class NodeSession:
         except Exception:  # a bug, not a transfer error (those are logged in sync_checkpoint)
             log.exception("checkpoint sync on %s failed", self.name)
 
-    async def files(self) -> tuple[Any, Any]:
+    async def files(self) -> tuple[AgentLink, Any]:
         """(agent channel, file access) for moving a job's files: a channel of its own, so a staging
         copy on the agent never queues telemetry or launches behind it, and SFTP on the node's
         connection (or the local filesystem), which only ever touches the agent's staging area."""
-        from hybridctl.control.checkpoints import LocalFiles, SftpFiles
-        from hybridctl.ssh.link import NodeUnreachable as _Unreachable
-
         if self._files is None:
             link = self.link
             assert link is not None
             if self._xfer is not None:  # the previous connection's channel
                 await self._xfer.close()
                 self._xfer = None
-            conn = link.ssh_connection
-            if conn is None:
-                files: Any = LocalFiles()
-            else:
-                try:
-                    files = SftpFiles(await conn.start_sftp_client())
-                except Exception as exc:  # asyncssh errors stop here
-                    raise _Unreachable(f"node {self.name}: SFTP is not available: {exc}") from exc
+            sftp = await start_sftp(link, self.name)
+            files: Any = LocalFiles() if sftp is None else SftpFiles(sftp)
             self._xfer = await link.second_channel()
             self._files = (self._xfer, files)
-        return self._files  # type: ignore[no-any-return]
+        return self._files
 
     async def sync_checkpoint(self, key: str) -> None:
         """Pull rank 0's checkpoint directory (changed files only) into the controller's store, as
         the agent staged it (checkpoints.sync_from)."""
-        from hybridctl.control.checkpoints import TransferMismatch, sync_from
-        from hybridctl.core.reconcile import parse_key
-
         parsed = parse_key(key)
         if parsed is None or parsed[3] != 0 or self.link is None:
             return
         try:
             async with self._sync_lock:
                 agent, files = await self.files()
-                copied = await sync_from(agent, files, key, self.fleet.controller.checkpoint_path(key), self.name)
+                copied = await sync_from(agent, files, key, self.fleet.lifecycle.checkpoint_path(key), self.name)
         except (OSError, NodeUnreachable, AgentRefused, TransferMismatch) as exc:
             log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
             return
         except Exception as exc:
-            if type(exc).__module__.startswith("asyncssh"):
+            if is_ssh_error(exc):
                 log.warning("checkpoint sync of %s from %s failed: %s", key, self.name, exc)
                 return
             raise
         if copied:
-            self.fleet.controller.checkpoint_synced(key, copied)
+            log.info("checkpoint of %s synced: %d bytes", key.split(".", 1)[0], copied)
 
     async def restore_checkpoint(self, key: str, owner: dict[str, Any]) -> str | None:
         """Put the controller's latest copy of a job's checkpoint on this node before it starts,
         written there as the job's `owner` ({uid, gid, user}); return why it could not be, or None."""
-        from hybridctl.control.checkpoints import TransferMismatch, restore_to
-
-        local = self.fleet.controller.checkpoint_path(key)
+        local = self.fleet.lifecycle.checkpoint_path(key)
         if not local.is_dir() or self.link is None:
             return None
         agent, files = await self.files()
@@ -271,14 +263,16 @@ class NodeSession:
             log.info("checkpoint for %s: %d files already on %s, not sent again", key, len(kept), self.name)
         return None
 
-    async def prepare_launch(self, rank: Any) -> dict[str, Any] | None:
+    async def prepare_launch(self, rank: ActiveRank) -> dict[str, Any] | None:
         """Put on this node what a rank needs before it starts (its latest checkpoint) and return
         its launch payload; None when preparing failed the job. Cloud sessions add uploads."""
-        payload = self.fleet.controller.launch_payload(rank, self.name)
+        payload = self.fleet.lifecycle.launch_payload(rank, self.name)
         why = await self.restore_checkpoint(rank.key, payload)
+        if why is None:  # the job's data into this node's cache (control/mounts.py)
+            why = await mounts.prepare(self, rank, payload)
         if why is not None:
             log.error("job %s: %s", rank.key, why)
-            self.fleet.controller.finish(rank.job_id, rank.task, None, why)
+            self.fleet.lifecycle.finish(rank.job_id, rank.task, None, why)
             return None
         return payload
 
@@ -287,7 +281,7 @@ class NodeSession:
         whether anything was done. A task turns RUNNING once the agent reports its processes
         started (a pid): `launch` answers before that, and the watcher reports the start. Only
         ranks whose open allocation is on this node are finished, released or copied from it."""
-        ctl = self.fleet.controller
+        ctl = self.fleet.lifecycle
         records = listing.records
         not_started = {parsed[:2] for r in records if r.running and r.pid is None
                        and (parsed := parse_key(r.key)) is not None}
@@ -302,12 +296,12 @@ class NodeSession:
             except AgentRefused as exc:  # e.g. forget of a key the agent listed but does not know
                 self.once(f"{type(action).__name__.lower()} failed: {exc.message}")
         if changed:
-            ctl.on_change()
+            ctl.changed()
         return bool(actions)
 
-    async def _act(self, action: Any, no_checkpoint: set[str]) -> bool:
+    async def _act(self, action: Action, no_checkpoint: set[str]) -> bool:
         """Carry out one reconcile action on this node; return whether the database changed."""
-        ctl = self.fleet.controller
+        ctl = self.fleet.lifecycle
         link = self.link
         assert link is not None
         if isinstance(action, Launch):
@@ -339,7 +333,7 @@ class NodeSession:
             return True
         elif isinstance(action, Stop):
             self._not_ours(action.key, "running")
-            await link.call("cancel", key=action.key, grace=ctl.settings.fleet.poll_interval * 10)
+            await link.call("cancel", key=action.key, grace=self.fleet.settings.fleet.poll_interval * 10)
         elif isinstance(action, Forget):
             if action.held:
                 # A stopped rank of this node (cancelled, preempted, a failed multi-node job):
@@ -356,7 +350,7 @@ class NodeSession:
 
     def _not_ours(self, key: str, what: str) -> bool:
         """Whether `key` is a rank placed on another node (logged once: a confused or lying agent)."""
-        home = self.fleet.controller.rank_home(key)
+        home = self.fleet.lifecycle.rank_home(key)
         if home is None or home == self.name:
             return False
         self.once(f"reported job {key} as {what}, but that rank was placed on {home}: not believed "
@@ -379,10 +373,10 @@ class NodeSession:
         not a sane chunk ends the copy there."""
         link = self.link
         assert link is not None
-        cap = self.fleet.controller.settings.fleet.log_pull_cap_mb * 1024 * 1024
+        cap = self.fleet.settings.fleet.log_pull_cap_mb * 1024 * 1024
         step = 1 << 20
         for stream in ("stdout", "stderr"):
-            dest = self.fleet.controller.log_path(key, stream)
+            dest = self.fleet.lifecycle.log_path(key, stream)
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
             offset = 0
@@ -405,41 +399,89 @@ class NodeSession:
             os.replace(part, dest)
 
 
-class Fleet:
-    """All node sessions of one controller."""
+Connect = Callable[[Target], Awaitable[AgentLink]]
+"""Opens one node's agent link (`ssh.link.connect`; tests pass a fake)."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        cfg = controller.settings.fleet
+class Fleet:
+    """All node sessions of one controller. Every job state change a node's reports cause goes
+    through `lifecycle`; `monotonic` (liveness) and `connect` are injectable for tests."""
+
+    def __init__(self, store: Store, settings: Settings, lifecycle: Lifecycle, *, connect: Connect = connect,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.connect = connect
+        self.monotonic = monotonic
+        cfg = settings.fleet
         self.interval = cfg.poll_interval
         self.connect_slots = asyncio.Semaphore(cfg.connect_concurrency)
         self.sessions: dict[str, NodeSession] = {}
+        """Read it freely; change it only through `sync`, `start_session` and `stop_session`."""
 
     def target(self, name: str) -> Target:
-        n = self.controller.store.node(name)
-        cfg = self.controller.settings.fleet
+        n = self.store.node(name)
+        cfg = self.settings.fleet
         return Target(
             name=n.name, host=n.host, port=n.port, user=n.ssh_user, identity=n.identity, agent_socket=n.agent_socket,
-            known_hosts=str(self.controller.settings.known_hosts_path), bridge=cfg.bridge,
+            known_hosts=str(self.settings.known_hosts_path), bridge=cfg.bridge,
             agent_command=cfg.agent_command,
         )
 
     def sync(self) -> None:
         """Start sessions for new real nodes, stop those of removed ones."""
-        wanted = {n.name for n in self.controller.store.nodes() if not n.simulated}
+        wanted = {n.name for n in self.store.nodes() if not n.simulated}
         for name in wanted - self.sessions.keys():
-            s = NodeSession(self, name)
-            s.start()
-            self.sessions[name] = s
+            self.start_session(name)
         for name in self.sessions.keys() - wanted:
-            s = self.sessions.pop(name)
-            if s.task is not None:
-                s.task.cancel()
+            self.stop_session(name)
+
+    def start_session(self, name: str, kind: type[NodeSession] = NodeSession, *extra: Any) -> NodeSession:
+        """Run `name`'s session, a `kind(self, name, *extra)` (a `NodeSession`, or the autoscaler's
+        `CloudSession`); one already running of that exact kind is kept, one of another kind (a
+        plain session of what turned out to be a cloud node) is replaced."""
+        old = self.sessions.get(name)
+        if old is not None and type(old) is kind:
+            return old
+        self.stop_session(name)
+        s = kind(self, name, *extra)
+        s.start()
+        self.sessions[name] = s
+        return s
+
+    def stop_session(self, name: str) -> None:
+        """Stop `name`'s session, if it has one (its task is cancelled; its link closes)."""
+        s = self.sessions.pop(name, None)
+        if s is not None and s.task is not None:
+            s.task.cancel()
+
+    def stop_all(self) -> None:
+        for name in list(self.sessions):
+            self.stop_session(name)
 
     def kick(self, name: str) -> None:
         s = self.sessions.get(name)
         if s is not None:
             s.kick.set()
+
+    def link_state(self, name: str) -> tuple[str, Any] | None:
+        """(last link error, the hello's `containment`), or None when `name` has no session."""
+        s = self.sessions.get(name)
+        return None if s is None else (s.error, (s.hello or {}).get("containment"))
+
+    def caches(self) -> dict[str, Any]:
+        return {n: s.cache for n, s in self.sessions.items() if s.cache is not None}
+
+    def runtimes(self) -> dict[str, dict[str, str]]:
+        return {n: dict(s.hello.get("runtimes") or {}) for n, s in self.sessions.items() if s.hello is not None}
+
+    async def call_agent(self, name: str, op: str, **fields: Any) -> dict[str, Any]:
+        """One request to the agent of `name` over its session's link."""
+        s = self.sessions.get(name)
+        link = s.link if s is not None else None
+        if link is None:
+            raise NodeUnreachable(f"node {name} is not connected right now; its agent cannot answer {op!r}")
+        return await link.call(op, **fields)
 
     async def monitor(self) -> None:
         """Turn silence into UNREACHABLE, then LOST. Runs forever."""
@@ -449,41 +491,43 @@ class Fleet:
                 self.on_silence(s, s.error or "no answer")
 
     def on_silence(self, s: NodeSession, why: str, force: bool = False) -> None:
-        cfg = self.controller.settings.fleet
-        silent = time.monotonic() - s.last_ok
-        n = self.controller.store.node(s.name)
+        cfg = self.settings.fleet
+        silent = self.monotonic() - s.last_ok
+        n = self.store.node(s.name)
         if silent >= cfg.lost_after and n.link_state is not NodeState.LOST:
             reason = f"silent for {silent:.0f}s: {why}"
             log.error("node %s LOST (%s); requeueing its jobs", s.name, reason)
-            self.controller.node_lost(s.name, reason)
+            self.lifecycle.node_lost(s.name, reason)
         elif (silent >= cfg.unreachable_after or force) and n.link_state is NodeState.UP:
-            self.controller.set_link(s.name, NodeState.UNREACHABLE, why)
+            self.lifecycle.set_link(s.name, NodeState.UNREACHABLE, why)
 
     def on_alive(self, s: NodeSession) -> None:
-        n = self.controller.store.node(s.name)
+        n = self.store.node(s.name)
         if n.link_state is not NodeState.UP:
             log.info("node %s is back", s.name)
-            self.controller.set_link(s.name, NodeState.UP, "")
+            self.lifecycle.set_link(s.name, NodeState.UP, "")
+        else:
+            self.lifecycle.node_seen(s.name, n.last_seen)
 
     def on_hello(self, s: NodeSession, hello: wire.Hello) -> None:
         """Record the node's hardware as its agent reports it; what it left out or sent malformed
         stays as the database has it."""
-        old = self.controller.store.node(s.name)
+        old = self.store.node(s.name)
         gpus = [dict(g) for g in old.gpus] if hello.gpus is None else [
             {"index": g.index, "model": g.model, "memory_mb": g.memory_mb} for g in hello.gpus]
-        self.controller.node_hardware(s.name, gpus, old.cpus if hello.cpus is None else hello.cpus,
+        self.lifecycle.node_hardware(s.name, gpus, old.cpus if hello.cpus is None else hello.cpus,
                                       old.memory_mb if hello.memory_mb is None else hello.memory_mb)
 
     def on_sample(self, s: NodeSession, sample: dict[str, Any]) -> None:
         """Fold GPU health and foreign processes into the node's GPU list (written only on change)."""
-        busy_foreign = self.controller.settings.fleet.foreign_gpu_busy
+        busy_foreign = self.settings.fleet.foreign_gpu_busy
         health = {}
         for g in sample["gpus"]:  # checked by core.wire: index an int, healthy a bool or None
             if g["healthy"] is None:
                 continue  # unknown this time: keep what is known
             foreign = busy_foreign and any(p["job"] is None for p in g["processes"])
             health[g["index"]] = (g["healthy"], g["health_reason"] or "", foreign)
-        self.controller.node_gpu_health(s.name, health)
+        self.lifecycle.node_gpu_health(s.name, health)
 
     def telemetry(self) -> dict[str, dict[str, Any]]:
         """Latest sample per node (for `nodes` and the TUI)."""

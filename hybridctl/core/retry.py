@@ -5,7 +5,9 @@ A stop the job did not cause (a spot reclaim, a scale-down the controller made, 
 `JobRequeue=1` do, up to a sanity cap (`recovery.max_recoveries`) so that a job that kills every
 node it lands on cannot loop for ever. A stop the job caused (a non-zero exit) is a *restart*,
 charged to `max_restarts`, unless its code is in `recover_on_exit_codes` (then it is a recovery).
-A time limit is final, as in Slurm, which never requeues TIMEOUT."""
+A time limit is final, as in Slurm, which never requeues TIMEOUT; but a job that asks for a requeue
+(a Slurm batch script's `scontrol requeue`, or its stop after `--signal` with `--requeue`: the
+pattern PyTorch Lightning's SLURM plugin uses) is a recovery, like a preemption."""
 
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ class Cause(str, enum.Enum):
     """Its own processes exited non-zero."""
     TIMEOUT = "timeout"
     """It ran past its time limit."""
+    REQUEUE = "requeue"
+    """It asked to run again (Slurm's `scontrol requeue`, or a stop after `--signal` with
+    `--requeue`; the agent's reason starts with 'requeue:'): resumes from its checkpoint."""
 
 
 class Charge(str, enum.Enum):
@@ -66,7 +71,7 @@ def decide(
     recover_codes: Collection[int] = (),
 ) -> RequeueDecision:
     """Requeue or end a task that stopped for `cause`, given what it has used so far. Performs
-    no I/O: the controller records the decision (`Controller.requeue_or_fail`, `finish`)."""
+    no I/O: `control/lifecycle.py` applies the decision (`Lifecycle.requeue_or_fail`, `finish`)."""
     if cause is Cause.TIMEOUT:
         return RequeueDecision(False, None, "", "")
     if cause is Cause.EXIT and exit_code not in recover_codes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridctl.core.errors import HybridctlError
+from hybridctl.core.errors import ExitCode, HybridctlError
 from hybridctl_agent.client import AgentCallError, AsyncAgentClient
 
 
@@ -24,7 +24,7 @@ class NodeUnreachable(HybridctlError):
 class HostKeyRefused(HybridctlError):
     """The node's SSH host key is unknown or changed."""
 
-    exit_code = 5
+    exit_code = ExitCode.HOST_KEY
 
 
 class AgentRefused(HybridctlError):

@@ -10,24 +10,11 @@ import pytest
 
 from hybridctl.config import NodeConfig, RecoveryConfig, SchedulerConfig, Settings
 from hybridctl.control.nodes import config_record
-from hybridctl.control.identity import Caller
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import IllegalTransition, PermissionDenied, SpecError, Unschedulable
 from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.store.sqlite import Store
-
-ALICE = Caller(1001, 1001, "alice", "lab", admin=False)
-BOB = Caller(1002, 1002, "bob", "lab", admin=False)
-ROOT = Caller(0, 0, "root", "root", admin=True)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
+from tests.unit.controller_kit import ALICE, BOB, ROOT, Clock, submit
 
 @pytest.fixture
 def clock() -> Clock:
@@ -42,11 +29,6 @@ def ctl(tmp_path: Path, clock: Clock) -> Iterator[Controller]:
         store.add_node(config_record(n), clock())
     yield Controller(store, settings, clock=clock)
     store.close()
-
-
-def submit(ctl: Controller, who: Caller, **spec: object) -> int:
-    spec.setdefault("run", "true")
-    return int(ctl.op_submit(who, spec)["id"])
 
 
 def task(ctl: Controller, job: int, t: int = 0) -> dict:
@@ -79,7 +61,7 @@ def test_fair_share_puts_the_lighter_user_first(ctl: Controller, clock: Clock) -
     ctl.schedule()
     clock.t += 10 * 3600
     ctl.op_cancel(ALICE, jobs=[str(big)])
-    ctl._usage_cache = (0.0, {})
+    ctl.scheduler._usage_cache = (0.0, {})
     a = submit(ctl, ALICE, resources={"accelerators": 6})
     b = submit(ctl, BOB, resources={"accelerators": 6})  # later, but bob has used nothing
     ctl.schedule()
@@ -144,7 +126,7 @@ def test_failures_requeue_until_max_restarts_and_recover_codes_do_not_count(ctl:
     def run_and_exit(code: int) -> dict:
         ctl.schedule()
         ctl.store.transition(j, 0, JobStatus.RUNNING, reason="started", actor_uid=None, now=clock())
-        ctl.finish(j, 0, code, f"exited with code {code}")
+        ctl.lifecycle.finish(j, 0, code, f"exited with code {code}")
         return task(ctl, j)
 
     t = run_and_exit(75)  # in recover_on_exit_codes: requeued, no restart used
@@ -154,7 +136,7 @@ def test_failures_requeue_until_max_restarts_and_recover_codes_do_not_count(ctl:
     t = run_and_exit(1)  # a failure: uses the one restart
     assert (t["state"], t["attempt"], t["reason"]) == ("PENDING", 3, "exited with code 1; requeued (restart 1 of 1)")
     ctl.schedule()
-    ctl.requeue_or_fail(j, 0, "node n1 lost", JobStatus.NODE_LOST)  # not the job's fault: no restart used
+    ctl.lifecycle.requeue_or_fail(j, 0, "node n1 lost", JobStatus.NODE_LOST)  # not the job's fault: no restart used
     t = task(ctl, j)
     assert (t["state"], t["attempt"], t["restarts"], t["recoveries"]) == ("PENDING", 4, 1, 3)
     assert t["recovery_causes"] == {"exit code 75": 2, "node loss": 1}
@@ -170,12 +152,12 @@ def test_preemption_and_node_loss_are_recovered_with_the_default_spec(ctl: Contr
         ctl.schedule()
         assert task(ctl, j)["state"] == "STARTING"
         if n % 2:
-            ctl.preempt(j, 0, "spot reclaim notice")  # PREEMPTED, then PENDING once its processes are gone
+            ctl.lifecycle.preempt(j, 0, "spot reclaim notice")  # PREEMPTED, then PENDING once its processes are gone
             assert task(ctl, j)["state"] == "PREEMPTED"
-            ctl.requeue_or_fail(j, 0, "preempted")
+            ctl.lifecycle.requeue_or_fail(j, 0, "preempted")
         else:
-            ctl.node_lost("n1", "silent for 300 s")
-            ctl.set_link("n1", NodeState.UP, "back")
+            ctl.lifecycle.node_lost("n1", "silent for 300 s")
+            ctl.lifecycle.set_link("n1", NodeState.UP, "back")
         t = task(ctl, j)
         assert (t["state"], t["attempt"], t["restarts"], t["recoveries"]) == ("PENDING", n, 0, n)
     assert t["recovery_causes"] == {"preemption": 2, "node loss": 2}
@@ -192,10 +174,10 @@ def test_a_job_recovered_past_the_cap_fails_naming_the_cap_and_its_key(ctl: Cont
     j = submit(capped, ALICE, resources={"accelerators": 1}, max_restarts=5)  # restarts left do not help
     for _ in range(2):
         capped.schedule()
-        capped.requeue_or_fail(j, 0, "cloud node c1 is gone: preempted", JobStatus.PREEMPTED)
+        capped.lifecycle.requeue_or_fail(j, 0, "cloud node c1 is gone: preempted", JobStatus.PREEMPTED)
         assert task(capped, j)["state"] == "PENDING"
     capped.schedule()
-    capped.requeue_or_fail(j, 0, "cloud node c2 is gone: preempted", JobStatus.PREEMPTED)
+    capped.lifecycle.requeue_or_fail(j, 0, "cloud node c2 is gone: preempted", JobStatus.PREEMPTED)
     t = task(capped, j)
     assert (t["state"], t["recoveries"], t["restarts"]) == ("FAILED", 2, 0)
     last = capped.op_show(ROOT, str(j))["events"][-1]
@@ -209,7 +191,7 @@ def test_a_time_limit_is_final_even_with_restarts_left(ctl: Controller, clock: C
     j = submit(ctl, ALICE, resources={"accelerators": 1}, max_restarts=3, recover_on_exit_codes=[143])
     ctl.schedule()
     ctl.store.transition(j, 0, JobStatus.RUNNING, reason="started", actor_uid=None, now=clock())
-    ctl.finish(j, 0, 143, "time limit reached", status=JobStatus.TIMEOUT)
+    ctl.lifecycle.finish(j, 0, 143, "time limit reached", status=JobStatus.TIMEOUT)
     t = task(ctl, j)
     assert (t["state"], t["attempt"], t["restarts"], t["recoveries"]) == ("TIMEOUT", 0, 0, 0)
 
@@ -218,7 +200,7 @@ def test_non_zero_exit_fails_at_once_without_restarts(ctl: Controller, clock: Cl
     j = submit(ctl, ALICE, resources={"accelerators": 1})
     ctl.schedule()
     ctl.store.transition(j, 0, JobStatus.RUNNING, reason="started", actor_uid=None, now=clock())
-    ctl.finish(j, 0, 3, "exited with code 3")
+    ctl.lifecycle.finish(j, 0, 3, "exited with code 3")
     t = task(ctl, j)
     assert (t["state"], t["exit_code"], t["attempt"]) == ("FAILED", 3, 0)
 

@@ -93,7 +93,7 @@ def test_a_failed_dependency_cancels_a_large_array_over_several_passes(ctl: Cont
     after = int(ctl.op_submit(ALICE, {"run": "true", "array": "1-5000", "depends_on": [first],
                                       "resources": {"accelerators": 1}})["id"])
     woken = []
-    ctl.on_change = lambda: woken.append(1)
+    ctl = Controller(ctl.store, ctl.settings, ctl.clock, on_change=lambda: woken.append(1))
     ctl.schedule()
     assert reasons(ctl, after)[5000] == f"dependency: waiting for job {first}"
     now = ctl.clock()
@@ -105,5 +105,5 @@ def test_a_failed_dependency_cancels_a_large_array_over_several_passes(ctl: Cont
         passes += 1
         assert passes < 10
     assert passes == 3 and len(woken) == 2  # 2000 per pass, a wake-up while more remain
-    states = {s for _, s, _ in ctl.store.task_states(after)}
+    states = {r.state for r in ctl.store.task_states(after)}
     assert states == {JobStatus.CANCELLED}

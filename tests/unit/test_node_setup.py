@@ -69,8 +69,8 @@ def ctl(tmp_path: Path) -> Controller:
 
 
 def test_config_cpus_win_over_the_agents_count_and_nodes_json_shows_both(ctl: Controller) -> None:
-    ctl.node_hardware("big", [{"index": 0, "model": "A100"}], 2, 1024)
-    ctl.node_hardware("plain", [{"index": 0, "model": "A100"}], 2, 1024)
+    ctl.lifecycle.node_hardware("big", [{"index": 0, "model": "A100"}], 2, 1024)
+    ctl.lifecycle.node_hardware("plain", [{"index": 0, "model": "A100"}], 2, 1024)
     nodes = {n["name"]: n for n in ctl.op_nodes(ROOT)}
     assert (nodes["big"]["cpus"], nodes["big"]["cpus_override"], nodes["big"]["cpus_free"]) == (64, 64, 64)
     assert (nodes["plain"]["cpus"], nodes["plain"]["cpus_override"]) == (2, None)

@@ -17,7 +17,7 @@ from hybridctl.control.supervisor import supervise
 from hybridctl.core.model import JobStatus
 from hybridctl.core.reconcile import ActiveRank, AgentJob, Finished, Forget, Launch, Stop, Vanished, reconcile
 from hybridctl.store.sqlite import Store
-from tests.unit.test_controller import ALICE, Clock, submit
+from tests.unit.controller_kit import ALICE, Clock, submit
 
 S = JobStatus
 
@@ -77,20 +77,20 @@ def placed(ctl: Controller) -> tuple[int, str, str]:
 
 def test_another_node_cannot_release_a_rank(ctl: Controller) -> None:
     job, node, other = placed(ctl)
-    ctl.preempt(job, 0, "reclaim notice")  # PREEMPTED, keeping its allocation until its node confirms
-    ctl.release(f"{job}.a0.r0", node=other)
+    ctl.lifecycle.preempt(job, 0, "reclaim notice")  # PREEMPTED, keeping its allocation until its node confirms
+    ctl.lifecycle.release(f"{job}.a0.r0", node=other)
     assert ctl.store.task_nodes(job, 0) == [node]
-    assert ctl.held_keys(node) == {f"{job}.a0.r0"} and ctl.held_keys(other) == set()
-    ctl.release(f"{job}.a0.r0", node=node)
+    assert ctl.lifecycle.held_keys(node) == {f"{job}.a0.r0"} and ctl.lifecycle.held_keys(other) == set()
+    ctl.lifecycle.release(f"{job}.a0.r0", node=node)
     assert ctl.store.task_nodes(job, 0) == []
 
 
 def test_another_node_cannot_finish_a_rank(ctl: Controller) -> None:
     job, node, other = placed(ctl)
-    ctl.rank_finished(f"{job}.a0.r0", 0, "exit code 0", S.SUCCEEDED, node=other)
-    assert ctl.store.task_states(job, 0)[0][1] is S.STARTING and ctl.store.task_nodes(job, 0) == [node]
-    ctl.rank_finished(f"{job}.a0.r0", 0, "exit code 0", S.SUCCEEDED, node=node)
-    assert ctl.store.task_states(job, 0)[0][1] is S.SUCCEEDED
+    ctl.lifecycle.rank_finished(f"{job}.a0.r0", 0, "exit code 0", S.SUCCEEDED, node=other)
+    assert ctl.store.task_states(job, 0)[0].state is S.STARTING and ctl.store.task_nodes(job, 0) == [node]
+    ctl.lifecycle.rank_finished(f"{job}.a0.r0", 0, "exit code 0", S.SUCCEEDED, node=node)
+    assert ctl.store.task_states(job, 0)[0].state is S.SUCCEEDED
 
 
 # ---- supervision ---------------------------------------------------------------------------------

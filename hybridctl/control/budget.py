@@ -1,0 +1,34 @@
+"""The burst policy's limits as the config sets them, and the UTC day cloud spend is booked on:
+shared by the autoscaler (which acts on them) and the `cloud status` request (which reports them)."""
+
+from __future__ import annotations
+
+import time
+
+from hybridctl.config import ConfigError, Settings
+from hybridctl.core import burst
+
+
+def limits(settings: Settings) -> burst.Limits:
+    """The policy's limits from `cloud.burst` (ConfigError names a bad key)."""
+    b = settings.cloud.burst
+    if b.budget_period not in burst.PERIODS:
+        raise ConfigError(f"cloud.burst.budget_period: {b.budget_period!r}; accepted: {', '.join(burst.PERIODS)}")
+    for key in ("after", "idle_timeout", "max_hourly_usd", "budget_usd", "backoff", "wait_value_usd",
+                "max_spot_loss", "reclaim_per_h", "pace_ahead", "deadline_reserve"):
+        if getattr(b, key) < 0:
+            raise ConfigError(f"cloud.burst.{key}: must be >= 0, got {getattr(b, key)}")
+    return burst.Limits(
+        after=b.after, idle_timeout=b.idle_timeout, allow_on_demand=b.allow_on_demand, max_nodes=b.max_nodes,
+        max_hourly_usd=b.max_hourly_usd, budget_usd=b.budget_usd, budget_period=b.budget_period,
+        spread_penalty=b.spread_penalty, count_freeing_within=b.count_freeing_within,
+        budget_reserve_h=b.budget_reserve_h, stop_margin_s=max(60.0, 3 * settings.cloud.poll_interval),
+        wait_value_usd=b.wait_value_usd, count_preemption_loss=b.count_preemption_loss,
+        max_spot_loss=b.max_spot_loss, reclaim_per_h=b.reclaim_per_h, pace_budget=b.pace_budget,
+        pace_ahead=b.pace_ahead, deadline_reserve=b.deadline_reserve,
+    )
+
+
+def utc_day(t: float) -> str:
+    """The UTC date of the wall time `t`, as the spend rows key it ('2026-12-05')."""
+    return time.strftime("%Y-%m-%d", time.gmtime(t))

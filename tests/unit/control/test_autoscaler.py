@@ -1,0 +1,133 @@
+"""The autoscaler's give-back and evict in-process: a fake provider, fake agents on the cloud
+node's session, a real store. Job state changes go through the lifecycle, sessions through the
+fleet (`Fleet.start_session`, `stop_session`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from hybridctl.cloud.base import TAG_CLUSTER, CloudNodeState, Instance, InstanceState
+from hybridctl.config import CloudConfig, FleetConfig, Settings
+from hybridctl.control.autoscaler import Autoscaler, CloudSession
+from hybridctl.control.fleet import NodeSession
+from hybridctl.core.model import JobStatus, NodeState
+from hybridctl.core.reconcile import job_key
+from hybridctl.store.sqlite import NodeRecord
+from tests.unit.control.fakes import OFFER, FakeAgent, FakeProvider
+from tests.unit.control.parts import Parts, build, stop_sessions
+from tests.waiting import wait_for_async
+
+S = JobStatus
+NODE = "cloud-a"
+IID = "i-a"
+Cloud = tuple[Parts, Autoscaler, FakeProvider]
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Cloud]:
+    key = tmp_path / "cloud_key"
+    key.write_text("not a real key\n")
+    Path(f"{key}.pub").write_text("ssh-ed25519 AAAA test\n")
+    settings = Settings(home=str(tmp_path), fleet=FleetConfig(poll_interval=0.02, checkpoint_sync_interval=3600),
+                        cloud=CloudConfig(enabled=True, identity=str(key), preemption_grace=7.0))
+    parts = build(tmp_path, names=(), settings=settings)
+    provider = FakeProvider()
+    scaler = Autoscaler(parts.store, settings, parts.lifecycle, parts.fleet, parts.scheduler,
+                        providers={"fake": provider}, clock=parts.clock)
+    now = parts.clock()
+    gpus = tuple({"index": i, "model": "A100"} for i in range(OFFER.gpus))
+    parts.store.add_node(NodeRecord(NODE, "local", 22, None, str(key), None, "cloud", NodeState.UNREACHABLE,
+                                    "bootstrapping", False, "", gpus, OFFER.cpus, OFFER.memory_mb, False), now)
+    parts.store.set_node_cloud(NODE, "fake", IID, OFFER.price_hourly, now, now)
+    parts.store.cloud_add_instance(f"launch:{NODE}", "fake", NODE, OFFER.to_dict(), [], now)
+    parts.store.cloud_update_instance(f"launch:{NODE}", now, new_id=IID, state=CloudNodeState.UP, ready_at=now)
+    provider.instances[IID] = Instance(IID, "fake", NODE, InstanceState.RUNNING, {TAG_CLUSTER: settings.cloud.cluster})
+    parts.agents[NODE] = parts.connect.agents[NODE] = FakeAgent(NODE)
+    yield parts, scaler, provider
+    parts.store.close()
+
+
+async def on_cloud_node(parts: Parts, scaler: Autoscaler) -> tuple[int, str]:
+    """The cloud node's session running, and a job RUNNING on it: (job, its rank's key)."""
+    scaler.start_session(NODE)
+    await wait_for_async(lambda: parts.store.node(NODE).link_state is NodeState.UP, what="the cloud node's hello")
+    job, node = parts.place(resources={"accelerators": "A100:2", "use_spot": True})  # the node is a spot one
+    assert node == NODE
+    parts.fleet.kick(NODE)
+    await wait_for_async(lambda: parts.state(job) is S.RUNNING, what="the launch on the cloud node")
+    return job, job_key(job, 0, 0, 0)
+
+
+async def test_start_session_replaces_a_plain_session_and_keeps_a_cloud_one(cloud: Cloud) -> None:
+    parts, scaler, _ = cloud
+    try:
+        plain = parts.fleet.start_session(NODE)
+        assert type(plain) is NodeSession
+        scaler.start_session(NODE)
+        first = parts.fleet.sessions[NODE]
+        assert isinstance(first, CloudSession) and plain.task is not None and plain.task.cancelling()
+        scaler.start_session(NODE)
+        assert parts.fleet.sessions[NODE] is first
+    finally:
+        await stop_sessions(parts.fleet)
+
+
+async def test_give_back_terminates_settles_and_forgets_the_node(cloud: Cloud) -> None:
+    parts, scaler, provider = cloud
+    try:
+        scaler.start_session(NODE)
+        await wait_for_async(lambda: parts.store.node(NODE).link_state is NodeState.UP, what="the cloud node's hello")
+        parts.clock.t += 3600
+        await scaler.give_back(IID, NODE, "idle for 600 s")
+    finally:
+        await stop_sessions(parts.fleet)
+    assert provider.terminated == [IID]
+    (row,) = [r for r in parts.store.cloud_instances(live=False) if r["instance_id"] == IID]
+    assert row["state"] is CloudNodeState.TERMINATED and row["reason"] == "idle for 600 s"
+    assert row["spent_usd"] == pytest.approx(OFFER.price_hourly)  # an hour, billed at the end
+    assert NODE not in {n.name for n in parts.store.nodes()} and NODE not in parts.fleet.sessions
+    assert parts.changes
+
+
+async def test_evict_without_notice_requeues_at_once_keeping_the_logs(cloud: Cloud) -> None:
+    parts, scaler, _ = cloud
+    try:
+        job, key = await on_cloud_node(parts, scaler)
+        await scaler.evict(NODE, "budget reached", S.PREEMPTED)
+        assert parts.state(job) is S.PENDING
+        assert parts.store.retry_usage(job, 0).restarts == 0  # a recovery, not the job's fault
+        agent = parts.agents[NODE]
+        assert [c["key"] for c in agent.ops("logs")][:1] == [key]
+        assert agent.ops("cancel") == [{"key": key, "grace": 7.0}]
+        assert parts.lifecycle.log_path(key, "stdout").read_text() == f"log of {key}\n"
+    finally:
+        await stop_sessions(parts.fleet)
+
+
+async def test_evict_with_notice_preempts_then_requeues_once_the_node_confirms(cloud: Cloud) -> None:
+    parts, scaler, _ = cloud
+    try:
+        job, key = await on_cloud_node(parts, scaler)
+        await scaler.evict(NODE, "spot preemption notice", S.PREEMPTED, notice=True)
+        assert parts.state(job) is S.PREEMPTED  # keeps its GPUs while the node stops it (grace)
+        assert parts.agents[NODE].ops("cancel") == [{"key": key, "grace": 7.0}]
+        parts.fleet.kick(NODE)
+        await wait_for_async(lambda: parts.state(job) is S.PENDING, what="the release after the node confirmed the stop")
+        assert parts.store.task_nodes(job, 0) == [] and parts.agents[NODE].ops("forget") == [{"key": key}]
+    finally:
+        await stop_sessions(parts.fleet)
+
+
+async def test_a_node_gone_under_us_loses_its_jobs_and_is_given_back(cloud: Cloud) -> None:
+    parts, scaler, provider = cloud
+    try:
+        job, key = await on_cloud_node(parts, scaler)
+        provider.instances[IID] = Instance(IID, "fake", NODE, InstanceState.TERMINATED, reason="preempted")
+        await scaler.sync_instances(parts.clock())
+    finally:
+        await stop_sessions(parts.fleet)
+    assert parts.state(job) is S.PENDING
+    assert NODE not in {n.name for n in parts.store.nodes()} and provider.terminated == [IID]
