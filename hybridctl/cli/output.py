@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any, Iterable, Sequence
+
+from hybridctl.fmt import duration, gpus_text, job_label, when  # noqa: F401  (re-exported: shared with the TUI)
 
 
 def emit_json(data: Any) -> None:
@@ -27,32 +28,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, max_last: in
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
     lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     return "\n".join(lines)
-
-
-def duration(seconds: float | None) -> str:
-    """Slurm-like: 5s, 12:03, 3:04:05, 2-03:04:05."""
-    if seconds is None:
-        return ""
-    s = int(max(0, seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}-{h:02d}:{m:02d}:{s:02d}"
-    if h:
-        return f"{h}:{m:02d}:{s:02d}"
-    return f"{m}:{s:02d}"
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def gpus_text(count: int, gpu_type: str | None, num_nodes: int = 1) -> str:
-    base = f"{gpu_type}:{count}" if gpu_type else str(count)
-    return f"{num_nodes}x{base}" if num_nodes > 1 else base
 
 
 def containment_text(containment: str | None) -> str:
@@ -82,11 +57,10 @@ def collapse_arrays(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def label(r: dict[str, Any]) -> str:
-    if not r["array"]:
-        return str(r["job_id"])
-    if "_last" in r:
+    """`fmt.job_label`, or '42_[3-1000]' for a row that `collapse_arrays` folded."""
+    if r["array"] and "_last" in r:
         return f"{r['job_id']}_[{r['task']}-{r['_last']}]"
-    return f"{r['job_id']}_{r['task']}"
+    return job_label(r)
 
 
 def recovery_text(task: dict[str, Any], max_restarts: int) -> str:

@@ -57,11 +57,11 @@ def add_parser(sub: Any) -> None:
 def cmd_outputs(args: argparse.Namespace) -> int:
     from hybridctl import paths
     from hybridctl.control.client import Client
-    from hybridctl.core.errors import HybridctlError
+    from hybridctl.core.errors import ExitCode, HybridctlError
 
     if args.force and args.to is None:
         print("hybridctl: --force only applies to a download: add --to [DIR]", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     with Client(paths.socket_path()) as c:
         found = listing(c, args.job, args.attempt, args.rank)
         for line in _warnings(found):
@@ -74,7 +74,7 @@ def cmd_outputs(args: argparse.Namespace) -> int:
             written = download(c, found, dest, force=args.force)
         except FileExistsError as exc:  # a file of the same name is there (checked before fetching)
             print(f"hybridctl: {exc}", file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
         except OSError as exc:  # our side: the destination (no space, not writable, ...)
             raise HybridctlError(f"cannot write the outputs of job {found['job']} into {dest}: {exc}") from exc
     if args.json:

@@ -20,6 +20,7 @@ from hybridctl.cloud.base import (
     CloudError,
     CloudProvider,
     Instance,
+    InstanceState,
     LaunchFailed,
     LaunchSpec,
     Notice,
@@ -35,7 +36,8 @@ CAPACITY_CODES = frozenset({
 })
 """EC2 error codes that mean "not now, not here": the pool backs off, another offer is tried."""
 
-_ALIVE = ("pending", "running")
+_ALIVE = {"pending": InstanceState.PENDING, "running": InstanceState.RUNNING}
+"""EC2's states that are alive; every other one (stopping, shutting-down, ...) counts as terminated."""
 _NOTICE_CODES = ("marked-for-termination", "marked-for-stop", "marked-for-hibernation")
 SPOT_NOTICE_S = 120.0
 """EC2 gives two minutes' notice of a spot interruption."""
@@ -216,12 +218,12 @@ class AwsProvider(CloudProvider):
             res = self._call(region, "describe_instances", InstanceIds=[iid])
         except CloudError as exc:
             if getattr(exc, "code", "") == "InvalidInstanceID.NotFound":
-                return Instance(instance_id, self.name, "", "terminated", reason="not found")
+                return Instance(instance_id, self.name, "", InstanceState.TERMINATED, reason="not found")
             raise
         for r in res.get("Reservations", []):
             for i in r.get("Instances", []):
                 return self._instance(region, i)
-        return Instance(instance_id, self.name, "", "terminated", reason="not found")
+        return Instance(instance_id, self.name, "", InstanceState.TERMINATED, reason="not found")
 
     def list(self, tags: Mapping[str, str]) -> builtins.list[Instance]:
         filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
@@ -265,7 +267,7 @@ class AwsProvider(CloudProvider):
         launched = i.get("LaunchTime")
         return Instance(
             id=f"{region}/{i['InstanceId']}", provider=self.name, name=tags.get(TAG_NODE, ""),
-            state=state if state in _ALIVE else "terminated", tags=tags, instance_type=i.get("InstanceType", ""),
+            state=_ALIVE.get(state, InstanceState.TERMINATED), tags=tags, instance_type=i.get("InstanceType", ""),
             zone=i.get("Placement", {}).get("AvailabilityZone", ""), spot=i.get("InstanceLifecycle") == "spot",
             launched_at=launched.timestamp() if launched else 0.0, host=host or "", port=22,
             ssh_user=self.ssh_user, reason=i.get("StateReason", {}).get("Message", ""),

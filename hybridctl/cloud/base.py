@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import enum
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -16,12 +17,56 @@ from hybridctl.core.errors import HybridctlError
 __all__ = [
     "CloudError", "CapacityError", "NotReady", "LaunchFailed", "ProviderUnavailable",
     "Instance", "LaunchSpec", "Notice", "CloudProvider", "TAG_CLUSTER", "TAG_NODE", "Offer",
+    "InstanceState", "CloudNodeState",
 ]
 
 TAG_CLUSTER = "hybridctl-cluster"
 """Tag key on everything hybridctl creates; the value is `cloud.cluster`. Leak sweeps list by it."""
 TAG_NODE = "hybridctl-node"
 """Tag key naming the node an instance was launched to become (chosen before the launch)."""
+
+
+class _StrEnum(str, enum.Enum):
+    """Equal to its value ('running' == InstanceState.RUNNING), and printed, formatted, stored in
+    SQLite and JSON as it: code that still compares with the bare strings keeps working."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __format__ = str.__format__
+
+
+class InstanceState(_StrEnum):
+    """An instance as its provider reports it (`Instance.state`). Providers map their own words onto
+    these three: EC2's stopping/shutting-down/stopped count as TERMINATED."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+
+
+class CloudNodeState(_StrEnum):
+    """The controller's record of one launch (`cloud_instances.state`), from the order to the end."""
+
+    LAUNCHING = "launching"
+    """Recorded before the provider is asked (a crash cannot leak an unknown instance)."""
+    BOOTSTRAPPING = "bootstrapping"
+    """The provider accepted; the agent is being installed and the node added."""
+    UP = "up"
+    """A fleet node that takes jobs."""
+    DRAINING = "draining"
+    """Being given back: no new jobs; terminated once its jobs are gone."""
+    TERMINATED = "terminated"
+    FAILED = "failed"
+    """Never became a node (launch refused, bootstrap failed)."""
+
+    @property
+    def gone(self) -> bool:
+        return self in GONE
+
+
+GONE = frozenset({CloudNodeState.TERMINATED, CloudNodeState.FAILED})
+"""Record states that hold no machine any more (what `cloud_instances(live=True)` leaves out)."""
 
 
 class CloudError(HybridctlError):
@@ -69,8 +114,8 @@ class Instance:
     provider: str
     name: str
     """The node name (from its `TAG_NODE` tag), or '' for an instance hybridctl did not name."""
-    state: str
-    """'pending', 'running', or 'terminated' (stopping/shutting-down count as terminated)."""
+    state: InstanceState
+    """PENDING, RUNNING or TERMINATED (EC2's stopping/shutting-down count as terminated)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     instance_type: str = ""
     zone: str = ""
@@ -93,7 +138,7 @@ class Instance:
 
     @property
     def alive(self) -> bool:
-        return self.state in ("pending", "running")
+        return self.state in (InstanceState.PENDING, InstanceState.RUNNING)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hybridctl.cloud.base import Instance
 from hybridctl.core.errors import HybridctlError, SpecError
+from hybridctl.ssh.shell import RemoteError, Shell, open_shell
 
 log = logging.getLogger("hybridctl.bootstrap")
 
@@ -146,7 +146,7 @@ def agent_unit(python: str, remote_dir: str, name: str, system: bool) -> str:
 class _Node:
     """One SSH connection; every remote command runs as one step whose failure names it."""
 
-    def __init__(self, conn: Any, label: str, timeout: float) -> None:
+    def __init__(self, conn: Shell, label: str, timeout: float) -> None:
         self.conn = conn
         self.label = label
         self.timeout = timeout
@@ -155,11 +155,9 @@ class _Node:
         return BootstrapFailed(f"{self.label}: {step} failed: {detail.strip()[-800:]}" + (f"; {hint}" if hint else ""))
 
     async def run(self, step: str, script: str, hint: str) -> str:
-        import asyncssh
-
         try:
             res = await self.conn.run(script, timeout=self.timeout)
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        except (OSError, RemoteError, asyncio.TimeoutError) as exc:
             raise self.failed(step, str(exc) or type(exc).__name__, hint) from exc
         if res.exit_status != 0:
             raise self.failed(step, str(res.stderr or res.stdout) or f"exit status {res.exit_status}", hint)
@@ -170,17 +168,10 @@ async def install_over_ssh(host: str, port: int, user: str | None, known_hosts: 
                            spec: AgentInstall, label: str = "", timeout: float = 300.0) -> Installed:
     """Copy the agent (and spec.wheels) to the node, install its dependencies, (re)start it and
     wait until its socket exists. Host keys are checked against `known_hosts` (pin them first)."""
-    import asyncssh
-
-    options: dict[str, Any] = {"port": port, "known_hosts": str(known_hosts), "connect_timeout": 30}
-    if user:
-        options["username"] = user
-    if identity:
-        options["client_keys"] = [str(identity)]
     label = label or spec.name
     try:
-        conn = await asyncssh.connect(host, **options)
-    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        conn = await open_shell(host, port, user, known_hosts, identity)
+    except (OSError, RemoteError, asyncio.TimeoutError) as exc:
         raise BootstrapFailed(f"{label}: connect failed: cannot reach {host}:{port} over SSH ({exc}); "
                               "check --host, --port, --user, --identity and the pinned host key") from exc
     async with conn:
@@ -188,8 +179,6 @@ async def install_over_ssh(host: str, port: int, user: str | None, known_hosts: 
 
 
 async def _install(node: _Node, spec: AgentInstall) -> Installed:
-    import asyncssh
-
     q = shlex.quote
     uid, home, python = (await node.run(
         "python",
@@ -228,21 +217,20 @@ async def _install(node: _Node, spec: AgentInstall) -> Installed:
         step(f"systemd: {ctl}" + (f" (warning: {warning})" if warning else ""))
     local_wheels = sorted(spec.wheels.glob("*.whl")) if spec.wheels else []
     try:
-        async with node.conn.start_sftp_client() as sftp:
-            await sftp.makedirs(posixpath.join(pkg, "hybridctl_agent"), exist_ok=True)
+        async with node.conn.sftp() as sftp:
+            await sftp.makedirs(posixpath.join(pkg, "hybridctl_agent"))
             files = sorted(agent_package().glob("*.py"))
             for f in files:
                 await sftp.put(str(f), posixpath.join(pkg, "hybridctl_agent", f.name))
             if local_wheels:
-                await sftp.makedirs(wheels, exist_ok=True)
+                await sftp.makedirs(wheels)
                 for f in local_wheels:
                     await sftp.put(str(f), posixpath.join(wheels, f.name))
             if unit:
                 unit_dir = "/etc/systemd/system" if root else posixpath.join(home, ".config/systemd/user")
-                await sftp.makedirs(unit_dir, exist_ok=True)
-                async with sftp.open(posixpath.join(unit_dir, f"{SERVICE}.service"), "w") as out:
-                    await out.write(unit)
-    except (OSError, asyncssh.Error) as exc:
+                await sftp.makedirs(unit_dir)
+                await sftp.write_text(posixpath.join(unit_dir, f"{SERVICE}.service"), unit)
+    except (OSError, RemoteError) as exc:
         raise node.failed("copy", f"SFTP: {exc}", f"the SSH user must be able to write {base} (pick another "
                           "--install-dir) and sshd needs an sftp Subsystem") from exc
     step(f"copy: the agent ({len(files)} files) to {pkg}" + (f", {len(local_wheels)} wheels to {wheels}"

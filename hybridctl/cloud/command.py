@@ -17,6 +17,7 @@ from hybridctl.cloud.base import (
     CloudError,
     CloudProvider,
     Instance,
+    InstanceState,
     LaunchFailed,
     LaunchSpec,
     Notice,
@@ -28,7 +29,8 @@ from hybridctl.core.burst import Offer
 EX_TEMPFAIL = 75
 """Exit status of `create` meaning "no capacity now, try another offer" (sysexits.h)."""
 
-_STATES = {"pending": "pending", "running": "running"}
+_STATES = {"pending": InstanceState.PENDING, "running": InstanceState.RUNNING}
+"""What `list` may print as a state; anything else counts as terminated."""
 
 
 class CommandProvider(CloudProvider):
@@ -105,7 +107,7 @@ class CommandProvider(CloudProvider):
         for inst in self._list({}):
             if inst.id == instance_id:
                 return inst
-        return Instance(instance_id, self.name, "", "terminated", reason="not listed by cloud.command.list")
+        return Instance(instance_id, self.name, "", InstanceState.TERMINATED, reason="not listed by cloud.command.list")
 
     def list(self, tags: Mapping[str, str]) -> builtins.list[Instance]:
         return [i for i in self._list(tags) if i.alive and all(i.tags.get(k) == v for k, v in tags.items())]
@@ -133,7 +135,7 @@ class CommandProvider(CloudProvider):
         tags = {str(k): str(v) for k, v in (d.get("tags") or {}).items()}
         return Instance(
             id=str(d["id"]), provider=self.name, name=str(d.get("name") or tags.get(TAG_NODE, "")),
-            state=_STATES.get(str(d.get("state", "pending")), "terminated"), tags=tags,
+            state=_STATES.get(str(d.get("state", "pending")), InstanceState.TERMINATED), tags=tags,
             instance_type=str(d.get("instance_type", "")), zone=str(d.get("zone", "")), spot=bool(d.get("spot", True)),
             launched_at=float(d.get("launched_at") or 0.0), host=str(d.get("host") or ""),
             port=int(d.get("port") or 22), ssh_user=str(d.get("ssh_user") or self.ssh_user),

@@ -30,6 +30,7 @@ from hybridctl.cloud.base import (
     CapacityError,
     CloudProvider,
     Instance,
+    InstanceState,
     LaunchFailed,
     LaunchSpec,
     Notice,
@@ -112,7 +113,7 @@ class SimulatedProvider(CloudProvider):
                     f"simulated: InsufficientInstanceCapacity: no {offer.market} capacity for {offer.instance_type}"
                     f" in {offer.zone} (cloud.simulated.capacity_errors)"
                 )
-            live = [r for r in self._records() if r["state"] != "terminated" and r["pool"] == offer.pool]
+            live = [r for r in self._records() if r["state"] != InstanceState.TERMINATED and r["pool"] == offer.pool]
             if len(live) >= self.capacity_per_pool:
                 raise CapacityError(
                     f"simulated: InsufficientInstanceCapacity: {offer.pool} already runs {len(live)} machines"
@@ -128,7 +129,7 @@ class SimulatedProvider(CloudProvider):
             after = preempt_after(self.preemption_rate_per_h, spec.name, self.seed)
             rec: dict[str, Any] = {
                 "id": iid, "name": spec.name, "tags": {**spec.tags, TAG_NODE: spec.name}, "offer": offer.to_dict(),
-                "pool": offer.pool, "launched_at": now, "state": "pending", "reason": "", "pid": None,
+                "pool": offer.pool, "launched_at": now, "state": InstanceState.PENDING, "reason": "", "pid": None,
                 "preempt_at": None if after is None else now + after,
             }
             self._write(rec)
@@ -140,14 +141,14 @@ class SimulatedProvider(CloudProvider):
                                      orphan_timeout=spec.orphan_timeout)
         except RuntimeError as exc:
             with self._locked():
-                rec.update(state="terminated", reason=f"failed to boot: {exc}")
+                rec.update(state=InstanceState.TERMINATED, reason=f"failed to boot: {exc}")
                 self._write(rec)
             raise LaunchFailed(f"simulated: machine {iid} did not boot: {exc}") from exc
         with self._locked():
             self._procs[iid] = proc
             rec = self._read(iid) or rec
             rec["pid"] = proc.pid
-            if rec["state"] == "terminated":  # terminated while booting
+            if rec["state"] == InstanceState.TERMINATED:  # terminated while booting
                 self._stop(rec)
             self._write(rec)
         return self._instance(rec)
@@ -156,7 +157,7 @@ class SimulatedProvider(CloudProvider):
         with self._locked():
             rec = self._read(instance_id)
             if rec is None:
-                return Instance(instance_id, self.name, "", "terminated", reason="unknown instance")
+                return Instance(instance_id, self.name, "", InstanceState.TERMINATED, reason="unknown instance")
             self._settle(rec)
             return self._instance(rec)
 
@@ -164,19 +165,19 @@ class SimulatedProvider(CloudProvider):
         out = []
         with self._locked():
             for rec in self._records():
-                if rec["state"] == "terminated" or any(rec["tags"].get(k) != v for k, v in tags.items()):
+                if rec["state"] == InstanceState.TERMINATED or any(rec["tags"].get(k) != v for k, v in tags.items()):
                     continue
                 self._settle(rec)
-                if rec["state"] != "terminated":
+                if rec["state"] != InstanceState.TERMINATED:
                     out.append(self._instance(rec))
         return out
 
     def terminate(self, instance_id: str) -> None:
         with self._locked():
             rec = self._read(instance_id)
-            if rec is None or rec["state"] == "terminated":
+            if rec is None or rec["state"] == InstanceState.TERMINATED:
                 return
-            rec.update(state="terminated", reason=rec.get("reason") or "terminated")
+            rec.update(state=InstanceState.TERMINATED, reason=rec.get("reason") or "terminated")
             self._write(rec)
         self._stop(rec)
 
@@ -186,7 +187,7 @@ class SimulatedProvider(CloudProvider):
         with self._locked():
             for iid in instance_ids:
                 rec = self._read(iid)
-                if rec is None or rec["state"] == "terminated" or rec.get("preempt_at") is None:
+                if rec is None or rec["state"] == InstanceState.TERMINATED or rec.get("preempt_at") is None:
                     continue
                 if now >= rec["preempt_at"] - self.preemption_warning:
                     out.append(Notice(iid, rec["preempt_at"]))
@@ -197,7 +198,7 @@ class SimulatedProvider(CloudProvider):
         what the market does at `preemption_rate_per_h`, on demand, for tests and demos."""
         with self._locked():
             rec = self._read(instance_id)
-            if rec is None or rec["state"] == "terminated":
+            if rec is None or rec["state"] == InstanceState.TERMINATED:
                 raise KeyError(f"simulated: no live instance {instance_id}")
             rec["preempt_at"] = at
             self._write(rec)
@@ -207,7 +208,7 @@ class SimulatedProvider(CloudProvider):
         instances, not children to clean up)."""
         for iid, proc in list(self._procs.items()):
             rec = self._read(iid)
-            if rec is not None and rec["state"] == "terminated":
+            if rec is not None and rec["state"] == InstanceState.TERMINATED:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(15)  # being ended (perhaps by another process): let it finish
             if proc.poll() is not None:
@@ -250,20 +251,20 @@ class SimulatedProvider(CloudProvider):
 
     def _settle(self, rec: dict[str, Any]) -> None:
         """Apply what happened since: a reclaim that came due, a machine that shut itself down."""
-        if rec["state"] == "terminated":
+        if rec["state"] == InstanceState.TERMINATED:
             return
         now = self.clock()
         if rec.get("preempt_at") is not None and now >= rec["preempt_at"]:
-            rec.update(state="terminated", reason="preempted")
+            rec.update(state=InstanceState.TERMINATED, reason="preempted")
             self._write(rec)
             self._stop(rec)
             return
         if rec["pid"] is not None and not self._alive(rec):
-            rec.update(state="terminated", reason="the machine shut itself down (orphan timeout or crash)")
+            rec.update(state=InstanceState.TERMINATED, reason="the machine shut itself down (orphan timeout or crash)")
             self._write(rec)
             return
-        if rec["pid"] is not None and now >= rec["launched_at"] + self.launch_delay and rec["state"] == "pending":
-            rec["state"] = "running"
+        if rec["pid"] is not None and now >= rec["launched_at"] + self.launch_delay and rec["state"] == InstanceState.PENDING:
+            rec["state"] = InstanceState.RUNNING
             self._write(rec)
 
     def _alive(self, rec: dict[str, Any]) -> bool:
@@ -300,11 +301,11 @@ class SimulatedProvider(CloudProvider):
         offer = Offer.from_dict(rec["offer"])
         base = self.root / "i" / rec["id"]
         info: dict[str, Any] = {}
-        if rec["state"] == "running":
+        if rec["state"] == InstanceState.RUNNING:
             with contextlib.suppress(OSError, ValueError):
                 info = json.loads((base / "node.json").read_text())
         return Instance(
-            id=rec["id"], provider=self.name, name=rec["name"], state=rec["state"], tags=dict(rec["tags"]),
+            id=rec["id"], provider=self.name, name=rec["name"], state=InstanceState(rec["state"]), tags=dict(rec["tags"]),
             instance_type=offer.instance_type, zone=offer.zone, spot=offer.spot, launched_at=rec["launched_at"],
             host="127.0.0.1" if info else "", port=int(info.get("port", 22)), ssh_user="",
             host_key=info.get("host_key", ""), agent_socket=info.get("socket", ""),

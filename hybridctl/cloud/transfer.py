@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hybridctl.control.checkpoints import STAGE_TIMEOUT_S, TransferMismatch, _fd_path, _walk, checked
-from hybridctl.core.errors import HybridctlError
+from hybridctl.core.errors import ExitCode, HybridctlError
 
 TAR = "workdir.tar"
 """The archive's name in the node's staging directory."""
@@ -37,7 +37,7 @@ class TransferError(HybridctlError):
 class WorkdirTooLarge(TransferError):
     """The workdir is over `cloud.workdir_cap_mb`."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ from hybridctl.core.model import NodeView
 #: GPU models an index counts; None = every model.
 Models = frozenset[str] | None
 
+#: Node ids a search passes over (held for a reservation); None = none.
+Skip = set[int] | None
+
 _EPS = 1e-9  # CPU counts are floats: 0.1 + 0.2 must still fit in 0.3
 
 
@@ -112,9 +115,17 @@ class FreeIndex:
         return sum(self.size[g : self.top + 1])
 
     def first(
-        self, g: int, cpus: list[float], mem: list[int], c: float, m: int, misses: Misses
+        self,
+        g: int,
+        cpus: list[float],
+        mem: list[int],
+        c: float,
+        m: int,
+        misses: Misses,
+        skip: Skip = None,
     ) -> tuple[int, int] | None:
-        """(free count, node) of the best-fit node for g GPUs, c CPUs and m MiB, or None."""
+        """(free count, node) of the best-fit node for g GPUs, c CPUs and m MiB, or None.
+        Nodes in `skip` (held for a reservation) are passed over."""
         count, heaps = self.count, self.heaps
         for k in range(g, self.top + 1):
             h = heaps[k]
@@ -122,9 +133,9 @@ class FreeIndex:
                 heapq.heappop(h)
             if h:
                 node = h[0]
-                if cpus[node] + _EPS >= c and mem[node] >= m:
+                if cpus[node] + _EPS >= c and mem[node] >= m and (skip is None or node not in skip):
                     return k, node
-                picks = self.pick(k, 1, cpus, mem, c, m, misses)
+                picks = self.pick(k, 1, cpus, mem, c, m, misses, skip)
                 return picks[0] if picks else None
         return None
 
@@ -137,9 +148,11 @@ class FreeIndex:
         c: float,
         m: int,
         misses: Misses,
+        skip: Skip = None,
     ) -> list[tuple[int, int]]:
         """Up to `want` distinct nodes that can hold g GPUs, c CPUs and m MiB, best fit first.
-        Nodes with the GPUs but not the rest are noted in `misses`."""
+        Nodes with the GPUs but not the rest are noted in `misses`; nodes in `skip` are passed
+        over."""
         count = self.count
         picks: list[tuple[int, int]] = []
         for k in range(g, self.top + 1):
@@ -152,6 +165,8 @@ class FreeIndex:
                 if count[node] != k:
                     continue
                 seen.append(node)
+                if skip is not None and node in skip:
+                    continue
                 cpus_ok = cpus[node] + _EPS >= c
                 mem_ok = mem[node] >= m
                 if cpus_ok and mem_ok:
@@ -166,7 +181,7 @@ class FreeIndex:
         return picks
 
 
-class Fleet:
+class FreeFleet:
     """Free resources of every node for one pass; `take` books them and re-buckets the node."""
 
     def __init__(self, nodes: Sequence[NodeView], min_cpus: float, min_mem: int) -> None:

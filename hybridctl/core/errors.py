@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Every exit status `hybridctl` uses, defined once: each error class names its own below, and
+    `cli/main.py` returns these (docs/cli.md lists them for scripts)."""
+
+    OK = 0
+    ERROR = 1
+    """The controller is unreachable, or an action failed."""
+    USAGE = 2
+    """Bad input: a flag, a job spec, a job that can never fit."""
+    DENIED = 3
+    """The controller refused: not your job, not an admin."""
+    NOT_FOUND = 4
+    HOST_KEY = 5
+    """A node's SSH host key is unknown or changed (`ssh.link.HostKeyRefused`)."""
+    INTERRUPTED = 130
+    """Ctrl-C (128 + SIGINT, as shells report it)."""
+
 
 class HybridctlError(Exception):
     """Base of every error hybridctl shows a user; `str()` is the message to print."""
 
     #: process exit code the CLI uses when this error reaches it
-    exit_code = 1
+    exit_code: int = ExitCode.ERROR
 
     def __init__(self, message: str = "", title: str = "") -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -21,7 +41,7 @@ class HybridctlError(Exception):
 class SpecError(HybridctlError):
     """The job spec is invalid."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(
         self,
@@ -58,19 +78,19 @@ class IllegalTransition(HybridctlError):
 class PermissionDenied(HybridctlError):
     """The caller may not do this."""
 
-    exit_code = 3
+    exit_code = ExitCode.DENIED
 
 
 class NotFound(HybridctlError):
     """No such job or node."""
 
-    exit_code = 4
+    exit_code = ExitCode.NOT_FOUND
 
 
 class Unschedulable(HybridctlError):
     """The job can never fit on any node of the fleet."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ControllerUnavailable(HybridctlError):

@@ -21,8 +21,9 @@ import pytest
 
 from hybridctl_agent import cgroup as cgroups
 from hybridctl_agent.containment import detect
-from tests.agent.agent_harness import AgentProc, alive, wait_for
+from tests.agent.agent_harness import AgentProc, alive
 from tests.conftest import require
+from tests.waiting import wait_for
 
 NOBODY = 65534
 
@@ -87,7 +88,7 @@ def started(agent: AgentProc, key: str) -> Dict[str, Any]:
         if (path.parent / "exit.json").exists():
             raise AssertionError(f"job {key} ended before it started: {agent.job(key)}")
         return None
-    return wait_for(f"job {key} to start", probe)
+    return wait_for(probe, what=f"job {key} to start")
 
 
 def job_dirs(agent: AgentProc, key: str) -> Dict[str, str]:
@@ -106,7 +107,7 @@ def procs(path: str) -> List[int]:
 
 def read_pid(agent: AgentProc, key: str, name: str) -> int:
     path = agent.job_dir(key) / "work" / name
-    return int(wait_for(f"{path}", lambda: path.read_text().strip() if path.exists() else None))
+    return int(wait_for(lambda: path.read_text().strip() if path.exists() else None, what=f"{path}"))
 
 
 # A setsid'd sleeper behind a double fork: a new session and process group, parent gone (so it
@@ -126,7 +127,7 @@ def test_a_stop_kills_setsid_double_forked_children_before_the_job_is_reported_g
     launch(agent, "31", ESCAPE, **limit)
     job = started(agent, "31")
     escaped = read_pid(agent, "31", "escaped.pid")
-    wait_for("the sleeper to have its own session", lambda: os.getsid(escaped) == escaped)
+    wait_for(lambda: os.getsid(escaped) == escaped, what="the sleeper to have its own session")
     assert escaped != job["pgid"]
     dirs = job_dirs(agent, "31")
     assert job["cgroup"] == next(iter(dirs.values()))
@@ -149,13 +150,13 @@ def test_a_setsid_process_on_a_gpu_is_the_jobs_not_foreign(
     agent = cg_agent(interval=0.2)
     launch(agent, "37", ESCAPE, gpus=[1])
     escaped = read_pid(agent, "37", "escaped.pid")
-    wait_for("the sleeper to have its own session", lambda: os.getsid(escaped) == escaped)
+    wait_for(lambda: os.getsid(escaped) == escaped, what="the sleeper to have its own session")
     agent.call("sim_foreign", index=3, pid=escaped)
 
     def seen() -> Any:
         gpu = agent.call("sample")["samples"][-1]["gpus"][3]
         return gpu["processes"] or None
-    assert [p["job"] for p in wait_for("the sleeper on GPU 3", seen)] == ["37"]
+    assert [p["job"] for p in wait_for(seen, what="the sleeper on GPU 3")] == ["37"]
     agent.call("cancel", key="37", grace=0)
     agent.wait_exited("37")
     assert not alive(escaped)

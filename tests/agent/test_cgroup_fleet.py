@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import require
-from tests.integration.harness import wait_for
-from tests.integration.nodes import Lab
+from tests.integration.nodes import SshLab
 from tests.integration.conftest import lab  # noqa: F401 - real sshd and agents (root agents use cgroups)
+from tests.waiting import wait_for
 
 
 @pytest.mark.needs_root
 @pytest.mark.needs_sshd
-def test_memory_and_cpus_reach_the_job_cgroup_and_nodes_shows_containment(lab: Lab) -> None:
+def test_memory_and_cpus_reach_the_job_cgroup_and_nodes_shows_containment(lab: SshLab) -> None:
     require(os.geteuid() == 0, "root agents (cgroups) need root")
     def hellos() -> Any:
         rows = lab.controller.cli_json("nodes")

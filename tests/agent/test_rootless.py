@@ -13,8 +13,9 @@ from typing import List, Optional
 
 import pytest
 
-from tests.agent.agent_harness import AGENTS_DIR, AgentProc, alive, wait_for
+from tests.agent.agent_harness import AGENTS_DIR, AgentProc, alive
 from tests.conftest import require
+from tests.waiting import wait_for
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -89,10 +90,10 @@ def test_rootless_agent_reports_no_containment_and_still_kills_the_process_group
         run = "sleep 300 & echo $! > child.pid\nsleep 300"
         agent.call("launch", job={"key": "61", "run": run, "time_limit": 1, "kill_grace": 1})
         pid_file = agent.job_dir("61") / "work" / "child.pid"
-        child = int(wait_for("the job's child", lambda: pid_file.exists() and
-                             pid_file.read_text().strip()))
+        child = int(wait_for(lambda: pid_file.exists() and
+                             pid_file.read_text().strip(), what="the job's child"))
         done = agent.wait_exited("61")
         assert done["reason"] == "timeout"
-        wait_for("the job's child to be killed with its process group", lambda: not alive(child))
+        wait_for(lambda: not alive(child), what="the job's child to be killed with its process group")
     finally:
         agent.cleanup()

@@ -126,13 +126,13 @@ def _no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def make_lab(tmp_path: Path) -> Iterator[Any]:
-    """make_lab(burst=..., simulated=..., cloud=..., fleet=..., recovery=...) -> a started `tests.cloud.lab.Lab`."""
-    from tests.cloud.lab import Lab
+    """make_lab(burst=..., simulated=..., cloud=..., fleet=..., recovery=...) -> a started `tests.cloud.lab.CloudLab`."""
+    from tests.cloud.lab import CloudLab
 
-    labs: list[Lab] = []
+    labs: list[CloudLab] = []
 
-    def make(**kw: Any) -> Lab:
-        lab = Lab(tmp_path / f"l{len(labs)}", **kw)
+    def make(**kw: Any) -> CloudLab:
+        lab = CloudLab(tmp_path / f"l{len(labs)}", **kw)
         labs.append(lab)
         lab.start()
         return lab

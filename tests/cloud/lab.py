@@ -16,12 +16,13 @@ from hybridctl.cloud.simulated import SimulatedProvider
 from hybridctl.sim import node as simnode
 from hybridctl.sim.keys import client_key, pin
 from tests.cloud.conftest import CATALOG, small_catalog
-from tests.integration.harness import ControllerProc, make_controller, wait_for
+from tests.integration.harness import ControllerProc, make_controller
+from tests.waiting import wait_for
 
 CLUSTER = "e2e"
 
 
-class Lab:
+class CloudLab:
     """One on-prem simulated machine with one A100, a controller, and a simulated cloud."""
 
     def __init__(self, base: Path, burst: dict[str, Any], simulated: dict[str, Any] | None = None,
@@ -42,7 +43,7 @@ class Lab:
             "cloud": {
                 "enabled": True, "providers": ["simulated"], "catalog": str(catalog), "cluster": CLUSTER,
                 "poll_interval": 0.5, "leak_grace": 1.0, "bootstrap_timeout": 90.0, "orphan_timeout": 0.0,
-                "workdir_cap_mb": 1, "preemption_grace": 2.0,
+                "workdir_cap_mb": 1, "preemption_grace": 2.0, "default_market": "spot",
                 "burst": {"after": 2.0, "idle_timeout": 5.0, "max_nodes": 2, "max_hourly_usd": 10.0,
                           "budget_usd": 100.0, **burst},
                 "simulated": {"dir": str(self.cloud_dir), "launch_delay": 0.0, "agent_interval": 0.5,

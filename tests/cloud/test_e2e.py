@@ -11,13 +11,13 @@ from typing import Any
 
 from hybridctl.cloud.base import TAG_CLUSTER, LaunchSpec
 from tests.cloud.conftest import fake_cloud_script
-from tests.cloud.lab import CLUSTER, Lab
-from tests.integration.harness import wait_for
+from tests.cloud.lab import CLUSTER, CloudLab
+from tests.waiting import wait_for
 
 
 def test_burst_runs_on_cloud_then_scales_down(make_lab: Any, tmp_path: Path) -> None:
     # The cheapest pool refuses (a capacity error): the next offer must be used.
-    lab: Lab = make_lab(burst={}, simulated={"capacity_errors": ["sim-east-a/sim.a100x1"]})
+    lab: CloudLab = make_lab(burst={}, simulated={"capacity_errors": ["sim-east-a/sim.a100x1"]})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     assert lab.wait_state(hog, "RUNNING")["nodes"] == "prem1"
     work = tmp_path / "work"
@@ -69,7 +69,7 @@ def test_burst_runs_on_cloud_then_scales_down(make_lab: Any, tmp_path: Path) -> 
 
 
 def test_limit_blocks_burst_visibly_and_leaks_are_terminated(make_lab: Any) -> None:
-    lab: Lab = make_lab(burst={"max_nodes": 0})
+    lab: CloudLab = make_lab(burst={"max_nodes": 0})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     lab.wait_state(hog, "RUNNING")
     job = lab.submit("--gpus", "A100:1", "--", "echo never")
@@ -99,7 +99,7 @@ def test_limit_blocks_burst_visibly_and_leaks_are_terminated(make_lab: Any) -> N
 
 
 def test_preemption_notice_requeues_the_job_and_it_reruns_on_a_new_node(make_lab: Any) -> None:
-    lab: Lab = make_lab(burst={})
+    lab: CloudLab = make_lab(burst={})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     lab.wait_state(hog, "RUNNING")
     job = lab.submit("--gpus", "A100:1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 300")  # max_restarts 0
@@ -122,7 +122,7 @@ def test_preemption_notice_requeues_the_job_and_it_reruns_on_a_new_node(make_lab
 
 
 def test_a_job_preempted_more_often_than_the_cap_fails_naming_the_cap(make_lab: Any) -> None:
-    lab: Lab = make_lab(burst={}, recovery={"max_recoveries": 1})
+    lab: CloudLab = make_lab(burst={}, recovery={"max_recoveries": 1})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     lab.wait_state(hog, "RUNNING")
     job = lab.submit("--gpus", "A100:1", "--max-restarts", "3", "--", "sleep 300")  # restarts left do not help
@@ -147,7 +147,7 @@ def test_failed_bootstrap_terminates_the_instance_and_tries_another_offer(make_l
     cmd, env = fake_cloud_script(tmp_path / "fake")
     script_env = " ".join(f"{k}={v}" for k, v in env.items())
     command = f"env {script_env} {cmd}"
-    lab: Lab = make_lab(burst={}, cloud={"providers": ["command"],
+    lab: CloudLab = make_lab(burst={}, cloud={"providers": ["command"],
                                          "command": {"create": command, "delete": command, "list": command}})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     lab.wait_state(hog, "RUNNING")

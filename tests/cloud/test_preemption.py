@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cloud.lab import CLUSTER, Lab
+from tests.cloud.lab import CLUSTER, CloudLab
 from tests.conftest import require
-from tests.integration.harness import wait_for
-from tests.integration.test_multinode import TRAIN, have_torch
+from tests.integration.workloads import TRAIN, have_torch
+from tests.waiting import wait_for
 
 from hybridctl.cloud.base import TAG_CLUSTER
 
@@ -22,7 +22,7 @@ STEPS = 60
 SYNC_INTERVAL = 1.0
 
 
-def synced_step(lab: Lab, job: str) -> int:
+def synced_step(lab: CloudLab, job: str) -> int:
     """The step of the checkpoint the controller holds for `job` (-1 if none yet)."""
     import torch
 
@@ -38,7 +38,7 @@ def test_preempted_training_resumes_from_its_final_checkpoint_with_identical_wei
     require(have_torch(), "needs torch (pip install torch==2.13.0)")
     import torch
 
-    lab: Lab = make_lab(burst={}, cloud={"preemption_grace": 20.0},
+    lab: CloudLab = make_lab(burst={}, cloud={"preemption_grace": 20.0},
                         fleet={"checkpoint_sync_interval": SYNC_INTERVAL})
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 600")  # the on-prem GPU is busy: the job bursts
     lab.wait_state(hog, "RUNNING")

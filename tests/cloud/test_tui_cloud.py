@@ -5,21 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.cloud.lab import Lab
-from tests.tui.helpers import screen_text, shows, until
+from tests.cloud.lab import CloudLab
+from tests.tui.helpers import same_keys, screen_text, shows, until
 
+from hybridctl.control.client import Client
 from hybridctl.tui.app import HybridApp
+from hybridctl.tui.fake import FakeApi
 from hybridctl.tui.data import SocketApi
 from hybridctl.tui.screens.node import NodeScreen
 from hybridctl.tui.widgets.table import RowTable
 
 
 async def test_cloud_view_shows_the_burst_node_its_price_and_opens_it(make_lab: Any) -> None:
-    lab: Lab = make_lab(burst={})
+    lab: CloudLab = make_lab(burst={})
     lab.submit("--gpus", "A100:1", "--", "sleep 300")  # on-prem is full: the next job bursts
     job = lab.submit("--gpus", "A100:1", "--", "sleep 300")
     node = lab.wait_state(job, "RUNNING", timeout=120)["nodes"]
     price = next(i["price_hourly"] for i in lab.status()["instances"] if i["node"] == node)
+    with Client(lab.ctl.socket) as c:  # tui/fake.py's cloud replies keep the controller's keys
+        status, offers = c.call("cloud_status", ended=20), c.call("cloud_offers")
+    fake = FakeApi(cloud=True)
+    same_keys("cloud_status", status, fake.call("cloud_status", {"ended": 20}))
+    same_keys("cloud_status: instances", status["instances"], fake.call("cloud_status", {})["instances"])
+    same_keys("cloud_offers", offers, fake.call("cloud_offers", {}))
     app = HybridApp(SocketApi(lab.ctl.socket), interval=0.25, cursor_blink=False, mode="cloud")
     async with app.run_test(size=(150, 40)) as pilot:
         text = await shows(pilot, node)

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller
-from tests.integration.nodes import Lab
+from tests.integration.nodes import SshLab
 from tests.integration.other_user import AsUser, readable_package
 from tests.integration.sshd import require_sshd
 
@@ -32,10 +32,10 @@ def controller(start_controller: Callable[..., ControllerProc]) -> ControllerPro
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmp_path: Path) -> Iterator[SshLab]:
     """Three real sshd + agent nodes (node1 8×A100, node2 4×RTX3090, node3 4×A100) and a controller."""
     require_sshd()
-    lab = Lab(tmp_path)
+    lab = SshLab(tmp_path)
     try:
         lab.start()
         yield lab

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require
-from tests.integration.harness import wait_for
 from tests.integration.sshd import SSHD, Sshd
+from tests.waiting import wait_for
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 PREFIX = "hybmh"

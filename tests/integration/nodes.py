@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import psutil
 
-from typing import Any
-
-from tests.integration.harness import ControllerProc, make_controller, wait_for
+from tests.integration.harness import ControllerProc, make_controller
 from tests.integration.sshd import Sshd, keygen
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -80,7 +81,7 @@ FLEET_CONFIG: dict[str, Any] = {
 SHAPES = {"node1": "8:A100", "node2": "4:RTX3090", "node3": "4:A100"}
 
 
-class Lab:
+class SshLab:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.key = keygen(base / "id_ed25519")
@@ -110,3 +111,26 @@ class Lab:
     def wait_state(self, job: str, *states: str, timeout: float = 90) -> dict[str, Any]:
         return wait_for(lambda: (t := self.task(job))["state"] in states and t, timeout,
                         what=f"job {job} in {states} (controller log: {self.controller.log})")
+
+
+@contextlib.contextmanager
+def solo_node(tmp_path: Path, fleet: dict[str, Any], allow_forwarding: bool = True) -> Iterator[Any]:
+    """A controller with its own fleet settings and one 2-GPU node (`solo`, real sshd), added."""
+    from tests.integration.sshd import require_sshd
+
+    require_sshd()
+    key = keygen(tmp_path / "id_ed25519")
+    node = LabNode("solo", tmp_path / "solo", "2:T4", Sshd(tmp_path / "solo" / "sshd", key,
+                                                            allow_forwarding=allow_forwarding))
+    ctl = make_controller(tmp_path / "ctl", {"scheduler": {"tick_seconds": 1.0}, "fleet": fleet})
+    try:
+        node.sshd.start()
+        node.start_agent()
+        ctl.start()
+        res = ctl.cli(*node.add_args(key), timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "2 GPUs" in res.stdout
+        yield ctl
+    finally:
+        ctl.stop()
+        node.stop()

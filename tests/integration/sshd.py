@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from tests.conftest import require
-from tests.integration.harness import wait_for
+from tests.waiting import wait_for
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

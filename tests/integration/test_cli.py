@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ControllerProc, wait_for
+from tests.integration.harness import ControllerProc
+from tests.waiting import wait_for
 
 
 def count_jobs(c: ControllerProc) -> int:

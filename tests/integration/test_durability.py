@@ -10,7 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.integration.harness import ControllerProc, wait_for
+from tests.integration.harness import ControllerProc
+from tests.waiting import wait_for
 
 # A submitter process: N sequential `hybridctl submit` calls through the real CLI entry point
 # (in-process main(), so 800 submits do not pay 800 interpreter start-ups on a 2-core machine),

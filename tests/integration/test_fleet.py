@@ -3,22 +3,21 @@ reached by a real controller over SSH. Links, agents, the controller and sshd ar
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from tests.integration.harness import wait_for
-from tests.integration.nodes import Lab
+from tests.integration.nodes import SshLab, solo_node
+from tests.waiting import wait_for
 
 
-def submit(lab: Lab, *args: str) -> str:
+def submit(lab: SshLab, *args: str) -> str:
     res = lab.controller.cli("submit", *args)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
 
-def test_node_add_reports_gpus_and_jobs_run_pinned_with_logs_and_exit_code(lab: Lab) -> None:
+def test_node_add_reports_gpus_and_jobs_run_pinned_with_logs_and_exit_code(lab: SshLab) -> None:
     nodes = {n["name"]: n for n in lab.controller.cli_json("nodes")}
     assert [nodes[n]["gpus_total"] for n in ("node1", "node2", "node3")] == [8, 4, 4]
     assert all(n["state"] == "UP" for n in nodes.values())
@@ -33,7 +32,7 @@ def test_node_add_reports_gpus_and_jobs_run_pinned_with_logs_and_exit_code(lab: 
     assert lab.wait_state(ok, "SUCCEEDED")["exit_code"] == 0
 
 
-def test_cut_ssh_link_mid_job_result_recorded_after_reconnect(lab: Lab) -> None:
+def test_cut_ssh_link_mid_job_result_recorded_after_reconnect(lab: SshLab) -> None:
     job = submit(lab, "--gpus", "RTX3090:1", "--", "echo start; sleep 4; echo done")
     lab.wait_state(job, "RUNNING")
     assert lab.nodes["node2"].sshd.drop_connections() >= 1
@@ -44,7 +43,7 @@ def test_cut_ssh_link_mid_job_result_recorded_after_reconnect(lab: Lab) -> None:
     assert events == ["PENDING", "STARTING", "RUNNING", "SUCCEEDED"]
 
 
-def test_agent_restart_mid_job_keeps_the_job(lab: Lab) -> None:
+def test_agent_restart_mid_job_keeps_the_job(lab: SshLab) -> None:
     job = submit(lab, "--gpus", "RTX3090:1", "--", "echo start; sleep 4; echo done; exit 7")
     lab.wait_state(job, "RUNNING")
     node = lab.nodes["node2"]
@@ -55,7 +54,7 @@ def test_agent_restart_mid_job_keeps_the_job(lab: Lab) -> None:
     assert lab.controller.cli("logs", job, check=True).stdout.split() == ["start", "done"]
 
 
-def test_controller_killed_mid_job_adopts_and_records_on_restart(lab: Lab) -> None:
+def test_controller_killed_mid_job_adopts_and_records_on_restart(lab: SshLab) -> None:
     job = submit(lab, "--gpus", "RTX3090:1", "--", "echo start; sleep 3; echo done")
     lab.wait_state(job, "RUNNING")
     lab.controller.kill()
@@ -69,7 +68,7 @@ def test_controller_killed_mid_job_adopts_and_records_on_restart(lab: Lab) -> No
     assert events.count("RUNNING") == 1
 
 
-def test_node_lost_for_good_requeues_and_reruns_elsewhere(lab: Lab) -> None:
+def test_node_lost_for_good_requeues_and_reruns_elsewhere(lab: SshLab) -> None:
     job = submit(lab, "--gpus", "A100:1", "--", "echo attempt=$HYBRIDCTL_ATTEMPT; sleep 600")  # max_restarts 0
     t = lab.wait_state(job, "RUNNING")
     first = t["nodes"]
@@ -85,7 +84,7 @@ def test_node_lost_for_good_requeues_and_reruns_elsewhere(lab: Lab) -> None:
     lab.controller.cli("cancel", job, check=True)
 
 
-def test_cancel_stops_the_running_processes_then_frees_the_gpus(lab: Lab) -> None:
+def test_cancel_stops_the_running_processes_then_frees_the_gpus(lab: SshLab) -> None:
     import psutil
 
     job = submit(lab, "--gpus", "RTX3090:4", "--", "echo pid=$$; exec sleep 600")
@@ -105,7 +104,7 @@ def test_cancel_stops_the_running_processes_then_frees_the_gpus(lab: Lab) -> Non
     assert events[-1] == "CANCELLED" and "RUNNING" in events
 
 
-def test_restart_on_the_same_node_finds_its_checkpoint_without_sending_it_again(lab: Lab) -> None:
+def test_restart_on_the_same_node_finds_its_checkpoint_without_sending_it_again(lab: SshLab) -> None:
     script = ('c="$HYBRIDCTL_CHECKPOINT_DIR"; if [ -f "$c/state" ]; then echo "resumed $(cat "$c/state")"; exit 0; fi\n'
               'head -c 4000000 /dev/zero > "$c/big.bin"; echo step-5 > "$c/state"; exit 3')
     job = submit(lab, "--gpus", "RTX3090:1", "--max-restarts", "1", "--", script)  # RTX3090: node2 only
@@ -119,7 +118,7 @@ def test_restart_on_the_same_node_finds_its_checkpoint_without_sending_it_again(
     assert (lab.controller.home / "checkpoints" / job / "big.bin").stat().st_size == 4_000_000
 
 
-def test_submit_wait_shows_progress_and_exits_with_the_jobs_exit_code(lab: Lab) -> None:
+def test_submit_wait_shows_progress_and_exits_with_the_jobs_exit_code(lab: SshLab) -> None:
     res = lab.controller.cli("submit", "--wait", "--gpus", "RTX3090:1", "--", "sleep 3; exit 7", timeout=120)
     job = res.stdout.strip()
     assert res.returncode == 7 and job.isdigit(), res.stderr
@@ -140,7 +139,7 @@ def test_submit_wait_shows_progress_and_exits_with_the_jobs_exit_code(lab: Lab) 
     assert arr.stderr.splitlines()[-1].endswith(": 3 FAILED")
 
 
-def test_ctrl_c_stops_waiting_but_not_the_job(lab: Lab) -> None:
+def test_ctrl_c_stops_waiting_but_not_the_job(lab: SshLab) -> None:
     import signal
     import subprocess
     import sys
@@ -169,7 +168,7 @@ def test_ctrl_c_stops_waiting_but_not_the_job(lab: Lab) -> None:
     lab.controller.cli("cancel", job, check=True)
 
 
-def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
+def test_changed_host_key_refuses_the_node_loudly(lab: SshLab) -> None:
     node = lab.nodes["node1"]
     node.sshd.stop()
     node.sshd.new_host_key()
@@ -181,7 +180,7 @@ def test_changed_host_key_refuses_the_node_loudly(lab: Lab) -> None:
     assert "does not match" in log
 
 
-def test_unhealthy_and_foreign_gpus_leave_scheduling_and_show_in_nodes(lab: Lab) -> None:
+def test_unhealthy_and_foreign_gpus_leave_scheduling_and_show_in_nodes(lab: SshLab) -> None:
     from hybridctl_agent.client import AgentClient
 
     with AgentClient(str(lab.nodes["node3"].socket)) as agent:
@@ -207,31 +206,6 @@ def test_unhealthy_and_foreign_gpus_leave_scheduling_and_show_in_nodes(lab: Lab)
         agent.call("sim_fault", index=1, reason=None)
         agent.call("sim_foreign", clear=True)
     assert lab.wait_state(job, "SUCCEEDED")["nodes"] == "node3"
-
-
-@contextlib.contextmanager
-def solo_node(tmp_path: Path, fleet: dict[str, Any], allow_forwarding: bool = True) -> Iterator[Any]:
-    """A controller with its own fleet settings and one 2-GPU node (`solo`, real sshd), added."""
-    from tests.integration.harness import make_controller
-    from tests.integration.nodes import LabNode
-    from tests.integration.sshd import Sshd, keygen, require_sshd
-
-    require_sshd()
-    key = keygen(tmp_path / "id_ed25519")
-    node = LabNode("solo", tmp_path / "solo", "2:T4", Sshd(tmp_path / "solo" / "sshd", key,
-                                                            allow_forwarding=allow_forwarding))
-    ctl = make_controller(tmp_path / "ctl", {"scheduler": {"tick_seconds": 1.0}, "fleet": fleet})
-    try:
-        node.sshd.start()
-        node.start_agent()
-        ctl.start()
-        res = ctl.cli(*node.add_args(key), timeout=120)
-        assert res.returncode == 0, res.stderr
-        assert "2 GPUs" in res.stdout
-        yield ctl
-    finally:
-        ctl.stop()
-        node.stop()
 
 
 def test_bridge_over_exec_channel_where_sshd_forbids_forwarding(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_paths_in_a_job_file_are_resolved_at_submit_as_the_submitter_means(
     assert spec["checkpoint_dir"] == str(tmp_path / "project" / "ckpt")  # relative to the file, not the shell
     (jobs / "rel.yaml").write_text("workdir: .\nrun: python train.py\n")
     spec = controller.cli_json("show", submit(controller, str(jobs / "rel.yaml"), cwd=tmp_path).stdout.strip())["spec"]
-    assert spec["workdir"] == str(jobs)
+    assert spec["workdir"] == str(tmp_path)  # a workdir is relative to the shell, as `sky launch` reads it
 
 
 def test_paths_in_flags_are_relative_to_the_shell_and_win_over_the_file(

@@ -15,9 +15,10 @@ import psutil
 import pytest
 
 from tests.conftest import require
-from tests.integration.harness import ControllerProc, wait_for
+from tests.integration.harness import ControllerProc
 from tests.integration.nodes import FLEET_CONFIG
 from tests.integration.sshd import Sshd, keygen, require_sshd
+from tests.waiting import wait_for
 
 
 @pytest.fixture

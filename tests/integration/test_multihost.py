@@ -32,11 +32,12 @@ import pytest
 import yaml
 
 from tests.conftest import require
-from tests.integration.harness import REPO, ControllerProc, wait_for
+from tests.integration.harness import REPO, ControllerProc
 from tests.integration.netns import Lan, netns_inode, netns_pids, require_netns
 from tests.integration.sshd import require_sshd
-from tests.integration.test_multinode import have_torch
+from tests.integration.workloads import have_torch
 from tests.integration.wheelhouse import offline_index, project_dependencies, source_copy
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_sshd, pytest.mark.needs_root]
 

@@ -10,25 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.integration.harness import wait_for
-from tests.integration.nodes import Lab
+from tests.integration.nodes import SshLab
+from tests.integration.workloads import TRAIN, have_torch, submit
+from tests.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "scripts" / "examples" / "train.py"
-
-
-def have_torch() -> bool:
-    return subprocess.run([sys.executable, "-c", "import torch.distributed as d; assert d.is_gloo_available()"],
-                          capture_output=True).returncode == 0
-
-
-def submit(lab: Lab, *args: str) -> str:
-    res = lab.controller.cli("submit", *args)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
-
-
-def test_two_node_ddp_matches_single_process_training(lab: Lab, tmp_path: Path) -> None:
+def test_two_node_ddp_matches_single_process_training(lab: SshLab, tmp_path: Path) -> None:
     require(have_torch(), "needs torch with gloo (pip install torch==2.13.0)")
     import torch
 
@@ -49,7 +35,7 @@ def test_two_node_ddp_matches_single_process_training(lab: Lab, tmp_path: Path) 
         assert torch.allclose(a[k], b[k], atol=1e-5), k  # float sums in a different order: 1e-5
 
 
-def test_rendezvous_env_and_one_failing_rank_stops_the_other(lab: Lab) -> None:
+def test_rendezvous_env_and_one_failing_rank_stops_the_other(lab: SshLab) -> None:
     script = ('echo "M=$MASTER_ADDR:$MASTER_PORT N=$NNODES R=$NODE_RANK W=$WORLD_SIZE P=$NPROC_PER_NODE '
               'S=$SKYPILOT_NODE_RANK G=$GLOO_SOCKET_IFNAME"; '
               'if [ "$NODE_RANK" = 1 ]; then exit 5; fi; sleep 600')
@@ -65,7 +51,7 @@ def test_rendezvous_env_and_one_failing_rank_stops_the_other(lab: Lab) -> None:
              what="every GPU free again")
 
 
-def test_gang_never_starts_partially(lab: Lab) -> None:
+def test_gang_never_starts_partially(lab: SshLab) -> None:
     # Only two nodes have A100s; a 3-node A100 job can never fit and is refused at submit.
     res = lab.controller.cli("submit", "--nodes", "3", "--gpus", "A100:1", "--", "true")
     assert res.returncode == 2 and "3" in res.stderr

@@ -22,7 +22,7 @@ import pytest
 
 from hybridctl.control.client import Client
 from hybridctl.core.errors import HybridctlError
-from tests.cloud.lab import Lab
+from tests.cloud.lab import CloudLab
 from tests.conftest import require
 from tests.integration.other_user import AsUser
 
@@ -35,7 +35,7 @@ class Cloud:
     """The lab, a finished cloud job that left outputs (and links), a two-node cloud job, and a
     scratch directory."""
 
-    def __init__(self, lab: Lab, base: Path, job: str, multi: str) -> None:
+    def __init__(self, lab: CloudLab, base: Path, job: str, multi: str) -> None:
         self.lab, self.base, self.job, self.multi = lab, base, job, multi
         self.copy = lab.ctl.home / "outputs" / f"{job}.a0.r0"
         """The controller's copy of the job's output directory."""
@@ -58,7 +58,7 @@ def cloud() -> Iterator[Cloud]:
     secret = base / "root-only"
     secret.write_text("TOPSECRET-output\n")
     secret.chmod(0o600)
-    lab = Lab(base, burst={"after": 0.5, "idle_timeout": 60.0, "max_nodes": 3})
+    lab = CloudLab(base, burst={"after": 0.5, "idle_timeout": 60.0, "max_nodes": 3})
     try:
         lab.start()
         # Run by the controller's own user (simulated machines inherit its umask 077, which closes

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from tests.conftest import require
-from tests.integration.harness import wait_for
-from tests.integration.nodes import Lab
-from tests.integration.test_multinode import TRAIN, have_torch, submit
+from tests.integration.nodes import SshLab
+from tests.integration.workloads import TRAIN, have_torch, submit
+from tests.waiting import wait_for
 
 STEPS = 80
 
 
-def synced_step(lab: Lab, job: str) -> int:
+def synced_step(lab: SshLab, job: str) -> int:
     """The step of the checkpoint the controller holds for `job` (-1 if none yet)."""
     import torch
 
@@ -25,7 +25,7 @@ def synced_step(lab: Lab, job: str) -> int:
     return int(torch.load(ckpt, weights_only=True)["step"])
 
 
-def test_node_lost_without_notice_resumes_from_last_sync_with_identical_result(lab: Lab, tmp_path: Path) -> None:
+def test_node_lost_without_notice_resumes_from_last_sync_with_identical_result(lab: SshLab, tmp_path: Path) -> None:
     require(have_torch(), "needs torch (pip install torch==2.13.0)")
     import torch
 

@@ -8,7 +8,8 @@ import resource
 import socket
 from typing import Any, Callable
 
-from tests.integration.harness import ControllerProc, wait_for
+from tests.integration.harness import ControllerProc
+from tests.waiting import wait_for
 
 
 def test_the_controller_survives_running_out_of_file_descriptors(start_controller: Callable[..., Any]) -> None:

@@ -20,8 +20,9 @@ from typing import Any, Callable
 import pytest
 
 from tests.conftest import require
-from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller, wait_for
+from tests.integration.harness import SMALL_FLEET, ControllerProc, make_controller
 from tests.integration.other_user import AsUser, Result
+from tests.waiting import wait_for
 
 # Runs as root, imports what it needs, then drops to the other uid (the interpreter may live in a
 # 0700 directory, so a fresh process as `nobody` could not even start Python). Prints one JSON line.
@@ -104,7 +105,7 @@ def test_another_user_sees_neither_the_env_values_nor_the_command_of_my_job(
 def test_state_files_are_private_after_a_job_ran(tmp_path: Path, as_nobody: Callable[..., Result]) -> None:
     """Database, WAL, pulled logs and checkpoint copies: owner-only, in an owner-only home; the
     log that `hybridctl logs` refuses to show another user cannot be read with `cat` either."""
-    from tests.integration.test_fleet import solo_node
+    from tests.integration.nodes import solo_node
 
     who = nobody()
     fleet = {"poll_interval": 0.5, "checkpoint_sync_interval": 1.0}

@@ -6,23 +6,15 @@ checkpoint directory. Nothing may be read or written beyond what the job's user 
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import pytest
-
-from tests.conftest import require
-from tests.integration.harness import ControllerProc, make_controller, wait_for
-from tests.integration.nodes import FLEET_CONFIG, LabNode
-from tests.integration.sshd import Sshd, keygen, require_sshd
-from tests.integration.other_user import AsUser, BoundCli
+from tests.integration.nodes import LabNode
+from tests.integration.one_node import OneNode, lab, start_lab, store, world_base  # noqa: F401 - fixtures
+from tests.integration.other_user import AsUser
+from tests.waiting import wait_for
 
 LYING_AGENT = textwrap.dedent('''\
     """A deliberately misbehaving agent (LyingAgent): the real one, except that its checkpoint
@@ -67,27 +59,6 @@ LYING_AGENT = textwrap.dedent('''\
 ''')
 
 
-@dataclass
-class OneNode:
-    base: Path
-    node: LabNode
-    ctl: ControllerProc
-    as_user: BoundCli
-    drop: Path
-    """A world-writable directory the job and the test share."""
-
-    def task(self, job: str) -> dict[str, object]:
-        return self.ctl.cli_json("show", job)["tasks"][0]  # type: ignore[no-any-return]
-
-    def submit_as_nobody(self, *args: str) -> str:
-        nobody = pwd.getpwnam("nobody")
-        before = {r["job_id"] for r in self.ctl.cli_json("queue", "--all")}
-        code, err = self.as_user(nobody.pw_uid, nobody.pw_gid, "submit", *args)
-        assert code == 0, err
-        [job] = {r["job_id"] for r in self.ctl.cli_json("queue", "--all") if r["job_id"] not in before}
-        return str(job)
-
-
 class LyingNode(LabNode):
     def start_agent(self) -> None:
         script = self.base / "lying_agent.py"
@@ -100,48 +71,6 @@ class LyingNode(LabNode):
         )
         log.close()
         wait_for(self.socket.exists, 30, what=f"agent socket of {self.name}")
-
-
-def start_lab(base: Path, as_user: AsUser, node_cls: type[LabNode] = LabNode) -> OneNode:
-    key = keygen(base / "id_ed25519")
-    node = node_cls("node1", base / "node1", "2:A100", Sshd(base / "node1" / "sshd", key))
-    ctl = make_controller(base / "ctl", FLEET_CONFIG)
-    drop = base / "drop"
-    drop.mkdir(mode=0o777)
-    drop.chmod(0o1777)
-    lab = OneNode(base, node, ctl, BoundCli(as_user, ctl.env), drop)
-    node.sshd.start()
-    node.start_agent()
-    ctl.start()
-    res = ctl.cli(*node.add_args(key), timeout=120)
-    assert res.returncode == 0, res.stderr
-    return lab
-
-
-@pytest.fixture
-def world_base() -> Iterator[Path]:
-    """A base directory every uid can enter: the job, as `nobody`, must reach its checkpoint dir
-    under the node's state dir (pytest's tmp_path is private to root)."""
-    require_sshd()
-    require(os.geteuid() == 0, "needs root to run jobs as nobody")
-    base = Path(tempfile.mkdtemp(prefix="hyb-tf-"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def lab(world_base: Path, as_user: AsUser) -> Iterator[OneNode]:
-    lab = start_lab(world_base, as_user)
-    try:
-        yield lab
-    finally:
-        lab.ctl.stop()
-        lab.node.stop()
-
-
-def store(lab: OneNode, job: str) -> Path:
-    return lab.ctl.home / "checkpoints" / job
 
 
 def test_restore_never_writes_through_links_the_job_planted(lab: OneNode) -> None:

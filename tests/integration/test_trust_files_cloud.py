@@ -14,17 +14,17 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.cloud.lab import Lab
+from tests.cloud.lab import CloudLab
 from tests.conftest import require
 from tests.integration.other_user import AsUser, BoundCli
 
 
 @pytest.fixture
-def cloud(as_user: AsUser) -> Iterator[tuple[Lab, BoundCli, Path]]:
+def cloud(as_user: AsUser) -> Iterator[tuple[CloudLab, BoundCli, Path]]:
     require(os.geteuid() == 0, "needs root to run jobs as nobody")
     base = Path(tempfile.mkdtemp(prefix="hyb-tfc-"))  # every uid can enter: jobs run as nobody there
     base.chmod(0o755)
-    lab = Lab(base, burst={"after": 0.5, "idle_timeout": 60.0})
+    lab = CloudLab(base, burst={"after": 0.5, "idle_timeout": 60.0})
     try:
         lab.start()
         yield lab, BoundCli(as_user, lab.ctl.env), base
@@ -33,7 +33,7 @@ def cloud(as_user: AsUser) -> Iterator[tuple[Lab, BoundCli, Path]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def submit_as_nobody(lab: Lab, as_user: BoundCli, *args: str) -> str:
+def submit_as_nobody(lab: CloudLab, as_user: BoundCli, *args: str) -> str:
     nobody = pwd.getpwnam("nobody")
     before = {r["job_id"] for r in lab.ctl.cli_json("queue", "--all")}
     code, err = as_user(nobody.pw_uid, nobody.pw_gid, "submit", *args)

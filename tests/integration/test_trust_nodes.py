@@ -15,9 +15,10 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
-from tests.integration.harness import REPO, ControllerProc, make_controller, wait_for
+from tests.integration.harness import REPO, ControllerProc, make_controller
 from tests.integration.nodes import LabNode
 from tests.integration.sshd import Sshd, keygen, require_sshd
+from tests.waiting import wait_for
 
 FLEET = {"poll_interval": 0.5, "unreachable_after": 3.0, "lost_after": 8.0, "checkpoint_sync_interval": 1.0}
 

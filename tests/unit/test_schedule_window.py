@@ -9,7 +9,7 @@ import random
 
 from hybridctl.core.model import ClusterView, PendingTask, Policy, ScheduleDecision
 from hybridctl.core.schedule import plan, window
-from tests.unit.test_schedule import node, random_cluster, task
+from tests.unit.schedule_kit import node, random_cluster, task
 
 
 def windowed(view: ClusterView, tasks: list[PendingTask]) -> tuple[list[PendingTask], dict[int, int]]:

@@ -1,0 +1,43 @@
+"""How both front ends write values for people: durations, times, GPU requests, job labels.
+
+Neutral ground between `cli/` and `tui/` (neither imports the other); stdlib and `core/` only, so
+the CLI's fast path may import it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from hybridctl.core.model import task_label
+
+
+def duration(seconds: float | None) -> str:
+    """Slurm-like: 5s, 12:03, 3:04:05, 2-03:04:05."""
+    if seconds is None:
+        return ""
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}-{h:02d}:{m:02d}:{s:02d}"
+    if h:
+        return f"{h}:{m:02d}:{s:02d}"
+    return f"{m}:{s:02d}"
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def gpus_text(count: int, gpu_type: str | None, num_nodes: int = 1) -> str:
+    base = f"{gpu_type}:{count}" if gpu_type else str(count)
+    return f"{num_nodes}x{base}" if num_nodes > 1 else base
+
+
+def job_label(row: Mapping[str, Any]) -> str:
+    """The one rule for a queue row's name, in the CLI and the TUI alike: '42' for a plain job,
+    '42_0' … '42_N' for every task of an array, task 0 included (Slurm's form)."""
+    return task_label(int(row["job_id"]), int(row.get("task") or 0), array=bool(row.get("array")))
