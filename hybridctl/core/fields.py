@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hybridctl.core.errors import SpecError
-from hybridctl.core.model import ArraySpec
+from hybridctl.core.model import DEPENDENCY_KINDS, ArraySpec
 
 MAX_ARRAY_TASKS = 100_000
 MAX_ARRAY_INDEX = 4_000_000  # Slurm's largest MaxArraySize
@@ -28,7 +28,8 @@ DURATION = (
     "expected a duration such as '90s', '30m', '2h', '1d', '1h30m', 'H:MM:SS' or Slurm's"
     " 'D-HH:MM:SS'; a bare number is minutes, as in Slurm"
 )
-ARRAY = "expected FIRST-LAST[:STEP][%MAX_RUNNING] or one index, e.g. '1-100%10', '0-15:4' or '7'"
+ARRAY = ("expected FIRST-LAST[:STEP][%MAX_RUNNING], one index, or a list of those with one throttle at the"
+         " end, e.g. '1-100%10', '0-15:4', '7' or '1,3,5-7%2'")
 ENV_NAME = "a name must match [A-Za-z_][A-Za-z0-9_]*"
 DEPENDS_ON = "expected job ids: a list [12, 13], '12,13' or Slurm's 'afterok:12:13'"
 
@@ -72,6 +73,80 @@ def parse_accelerators(
             field, value, f"must be at most {MAX_GPUS_PER_NODE}; {ACCELERATORS}", source
         )
     return count, m["type"]
+
+
+CANDIDATES = (
+    "expected TYPE:COUNT ('A100:8'), a set of candidates '{L4:8, A10G:8}' (any of them), or a list"
+    " ['A100:8', 'H100:8'] (in order of preference); COUNT a whole number"
+)
+_ACCEL_FLOAT_RE = re.compile(rf"\s*(?P<type>{_GPU_TYPE})\s*(?::\s*(?P<count>[0-9.]+))?\s*")
+
+
+def parse_accelerator_candidates(
+    value: Any, *, field: str = "resources.accelerators", source: str = ""
+) -> tuple[tuple[tuple[str | None, int], ...], bool]:
+    """SkyPilot's `accelerators` in every form -> ((type, count), ...) in order, and whether the
+    order is a preference (a list) rather than "any of them" (a set or mapping).
+
+    'A100:8', 'A100' (1), 8 (any model), {A100: 8}, {A100: null} (1), {'L4:8': null, ...} (YAML's
+    reading of `{L4:8, A10g:8}`), ['A100:8', 'H100:8'], and the same set or list written as one
+    string ("{'V100:1', 'A100:1'}"). 'A100:1.0' is 1. Refused, naming the feature: fractional
+    GPUs ('T4:0.5') and TPUs ('tpu-v2-8'), which hybridctl does not schedule.
+    """
+    ordered = False
+    items: list[tuple[Any, Any]]
+    if isinstance(value, str) and value.strip()[:1] in "{[" and value.strip():
+        text = value.strip()
+        ordered = text[0] == "["
+        if text[-1] != ("]" if ordered else "}"):
+            raise SpecError(field, value, CANDIDATES, source)
+        items = [(w.strip().strip("'\""), None) for w in text[1:-1].split(",") if w.strip()]
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        ordered = True
+        items = [(w, None) for w in value]
+    else:
+        items = [(value, None)]
+    if not items:
+        raise SpecError(field, value, CANDIDATES, source, problem="names no accelerator")
+    out: list[tuple[str | None, int]] = []
+    for key, count in items:
+        if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+            raise SpecError(field, key, CANDIDATES, source)
+        if not isinstance(key, str) or key.strip().isdigit():  # a bare count: any model
+            if count is not None:
+                raise SpecError(field, value, CANDIDATES, source)
+            out.append((None, parse_int(key, field, source, 0, MAX_GPUS_PER_NODE, ACCELERATORS)))
+            continue
+        m = _ACCEL_FLOAT_RE.fullmatch(key)
+        if not m or (m["count"] is not None and count is not None):
+            raise SpecError(field, key, CANDIDATES, source)
+        kind = m["type"]
+        if kind.lower().startswith("tpu"):
+            accepted = "hybridctl schedules GPUs on its nodes; ask for GPUs, e.g. 'A100:8'"
+            raise SpecError(field, key, accepted, source, problem=f"TPUs ({key}) are not supported")
+        raw = m["count"] if m["count"] is not None else count
+        n = _whole_gpus(1 if raw is None else raw, key, field, source)
+        if (kind, n) not in out:
+            out.append((kind, n))
+    return tuple(out), ordered and len(out) > 1
+
+
+def _whole_gpus(raw: Any, key: Any, field: str, source: str) -> int:
+    """A GPU count: a whole number, written 8, '8', 8.0 or '8.0'; a fraction is refused by name."""
+    try:
+        number = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number > MAX_GPUS_PER_NODE:
+        raise SpecError(field, key, CANDIDATES, source)
+    if number != int(number):
+        accepted = "hybridctl gives whole GPUs; ask for 1"
+        problem = f"fractional GPUs ({key}: {raw}) are not supported" if ":" not in str(key) else \
+            f"fractional GPUs ({key}) are not supported"
+        raise SpecError(field, key, accepted, source, problem=problem)
+    return int(number)
 
 
 def parse_gpu_type(value: Any, *, field: str = "--gpu-type", source: str = "") -> str:
@@ -156,28 +231,43 @@ def _slurm_time(text: str) -> int | None:
 
 
 def parse_array(value: Any, *, field: str = "array", source: str = "") -> ArraySpec:
-    """Slurm's --array: '1-100', '1-100%10' (at most 10 at once), '0-15:4', '7'."""
+    """Slurm's --array: '1-100', '1-100%10' (at most 10 at once), '0-15:4', '7', and lists of
+    those, '1,3,5-7:2%2' (the throttle once, at the end); in YAML also a list [1, 3, '5-7']."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    m = _ARRAY_RE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if not m:
-        is_list = isinstance(value, str) and "," in value
-        extra = "; lists such as '1,3,5' are not supported" if is_list else ""
-        raise SpecError(field, value, ARRAY + extra, source)
-    first = int(m[1])
-    last = first if m[2] is None else int(m[2])
-    step = 1 if m[3] is None else int(m[3])
-    throttle = None if m[4] is None else int(m[4])
-    if first > last:
-        raise SpecError(field, value, f"FIRST ({first}) is above LAST ({last}); {ARRAY}", source)
-    if step < 1 or throttle == 0:
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, str)) and not isinstance(v, bool) for v in value
+    ):
+        value = ",".join(str(v).strip() for v in value)
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(field, value, ARRAY, source)
+    text, pct, thr = value.strip().rpartition("%") if "%" in value else (value.strip(), "", "")
+    if pct and not re.fullmatch(r"\d+", thr.strip()):
+        raise SpecError(field, value, ARRAY, source)
+    throttle = int(thr) if pct else None
+    parts: list[tuple[int, int, int]] = []
+    for item in text.split(","):
+        m = _ARRAY_RE.fullmatch(item.strip())
+        if not m or m[4] is not None:
+            raise SpecError(field, value, ARRAY, source)
+        first = int(m[1])
+        last = first if m[2] is None else int(m[2])
+        step = 1 if m[3] is None else int(m[3])
+        if first > last:
+            raise SpecError(field, value, f"FIRST ({first}) is above LAST ({last}); {ARRAY}", source)
+        if step < 1:
+            raise SpecError(field, value, f"STEP and MAX_RUNNING must be at least 1; {ARRAY}", source)
+        if last > MAX_ARRAY_INDEX:
+            raise SpecError(field, value, f"indices go up to {MAX_ARRAY_INDEX}; {ARRAY}", source)
+        parts.append((first, last, step))
+    if throttle == 0:
         raise SpecError(field, value, f"STEP and MAX_RUNNING must be at least 1; {ARRAY}", source)
-    if last > MAX_ARRAY_INDEX:
-        raise SpecError(field, value, f"indices go up to {MAX_ARRAY_INDEX}; {ARRAY}", source)
-    tasks = (last - first) // step + 1
+    tasks = sum((b - a) // s + 1 for a, b, s in parts)
     if tasks > MAX_ARRAY_TASKS:
         raise SpecError(field, value, f"at most {MAX_ARRAY_TASKS} tasks, not {tasks}", source)
-    return ArraySpec(first, last, step, throttle)
+    if len(parts) == 1:
+        return ArraySpec(*parts[0], throttle)
+    return ArraySpec(min(a for a, _, _ in parts), max(b - (b - a) % s for a, b, s in parts), 1, throttle, tuple(parts))
 
 
 def parse_env(
@@ -287,6 +377,98 @@ def parse_depends_on(value: Any, *, field: str = "depends_on", source: str = "")
         if job_id not in out:
             out.append(job_id)
     return tuple(out)
+
+
+DEPENDENCY = ("expected Slurm's dependency list TYPE:ID[:ID...][,TYPE:ID...] with TYPE one of after, afterany,"
+              " afterok, afternotok, or 'singleton', e.g. 'afterany:42:43,afterok:12:13'; or job ids [12, 13]"
+              " (afterok)")
+_DEP_REFUSED = {
+    "aftercorr": "aftercorr (array task to array task) dependencies are not supported",
+    "afterburstbuffer": "burst buffers are not modelled",
+}
+
+
+class Dependencies(tuple):  # type: ignore[type-arg]
+    """(afterok job ids, ((kind, job id), ...) of the other kinds, singleton) of parse_dependency."""
+
+    __slots__ = ()
+
+    def __new__(cls, afterok: tuple[int, ...] = (), others: tuple[tuple[str, int], ...] = (),
+                singleton: bool = False) -> "Dependencies":
+        return super().__new__(cls, (afterok, others, singleton))
+
+    @property
+    def afterok(self) -> tuple[int, ...]:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def others(self) -> tuple[tuple[str, int], ...]:
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def singleton(self) -> bool:
+        return self[2]  # type: ignore[no-any-return]
+
+
+def parse_dependency(value: Any, *, field: str = "depends_on", source: str = "") -> Dependencies:
+    """Slurm's --dependency ('afterany:42:43,afterok:44', 'singleton') or job ids ([12, 13],
+    12, '12,13': afterok), also a YAML list mixing both ([12, 'afterany:13']). '?' (any of) and
+    '+MINUTES' delays are refused by name."""
+    if value is None:
+        return Dependencies()
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    afterok: list[int] = []
+    others: list[tuple[str, int]] = []
+    singleton = False
+    for item in items:
+        if not isinstance(item, str):
+            job_id = parse_int(item, field, source, 1, 2**63 - 1, DEPENDENCY)
+            if job_id not in afterok:
+                afterok.append(job_id)
+            continue
+        if "?" in item:
+            raise SpecError(field, value, DEPENDENCY, source, problem=repr(item) + ": '?' (any of"
+                            " the dependencies) is not supported; ',' (all of them) is")
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            kind, colon, rest = part.partition(":")
+            kind = kind.strip().lower()
+            if not colon:
+                if kind == "singleton":
+                    singleton = True
+                    continue
+                if not _INT_RE.fullmatch(kind):
+                    raise SpecError(field, value, DEPENDENCY, source,
+                                    problem=f"{item!r} is not valid" if part == item else
+                                    f"{item!r}: {_DEP_REFUSED.get(kind, repr(part) + ' is not a dependency')}")
+                kind, rest = "afterok", part
+            if kind in _DEP_REFUSED:
+                raise SpecError(field, value, DEPENDENCY, source, problem=repr(item) + ": " + _DEP_REFUSED[kind])
+            if kind not in DEPENDENCY_KINDS:
+                raise SpecError(field, value, DEPENDENCY, source, problem=repr(item) + ": " + f"'{kind}' is not a dependency type")
+            for job in rest.split(":"):
+                job = job.strip()
+                if "+" in job:
+                    raise SpecError(field, value, DEPENDENCY, source,
+                                    problem=repr(item) + ": " + f"'{job}': a delay after the dependency (+MINUTES) is not supported")
+                job = job.split("_", 1)[0]  # 42_7: the whole array 42 (stricter than Slurm's one task)
+                job_id = parse_int(job, field, source, 1, 2**63 - 1, DEPENDENCY)
+                if kind == "afterok":
+                    if job_id not in afterok:
+                        afterok.append(job_id)
+                elif (kind, job_id) not in others:
+                    others.append((kind, job_id))
+    return Dependencies(tuple(afterok), tuple(others), singleton)
+
+
+def format_dependency(afterok: Iterable[int], others: Iterable[tuple[str, int]], singleton: bool) -> str:
+    """Slurm's form of a job's dependencies: 'afterok:12:13,afterany:14,singleton' ('' = none)."""
+    by_kind: dict[str, list[int]] = {}
+    for job_id in afterok:
+        by_kind.setdefault("afterok", []).append(job_id)
+    for kind, job_id in others:
+        by_kind.setdefault(kind, []).append(job_id)
+    parts = [kind + "".join(f":{j}" for j in ids) for kind, ids in by_kind.items()]
+    return ",".join(parts + (["singleton"] if singleton else []))
 
 
 EXIT_CODES = "exit codes 0 to 255, e.g. [75, 143] or '75,143'"

@@ -53,6 +53,7 @@ def gpu_type_matches(gpu_type: str, model: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=4096)  # a pass asks for each pending task's; a job's tasks share one Resources
 def candidates(res: Resources) -> tuple[Resources, ...]:
     """Each accelerator candidate of `res` as a full Resources (cpus, memory, spot kept, no
     alternatives of its own), in order of preference; `(res,)` when it has none."""
@@ -99,6 +100,14 @@ def never_fits_grouped(
     shapes, so the scheduler passes one node of each, the first by name."""
     if not groups:
         return None
+    if resources.alternatives:  # it fits if any accelerator candidate does
+        misses = []
+        for cand in candidates(resources):
+            msg = never_fits_grouped(groups, cand, num_nodes)
+            if msg is None:
+                return None
+            misses.append(msg)
+        return f"none of the GPU candidates {resources.describe().partition(' GPU')[0]} fits; {misses[0]}"
     need = max(num_nodes, 1)
     g, cpus, mem = resources.gpus, resources.cpus, resources.memory_mb
     gpu_type = resources.gpu_type if g else None

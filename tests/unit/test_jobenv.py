@@ -96,7 +96,7 @@ def test_secrets_are_read_like_skypilots_and_filled_from_the_command_line() -> N
          "job.yaml: secrets.HF_TOKEN: is null and no value was given; give it with --secret HF_TOKEN=VALUE, "
          "or export HF_TOKEN in your shell and pass --secret HF_TOKEN"),
         ("run: x\nsecrets:\n  HYBRIDCTL_X: v4lue\n", None, "secrets.HYBRIDCTL_X: 'HYBRIDCTL_X' is not valid"),
-        ("run: x\nsecrets: [a, b]\n", None, "job.yaml: secrets: is not a mapping"),
+        ("run: x\nsecrets: [a, b]\n", None, "job.yaml: secrets: SkyPilot managed secrets (a list of secret names) are not supported"),
         ("run: x\nsecrets:\n  K: [v4lue]\n", None, "job.yaml: secrets.K: a list is not valid"),
         ("run: x\n", ["1BAD=v4lue"], "--secret: '1BAD' is not valid"),
         ("run: x\n", ["K=v4l\0ue"], "--secret: holds a NUL character"),

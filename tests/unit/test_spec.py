@@ -78,6 +78,7 @@ def test_full_skypilot_yaml_round_trip() -> None:
         num_nodes=2,
         envs={"HF_HOME": "/data/hf", "EPOCHS": "3", "DEBUG": "true", "LR": "0.5"},
         setup="pip install -r requirements.txt\n",
+        file_mounts={"/data": "s3://bucket/data"},
         workdir="/home/alice/llama",
         priority=50,
         time_limit=36 * 3600,
@@ -89,7 +90,8 @@ def test_full_skypilot_yaml_round_trip() -> None:
     )
     assert warnings == [
         "job.yaml: ignoring SkyPilot keys hybridctl does not act on: "
-        "file_mounts, resources.infra, resources.disk_size"
+        "resources.infra (hybridctl picks the node (on-prem, else a cloud offer from its own catalog)); "
+        "resources.disk_size (the node's own disks and network are used)"
     ]
     assert spec_from_dict(spec.to_dict()) == spec
 
@@ -152,7 +154,7 @@ def test_flags_override_the_file(
         ({"cpus": "0"}, ["--cpus", "'0'", "above 0"]),
         ({"priority": "high"}, ["--priority", "'high'", "-1000 to 1000"]),
         ({"num_nodes": "0"}, ["--nodes", "'0'", "from 1"]),
-        ({"depends_on": "afterany:3"}, ["--dependency", "'afterany:3'", "afterok"]),
+        ({"depends_on": "afterbad:3"}, ["--dependency", "'afterbad:3'", "afterok"]),
         ({"envs": ["NOEQUALS"]}, ["--env", "'NOEQUALS'", "NAME=VALUE"]),
         ({"placement": "mars"}, ["--placement", "'mars'", "onprem, cloud, any"]),
     ],
@@ -186,8 +188,9 @@ def test_parse_accelerators_refuses(value: Any, accepted: str) -> None:
 
 def test_accelerators_message_in_full() -> None:
     assert error(parse_spec, {"run": "x", "resources": {"accelerators": "A100:x"}}, "job.yaml") == (
-        "job.yaml: resources.accelerators: 'A100:x' is not valid; expected COUNT or TYPE:COUNT"
-        " with COUNT a whole number ≥ 0, e.g. 'A100:2' or '2'"
+        "job.yaml: resources.accelerators: 'A100:x' is not valid; expected TYPE:COUNT ('A100:8'), a set of"
+        " candidates '{L4:8, A10G:8}' (any of them), or a list ['A100:8', 'H100:8'] (in order of preference);"
+        " COUNT a whole number"
     )
 
 
@@ -244,7 +247,7 @@ def test_parse_array(value: Any, expected: ArraySpec) -> None:
 @pytest.mark.parametrize(
     ("value", "accepted"),
     [("5-1", "FIRST (5) is above LAST (1)"), ("1-10%0", "MAX_RUNNING must be at least 1"),
-     ("0-15:0", "STEP"), ("1,3,5", "lists such as"), ("a-b", "FIRST-LAST"), ("-1-5", "FIRST-LAST"),
+     ("0-15:0", "STEP"), ("1,,5", "a list of those"), ("a-b", "FIRST-LAST"), ("-1-5", "FIRST-LAST"),
      ("0-100000", "at most 100000 tasks"), ("1-5000000", "up to 4000000"), (True, "FIRST-LAST")],
 )  # fmt: skip
 def test_parse_array_refuses(value: Any, accepted: str) -> None:
@@ -312,7 +315,7 @@ def test_parse_env_refuses(items: Any, fragments: list[str]) -> None:
         ({"run": "x", "time_limit": "soon"}, ["time_limit: 'soon'", "'2h'"]),
         ({"run": "x", "array": "5-1"}, ["array: '5-1'", "FIRST (5) is above LAST (1)"]),
         ({"run": "x", "depends_on": [0]}, ["depends_on: 0", "at least 1"]),
-        ({"run": "x", "depends_on": "afternotok:4"}, ["depends_on: 'afternotok:4'", "only 'afterok'"]),
+        ({"run": "x", "depends_on": "aftercorr:4"}, ["depends_on: 'aftercorr:4'", "aftercorr"]),
         ({"run": "x", "depends_on": ["x"]}, ["depends_on: 'x'", "afterok:12:13"]),
         ({"run": "x", 3: "y"}, ["job.yaml: 3: is not a key"]),
         (["run", "x"], ["job.yaml: the top level is a list, not a mapping"]),
@@ -344,7 +347,7 @@ def test_unknown_key_suggests(data: dict[str, Any], message: str) -> None:
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     message = error(parse_spec, {"run": "x", "resources": {"zzzz": 1}}, "job.yaml")
     assert message == (
-        "job.yaml: resources.zzzz: unknown key; accepted keys here: accelerators, cpus, job_recovery, memory, use_spot"
+        "job.yaml: resources.zzzz: unknown key; accepted keys here: accelerators, any_of, cpus, gpus, job_recovery, memory, ordered, spot_recovery, use_spot"
     )
 
 
@@ -352,7 +355,9 @@ def test_skypilot_keys_give_one_warning() -> None:
     data = {"run": "x", "file_mounts": {}, "volumes": {}, "resources": {"ports": 8080, "image_id": "x"}}
     assert parse_spec(data, "job.yaml")[1] == [
         "job.yaml: ignoring SkyPilot keys hybridctl does not act on: "
-        "file_mounts, volumes, resources.ports, resources.image_id"
+        "volumes (not mounted: the job sees its node's own filesystem); "
+        "resources.ports (not opened: the job's ports are reachable as far as its node's network allows); "
+        "resources.image_id (no machine image is booted; a docker: image needs a node with podman, apptainer or singularity)"
     ]
     assert parse_spec(data)[1][0].startswith("ignoring SkyPilot keys")
 
@@ -425,7 +430,8 @@ def test_skypilot_job_recovery_maps_to_max_restarts_and_exit_codes() -> None:
                                                         "recover_on_exit_codes": [33, 34]}}}
     spec, warnings = parse_spec(data, "task.yaml")
     assert (spec.max_restarts, spec.recover_on_exit_codes) == (3, (33, 34))
-    assert warnings == ["task.yaml: ignoring SkyPilot keys hybridctl does not act on: resources.job_recovery.strategy"]
+    assert warnings == ["task.yaml: ignoring SkyPilot keys hybridctl does not act on: resources.job_recovery.strategy"
+                        " (recovery is hybridctl's own: preemptions always requeue)"]
     assert spec_from_dict(spec.to_dict()) == spec
     own, _ = parse_spec({**data, "max_restarts": 1, "recover_on_exit_codes": []})  # hybridctl's keys win
     assert (own.max_restarts, own.recover_on_exit_codes) == (1, ())
