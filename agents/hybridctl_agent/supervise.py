@@ -31,6 +31,7 @@ from typing import Any, Dict, NoReturn, Optional, Union
 
 from hybridctl_agent import cgroup as cgroups
 from hybridctl_agent import jobfiles as jf
+from hybridctl_agent import slurmjob
 
 _WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _POLL_S = 5.0
@@ -67,6 +68,12 @@ class Supervisor:
         """The job's cgroup; None where the node has no cgroups (then `group` is its pgid)."""
         self.group: Optional[Group] = None
         """What `terminate` and the final kill act on: the cgroup, else the process group."""
+        self.slurm: Dict[str, Any] = dict(spec.get("slurm") or {})
+        """The job's `slurm:` facts (core/sbatch.py); {} for a job not read from a batch script."""
+        self.signal_at: Optional[float] = None
+        """When --signal is due (monotonic); None when none is (or it was sent)."""
+        self.signalled = False
+        """--signal was sent: with --requeue, a job that then stops is requeued, not ended."""
 
     # ---- start --------------------------------------------------------------------------
 
@@ -86,6 +93,8 @@ class Supervisor:
         cwd = self.spec.get("cwd") or str(self.dir / jf.WORK)
         run_as = self.spec.get("run_as")
         env = {str(k): str(v) for k, v in self.spec["env"].items()}
+        if self.slurm:
+            env.update(self._slurm_env(env.get("PATH", "/usr/bin:/bin")))
         rfd, wfd = os.pipe()  # both close-on-exec: EOF on rfd means exec succeeded
         cg = self.cgroup
         pid = os.fork()
@@ -140,6 +149,28 @@ class Supervisor:
             raise LaunchFailed(b"".join(chunks).decode(errors="replace"))
         return pid
 
+    def _slurm_env(self, path: str) -> Dict[str, str]:
+        return slurmjob.job_env(self.dir, self.spec, self.slurm, path)
+
+    def _requeue_asked(self) -> bool:
+        return slurmjob.requeue_asked(self.dir, self.slurm)
+
+    def send_slurm_signal(self) -> None:
+        """--signal=[B:]SIG@SECS: to the batch shell only with B:, else (as Slurm sends it to
+        the job's steps, not the batch shell) to every process of the job but bash: a bash
+        without a trap would die of SIGUSR1."""
+        self.signal_at = None
+        self.signalled = True
+        sig = getattr(signal, "SIG" + str(self.slurm.get("signal")), signal.SIGUSR1)
+        assert self.group is not None
+        targets = [self.pid] if self.slurm.get("signal_batch") else [p for p in self.group.procs() if p != self.pid]
+        _log(f"--signal: sending {sig.name} to {len(targets)} process(es)")
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
     # ---- run ----------------------------------------------------------------------------
 
     def terminate(self, reason: str, grace: float) -> None:
@@ -188,6 +219,10 @@ class Supervisor:
                 self.kill_all()
                 return os.waitpid(self.pid, 0)[1]
             now = time.monotonic()
+            if self.signal_at is not None and now >= self.signal_at and self.reason is None:
+                self.send_slurm_signal()
+            if self.reason is None and self._requeue_asked():
+                self.terminate("requeue: the job asked (scontrol requeue)", float(self.spec.get("kill_grace", 10.0)))
             if self.deadline is not None and now >= self.deadline and self.reason is None:
                 self.terminate("timeout", float(self.spec.get("kill_grace", 10.0)))
             if self.kill_at is not None and now >= self.kill_at:
@@ -195,8 +230,8 @@ class Supervisor:
                 assert self.group is not None
                 self.group.kill_all()
                 self.kill_at = None
-            waits = [_POLL_S]
-            for t in (self.deadline if self.reason is None else None, self.kill_at):
+            waits = [slurmjob.REQUEUE_POLL_S if self.slurm else _POLL_S]
+            for t in (self.deadline if self.reason is None else None, self.kill_at, self.signal_at):
                 if t is not None:
                     waits.append(max(0.0, t - now))
             info = signal.sigtimedwait(_WAKE, min(waits))
@@ -249,6 +284,8 @@ class Supervisor:
         limit = self.spec.get("time_limit")
         started = time.monotonic()
         self.deadline = started + float(limit) if limit else None
+        if self.deadline is not None and self.slurm.get("signal"):
+            self.signal_at = max(started, self.deadline - float(self.slurm.get("signal_before", 60)))
         jf.write_json(self.dir / jf.STARTED, {"pid": self.pid, "pgid": self.pid,
                                               "start_ticks": jf.start_time(self.pid),
                                               "started_at": time.time(),
@@ -271,6 +308,11 @@ class Supervisor:
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         reason = self.reason
+        if self._requeue_asked() and reason in (None, "timeout"):
+            reason = "requeue: the job asked (scontrol requeue)"
+        elif (self.signalled and self.slurm.get("requeue") is True and code != 0
+              and (reason is None or reason == "timeout")):
+            reason = f"requeue: stopped after --signal {self.slurm.get('signal')} with --requeue"
         if self.cgroup is not None:
             if reason is None and code != 0 and self.cgroup.oom_kills() > 0:
                 mib = (self.spec["cgroup"]["limits"].get("memory_bytes") or 0) // (1 << 20)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from hybridctl.core.model import JobSpec
 
 RENDEZVOUS_PORT_BASE = 29500
 """MASTER_PORT is this plus a hash of job, task and attempt (under 2000), so two attempts or
@@ -106,3 +108,59 @@ def with_user_env(system: Mapping[str, str], envs: Mapping[str, str], secrets: M
     to the job about where it runs."""
     return {**envs, **secrets, **system}
 
+
+
+def slurm_env(p: RankPlace, spec: JobSpec, gpu_indices: Sequence[int] = ()) -> dict[str, str]:
+    """The SLURM_* variables of a job read from a Slurm batch script (`spec.slurm` set; {} for
+    other jobs: SLURM_JOB_ID in the environment switches libraries such as Lightning into Slurm
+    mode). hybridctl runs the script on every node, so each node's batch shell gets its node's
+    SLURM_NODEID and its first task's SLURM_PROCID; the `srun` shim sets SLURM_PROCID and
+    SLURM_LOCALID per copy. The node list is the nodes' addresses, comma-separated (a valid
+    Slurm hostlist, so `scontrol show hostnames` and Lightning's root-address parsing work).
+    SLURM_JOB_ID is the hybridctl job id for every task of an array (hybridctl has one id per
+    array; `scontrol requeue $SLURM_JOB_ID` acts on the calling task), equal to
+    SLURM_ARRAY_JOB_ID; SLURM_ARRAY_TASK_ID tells the tasks apart."""
+    s = spec.slurm
+    if not s:
+        return {}
+    per_node = int(s.get("ntasks_per_node", 1))  # type: ignore[call-overload]
+    cpt = int(s.get("cpus_per_task", 1))  # type: ignore[call-overload]
+    nodes = len(p.node_ips)
+    nodelist = ",".join(p.node_ips)
+    env = {
+        "SLURM_JOB_ID": str(p.job_id), "SLURM_JOBID": str(p.job_id),
+        "SLURM_JOB_NAME": spec.name or "sbatch",
+        "SLURM_JOB_USER": p.user,
+        "SLURM_NNODES": str(nodes), "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_NODEID": str(p.rank),
+        "SLURM_PROCID": str(p.rank * per_node), "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": str(nodes * per_node), "SLURM_NPROCS": str(nodes * per_node),
+        "SLURM_NTASKS_PER_NODE": str(per_node),
+        "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})" if nodes > 1 else str(per_node),
+        "SLURM_CPUS_PER_TASK": str(cpt),
+        "SLURM_CPUS_ON_NODE": str(per_node * cpt),
+        "SLURM_JOB_NODELIST": nodelist, "SLURM_NODELIST": nodelist,
+        "SLURMD_NODENAME": p.node_ips[p.rank] if p.rank < nodes else "",
+        "SLURM_SUBMIT_DIR": str(s.get("submit_dir") or spec.workdir or ""),
+        "SLURM_GPUS_ON_NODE": str(p.gpus_per_node),
+        "SLURM_JOB_GPUS": ",".join(str(g) for g in gpu_indices),
+        "SLURM_MEM_PER_NODE": str(spec.resources.memory_mb),
+        "SLURM_CLUSTER_NAME": "hybridctl",
+        "SLURM_RESTART_COUNT": str(p.attempt),
+    }  # fmt: skip
+    if p.gpus_per_node:
+        env["SLURM_GPUS_PER_NODE"] = str(p.gpus_per_node)
+    if spec.time_limit:
+        env["SLURM_TIME_LIMIT"] = str(spec.time_limit)
+    for key in ("partition", "qos", "account"):
+        if s.get(key):
+            env[f"SLURM_JOB_{key.upper()}"] = str(s[key])
+    if p.array:
+        env.update({
+            "SLURM_ARRAY_JOB_ID": str(p.job_id), "SLURM_ARRAY_TASK_ID": str(p.task),
+        })
+        if spec.array is not None:
+            idx = spec.array.indices
+            env.update({"SLURM_ARRAY_TASK_COUNT": str(len(idx)), "SLURM_ARRAY_TASK_MIN": str(idx[0]), "SLURM_ARRAY_TASK_MAX": str(idx[-1]),
+                        **({} if spec.array.parts else {"SLURM_ARRAY_TASK_STEP": str(spec.array.step)})})
+    return env
