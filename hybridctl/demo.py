@@ -31,7 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from hybridctl.control.client import Client
-from hybridctl.core.errors import HybridctlError
+from hybridctl.core.errors import ExitCode, HybridctlError
 from hybridctl.sim import keys
 from hybridctl.sim import node as simnode
 
@@ -40,7 +40,7 @@ BUDGET_USD = 25.0
 
 
 @dataclass
-class Lab:
+class DemoLab:
     base: Path
     nodes: int
     gpus: int
@@ -81,13 +81,14 @@ class Lab:
         config: dict[str, Any] = {
             "scheduler": {"tick_seconds": 1.0},
             "fleet": {"poll_interval": 0.5, "checkpoint_sync_interval": 2.0},
+            "idle": {"after": 20.0, "util_below": 5.0},  # flag GPU jobs idle for 20 s (a lab: 30 min)
             "nodes": nodes,
         }
         if cloud:
             config["cloud"] = {
                 "enabled": True, "providers": ["simulated"], "cluster": "demo", "poll_interval": 1.0,
                 "leak_grace": 10.0, "bootstrap_timeout": 60.0, "orphan_timeout": 120.0,
-                "preemption_grace": 10.0,
+                "preemption_grace": 10.0, "default_market": "spot",  # the demo's market is spot
                 "burst": {"after": 4.0, "idle_timeout": 6.0, "max_nodes": 3, "max_hourly_usd": 40.0,
                           "budget_usd": BUDGET_USD, "budget_period": "day"},
                 "simulated": {"dir": str(self.cloud_dir), "launch_delay": 1.0, "agent_interval": 1.0,
@@ -177,7 +178,11 @@ trap 'echo "SIGTERM at step $i: checkpoint saved"; echo $i > "$ckpt"; exit 143' 
 echo "job $HYBRIDCTL_JOB_ID (attempt $HYBRIDCTL_ATTEMPT) on $HYBRIDCTL_NODE, GPUs $CUDA_VISIBLE_DEVICES"
 [ "$i" -gt 0 ] && echo "resumed from step $i"
 while [ "$i" -lt {steps} ]; do
-  i=$((i + 1)); echo "step $i/{steps} loss=$((1000 / i))"; sleep 1; echo "$i" > "$ckpt"
+  i=$((i + 1)); echo "step $i/{steps} loss=$((1000 / i))"
+  # what `from hybridctl import job; job.log(step=..., loss=...)` writes, from bash
+  [ -n "$HYBRIDCTL_METRICS_FILE" ] && printf '{{"v":{{"step":%d,"loss":%d,"tokens_per_s":%d}}}}\n' \
+    "$i" "$((1000 / i))" "$((2000 + RANDOM % 500))" >> "$HYBRIDCTL_METRICS_FILE"
+  sleep 1; echo "$i" > "$ckpt"
 done
 echo done
 """
@@ -194,22 +199,25 @@ def _job(rng: random.Random, gpus_per_node: int) -> dict[str, Any]:
         return {**job, "name": "train-big", "resources": {"accelerators": f"A100:{gpus_per_node}"}, "priority": 10}
     if kind < 0.8:
         return {**job, "name": "ddp-2node", "num_nodes": 2, "resources": {"accelerators": 2}}
+    if kind < 0.83:  # holds a GPU and forgets it (the simulated GPU stays at 0 %): flagged idle
+        return {"name": "notebook", "run": "echo 'a notebook left open'; sleep 90",
+                "resources": {"accelerators": 1}, "envs": {"SIMULATED_GPU_UTIL": "0"}, "placement": "onprem"}
     return {**job, "name": "sweep", "resources": {"accelerators": 1}, "array": f"1-{rng.randint(4, 8)}%4"}
 
 
-GPUS_PER_JOB = 0.6 * 1 + 0.15 * 8 + 0.05 * 4 + 0.2 * 6
+GPUS_PER_JOB = 0.6 * 1 + 0.15 * 8 + 0.05 * 4 + 0.03 * 1 + 0.17 * 6
 """GPUs per submitted job on average (the mix above with 8-GPU servers; arrays of ~6 tasks)."""
 SECONDS_PER_JOB = 10.5
 
 
-def rate(lab: Lab, t: float, wave: float, cycle: float) -> float:
+def rate(lab: DemoLab, t: float, wave: float, cycle: float) -> float:
     """Jobs per minute at `t` seconds into the demo: waves that overfill the fleet (a burst), then a
     calm that leaves it part-idle (cloud nodes scale down)."""
     capacity = lab.nodes * lab.gpus * 60.0 / (SECONDS_PER_JOB * GPUS_PER_JOB)  # jobs/min the fleet absorbs
     return capacity * (1.5 if t % cycle < wave else 0.3)
 
 
-def workload(lab: Lab, stop: threading.Event, wave: float, cycle: float, fixed_rate: float | None = None,
+def workload(lab: DemoLab, stop: threading.Event, wave: float, cycle: float, fixed_rate: float | None = None,
              seed: int = 7) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
@@ -223,7 +231,7 @@ def workload(lab: Lab, stop: threading.Event, wave: float, cycle: float, fixed_r
             stop.wait(rng.expovariate(per_min / 60.0))
 
 
-def spot_market(lab: Lab, stop: threading.Event, say: Any, every: float, notice: float = 8.0) -> None:
+def spot_market(lab: DemoLab, stop: threading.Event, say: Any, every: float, notice: float = 8.0) -> None:
     """The spot market reclaims a cloud node, with `notice`, once it has run jobs for a few seconds
     (long enough to have synced a checkpoint); then again every `every` seconds at most."""
     from hybridctl.cloud import catalog
@@ -265,7 +273,7 @@ def _events(c: Client, since: float) -> list[dict[str, Any]]:
     return out[::-1]
 
 
-def summary(lab: Lab, started: float) -> dict[str, Any]:
+def summary(lab: DemoLab, started: float) -> dict[str, Any]:
     with Client(lab.socket) as c:
         rows = c.call("queue", all=True, finished=True)
         nodes = c.call("nodes")
@@ -328,7 +336,7 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
         rate_per_min: float | None = None, keep: bool = False, readonly: bool = False, cloud: bool = True) -> int:
     tui = None if headless else _tui()
     base = Path(tempfile.mkdtemp(prefix="hybridctl-demo-"))
-    lab = Lab(base, nodes, gpus)
+    lab = DemoLab(base, nodes, gpus)
     lab.home.mkdir(parents=True)
     def say(msg: str) -> None:  # progress goes to stderr; stdout carries only the summary
         print(msg, file=sys.stderr, flush=True)
@@ -377,9 +385,9 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
         assert tui is not None  # checked before the lab started
         return tui(readonly=readonly)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     finally:
-        # Cleanup is bounded (Lab.stop waits 20 s at most per process, then kills): let it finish
+        # Cleanup is bounded (DemoLab.stop waits 20 s at most per process, then kills): let it finish
         # rather than be cut short by an impatient second Ctrl-C or the terminal closing.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)

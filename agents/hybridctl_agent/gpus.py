@@ -3,8 +3,8 @@ sampler only sees this interface; the per-source modules hold the details."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 
 import psutil
 
@@ -42,6 +42,8 @@ class JobView:
     owners: Owners
     running: Sequence[Dict[str, Any]]
     """Running job records (key, gpus, pid, user, ...)."""
+    usage: Mapping[str, Dict[str, Any]] = field(default_factory=dict)
+    """Per running job key: what jobusage measured (cpu_percent, rss_mb, sim_util, ...)."""
 
 
 class GpuSource(Protocol):
@@ -65,7 +67,8 @@ def gpu_entry(info: GpuInfo, **metrics: Any) -> Dict[str, Any]:
     entry: Dict[str, Any] = {"index": info.index, "uuid": info.uuid, "name": info.name,
                              "mem_total_mb": info.memory_total_mb}
     for key in ("util_gpu", "util_mem", "mem_used_mb", "temp_c", "power_w", "power_limit_w",
-                "fan_pct", "clock_sm_mhz", "health_reason"):
+                "fan_pct", "clock_sm_mhz", "clock_mem_mhz", "sm_util", "pcie_tx_kbps",
+                "pcie_rx_kbps", "ecc_corrected", "ecc_uncorrected", "health_reason"):
         entry[key] = metrics.get(key)
     entry["healthy"] = metrics.get("healthy", True)
     entry["processes"] = metrics.get("processes", [])

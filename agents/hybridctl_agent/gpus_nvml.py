@@ -1,7 +1,8 @@
 """Real GPUs through NVML (nvidia-ml-py's `pynvml`). Every NVML call goes through `nvml_query`,
 which returns a default instead of raising (nvitop's `nvmlQuery(..., default=NA)`), so a metric a
 GPU cannot report is None and a GPU that falls off the bus is marked unhealthy, never a crash.
-All calls block; the sampler runs `sample()` in a worker thread."""
+All calls block; the sampler runs `sample()` in a worker thread. PCIe throughput is read every
+PCIE_EVERY seconds only (the driver samples it for ~20 ms per counter)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ BENIGN_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 _HW_SLOWDOWN = ((0x08, "hardware slowdown"), (0x40, "hardware thermal slowdown"),
                 (0x80, "hardware power brake slowdown"))
 _MIB = 1024 * 1024
+NOT_FOUND = 6
+PCIE_EVERY = 10.0
+"""Seconds between PCIe throughput readings (each costs the driver ~20 ms per counter)."""
+"""NVML_ERROR_NOT_FOUND: nvmlDeviceGetProcessUtilization has no sample since the timestamp."""
 
 
 def nvml_query(lib: Any, name: str, *args: Any, default: Any = None,
@@ -92,6 +97,10 @@ class NvmlGpus:
                 or "unknown GPU",
                 memory_total_mb=int(mem.total // _MIB) if mem is not None else None))
         self.events = self._register_events()
+        self.pcie: Dict[int, tuple] = {}
+        """Per GPU index: (when, tx KB/s, rx KB/s) of the last PCIe reading."""
+        self.proc_seen: Dict[int, int] = {}
+        """Per GPU index: the newest process-utilisation timestamp read (µs), to ask for newer."""
 
     def _register_events(self) -> Any:
         """An event set for Xid errors, or None where events are unsupported."""
@@ -146,15 +155,36 @@ class NvmlGpus:
                 faults.append(text)
         return faults
 
-    def _processes(self, h: Any, view: JobView) -> List[Dict[str, Any]]:
+    def _processes(self, h: Any, view: JobView,
+                   sm: Optional[Dict[int, int]] = None) -> List[Dict[str, Any]]:
         procs = nvml_query(self.lib, "nvmlDeviceGetComputeRunningProcesses", h, default=[]) or []
         out = []
         for p in procs:
             used = getattr(p, "usedGpuMemory", None)
-            out.append({"pid": int(p.pid), "user": process_user(int(p.pid)),
-                        "used_mem_mb": None if used in (None, NOT_AVAILABLE) else used // _MIB,
-                        "job": view.owners.lookup(int(p.pid))})
+            entry = {"pid": int(p.pid), "user": process_user(int(p.pid)),
+                     "used_mem_mb": None if used in (None, NOT_AVAILABLE) else used // _MIB,
+                     "job": view.owners.lookup(int(p.pid))}
+            if sm is not None:
+                entry["sm_util"] = sm.get(int(p.pid), 0)
+            out.append(entry)
         return out
+
+    def _sm_util(self, index: int, h: Any) -> Optional[Dict[int, int]]:
+        """Per pid, the newest SM utilisation (%) NVML sampled since the last call; {} when no
+        process ran; None where the GPU or driver does not support process utilisation."""
+        errs: List[BaseException] = []
+        samples = nvml_query(self.lib, "nvmlDeviceGetProcessUtilization", h,
+                             self.proc_seen.get(index, 0), errors=errs)
+        if samples is None:
+            return {} if any(getattr(e, "value", None) == NOT_FOUND for e in errs) else None
+        newest: Dict[int, tuple] = {}
+        for s in samples:
+            ts = int(getattr(s, "timeStamp", 0))
+            pid = int(getattr(s, "pid", 0))
+            if pid and (pid not in newest or ts >= newest[pid][0]):
+                newest[pid] = (ts, int(getattr(s, "smUtil", 0)))
+            self.proc_seen[index] = max(self.proc_seen.get(index, 0), ts)
+        return {pid: min(100, max(0, v)) for pid, (_ts, v) in newest.items()}
 
     def _one(self, info: GpuInfo, h: Any, xids: List[int], view: JobView,
              now: float) -> Dict[str, Any]:
@@ -171,13 +201,28 @@ class NvmlGpus:
         limit = q("nvmlDeviceGetEnforcedPowerLimit")
         fan = q("nvmlDeviceGetFanSpeed")
         clock = q("nvmlDeviceGetClockInfo", getattr(lib, "NVML_CLOCK_SM", 1))
+        mem_clock = q("nvmlDeviceGetClockInfo", getattr(lib, "NVML_CLOCK_MEM", 2))
+        # Each PCIe counter makes the driver sample for ~20 ms: read them every PCIE_EVERY seconds
+        # and repeat the last reading in between (8 GPUs would otherwise add ~0.3 s per sample).
+        last = self.pcie.get(info.index)
+        if last is None or now - last[0] >= PCIE_EVERY or now < last[0]:
+            last = (now, q("nvmlDeviceGetPcieThroughput", getattr(lib, "NVML_PCIE_UTIL_TX_BYTES", 0)),
+                    q("nvmlDeviceGetPcieThroughput", getattr(lib, "NVML_PCIE_UTIL_RX_BYTES", 1)))
+            self.pcie[info.index] = last
+        _at, tx, rx = last
+        ecc = [q("nvmlDeviceGetTotalEccErrors", getattr(lib, name, code),
+                 getattr(lib, "NVML_VOLATILE_ECC", 0))
+               for name, code in (("NVML_MEMORY_ERROR_TYPE_CORRECTED", 0),
+                                  ("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1))]
         faults = [f"Xid {x}" for x in xids]
         procs: List[Dict[str, Any]] = []
+        sm: Optional[Dict[int, int]] = None
         if _is_lost(errs):
             faults.insert(0, "GPU is lost (fell off the bus)")
         else:
             faults += self._faults(h)
-            procs = self._processes(h, view)
+            sm = self._sm_util(info.index, h)
+            procs = self._processes(h, view, sm)
             if _is_lost(errs):
                 faults.insert(0, "GPU is lost (fell off the bus)")
         healthy, reason = self.health.observe(info.index, faults, now)
@@ -186,8 +231,10 @@ class NvmlGpus:
             mem_used_mb=mem.used // _MIB if mem is not None else None, temp_c=temp,
             power_w=round(power / 1000.0, 1) if power is not None else None,
             power_limit_w=round(limit / 1000.0, 1) if limit is not None else None,
-            fan_pct=fan, clock_sm_mhz=clock, healthy=healthy, health_reason=reason,
-            processes=procs)
+            fan_pct=fan, clock_sm_mhz=clock, clock_mem_mhz=mem_clock,
+            sm_util=None if sm is None else min(100, sum(sm.values())),
+            pcie_tx_kbps=tx, pcie_rx_kbps=rx, ecc_corrected=ecc[0], ecc_uncorrected=ecc[1],
+            healthy=healthy, health_reason=reason, processes=procs)
 
     def sample(self, view: JobView, now: float) -> List[Dict[str, Any]]:
         xids = self._drain_xids()

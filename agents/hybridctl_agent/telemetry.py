@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
+import os
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from hybridctl_agent.gpus import GpuSource, JobView
 from hybridctl_agent.host import HostSampler
+from hybridctl_agent.jobusage import JobUsage
 
 log = logging.getLogger("hybridctl_agent.telemetry")
 
@@ -20,10 +23,13 @@ class Telemetry:
     """Samples host and GPUs; keeps the last `history` seconds of samples."""
 
     def __init__(self, gpus: GpuSource, host: HostSampler, job_view: Callable[[], JobView],
-                 interval: float, history: float) -> None:
+                 interval: float, history: float, jobs_root: Optional[str] = None) -> None:
         self.gpus = gpus
         self.host = host
         self.job_view = job_view
+        self.usage = JobUsage(jobs_root or os.path.join(host.disk_path, "jobs"))
+        """Per-job CPU, memory and logged metrics (the jobs directory defaults to the one
+        under the state directory the host sampler measures)."""
         self.interval = interval
         self.ring: Deque[Dict[str, Any]] = collections.deque(
             maxlen=max(1, int(round(history / interval))))
@@ -32,13 +38,20 @@ class Telemetry:
     async def sample_once(self) -> Dict[str, Any]:
         view = self.job_view()
         now = time.time()
+        try:
+            jobs = self.usage.sample(view.running, time.monotonic())
+        except Exception:  # per-job usage is extra: never lose the node's sample over it
+            log.exception("job usage sample failed")
+            jobs = {}
+        view = dataclasses.replace(view, usage=jobs)
         if self.gpus.blocking:
             gpus = await asyncio.to_thread(self.gpus.sample, view, now)
         else:
             gpus = self.gpus.sample(view, now)
         self.seq += 1
         sample = {"seq": self.seq, "time": round(now, 3), "host": self.host.sample(),
-                  "gpus": gpus}
+                  "gpus": gpus, "jobs": {k: {n: v for n, v in e.items() if n != "sim_util"}
+                                         for k, e in jobs.items()}}
         self.ring.append(sample)
         return sample
 

@@ -1,6 +1,6 @@
 """`HybridApp`: the k9s-style shell around the screens — views as modes (`:nodes`, `:jobs`, ...),
 one 1 Hz refresh that reads what the visible screen needs, the reconnect banner, and every action
-(with confirmation, and the controller's refusal shown as it said it)."""
+(`act`: the controller's refusal shown as it said it). Screens see it only as a `screens.base.Host`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from hybridctl.tui.screens.events import EventsScreen
 from hybridctl.tui.screens.fleet import FleetScreen
 from hybridctl.tui.screens.gpus import GpusScreen
 from hybridctl.tui.screens.queue import QueueScreen
+from hybridctl.tui.screens.waste import WasteScreen
 
 NODES = Request.of("nodes", "nodes")
 PING = Request.of("ping", "ping")
@@ -37,6 +38,7 @@ class HybridApp(App[None]):
     TITLE = "hybridctl"
     MODES: ClassVar[dict[str, Any]] = {
         "fleet": FleetScreen, "queue": QueueScreen, "gpus": GpusScreen, "cloud": CloudScreen, "events": EventsScreen,
+        "waste": WasteScreen,
     }
     DEFAULT_MODE = "fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -218,59 +220,6 @@ class HybridApp(App[None]):
         self.notify(msg.text, title="Done", timeout=4)
         self.poll_now()
 
-    def ask_drain(self, node: str) -> None:
-        from hybridctl.tui.screens.drain import ConfirmDrain
-
-        def answered(reason: str | None) -> None:
-            if reason is not None:
-                self.act("drain", {"node": node, "reason": reason}, lambda r: f"node {r['node']}: {r['state']}")
-
-        if not self.readonly:
-            self.push_screen(ConfirmDrain(node), answered)
-
-    def ask_resume(self, node: str) -> None:
-        from hybridctl.tui.screens.confirm import Confirm
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.act("resume", {"node": node}, lambda r: f"node {r['node']}: {r['state']}")
-
-        if not self.readonly:
-            self.push_screen(Confirm(f"Resume node {node}? New jobs may be placed on it again.", "Resume"), answered)
-
-    def ask_cancel(self, job: str, what: str) -> None:
-        from hybridctl.tui.screens.confirm import Confirm
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.act("cancel", {"jobs": [job]}, cancel_text)
-
-        if not self.readonly:
-            self.push_screen(Confirm(f"Cancel job {job} ({what})?", "Cancel job"), answered)
-
-    def ask_priority(self, job: str, current: int) -> None:
-        from hybridctl.tui.screens.priority import PriorityDialog
-
-        def answered(value: int | None) -> None:
-            if value is not None:
-                self.act("priority", {"job": job, "priority": value},
-                         lambda r: f"job {r['id']}: priority {r['priority']}")
-
-        if not self.readonly:
-            self.push_screen(PriorityDialog(job, current), answered)
-
-    def ask_submit(self) -> None:
-        from hybridctl.tui.screens.submit import SubmitDialog, SubmitRequest
-
-        def answered(req: SubmitRequest | None) -> None:
-            if req is not None:
-                for w in req.warnings:
-                    self.notify(w, severity="warning")
-                self.act("submit", {"spec": req.spec, "source": req.source}, lambda r: f"submitted job {r['id']}")
-
-        if not self.readonly:
-            self.push_screen(SubmitDialog(), answered)
-
     # ---- `:` commands ------------------------------------------------------------------------------
 
     def run_command(self, line: str) -> None:
@@ -310,13 +259,6 @@ class HybridApp(App[None]):
         from hybridctl.control.identity import user_name
 
         return functools.lru_cache(maxsize=1024)(user_name)
-
-
-def cancel_text(result: dict[str, Any]) -> str:
-    text = "cancelled " + " ".join(result.get("cancelled") or []) if result.get("cancelled") else "nothing cancelled"
-    if result.get("skipped"):
-        text += "; already finished: " + ", ".join(result["skipped"])
-    return text
 
 
 def main(readonly: bool = False, interval: float = 1.0) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from hybridctl.cli.output import duration
+from hybridctl.fmt import duration
 
 __all__ = ["bar", "spark", "mib", "watts", "celsius", "money", "percent", "duration", "column_chart"]
 

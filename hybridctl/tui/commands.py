@@ -1,6 +1,6 @@
 """The `:` command grammar (after k9s): a view alias, optionally with an argument.
 
-`:nodes`, `:jobs`, `:gpus`, `:cloud`, `:events` switch views; `:node gpu01`, `:job 42` and
+`:nodes`, `:jobs`, `:gpus`, `:cloud`, `:events`, `:waste` switch views; `:node gpu01`, `:job 42` and
 `:gpu gpu01/3` open one object; `:help` and `:quit` do what they say. Pure, so it is tested alone."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ VIEWS: dict[str, tuple[str, ...]] = {
     "gpus": ("gpus", "gpu", "g"),
     "cloud": ("cloud", "c"),
     "events": ("events", "event", "ev", "audit", "e"),
+    "waste": ("waste", "idle", "w"),
 }
 """Each view (an app mode) and the aliases that reach it; with an argument, a singular opens one object."""
 OTHER = {"help": ("help", "h", "?"), "quit": ("quit", "q", "q!", "exit")}
 
-SUGGESTIONS = ["nodes", "jobs", "gpus", "cloud", "events", "node ", "job ", "gpu ", "help", "quit"]
+SUGGESTIONS = ["nodes", "jobs", "gpus", "cloud", "events", "waste", "node ", "job ", "gpu ", "help", "quit"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class UnknownCommand(ValueError):
 def parse_command(line: str) -> Command:
     words = line.strip().lstrip(":").split()
     if not words:
-        raise UnknownCommand("empty command; try :nodes, :jobs, :gpus, :cloud, :events or :help")
+        raise UnknownCommand("empty command; try :nodes, :jobs, :gpus, :cloud, :events, :waste or :help")
     head, args = words[0].lower(), words[1:]
     for kind, aliases in OTHER.items():
         if head in aliases and not args:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from hybridctl.core.errors import HybridctlError, NotFound, PermissionDenied
+from hybridctl.fmt import job_label
 
 NOW = 1_700_000_000.0
 """2023-11-14 22:13:20 UTC: the fixed clock of snapshot tests."""
@@ -56,14 +57,16 @@ class FakeApi:
     def _nodes(self) -> list[dict[str, Any]]:
         a100 = [("A100-SXM4-80GB", 81920)] * 8
         mixed = [("RTX3090", 24576), ("RTX3090", 24576), ("A6000", 49152)]
-        procs01 = {i: [{"pid": 41000 + i, "user": "alice", "used_mem_mb": 40000 + 512 * i, "job": "12.a0.r0"}]
-                   for i in range(4)}
-        procs01[4] = [{"pid": 52011, "user": "bob", "used_mem_mb": 30111, "job": "14_3.a1.r0"}]
-        procs01[7] = [{"pid": 9876, "user": "mallory", "used_mem_mb": 2048, "job": None}]
+        # gpu01's agent reports NVML's per-process SM use (`sm_util`, the SM column); gpu02's does not
+        procs01 = {i: [{"pid": 41000 + i, "user": "alice", "used_mem_mb": 40000 + 512 * i, "job": "12.a0.r0",
+                        "sm_util": 61 + 3 * i}] for i in range(4)}
+        procs01[4] = [{"pid": 52011, "user": "bob", "used_mem_mb": 30111, "job": "14_3.a1.r0", "sm_util": 48}]
+        procs01[7] = [{"pid": 9876, "user": "mallory", "used_mem_mb": 2048, "job": None, "sm_util": 9}]
         procs02 = {0: [{"pid": 7001, "user": "carol", "used_mem_mb": 20000, "job": "13.a0.r0"}]}
         base = {"cpus": 64.0, "cpus_free": 40.0, "memory_mb": 524288, "memory_free_mb": 262144, "host": "",
                 "port": 22, "ssh_user": None, "drained": False, "link_error": "", "simulated": False,
-                "last_seen": self.now - 1}
+                "last_seen": self.now - 1, "containment": "cgroup-v2", "cpus_override": None,
+                "cache": None}
         return [
             {**base, "name": "gpu01", "site": "onprem", "state": "UP", "state_reason": "",
              "gpus": [{"index": i, "model": "A100", "healthy": True, "reason": "", "foreign": i == 7} for i in range(8)],
@@ -100,9 +103,9 @@ class FakeApi:
                     "gpus": gpus, "gpu_type": gtype, "num_nodes": 1, "nodes": nodes, "gpu_ids": gpu_ids,
                     "priority": prio, "submitted_at": n - sub, "started_at": None if start is None else n - start,
                     "ended_at": None if end is None else n - end, "attempt": attempt, "exit_code": exit_code,
-                    "array": array}
+                    "array": array, "restarts": 0, "max_restarts": 2, "recoveries": 0, "recovery_causes": {}}
 
-        return [
+        jobs = [
             job(10, "alice", "prep", "SUCCEEDED", 1, None, "gpu01", "0", 7200, 7100, 5000, exit_code=0),
             job(11, "bob", "eval", "FAILED", 1, None, "gpu02", "2", 5400, 5300, 5200, exit_code=1),
             job(12, "alice", "resnet", "RUNNING", 4, "A100", "gpu01", "0,1,2,3", 3900, 3600),
@@ -113,10 +116,17 @@ class FakeApi:
                   (1, "SUCCEEDED", "gpu01", "4", 1900, "", 0), (2, "CANCELLED", "gpu01", "5", 1800, "", 0),
                   (3, "RUNNING", "gpu01", "4", 1200, "", 1), (4, "PENDING", "", "", None, "throttle: 1 of 1 running", 0)]],
             job(15, "dave", "llm-burst", "RUNNING", 1, "A10G", "aws-g5-1", "0", 1500, 600, prio=5),
-            job(16, "erin", "big-train", "PENDING", 8, "A100", sub=900, reason="resources: 8 A100 free on no node"),
+            job(16, "erin", "big-train", "PENDING", 8, "A100", sub=900,
+                reason="reserved: starts ~23:40 on gpu01 (8 A100)"),
             job(17, "alice", "notebook", "STARTING", 1, None, "gpu01", "5", 20),
             job(18, "frank", "ablation", "PENDING", 2, None, sub=300, reason="priority: 2 jobs ahead", prio=-5),
         ]
+        for j in jobs:
+            if j["job_id"] == 13:
+                j["idle_s"] = 2520.0  # flagged by the idle rule: 42 min under idle.util_below
+            if (j["job_id"], j["task"]) == (14, 3):
+                j["recoveries"], j["recovery_causes"] = 1, {"node_lost": 1}
+        return jobs
 
     def _events(self) -> list[dict[str, Any]]:
         rows = [
@@ -175,15 +185,91 @@ class FakeApi:
         spec = {"name": r["name"], "run": f"python {r['name']}.py --epochs 10", "setup": "", "envs": {},
                 "resources": {"gpus": r["gpus"], "gpu_type": r["gpu_type"], "cpus": 8.0, "memory_mb": 65536,
                               "use_spot": True},
-                "num_nodes": 1, "priority": r["priority"], "max_restarts": 2, "placement": "any", "time_limit": 14400}
+                "num_nodes": 1, "priority": r["priority"], "max_restarts": 2, "placement": "any", "time_limit": 14400,
+                "workdir": None, "recover_on_exit_codes": [], "checkpoint_dir": None, "array": r["array"],
+                "depends_on": [], "secrets": {}, "slurm": {}}
+        if r["job_id"] == 12:  # accelerator candidates: the scheduler took the second
+            spec["resources"].update(alternatives=[["H100", 4], ["A100", 4]], ordered=True)
         return {"id": r["job_id"], "uid": 1000, "user": r["user"], "group": "lab", "name": r["name"], "spec": spec,
                 "priority": r["priority"], "submitted_at": r["submitted_at"], "array": r["array"],
+                "max_restarts": 2, "runtime": "time limit 4:00:00",
                 "tasks": [{"task": x["task"], "state": x["state"], "reason": x["reason"], "attempt": x["attempt"],
                            "nodes": x["nodes"], "gpu_ids": x["gpu_ids"], "started_at": x["started_at"],
-                           "ended_at": x["ended_at"], "exit_code": x["exit_code"]} for x in rows],
+                           "ended_at": x["ended_at"], "exit_code": x["exit_code"], "gpu_type": x["gpu_type"],
+                           "idle_s": x.get("idle_s"), "metrics": self._metrics(x), "restarts": x["restarts"],
+                           "recoveries": x["recoveries"], "recovery_causes": x["recovery_causes"]} for x in rows],
                 "events": [{"task": e["task"], "time": e["time"], "from": e["from"], "to": e["to"],
                             "reason": e["reason"], "actor_uid": e["actor_uid"]}
                            for e in reversed(self.events) if e["job_id"] == r["job_id"]]}
+
+    def _metrics(self, row: dict[str, Any]) -> dict[str, float] | None:
+        """The last `hybridctl.job.log` values of a running job (job 12 logs them)."""
+        series = self._logged(row)
+        return {k: v[-1][1] for k, v in series.items()} or None
+
+    def _logged(self, row: dict[str, Any]) -> dict[str, list[list[float]]]:
+        if row["job_id"] != 12 or row["started_at"] is None:
+            return {}
+        t0 = row["started_at"]
+        steps = range(0, 60)
+        return {"step": [[t0 + 60 * i, 100.0 * i] for i in steps],
+                "loss": [[t0 + 60 * i, round(2.5 * math.exp(-i / 18) + 0.3 + 0.05 * math.sin(i), 4)] for i in steps],
+                "tokens_per_s": [[t0 + 60 * i, round(41000 + 3000 * math.sin(i / 5), 1)] for i in steps]}
+
+    def _util(self, row: dict[str, Any], index: int, i: int) -> float:
+        if row.get("idle_s") is not None:
+            return 0.0 if i > 10 else 60.0
+        return round(55 + 40 * (math.sin((i + index * 7) / 6.0) + 1) / 2)
+
+    def op_eff(self, job: str) -> dict[str, Any]:
+        """`eff`: derived from the same waves as the GPU samples (core.efficiency's shape)."""
+        row = self._task(job)
+        if not row["nodes"]:
+            raise NotFound(f"job {job} has not held any node yet: no efficiency to show")
+        wall = 0.0 if row["started_at"] is None else (row["ended_at"] or self.now) - row["started_at"]
+        ids = [int(i) for i in str(row["gpu_ids"]).split(",") if i]
+        gpus = []
+        for index in ids:
+            utils = [self._util(row, index, i) for i in range(60)]
+            gpus.append({"node": row["nodes"], "index": index, "util_mean": round(sum(utils) / len(utils), 1),
+                         "util_p95": sorted(utils)[56], "mem_peak_mb": 40000.0 + 512 * index, "mem_total_mb": 81920.0,
+                         "sm_mean": round(0.85 * sum(utils) / len(utils), 1), "samples": int(wall)})
+        mean = sum(g["util_mean"] for g in gpus) / len(gpus) if gpus else None
+        held = len(ids) * wall / 3600
+        return {"job": job_label(row), "state": row["state"], "wall_s": round(wall, 1), "gpus": gpus,
+                "gpu_hours_held": round(held, 4), "gpu_hours_used": round(held * (mean or 0) / 100, 4),
+                "util_mean": None if mean is None else round(mean, 1), "cpus": 8.0, "cpu_seconds": 0.62 * 8 * wall,
+                "cpu_efficiency": 0.62, "peak_rss_mb": 23552.0, "memory_mb": 65536,
+                "metrics": self._metrics(row) or {}, "idle_s": row.get("idle_s")}
+
+    def op_history(self, job: str | None = None, node: str | None = None, seconds: float = 3600.0) -> dict[str, Any]:
+        """`history`: a task's GPU utilisation and memory, and its logged metrics, over its attempt."""
+        if node is not None:
+            self._node(node)
+            return {"node": node, "host": {}, "gpus": {}}
+        row = self._task(str(job))
+        if row["started_at"] is None:
+            return {"gpus": [], "metrics": {}, "rss_mb": []}
+        t0 = row["started_at"]
+        step = max(1.0, ((row["ended_at"] or self.now) - t0) / 60)
+        gpus = [{"node": row["nodes"], "index": int(i),
+                 "util": [[t0 + step * k, self._util(row, int(i), k)] for k in range(60)],
+                 "mem_mb": [[t0 + step * k, 40000.0] for k in range(60)]}
+                for i in str(row["gpu_ids"]).split(",") if i]
+        return {"gpus": gpus, "metrics": self._logged(row), "rss_mb": [[t0 + step * k, 20000.0] for k in range(60)]}
+
+    def op_usage(self, by: str = "user", since: float = 7 * 86400) -> list[dict[str, Any]]:
+        """`usage`: GPU-hours per user or group, with what the telemetry saw held and used."""
+        rows = {"alice": (96.5, 40.2, 90.1, 71.8), "bob": (40.0, 30.5, 38.2, 12.4), "carol": (26.0, 26.0, 25.5, 2.1),
+                "dave": (4.2, 4.2, 4.1, 3.9)}
+        key = "user" if by == "user" else "group"
+        out = [{key: name if by == "user" else "lab", "gpu_hours": gh, "job_hours": jh, "gpu_hours_observed": obs,
+                "gpu_hours_used": used} for name, (gh, jh, obs, used) in rows.items()]
+        return out if by == "user" else out[:1]
+
+    def _task(self, job: str) -> dict[str, Any]:
+        rows = self._rows(job)
+        return next((r for r in rows if job_label(r) == str(job)), rows[0])
 
     def op_logs(self, job: str, stream: str = "stdout", offset: int = 0, max_bytes: int = 65536,
                 rank: int = 0) -> dict[str, Any]:
@@ -250,7 +336,7 @@ class FakeApi:
                 if r["user"] != self.user and not self.admin:
                     raise PermissionDenied(f"you ({self.user}) may not cancel job {r['job_id']}: it belongs to "
                                            f"{r['user']}; only its owner or an admin (group hybridctl-admin) may")
-                label = f"{r['job_id']}_{r['task']}" if r["array"] else str(r["job_id"])
+                label = job_label(r)
                 if "_" in str(ref) and label != str(ref):
                     continue
                 if r["state"] in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"):
@@ -285,7 +371,8 @@ class FakeApi:
                           "state": "PENDING", "reason": "", "gpus": res.get("accelerators") or 0, "gpu_type": None,
                           "num_nodes": 1, "nodes": "", "gpu_ids": "", "priority": int(spec.get("priority") or 0),
                           "submitted_at": self.now, "started_at": None, "ended_at": None, "attempt": 0,
-                          "exit_code": None, "array": None})
+                          "exit_code": None, "array": None, "restarts": 0,
+                          "max_restarts": int(spec.get("max_restarts") or 0), "recoveries": 0, "recovery_causes": {}})
         return {"id": job_id, "warnings": []}
 
     def _node(self, name: str) -> dict[str, Any]:

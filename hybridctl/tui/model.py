@@ -4,11 +4,12 @@ terminal and stay cheap at 1000 nodes and 10k jobs."""
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from hybridctl.cli.output import gpus_text
+from hybridctl.fmt import gpus_text, job_label
 from hybridctl.tui.history import History
 
 T = TypeVar("T")
@@ -204,10 +205,6 @@ class GpuRow:
         return f"{self.node} {self.model} {self.jobs} {self.users} {self.reason}"
 
 
-def job_label(row: dict[str, Any]) -> str:
-    return f"{row['job_id']}_{row['task']}" if row.get("array") else str(row["job_id"])
-
-
 def allocations(queue: Sequence[dict[str, Any]] | None) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """(node, gpu index) -> the active queue rows holding it. A multi-node job's GPU list is the
     same on each of its nodes (gang placement gives every rank the same shape)."""
@@ -312,6 +309,13 @@ class JobRow:
     submitted_at: float
     started_at: float | None
     ended_at: float | None
+    idle_s: float | None = None
+    """Seconds every GPU of the job has been idle, when the controller flags it (`idle:`)."""
+
+    @property
+    def starts(self) -> str | None:
+        """A reserved job's expected start ('~14:05'), from its waiting reason."""
+        return reserved_start(self.reason) if self.state == "PENDING" else None
 
     def wait(self, now: float) -> float | None:
         if self.started_at is not None:
@@ -325,7 +329,8 @@ class JobRow:
 
     @property
     def search(self) -> str:
-        return f"{self.label} {self.user} {self.name} {self.state} {self.node} {self.reason}"
+        return f"{self.label} {self.user} {self.name} {self.state} {self.node} {self.reason}" + (
+            " idle" if self.idle_s is not None else "")
 
 
 def job_row(r: dict[str, Any]) -> JobRow:
@@ -335,6 +340,7 @@ def job_row(r: dict[str, Any]) -> JobRow:
         gpus=gpus_text(r.get("gpus") or 0, r.get("gpu_type"), r.get("num_nodes") or 1), node=r.get("nodes") or "",
         attempt=int(r.get("attempt") or 0), priority=int(r.get("priority") or 0),
         submitted_at=float(r.get("submitted_at") or 0.0), started_at=r.get("started_at"), ended_at=r.get("ended_at"),
+        idle_s=r.get("idle_s"),
     )
 
 
@@ -413,3 +419,164 @@ def event_rows(events: Sequence[dict[str, Any]], flt: Filter) -> list[EventRow]:
         if flt.empty or flt.match(row.actor, state, "", row.search) or flt.match(row.owner, state, "", row.search):
             rows.append(row)
     return rows
+
+
+# ---- efficiency, history and waste (issue #16) ---------------------------------------------------
+
+_RESERVED = re.compile(r"reserved: starts (~\d{1,2}:\d{2}|as soon as possible)")
+
+
+def reserved_start(reason: str) -> str | None:
+    """'~14:05' from a backfill reservation's waiting reason ('reserved: starts ~14:05 on gpu01
+    (8 GPUs)'), 'soon' for 'as soon as possible', None for any other reason."""
+    m = _RESERVED.search(reason or "")
+    if m is None:
+        return None
+    return "soon" if m.group(1) == "as soon as possible" else m.group(1)
+
+
+def idle_text(seconds: float | None) -> str:
+    """The IDLE badge: 'IDLE 42m' (None: not flagged)."""
+    if seconds is None:
+        return ""
+    minutes = float(seconds) / 60
+    return f"IDLE {minutes / 60:.1f}h" if minutes >= 100 else f"IDLE {minutes:.0f}m"
+
+
+def mean_series(series: Sequence[Sequence[Sequence[Any]]]) -> list[float]:
+    """The mean, per sample time, of several [[t, value], ...] series (a job's GPUs, sampled
+    together on a node); missing values are skipped, times with none dropped. Oldest first."""
+    by_t: dict[float, list[float]] = {}
+    for points in series:
+        for t, v in points:
+            if v is not None:
+                by_t.setdefault(round(float(t)), []).append(float(v))
+    return [sum(vs) / len(vs) for _t, vs in sorted(by_t.items())]
+
+
+METRIC_ORDER = ("loss", "tokens_per_s", "tokens/s", "throughput", "lr")
+"""Logged metrics drawn first, in this order; the others follow by name (`step` is an x-axis,
+not a chart)."""
+
+
+def metric_charts(history: Mapping[str, Any] | None, limit: int = 3) -> list[tuple[str, list[float]]]:
+    """(name, values oldest first) for up to `limit` of a job's logged metrics (`history` op)."""
+    metrics = (history or {}).get("metrics") or {}
+    names = [n for n in metrics if n != "step"]
+    names.sort(key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
+    out = []
+    for name in names[:limit]:
+        values = [float(v) for _t, v in metrics[name] if v is not None]
+        if values:
+            out.append((name, values))
+    return out
+
+
+def gpu_util_chart(history: Mapping[str, Any] | None) -> list[float]:
+    """The job's mean GPU utilisation over its GPUs, per sample (`history` op)."""
+    return mean_series([g.get("util") or [] for g in (history or {}).get("gpus") or []])
+
+
+def metric_value(value: float) -> str:
+    """A logged value, short: 0.0123, 1.23e+05, 4521."""
+    v = float(value)
+    if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
+        return f"{v:.3g}"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
+def eff_text(eff: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The efficiency panel's lines, (label, value), from the `eff` op's reply."""
+    from hybridctl.fmt import duration
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{float(v):.0f}%"
+
+    def mib(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{float(v) / 1024:.1f}G" if float(v) >= 1024 else f"{float(v):.0f}M"
+
+    gpus = eff.get("gpus") or []
+    p95 = [g["util_p95"] for g in gpus if g.get("util_p95") is not None]
+    sm = [g["sm_mean"] for g in gpus if g.get("sm_mean") is not None]
+    peak = [g["mem_peak_mb"] for g in gpus if g.get("mem_peak_mb") is not None]
+    cap = [g["mem_total_mb"] for g in gpus if g.get("mem_total_mb") is not None]
+    util = f"mean {pct(eff.get('util_mean'))} · p95 {pct(max(p95) if p95 else None)}"
+    if sm:
+        util += f" · SM {pct(sum(sm) / len(sm))}"
+    held, used = float(eff.get("gpu_hours_held") or 0.0), float(eff.get("gpu_hours_used") or 0.0)
+    hours = f"{used:.2f} used / {held:.2f} held"
+    if held > 0:
+        hours += f" ({100 * used / held:.0f}%)"
+    mem = f"peak {mib(max(peak) if peak else None)} of {mib(max(cap) if cap else None)}"
+    cpu = pct(None if eff.get("cpu_efficiency") is None else 100 * float(eff["cpu_efficiency"]))
+    cpu += f" of {float(eff.get('cpus') or 0):g} CPUs"
+    rss = f"peak RSS {mib(eff.get('peak_rss_mb'))}"
+    if eff.get("memory_mb"):
+        rss += f" of {mib(eff['memory_mb'])}"
+    lines = [("GPU util", util), ("GPU memory", mem), ("GPU-hours", hours), ("CPU", cpu), ("memory", rss)]
+    if eff.get("idle_s") is not None:
+        lines.insert(0, ("IDLE", f"every GPU idle for {duration(eff['idle_s'])}"))
+    return lines
+
+
+@dataclass(frozen=True)
+class WasteRow:
+    """One job or one user in the waste view: GPU-hours held, used, and held idle (held − used)."""
+
+    key: str
+    """The job label, or the user name."""
+    user: str
+    name: str
+    gpus: str
+    held: float | None
+    used: float | None
+    idle_s: float | None = None
+    """Seconds flagged idle now (jobs only)."""
+
+    @property
+    def wasted(self) -> float | None:
+        return None if self.held is None or self.used is None else max(0.0, self.held - self.used)
+
+    @property
+    def util(self) -> float | None:
+        return None if not self.held or self.used is None else 100.0 * self.used / self.held
+
+    @property
+    def search(self) -> str:
+        return f"{self.key} {self.user} {self.name}"
+
+
+def waste_jobs(active: Sequence[dict[str, Any]] | None, effs: Mapping[str, Any], flt: Filter) -> list[WasteRow]:
+    """The placed GPU jobs, most GPU-hours held idle first, from their efficiency records
+    (`effs`: job label -> `eff` reply); a job without one yet (not read, or refused) comes last
+    with its figures unknown, never guessed."""
+    rows = []
+    for r in active or ():
+        label = job_label(r)
+        eff = effs.get(label)
+        if not r.get("gpus") or r.get("state") not in ACTIVE:
+            continue
+        held = used = None
+        if isinstance(eff, dict):
+            held, used = float(eff.get("gpu_hours_held") or 0.0), float(eff.get("gpu_hours_used") or 0.0)
+        row = WasteRow(label, r.get("user") or "", r.get("name") or "",
+                       gpus_text(r.get("gpus") or 0, r.get("gpu_type"), r.get("num_nodes") or 1),
+                       held, used, r.get("idle_s"))
+        if flt.empty or flt.match(row.user, r.get("state") or "", r.get("nodes") or "", row.search):
+            rows.append(row)
+    return sort_rows(rows, {"wasted": lambda w: w.wasted}, "wasted", True)
+
+
+def waste_users(usage: Sequence[dict[str, Any]] | None, flt: Filter) -> list[WasteRow]:
+    """Users from `usage --by user`: GPU-hours the telemetry saw them hold and use (USED)."""
+    rows = []
+    for u in usage or ():
+        held = u.get("gpu_hours_observed")
+        used = u.get("gpu_hours_used")
+        row = WasteRow(str(u.get("user")), str(u.get("user")), "", "",
+                       None if held is None else float(held), None if used is None else float(used))
+        if flt.empty or flt.match(row.user, "", "", row.search):
+            rows.append(row)
+    return sort_rows(rows, {"wasted": lambda w: w.wasted}, "wasted", True)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any, List, Set
 
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_GPU_IS_LOST = 15
@@ -38,6 +39,7 @@ class FakeNvml:
     NVMLError = NVMLError
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
     NVML_VOLATILE_ECC = 0
     nvmlEventTypeXidCriticalError = 0x8
@@ -109,7 +111,21 @@ class FakeNvml:
         raise NVMLError(NVML_ERROR_NOT_SUPPORTED)  # data-centre GPUs have no fan
 
     def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
-        return 1410 + self._dev(h)
+        return (1593 if kind == self.NVML_CLOCK_MEM else 1410) + self._dev(h)
+
+    def nvmlDeviceGetPcieThroughput(self, h: int, counter: int) -> int:
+        if self.scenario == "not_supported":
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return (1000 if counter == 0 else 2000) + self._dev(h)  # KB/s
+
+    def nvmlDeviceGetProcessUtilization(self, h: int, last_seen: int) -> List[Any]:
+        self._dev(h)
+        if self.scenario == "not_supported":
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if self.scenario != "processes" or h != 0 or last_seen >= 2000:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)  # no sample newer than last_seen
+        return [SimpleNamespace(pid=os.getpid(), timeStamp=1000, smUtil=20, memUtil=5),
+                SimpleNamespace(pid=os.getpid(), timeStamp=2000, smUtil=35, memUtil=5)]
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> List[Any]:
         self._dev(h)
@@ -122,6 +138,8 @@ class FakeNvml:
 
     def nvmlDeviceGetTotalEccErrors(self, h: int, kind: int, counter: int) -> int:
         self._dev(h)
+        if kind == 0:  # corrected: counted, never a fault
+            return 7 if self.scenario == "ecc_uncorrected" and h == 0 else 0
         return 2 if self.scenario == "ecc_uncorrected" and h == 0 else 0
 
     def nvmlDeviceGetRetiredPagesPendingStatus(self, h: int) -> int:

@@ -15,14 +15,16 @@ from hybridctl_agent.config import SimConfig
 from hybridctl_agent.gpus import JobView
 from hybridctl_agent.gpus_sim import SimGpus
 from hybridctl_agent.health import HealthTracker
-from tests.agent.agent_harness import AgentProc, wait_for
+from tests.agent.agent_harness import AgentProc
+from tests.waiting import wait_for
 
 HOST_KEYS = {"cpu_percent", "load1", "load5", "load15", "memory_total_mb", "memory_used_mb",
              "disk_total_mb", "disk_used_mb", "net_rx_bps", "net_tx_bps", "uptime_s",
              "agent_version"}
 GPU_KEYS = {"index", "uuid", "name", "util_gpu", "util_mem", "mem_used_mb", "mem_total_mb",
             "temp_c", "power_w", "power_limit_w", "fan_pct", "clock_sm_mhz", "healthy",
-            "health_reason", "processes"}
+            "health_reason", "processes", "clock_mem_mhz", "sm_util", "pcie_tx_kbps",
+            "pcie_rx_kbps", "ecc_corrected", "ecc_uncorrected"}
 
 
 def gpu_when(agent: AgentProc, index: int, cond: Callable[[Dict[str, Any]], bool],
@@ -31,7 +33,7 @@ def gpu_when(agent: AgentProc, index: int, cond: Callable[[Dict[str, Any]], bool
     def probe() -> Optional[Dict[str, Any]]:
         gpu = agent.call("sample")["samples"][-1]["gpus"][index]
         return gpu if cond(gpu) else None
-    return wait_for(what, probe)
+    return wait_for(probe, what=what)
 
 
 def test_samples_come_from_a_ring_buffer_with_sequence_numbers(agent: AgentProc) -> None:
@@ -42,7 +44,7 @@ def test_samples_come_from_a_ring_buffer_with_sequence_numbers(agent: AgentProc)
     assert sample["host"]["memory_total_mb"] > 0 and sample["host"]["disk_total_mb"] > 0
     assert len(sample["gpus"]) == 4 and set(sample["gpus"][0]) == GPU_KEYS
     seq = newest["seq"]
-    wait_for("three more samples", lambda: agent.call("sample")["seq"] >= seq + 3)
+    wait_for(lambda: agent.call("sample")["seq"] >= seq + 3, what="three more samples")
     newer = agent.call("sample", since=seq)
     seqs = [s["seq"] for s in newer["samples"]]
     assert seqs == sorted(seqs) and seqs[0] == seq + 1 and seqs[-1] == newer["seq"]
@@ -77,13 +79,12 @@ def test_foreign_processes_are_marked_and_job_processes_mapped(agent: AgentProc)
         agent.call("launch", job={"key": "41", "run": "sleep 300 & echo $! > child.pid; wait",
                                   "gpus": [1], "uid": os.getuid()})
         pid_file = agent.job_dir("41") / "work" / "child.pid"
-        child = int(wait_for("child pid",
-                             lambda: pid_file.read_text() if pid_file.exists() else None))
+        child = int(wait_for(lambda: pid_file.read_text() if pid_file.exists() else None, what="child pid"))
         agent.call("sim_foreign", index=0, pid=stranger.pid, user="mallory", used_mem_mb=2048)
         agent.call("sim_foreign", index=3, pid=child)  # a job's grandchild seen on another GPU
         g0 = gpu_when(agent, 0, lambda g: bool(g["processes"]), "foreign process on GPU 0")
         assert g0["processes"] == [{"pid": stranger.pid, "user": "mallory",
-                                    "used_mem_mb": 2048, "job": None}]
+                                    "used_mem_mb": 2048, "job": None, "sm_util": g0["sm_util"]}]
         assert g0["util_gpu"] > 50  # foreign load counts as load
         g3 = gpu_when(agent, 3, lambda g: bool(g["processes"]), "job child on GPU 3")
         assert g3["processes"][0]["job"] == "41"
@@ -124,7 +125,7 @@ def test_without_auto_recover_a_fault_latches(make_agent: Any) -> None:
     gpu_when(agent, 0, lambda g: not g["healthy"], "GPU 0 unhealthy")
     agent.call("sim_fault", index=0, reason=None)
     seq = agent.call("sample")["seq"]
-    wait_for("five more samples", lambda: agent.call("sample")["seq"] >= seq + 5)
+    wait_for(lambda: agent.call("sample")["seq"] >= seq + 5, what="five more samples")
     gpu = agent.call("sample")["samples"][-1]["gpus"][0]
     assert (gpu["healthy"], gpu["health_reason"]) == (False, "thermal")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from hybridctl.control.client import Client
-from tests.integration.harness import wait_for
+from tests.waiting import wait_for
 
 
 REPO = Path(__file__).resolve().parents[2]

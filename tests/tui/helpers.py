@@ -48,3 +48,15 @@ def screen_text(app: App[Any]) -> str:
                       record=True, legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+def same_keys(what: str, real: Any, fake: Any, optional: frozenset[str] = frozenset()) -> None:
+    """`tui/fake.py`'s reply (or its first row) has the real controller's keys, but for `optional`
+    ones the controller sends only when it knows them."""
+    def keys(reply: Any) -> set[str]:
+        row = reply[0] if isinstance(reply, list) and reply else reply
+        assert isinstance(row, dict), f"{what}: {reply!r}"
+        return set(row) - optional
+
+    r, f = keys(real), keys(fake)
+    assert r == f, f"{what}: only the controller sends {sorted(r - f)}; only the fake sends {sorted(f - r)}"

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import require
-from tests.integration.harness import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

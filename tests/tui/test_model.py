@@ -146,3 +146,93 @@ def test_no_command_without_a_terminal_prints_help() -> None:
     res = subprocess.run([sys.executable, "-m", "hybridctl.cli.main"], capture_output=True, text=True,
                          stdin=subprocess.DEVNULL, timeout=60)
     assert res.returncode == 0 and "usage: hybridctl" in res.stdout
+
+
+# ---- efficiency, history, waste (issue #16) ------------------------------------------------------
+
+
+def test_reserved_start_and_idle_badge_on_queue_rows() -> None:
+    from hybridctl.tui.model import idle_text, reserved_start
+
+    assert reserved_start("reserved: starts ~14:05 on gpu01 and gpu02 (8 GPUs each)") == "~14:05"
+    assert reserved_start("reserved: starts as soon as possible on gpu01 (1 GPU)") == "soon"
+    assert reserved_start("resources: 8 A100 free on no node") is None
+    assert idle_text(2520) == "IDLE 42m" and idle_text(7200) == "IDLE 2.0h" and idle_text(None) == ""
+    rows = {r.label: r for r in job_rows(FakeApi().call("queue", {"all": True}), NOW, Filter())}
+    assert rows["13"].idle_s == 2520 and rows["12"].idle_s is None
+    assert rows["16"].starts == "~23:40" and rows["18"].starts is None
+    assert [r.label for r in job_rows(FakeApi().call("queue", {"all": True}), NOW, parse_filter("idle"))] == ["13"]
+
+
+def test_eff_text_states_every_figure() -> None:
+    from hybridctl.tui.model import eff_text
+
+    lines = dict(eff_text(FakeApi().call("eff", {"job": "12"})))
+    assert lines["GPU util"] == "mean 74% · p95 95% · SM 63%"
+    assert lines["GPU memory"] == "peak 40.6G of 80.0G"
+    assert lines["GPU-hours"] == "2.98 used / 4.00 held (74%)"
+    assert lines["CPU"] == "62% of 8 CPUs" and lines["memory"] == "peak RSS 23.0G of 64.0G"
+    idle = eff_text(FakeApi().call("eff", {"job": "13"}))
+    assert idle[0] == ("IDLE", "every GPU idle for 42:00")
+    # a record with nothing measured yet (a job just placed on a node without telemetry)
+    bare = dict(eff_text({"gpus": [], "gpu_hours_held": 0.0, "gpu_hours_used": 0.0, "util_mean": None,
+                          "cpus": 1.0, "cpu_efficiency": None, "peak_rss_mb": None, "wall_s": 0.0}))
+    assert bare["GPU util"] == "mean – · p95 –" and bare["GPU-hours"] == "0.00 used / 0.00 held"
+
+
+def test_history_series_for_the_sparklines() -> None:
+    from hybridctl.tui.model import gpu_util_chart, mean_series, metric_charts, metric_value
+
+    assert mean_series([[[1, 10], [2, 20]], [[1, 30], [2, None], [3, 50]]]) == [20.0, 20.0, 50.0]
+    hist = FakeApi().call("history", {"job": "12"})
+    assert len(gpu_util_chart(hist)) == 60
+    names = [n for n, _v in metric_charts(hist)]
+    assert names == ["loss", "tokens_per_s"]  # `step` is an axis, not a chart; loss first
+    assert metric_charts({"metrics": {"zeta": [[1, 1.0]], "lr": [[1, 0.1]], "loss": [[1, 2.0]], "acc": [[1, 0.5]]}},
+                         limit=3) == [("loss", [2.0]), ("lr", [0.1]), ("acc", [0.5])]
+    assert gpu_util_chart(None) == [] and metric_charts({}) == []
+    assert [metric_value(v) for v in (0.4261, 38919.4, 2.5e-05, 3e7)] == ["0.4261", "38919", "2.5e-05", "3e+07"]
+
+
+def test_waste_rows_sort_by_gpu_hours_held_idle() -> None:
+    from hybridctl.tui.model import waste_jobs, waste_users
+
+    api = FakeApi()
+    active = api.call("queue", {"all": True, "states": ["STARTING", "RUNNING"]})
+    effs = {lbl: api.call("eff", {"job": lbl}) for lbl in ("12", "13", "14_3", "15")}
+    jobs = waste_jobs(active, effs, Filter())
+    assert [r.key for r in jobs] == ["12", "13", "14_3", "15", "17"]  # 17: no record yet, last
+    assert jobs[-1].held is None and jobs[-1].wasted is None
+    assert jobs[0].wasted == pytest.approx(4.0 - 2.9767, abs=1e-3) and jobs[1].idle_s == 2520
+    assert [r.key for r in waste_jobs(active, effs, parse_filter("@carol"))] == ["13"]
+    assert all(r.wasted is None for r in waste_jobs(active, {}, Filter()))  # no eff yet: not guessed
+    users = waste_users(api.call("usage", {"by": "user"}), Filter())
+    assert [u.user for u in users] == ["bob", "carol", "alice", "dave"]
+    assert users[0].wasted == pytest.approx(25.8) and users[1].util == pytest.approx(100 * 2.1 / 25.5)
+    # a controller without history: no held/used figures, rows kept, sorted last
+    plain = waste_users([{"user": "x", "gpu_hours": 3.0, "job_hours": 3.0}], Filter())
+    assert plain[0].wasted is None and plain[0].util is None
+
+
+def test_waste_reads_eff_of_running_gpu_jobs_only_those_the_caller_may_see() -> None:
+    from hybridctl.tui.screens.waste import MAX_EFF, eff_targets
+
+    active = FakeApi().call("queue", {"all": True, "states": ["STARTING", "RUNNING"]})
+    # placed jobs (STARTING too: it holds its GPUs), the most GPU-time first
+    assert eff_targets(active, {"user": "alice", "admin": True}, NOW) == ["12", "13", "14_3", "15", "17"]
+    assert eff_targets(active, {"user": "alice", "admin": False}, NOW) == ["12", "17"]
+    many = [{"job_id": i, "task": 0, "user": "u", "gpus": 1, "state": "RUNNING", "started_at": NOW - i}
+            for i in range(1, MAX_EFF + 50)]
+    got = eff_targets(many, {"admin": True}, NOW)
+    assert len(got) == MAX_EFF and got[0] == str(MAX_EFF + 49)  # the longest held first
+
+
+def test_waste_is_a_view() -> None:
+    assert parse_command("waste") == Command("view", "waste")
+    assert parse_command(":idle") == Command("view", "waste")
+
+
+def test_hidden_columns_are_left_out_of_the_layout() -> None:
+    cols = [Column("a", "A", 3), Column("sm", "SM", 4), Column("b", "B", 3, flex=True)]
+    assert [(i, c.key) for i, c, _w in layout(cols, 40, frozenset({"sm"}))] == [(0, "a"), (2, "b")]
+    assert [c.key for _i, c, _w in layout(cols, 40)] == ["a", "sm", "b"]

@@ -7,10 +7,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from hybridctl.control.client import Client
-from hybridctl.core.spec import apply_flags
 from hybridctl.tui.app import HybridApp
-from hybridctl.tui.data import SocketApi
 from hybridctl.tui.screens.cloud import CloudScreen
 from hybridctl.tui.screens.events import EventsScreen
 from hybridctl.tui.screens.fleet import FleetScreen
@@ -24,21 +21,7 @@ from hybridctl.tui.widgets.table import RowTable
 from tests.integration.harness import ControllerProc, make_controller
 from tests.tui.conftest import FLEET
 from tests.tui.helpers import screen_text, shows, until
-
-SIZE = (120, 36)
-
-
-def ask(c: ControllerProc, op: str, **args: Any) -> Any:
-    """The controller's own answer, through the same local API the CLI uses (faster than a CLI
-    process per check, which matters inside polling loops)."""
-    with Client(c.socket) as client:
-        return client.call(op, **args)
-
-
-def submit(c: ControllerProc, name: str, gpus: str = "1") -> str:
-    spec = apply_flags({}, gpus=gpus, name=name, run=["sleep", "100"])
-    return str(ask(c, "submit", spec=spec, source="test")["id"])
-
+from tests.tui.pilot_kit import SIZE, app_for, ask, open_view, submit
 
 def job_state(c: ControllerProc, job: str) -> dict[str, Any]:
     rec: dict[str, Any] = ask(c, "show", job=job)
@@ -51,17 +34,6 @@ def node(c: ControllerProc, name: str) -> dict[str, Any]:
 
 def notes(app: HybridApp) -> list[str]:
     return [n.message for n in app._notifications]
-
-
-def app_for(c: ControllerProc, **kw: Any) -> HybridApp:
-    return HybridApp(SocketApi(c.socket), interval=0.25, cursor_blink=False, **kw)
-
-
-async def open_view(pilot: Any, command: str, screen: type, text: str = "") -> None:
-    await pilot.press(*f":{command}", "enter")
-    await until(pilot, lambda: isinstance(pilot.app.screen, screen), what=f":{command}")
-    if text:
-        await shows(pilot, text)
 
 
 async def test_every_view_and_the_drill_down(controller: ControllerProc) -> None:

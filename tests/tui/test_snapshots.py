@@ -144,3 +144,14 @@ def test_controller_unreachable_banner(snap_compare: Any) -> None:
     app = HybridApp(api, interval=3600, clock=lambda: NOW, cursor_blink=False)
     seed_history(app.state, api)
     assert snap_compare(app, terminal_size=SMALL, run_before=steps("ctrl+r", wait="Controller unreachable"))
+
+
+def test_job_flagged_idle(snap_compare: Any) -> None:
+    """An idle-flagged job: IDLE in the state line and the efficiency panel, its GPU-use sparkline
+    falling to the floor."""
+    assert snap_compare(lab(mode="queue"), terminal_size=WIDE,
+                        run_before=steps("enter", wait="every GPU idle for", select="13"))
+
+
+def test_waste(snap_compare: Any) -> None:
+    assert snap_compare(lab(mode="waste"), terminal_size=WIDE, run_before=steps(wait="IDLE 42m"))

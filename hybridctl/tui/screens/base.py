@@ -1,10 +1,12 @@
 """`ViewScreen`: what every view shares — the top bar and banner, the `:`/`/` prompt, the
-footer, Esc to go back, and the read-only switch that hides every action."""
+footer, Esc to go back, and the read-only switch that hides every action — and `Host`, all a screen
+may use of the app around it. Plus the pieces several screens show: `SortCycle`, `JOB_STATE_STYLE`,
+`ACTIVE_QUEUE` (the GPU table's columns live in `widgets/gpus.py`)."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Protocol, cast
 
 from textual import on
 from textual.app import ComposeResult
@@ -21,9 +23,41 @@ from hybridctl.tui.widgets.prompt import PromptBar
 from hybridctl.tui.widgets.table import RowTable
 from hybridctl.tui.widgets.topbar import Banner, TopBar
 
-if TYPE_CHECKING:
-    from hybridctl.tui.app import HybridApp
 
+class Host(Protocol):
+    """What a screen may use of the app that hosts it (`HybridApp`), and nothing more: screens
+    never import the app. Actions go through `act` (which refuses under --readonly)."""
+
+    @property
+    def readonly(self) -> bool: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def user_names(self) -> Callable[[int], str]: ...
+
+    def clock(self) -> float: ...
+
+    def poll_now(self) -> None: ...
+
+    def run_command(self, line: str) -> None: ...
+
+    def act(self, op: str, args: dict[str, Any], done: Callable[[Any], str]) -> None: ...
+
+
+ACTIVE_QUEUE = Request.of("active", "queue", every=3, all=True, states=("STARTING", "RUNNING"))
+"""Every placed job: which job holds which GPU (the node, GPU and GPUs screens share it). At
+8000 running jobs it is the largest reply, and it changes only when jobs start or end: read it
+every third refresh (telemetry stays at every refresh)."""
+JOB_STATE_STYLE = {
+    "PENDING": "warn", "STARTING": "accent", "RUNNING": "ok", "SUCCEEDED": "dim", "FAILED": "bad",
+    "CANCELLED": "dim", "TIMEOUT": "bad", "PREEMPTED": "warn", "NODE_LOST": "bad",
+}
+"""A job state's palette colour (the queue's STATE column, the job screen's timeline)."""
 WRITE_ACTIONS = frozenset({"submit", "cancel", "priority", "drain", "resume"})
 """Actions that change the controller's state: hidden and disabled under --readonly."""
 VIEW_KEY_ACTIONS = frozenset({"back", "filter", "command", "help", "quit"})
@@ -67,8 +101,8 @@ class ViewScreen(Screen[None]):
     filter_text = reactive("", init=False)
 
     @property
-    def hyb(self) -> HybridApp:
-        return self.app  # type: ignore[return-value]
+    def host(self) -> Host:
+        return cast(Host, self.app)
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -90,15 +124,15 @@ class ViewScreen(Screen[None]):
         """Show the latest state. Subclasses extend this; it must be cheap (it runs every second)."""
         ident = state.identity
         who = f"{ident.get('user', '?')}{' (admin)' if ident.get('admin') else ''}" if ident else ""
-        mode = " · READ-ONLY" if self.hyb.readonly else ""
+        mode = " · READ-ONLY" if self.host.readonly else ""
         link = "connected" if state.connected else "OFFLINE"
-        self.query_one(TopBar).show(self.crumbs(), f"{who}{mode} · {link} · {clock(self.hyb.clock())}")
+        self.query_one(TopBar).show(self.crumbs(), f"{who}{mode} · {link} · {clock(self.host.clock())}")
         banner = ""
         if not state.connected and state.error:
             since = clock(state.lost_at) if state.lost_at else "?"
             shown = f" Showing data from {clock(state.polled_at)}." if state.polled_at else ""
             banner = (f"⚠ Controller unreachable since {since}: {state.error} "
-                      f"Reconnecting by itself every {self.hyb.interval:g}s.{shown}")
+                      f"Reconnecting by itself every {self.host.interval:g}s.{shown}")
         self.query_one(Banner).show(banner)
 
     def crumbs(self) -> list[str]:
@@ -113,11 +147,11 @@ class ViewScreen(Screen[None]):
         return parse_filter(self.filter_text)
 
     def watch_filter_text(self) -> None:
-        self.update_view(self.hyb.state)
+        self.update_view(self.host.state)
 
     def on_screen_resume(self) -> None:
-        self.update_view(self.hyb.state)
-        self.hyb.poll_now()
+        self.update_view(self.host.state)
+        self.host.poll_now()
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -126,7 +160,7 @@ class ViewScreen(Screen[None]):
             # The prompt has focus: `/`, `?`, `q` are letters of what is typed (`:gpu gpu01/0`), Esc
             # is the prompt's own Cancel. Priority bindings would otherwise take them first.
             return False
-        if action in WRITE_ACTIONS and self.hyb.readonly:
+        if action in WRITE_ACTIONS and self.host.readonly:
             return False
         if action == "filter" and not self.filterable:
             return False
@@ -171,7 +205,7 @@ class ViewScreen(Screen[None]):
         if event.mode == "/":
             self.filter_text = event.value.strip()
         elif event.mode == ":" and event.value.strip():
-            self.hyb.run_command(event.value)
+            self.host.run_command(event.value)
 
     @on(PromptBar.Cancelled)
     def _prompt_cancelled(self, event: PromptBar.Cancelled) -> None:
@@ -189,4 +223,36 @@ class ViewScreen(Screen[None]):
             tables[0].focus()
 
     def now(self) -> float:
-        return self.hyb.clock() if self.is_attached else time.time()
+        return self.host.clock() if self.is_attached else time.time()
+
+
+class SortCycle:
+    """`s` moves to the next sort column, `S` flips the direction; a header click picks one."""
+
+    sort: str
+    reverse: bool
+    SORTS: ClassVar[list[str]] = []
+    """The columns `s` cycles through, in order."""
+
+    def cycle(self, columns: list[str], step: int = 1) -> None:
+        i = columns.index(self.sort) if self.sort in columns else -1
+        self.sort = columns[(i + step) % len(columns)]
+
+    def refresh_sorted(self) -> None:
+        view = cast(ViewScreen, self)
+        view.update_view(view.host.state)
+
+    def sort_by_header(self, column: str, sortable: Any) -> None:
+        """A header click: sort by that column, or flip the direction if it already is."""
+        if column in sortable:
+            self.reverse = not self.reverse if self.sort == column else False
+            self.sort = column
+            self.refresh_sorted()
+
+    def action_sort(self) -> None:
+        self.cycle(self.SORTS)
+        self.refresh_sorted()
+
+    def action_sort_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self.refresh_sorted()

@@ -14,7 +14,8 @@ from textual.widgets import Static
 from hybridctl.tui import cells
 from hybridctl.tui.data import State
 from hybridctl.tui.model import NODE_SORT, NodeRow, node_rows
-from hybridctl.tui.screens.base import ViewScreen
+from hybridctl.tui.screens.base import SortCycle, ViewScreen
+from hybridctl.tui.screens.node import NodeScreen, ask_drain, ask_resume
 from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
 
 COLUMNS = [
@@ -76,37 +77,6 @@ def fleet_summary(rows: Sequence[NodeRow], total: int, filter_text: str) -> str:
     return " · ".join(parts)
 
 
-class SortCycle:
-    """`s` moves to the next sort column, `S` flips the direction; a header click picks one."""
-
-    sort: str
-    reverse: bool
-    SORTS: ClassVar[list[str]] = []
-    """The columns `s` cycles through, in order."""
-
-    def cycle(self, columns: list[str], step: int = 1) -> None:
-        i = columns.index(self.sort) if self.sort in columns else -1
-        self.sort = columns[(i + step) % len(columns)]
-
-    def refresh_sorted(self) -> None:
-        self.update_view(self.hyb.state)  # type: ignore[attr-defined]
-
-    def sort_by_header(self, column: str, sortable: Any) -> None:
-        """A header click: sort by that column, or flip the direction if it already is."""
-        if column in sortable:
-            self.reverse = not self.reverse if self.sort == column else False
-            self.sort = column
-            self.refresh_sorted()
-
-    def action_sort(self) -> None:
-        self.cycle(self.SORTS)
-        self.refresh_sorted()
-
-    def action_sort_reverse(self) -> None:
-        self.reverse = not self.reverse
-        self.refresh_sorted()
-
-
 class FleetScreen(ViewScreen, SortCycle):
     SORTS = SORTS
     crumb = "Fleet"
@@ -138,8 +108,6 @@ class FleetScreen(ViewScreen, SortCycle):
 
     @on(RowTable.Selected)
     def _open(self, event: RowTable.Selected) -> None:
-        from hybridctl.tui.screens.node import NodeScreen
-
         self.app.push_screen(NodeScreen(event.row.name))
 
     @on(RowTable.HeaderClicked)
@@ -149,9 +117,9 @@ class FleetScreen(ViewScreen, SortCycle):
     def action_drain(self) -> None:
         row = self._node()
         if row is not None:
-            self.hyb.ask_drain(row.name)
+            ask_drain(self, row.name)
 
     def action_resume(self) -> None:
         row = self._node()
         if row is not None:
-            self.hyb.ask_resume(row.name)
+            ask_resume(self, row.name)

@@ -13,7 +13,8 @@ from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.model import gpu_rows, gpu_state, proc_rows
 from hybridctl.tui.screens.base import ViewScreen
-from hybridctl.tui.screens.node import ACTIVE_QUEUE, active_allocations, charts, open_job, procs_table, show_charts
+from hybridctl.tui.screens.base import ACTIVE_QUEUE
+from hybridctl.tui.screens.node import active_allocations, charts, open_job, procs_table, set_procs, show_charts
 from hybridctl.tui.widgets.table import RowTable
 
 
@@ -51,7 +52,7 @@ class GpuScreen(ViewScreen):
             info += f" · job {row.jobs} ({row.users})"
         self.query_one("#info", Static).update(info)
         show_charts(self, row.hist, row)
-        self.query_one("#procs", RowTable).set_rows(proc_rows(n, allocs, gpu=self.index))
+        set_procs(self.query_one("#procs", RowTable), proc_rows(n, allocs, gpu=self.index))
 
     @on(RowTable.Selected, "#procs")
     def _open_job(self, event: RowTable.Selected) -> None:

@@ -12,9 +12,8 @@ from textual.widgets import Static
 
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.model import GPU_SORT, GpuRow, allocations, gpu_rows, gpu_state, sort_rows
-from hybridctl.tui.screens.base import ViewScreen
-from hybridctl.tui.screens.fleet import SortCycle
-from hybridctl.tui.screens.node import ACTIVE_QUEUE, GPU_COLUMNS, gpu_cells
+from hybridctl.tui.screens.base import ACTIVE_QUEUE, SortCycle, ViewScreen
+from hybridctl.tui.widgets.gpus import GPU_COLUMNS, gpu_cells
 from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
 
 COLUMNS = [Column("node", "NODE", 10, keep=9), *GPU_COLUMNS]

@@ -24,6 +24,7 @@ COMMANDS = [
     (":gpus", "every GPU of the fleet"),
     (":cloud", "cloud nodes, spend, decisions, offers"),
     (":events :audit", "the audit log"),
+    (":waste  :idle", "GPU-hours held idle, by job and by user"),
     (":node NAME", "open a node"),
     (":job ID", "open a job (42 or 42_7)"),
     (":gpu NODE/INDEX", "open one GPU"),

@@ -36,4 +36,4 @@ class LogScreen(ViewScreen):
 
     def action_toggle_stream(self) -> None:
         self.query_one(LogTail).toggle()
-        self.hyb.poll_now()
+        self.host.poll_now()

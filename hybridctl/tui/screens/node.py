@@ -16,27 +16,12 @@ from textual.widgets import Static
 from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.history import GpuHistory
-from hybridctl.tui.model import GpuRow, ProcRow, allocations, gpu_rows, gpu_state, proc_rows, site_text
-from hybridctl.tui.screens.base import ViewScreen
+from hybridctl.tui.model import GpuRow, ProcRow, allocations, gpu_rows, proc_rows, site_text
+from hybridctl.tui.screens.base import ACTIVE_QUEUE, ViewScreen
 from hybridctl.tui.widgets.chart import HistoryChart
+from hybridctl.tui.widgets.gpus import GPU_COLUMNS, gpu_cells
 from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
 
-ACTIVE_QUEUE = Request.of("active", "queue", every=3, all=True, states=("STARTING", "RUNNING"))
-"""Every placed job: which job holds which GPU (the node, GPU and GPUs screens share it). At
-8000 running jobs it is the largest reply, and it changes only when jobs start or end: read it
-every third refresh (telemetry stays at every refresh)."""
-
-GPU_COLUMNS = [
-    Column("gpu", "GPU", 3, align="right", keep=9),
-    Column("model", "MODEL", 8, keep=4),
-    Column("state", "STATE", 7, keep=8),
-    Column("util", "UTIL", 14, keep=7),
-    Column("mem", "MEMORY", 13, align="right", keep=6),
-    Column("temp", "TEMP", 5, align="right", keep=5),
-    Column("power", "POWER", 9, align="right", keep=4),
-    Column("job", "JOB", 8, keep=7),
-    Column("user", "USER", 8, keep=3, flex=True),
-]
 PROC_COLUMNS = [
     Column("gpu", "GPU", 3, align="right", keep=9),
     Column("pid", "PID", 8, align="right", keep=8),
@@ -46,24 +31,6 @@ PROC_COLUMNS = [
     Column("sm", "SM", 4, align="right", keep=5),
     Column("kind", "KIND", 20, keep=4, flex=True),
 ]
-GPU_STATE_STYLE = {"FREE": "ok", "BUSY": "accent", "FOREIGN": "warn", "FAULT": "bad"}
-
-
-def gpu_cells(r: GpuRow, pal: Palette) -> Sequence[Cell]:
-    state = gpu_state(r)
-    util: Cell = "–"
-    if r.util is not None:
-        util = Text(cells.spark(r.hist.series("util", 9) if r.hist else (), 100, 9), pal.accent)
-        util.append(f" {r.util:3.0f}%")
-    mem = "–" if r.mem_used is None else f"{cells.mib(r.mem_used)}/{cells.mib(r.mem_total)}"
-    power = cells.watts(r.power) + (f"/{cells.watts(r.power_limit)}" if r.power_limit else "")
-    hot: Cell = cells.celsius(r.temp)
-    if r.temp is not None and r.temp >= 85:
-        hot = Text(f"{hot}!", pal.bad)
-    return [str(r.index), r.model, Text(state, getattr(pal, GPU_STATE_STYLE[state])), util, mem, hot, power,
-            r.jobs or "", r.users or (r.reason if not r.healthy else "")]
-
-
 def proc_cells(p: ProcRow, pal: Palette) -> Sequence[Cell]:
     if p.foreign:
         kind: Cell = Text("FOREIGN (not a hybridctl job)", pal.warn)
@@ -94,6 +61,13 @@ def charts() -> Vertical:
     return Vertical(HistoryChart("util", id="chart-util"), HistoryChart("memory", id="chart-mem"),
                     HistoryChart("temp", id="chart-temp"), HistoryChart("power", id="chart-power"),
                     classes="charts")
+
+
+def set_procs(table: RowTable, rows: list[ProcRow]) -> None:
+    """Fill the process table; its SM column only where some process reports SM use (NVML's
+    process utilisation: the agent's `sm_util`; drivers and vGPUs without it leave it out)."""
+    table.hidden = frozenset() if any(p.sm is not None for p in rows) else frozenset({"sm"})
+    table.set_rows(rows)
 
 
 def procs_table(empty: str) -> RowTable:
@@ -160,7 +134,7 @@ class NodeScreen(ViewScreen):
         allocs = active_allocations(state)
         gpus = self.query_one("#gpus", RowTable)
         gpus.set_rows(gpu_rows(n, state.history, allocs))
-        self.query_one("#procs", RowTable).set_rows(proc_rows(n, allocs))
+        set_procs(self.query_one("#procs", RowTable), proc_rows(n, allocs))
         self._charts()
 
     def _charts(self) -> None:
@@ -182,10 +156,39 @@ class NodeScreen(ViewScreen):
         open_job(self, event.row)
 
     def action_drain(self) -> None:
-        self.hyb.ask_drain(self.node)
+        ask_drain(self, self.node)
 
     def action_resume(self) -> None:
-        self.hyb.ask_resume(self.node)
+        ask_resume(self, self.node)
+
+
+# ---- the node actions (this screen and the fleet view offer them) --------------------------------
+
+
+def ask_drain(view: ViewScreen, node: str) -> None:
+    from hybridctl.tui.screens.drain import ConfirmDrain
+
+    host = view.host
+
+    def answered(reason: str | None) -> None:
+        if reason is not None:
+            host.act("drain", {"node": node, "reason": reason}, lambda r: f"node {r['node']}: {r['state']}")
+
+    if not host.readonly:
+        view.app.push_screen(ConfirmDrain(node), answered)
+
+
+def ask_resume(view: ViewScreen, node: str) -> None:
+    from hybridctl.tui.screens.confirm import Confirm
+
+    host = view.host
+
+    def answered(yes: bool | None) -> None:
+        if yes:
+            host.act("resume", {"node": node}, lambda r: f"node {r['node']}: {r['state']}")
+
+    if not host.readonly:
+        view.app.push_screen(Confirm(f"Resume node {node}? New jobs may be placed on it again.", "Resume"), answered)
 
 
 def open_job(screen: ViewScreen, p: ProcRow) -> None:

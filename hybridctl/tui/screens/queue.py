@@ -1,6 +1,7 @@
 """Queue: jobs (one row per task of an array) with wait and run times; `/` filters by user, state
 or text, `s`/`S` or a header click sorts by any column, `m` shows mine vs all, `f` finished ones.
-Enter opens a job; `n` submits, `c` cancels, `p` changes priority."""
+A job the idle rule flags wears an IDLE badge in STATE; a job with a backfill reservation shows
+its expected start (`~14:05`) in RUN. Enter opens a job; `n` submits, `c` cancels, `p` changes priority."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from textual.widgets import Static
 from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.model import JOB_SORT, JobRow, JobRowCache, job_rows
-from hybridctl.tui.screens.base import ViewScreen
-from hybridctl.tui.screens.fleet import SortCycle
+from hybridctl.tui.screens.base import JOB_STATE_STYLE, SortCycle, ViewScreen
+from hybridctl.tui.screens.job import JobScreen, ask_cancel, ask_priority
 from hybridctl.tui.widgets.table import Cell, Column, Palette, RowTable
 
 COLUMNS = [
     Column("id", "ID", 8, keep=9),
     Column("user", "USER", 8, keep=8),
     Column("name", "NAME", 12, keep=6),
-    Column("state", "STATE", 9, keep=9),
+    Column("state", "STATE", 13, keep=9),
     Column("gpus", "GPUS", 6, keep=7),
     Column("node", "NODE", 8, keep=6),
     Column("wait", "WAIT", 8, align="right", keep=6),
@@ -33,15 +34,16 @@ COLUMNS = [
     Column("reason", "REASON", 12, keep=3, flex=True),
 ]
 SORTS = [c.key for c in COLUMNS]
-STATE_STYLE = {
-    "PENDING": "warn", "STARTING": "accent", "RUNNING": "ok", "SUCCEEDED": "dim", "FAILED": "bad",
-    "CANCELLED": "dim", "TIMEOUT": "bad", "PREEMPTED": "warn", "NODE_LOST": "bad",
-}
 
 
 def job_cells(r: JobRow, pal: Palette, now: float) -> Sequence[Cell]:
-    return [r.label, r.user, r.name, Text(r.state, getattr(pal, STATE_STYLE.get(r.state, "dim"))), r.gpus,
-            r.node, cells.duration(r.wait(now)), cells.duration(r.run(now)), str(r.attempt), str(r.priority), r.reason]
+    state = Text(r.state, getattr(pal, JOB_STATE_STYLE.get(r.state, "dim")))
+    if r.idle_s is not None:
+        state.append(" IDLE", pal.bad)
+    starts = r.starts
+    run: Cell = Text(starts, pal.accent) if starts else cells.duration(r.run(now))
+    return [r.label, r.user, r.name, state, r.gpus, r.node, cells.duration(r.wait(now)), run, str(r.attempt),
+            str(r.priority), r.reason]
 
 
 class QueueScreen(ViewScreen, SortCycle):
@@ -102,8 +104,6 @@ class QueueScreen(ViewScreen, SortCycle):
 
     @on(RowTable.Selected)
     def _open(self, event: RowTable.Selected) -> None:
-        from hybridctl.tui.screens.job import JobScreen
-
         self.app.push_screen(JobScreen(event.row.label))
 
     @on(RowTable.HeaderClicked)
@@ -113,22 +113,33 @@ class QueueScreen(ViewScreen, SortCycle):
     def action_mine(self) -> None:
         self.mine = not self.mine
         self.notify("showing my jobs" if self.mine else "showing every user's jobs", timeout=2)
-        self.update_view(self.hyb.state)
-        self.hyb.poll_now()
+        self.update_view(self.host.state)
+        self.host.poll_now()
 
     def action_finished(self) -> None:
         self.finished = not self.finished
-        self.hyb.poll_now()
+        self.host.poll_now()
 
     def action_submit(self) -> None:
-        self.hyb.ask_submit()
+        from hybridctl.tui.screens.submit import SubmitDialog, SubmitRequest
+
+        host = self.host
+
+        def answered(req: SubmitRequest | None) -> None:
+            if req is not None:
+                for w in req.warnings:
+                    self.app.notify(w, severity="warning")
+                host.act("submit", {"spec": req.spec, "source": req.source}, lambda r: f"submitted job {r['id']}")
+
+        if not host.readonly:
+            self.app.push_screen(SubmitDialog(), answered)
 
     def action_cancel(self) -> None:
         row = self._job()
         if row is not None:
-            self.hyb.ask_cancel(row.label, f"{row.name or 'unnamed'}, {row.user}, {row.state}")
+            ask_cancel(self, row.label, f"{row.name or 'unnamed'}, {row.user}, {row.state}")
 
     def action_priority(self) -> None:
         row = self._job()
         if row is not None:
-            self.hyb.ask_priority(str(row.job_id), row.priority)
+            ask_priority(self, str(row.job_id), row.priority)

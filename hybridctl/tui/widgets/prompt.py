@@ -70,7 +70,7 @@ class PromptBar(Horizontal):
         self.mode = mode
         self.query_one(Label).update(mode)
         inp.suggester = SuggestFromList(SUGGESTIONS, case_sensitive=False) if mode == ":" else None
-        inp.placeholder = ("nodes, jobs, gpus, cloud, events, job ID, node NAME, help, quit" if mode == ":"
+        inp.placeholder = ("nodes, jobs, gpus, cloud, events, waste, job ID, node NAME, help, quit" if mode == ":"
                            else "words, user:NAME, state:run,pend, node:NAME")
         with inp.prevent(Input.Changed):
             inp.value = value

@@ -47,9 +47,11 @@ class Palette(NamedTuple):
     accent: Style
 
 
-def layout(columns: Sequence[Column], width: int) -> list[tuple[int, Column, int]]:
-    """Which columns fit in `width` cells (one space between them): (index, column, width) each."""
-    chosen = list(columns)
+def layout(columns: Sequence[Column], width: int, hidden: frozenset[str] = frozenset()
+           ) -> list[tuple[int, Column, int]]:
+    """Which columns fit in `width` cells (one space between them): (index, column, width) each.
+    Columns whose key is in `hidden` (nothing to show in them) are left out first."""
+    chosen = [c for c in columns if c.key not in hidden]
     while chosen and sum(c.width for c in chosen) + len(chosen) - 1 > width and len(chosen) > 1:
         chosen.remove(min(chosen, key=lambda c: (c.keep, -columns.index(c))))
     spare = max(0, width - (sum(c.width for c in chosen) + len(chosen) - 1))
@@ -142,6 +144,8 @@ class RowTable(ScrollView, can_focus=True):
         self.sort_column = ""
         self.sort_reverse = False
         self.empty_text = empty
+        self.hidden: frozenset[str] = frozenset()
+        """Keys of columns not drawn (e.g. SM where no agent reports it); set before `set_rows`."""
 
     # ---- data in ---------------------------------------------------------------------------------
 
@@ -250,7 +254,7 @@ class RowTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
-        cols = layout(self.columns, width)
+        cols = layout(self.columns, width, self.hidden)
         if y == 0:
             titles: list[Cell] = []
             for _i, c, _w in cols:
