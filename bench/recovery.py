@@ -123,7 +123,7 @@ def parse_size(s: str) -> int:
     return int(float(s[:-1]) * units[s[-1].upper()]) if s[-1].upper() in units else int(s)
 
 
-class Lab:
+class RecoveryLab:
     """Controller + one on-prem simulated A100 + the simulated cloud, all under `base`."""
 
     def __init__(self, base: Path) -> None:
@@ -152,7 +152,7 @@ class Lab:
             "cloud": {
                 "enabled": True, "providers": ["simulated"], "catalog": str(base / "offers.yaml"),
                 "cluster": CLUSTER, "poll_interval": 0.5, "leak_grace": 1.0, "bootstrap_timeout": 90.0,
-                "orphan_timeout": 0.0, "preemption_grace": grace,
+                "orphan_timeout": 0.0, "preemption_grace": grace, "default_market": "spot",
                 "burst": {"after": 2.0, "idle_timeout": 600.0, "max_nodes": 2, "max_hourly_usd": 10.0,
                           "budget_usd": 100.0},
                 "simulated": {"dir": str(self.cloud_dir), "launch_delay": 0.0, "agent_interval": 0.5,
@@ -246,7 +246,7 @@ def synced_step(home: Path, job: str) -> int:
 
 
 def run_once(base: Path, size: int, mode: str, to: str, args: argparse.Namespace) -> dict[str, Any]:
-    lab = Lab(base)
+    lab = RecoveryLab(base)
     try:
         lab.start(args.sync_interval, args.grace)
         return measure(lab, size, mode, to, args)
@@ -254,7 +254,7 @@ def run_once(base: Path, size: int, mode: str, to: str, args: argparse.Namespace
         lab.close()
 
 
-def measure(lab: Lab, size: int, mode: str, to: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(lab: RecoveryLab, size: int, mode: str, to: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer, events = lab.base / "trainer.py", lab.base / "events.jsonl"
     trainer.write_text(TRAINER)
     hog = lab.submit("--gpus", "A100:1", "--", "sleep 3600")
@@ -347,6 +347,126 @@ def copy_baseline(base: Path, size: int) -> float:
     return best
 
 
+# ---- chunked moves, measured on their own (--chunks) ----------------------------------------------
+
+
+def _change(path: Path, size: int, frac: float, seed: int) -> int:
+    """Rewrite `path` (tmp + rename, as torch.save would) with `frac` of its bytes changed, in 4
+    contiguous regions (a few layers' weights); return the bytes changed."""
+    import random
+
+    rng = random.Random(seed)
+    data = bytearray(path.read_bytes())
+    part = int(size * frac / 4)
+    for _ in range(4):
+        at = rng.randrange(0, size - part)
+        data[at:at + part] = os.urandom(part)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return 4 * part
+
+
+async def _chunk_bench(root: Path, size: int, frac: float) -> dict[str, Any]:
+    """Two simulated machines (real agent + SSH server on loopback) and the controller's own code
+    (ssh.link, SFTP, checkpoints.sync_from/restore_to) in this process: a plain SFTP copy of the
+    checkpoint over the same link as the baseline, then syncs and restores with chunks."""
+    from hybridctl.control.checkpoints import SftpFiles, restore_to, sync_from
+    from hybridctl.ssh.link import Target, connect
+    from hybridctl.ssh.sftp import start_sftp
+
+    key = client_key(root / "keys")
+    procs, links, files = [], {}, {}
+    try:
+        for n in ("n1", "n2"):
+            proc, info = simnode.start(root / n, n, "1:A100", Path(f"{key}.pub"), interval=1.0)
+            procs.append(proc)
+            pin(root / "known_hosts", info["port"], info["host_key"])
+            link = await connect(Target(name=n, host="127.0.0.1", port=info["port"], identity=str(key),
+                                        agent_socket=info["socket"], known_hosts=str(root / "known_hosts")))
+            links[n] = (link, await link.second_channel())
+            files[n] = (await start_sftp(link, n))
+        job, store = "77.a0.r0", root / "store"
+        ckpt = root / "n1" / "state" / "checkpoints" / "77" / "ckpt.bin"
+        ckpt.parent.mkdir(parents=True)
+        src = root / "plain.src"
+        with open(src, "wb") as f:
+            for _ in range(0, size, 1 << 24):
+                f.write(os.urandom(min(1 << 24, size)))
+        shutil.copyfile(src, ckpt)
+        out: dict[str, Any] = {"size": size, "frac": frac}
+        os.sync()  # the 2 GB just written must not slow the baseline down
+
+        async def plain() -> None:
+            """One plain SFTP copy each way over the same links (best of the runs, before and after)."""
+            t = time.perf_counter()
+            await files["n2"].put(str(src), str(root / "n2" / "plain.dst"))
+            out["plain_put_s"] = min(out.get("plain_put_s", float("inf")), time.perf_counter() - t)
+            (root / "n2" / "plain.dst").unlink()
+            t = time.perf_counter()
+            await files["n1"].get(str(ckpt), str(root / "plain.got"))
+            out["plain_get_s"] = min(out.get("plain_get_s", float("inf")), time.perf_counter() - t)
+            (root / "plain.got").unlink()
+            os.sync()
+
+        await plain()
+        owner = {"uid": 0, "gid": 0, "user": "root"}
+
+        async def sync() -> tuple[int, float]:
+            t = time.perf_counter()
+            moved = await sync_from(links["n1"][1], SftpFiles(files["n1"]), job, store, "n1")
+            return moved, time.perf_counter() - t
+
+        async def restore() -> tuple[int, float]:
+            t = time.perf_counter()
+            _sent, _kept, moved = await restore_to(links["n2"][1], SftpFiles(files["n2"]), job, store, "n2", owner)
+            return moved, time.perf_counter() - t
+
+        out["first_sync_bytes"], out["first_sync_s"] = await sync()
+        out["changed_1"] = _change(ckpt, size, frac, 1)
+        out["sync_bytes"], out["sync_s"] = await sync()
+        out["restore_fresh_bytes"], out["restore_fresh_s"] = await restore()
+        out["changed_2"] = _change(ckpt, size, frac, 2)
+        out["sync2_bytes"], out["sync2_s"] = await sync()
+        out["restore_older_bytes"], out["restore_older_s"] = await restore()
+        got = root / "n2" / "state" / "checkpoints" / "77" / "ckpt.bin"
+        out["restored_exact"] = got.read_bytes() == ckpt.read_bytes()
+        shutil.copyfile(ckpt, src)
+        await plain()
+        return out
+    finally:
+        for link, xfer in links.values():
+            await xfer.close()
+            await link.close()
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        simnode.kill_tree(root)
+
+
+def chunk_report(r: dict[str, Any]) -> None:
+    plain = r["plain_put_s"]
+    mb = 1e6
+    print(f"\n{fmt_size(r['size'])} checkpoint, {r['frac'] * 100:.0f} % changed between syncs; one plain SFTP copy "
+          f"over the same link: put {plain:.2f} s, get {r['plain_get_s']:.2f} s")
+    print("| step | bytes moved | share of the file | time | vs one plain copy |")
+    print("|---|---:|---:|---:|---:|")
+    for name, b, t in (("first sync (whole file)", r["first_sync_bytes"], r["first_sync_s"]),
+                       (f"sync after {r['changed_1'] / mb:.1f} MB changed", r["sync_bytes"], r["sync_s"]),
+                       ("restore onto a node with no copy", r["restore_fresh_bytes"], r["restore_fresh_s"]),
+                       (f"sync after {r['changed_2'] / mb:.1f} MB changed", r["sync2_bytes"], r["sync2_s"]),
+                       ("restore onto a node with an older copy", r["restore_older_bytes"], r["restore_older_s"])):
+        print(f"| {name} | {b / mb:.1f} MB | {b / r['size'] * 100:.1f} % | {t:.2f} s | {t / plain:.2f}× |")
+    for name, a, b in (("recovery, new node empty (final sync + restore)", r["sync_s"], r["restore_fresh_s"]),
+                       ("recovery, new node holds an older copy", r["sync2_s"], r["restore_older_s"])):
+        print(f"| {name} | {(r['sync_bytes'] if 'empty' in name else r['sync2_bytes']) / mb:.1f} MB + restore | |"
+              f" {a + b:.2f} s | **{(a + b) / plain:.2f}×** |")
+    print(f"restored copy identical: {r['restored_exact']}")
+
+
 def fmt_size(n: int) -> str:
     return f"{n / (1 << 30):.0f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MB"
 
@@ -390,7 +510,22 @@ def main() -> int:
     ap.add_argument("--step-time", type=float, default=0.1, help="seconds per training step")
     ap.add_argument("--ckpt-every-s", type=float, default=10.0, help="periodic checkpoint every this many s of steps")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--chunks", action="store_true",
+                    help="only the chunked-move bench: syncs and restores of --sizes (first size) between two "
+                         "machines over SSH, against one plain SFTP copy over the same link")
+    ap.add_argument("--change", type=float, default=0.01, help="--chunks: share of the bytes changed per sync")
     args = ap.parse_args()
+    if args.chunks:
+        import asyncio
+
+        root = Path(tempfile.mkdtemp(prefix="hchk-"))
+        try:
+            r = asyncio.run(_chunk_bench(root, parse_size(args.sizes.split(",")[0]), args.change))
+            print(json.dumps(r))
+            chunk_report(r)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return 0
     sizes = [parse_size("10M")] if args.quick else [parse_size(s) for s in args.sizes.split(",")]
     modes = args.modes.split(",")
 

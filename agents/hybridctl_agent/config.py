@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from socket import gethostname
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 GPU_SOURCES = ("auto", "nvml", "simulated", "none")
 NVML_LIBRARY_ENV = "HYBRIDCTL_AGENT_NVML_LIBRARY"
@@ -99,6 +99,22 @@ class AgentConfig:
     gpu_device_rules: bool = True
     """cgroup v1: deny each job the /dev/nvidia<N> of the GPUs it was not given (v2 would need
     eBPF: not done; hello says so)."""
+    uv_path: Optional[str] = None
+    """uv, which builds jobs' Python environments (envs.py). Default: found on job_path, the
+    agent's PATH, or next to the agent's Python."""
+    shared_paths: List[str] = field(default_factory=list)
+    """Directories this node shares with the submitting hosts (e.g. /home, /data): a file_mount
+    under one is used in place here instead of being copied."""
+    cache_max_gb: float = 50.0
+    """Size cap of the file_mounts data cache (<state_dir>/cache); least recently used data not
+    mounted by a job still on the node goes first (0 = no cap)."""
+    s3_endpoint_url: Optional[str] = None
+    """S3 endpoint for s3:// file_mounts (MinIO, a lab's store); default: AWS. Credentials come
+    from the agent's environment or instance role."""
+    env_wheelhouse: Optional[str] = None
+    """A directory of wheels (uv's --find-links) from which environments are built offline, with
+    no package index: air-gapped nodes. Unset: uv uses its default index. Must be readable by
+    the jobs' users (builds run as them)."""
 
     @property
     def rootless(self) -> bool:
@@ -204,6 +220,10 @@ def load(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = No
     if not cfg.cgroup_parent.strip("/") or ".." in cfg.cgroup_parent.split("/"):
         raise ConfigError(f"{path or 'config'}: cgroup_parent {cfg.cgroup_parent!r}; expected a "
                           "cgroup path such as /hybridctl, without '..'")
+    if not all(isinstance(p, str) and os.path.isabs(p) for p in cfg.shared_paths):
+        raise ConfigError(f"{path or 'config'}: shared_paths {cfg.shared_paths!r}; expected a list "
+                          "of absolute directories such as [/home, /data]")
+    cfg.shared_paths = [os.path.normpath(p) for p in cfg.shared_paths]
     if cfg.nvml_library is None:
         cfg.nvml_library = os.environ.get(NVML_LIBRARY_ENV) or None
     cfg.socket = os.path.abspath(os.path.expanduser(cfg.socket))

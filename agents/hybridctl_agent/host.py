@@ -61,3 +61,23 @@ class HostSampler:
             "uptime_s": round(time.time() - self._boot, 1),
             "agent_version": __version__,
         }
+
+
+CONTAINER_RUNTIMES = ("podman", "apptainer", "singularity")
+"""Container runtimes a node may offer for `image_id: docker:IMAGE` jobs, in order of preference."""
+
+
+def runtimes(job_path: str, uv: Optional[str]) -> Dict[str, str]:
+    """What this node can build or run jobs with, by name -> path: `uv` (Python environments,
+    envs.py) and the container runtimes found on the jobs' PATH. Reported in `hello`, so the
+    controller places jobs that need one only where it exists."""
+    import shutil
+
+    found: Dict[str, str] = {}
+    if uv:
+        found["uv"] = uv
+    for name in CONTAINER_RUNTIMES:
+        path = shutil.which(name, path=job_path)
+        if path:
+            found[name] = path
+    return found

@@ -16,14 +16,15 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
-
-import psutil
+from typing import Any, Dict, List, Optional
 
 from hybridctl_agent import cgroup as cgroups
+from hybridctl_agent import envs, world
 from hybridctl_agent import jobfiles as jf
-from hybridctl_agent.containment import job_of, open_job, sweep
+from hybridctl_agent.containment import open_job, sweep
 from hybridctl_agent.jobspec import LaunchPlan, job_id
+from hybridctl_agent.owners import Owners, kill_orphans
+from hybridctl_agent.jobusage import METRICS_ENV, METRICS_FILE
 from hybridctl_agent.protocol import BAD_REQUEST, NOT_FOUND, REFUSED, AgentError
 
 START_GRACE_S = 60.0
@@ -33,18 +34,6 @@ DETACH_WAIT_S = 60.0
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
 
 log = logging.getLogger("hybridctl_agent.jobs")
-
-
-def _kill_orphans(pgid: int, not_before: int) -> None:
-    """SIGKILL every process of group `pgid` started no earlier than the job's bash (so a reused
-    group id is never hit); `not_before` is in start_time's clock ticks."""
-    for pid in psutil.pids():
-        try:
-            started = jf.start_time(pid)
-            if started is not None and started >= not_before and os.getpgid(pid) == pgid:
-                os.kill(pid, signal.SIGKILL)
-        except OSError:
-            continue
 
 
 class SupervisorServer:
@@ -119,6 +108,10 @@ class JobManager:
         self._change = asyncio.Event()
         """Set (and replaced) at the next change of any job record; see `next_change`."""
         self._events: Optional[socket.socket] = None
+        self.envs = envs.EnvCache(state_dir)
+        self.setup_done = self.state / "setup-done"  # jobspec.setup_once's markers
+        self._building: Dict[str, Optional[asyncio.subprocess.Process]] = {}  # world.prepare runs
+        self._tasks: set = set()
 
     def checkpoint_dir(self, key: str) -> Path:
         """Where a job checkpoints on this node: one directory per job (or array task), kept across
@@ -137,6 +130,7 @@ class JobManager:
         for path in (self.root, self.done):
             path.mkdir(parents=True, exist_ok=True)
             os.chmod(path, 0o711)
+        world.make_dirs(self.state, self.envs)
         for entry in self.root.iterdir():
             if entry.name.startswith(".build-"):
                 shutil.rmtree(entry, ignore_errors=True)
@@ -194,7 +188,7 @@ class JobManager:
         """The supervisor is gone without a result: kill what it left and record the loss."""
         started = jf.read_json(d / jf.STARTED)
         if started and started.get("pgid"):
-            _kill_orphans(int(started["pgid"]), int(started.get("start_ticks") or 0))
+            kill_orphans(int(started["pgid"]), int(started.get("start_ticks") or 0))
         spec = jf.read_json(d / jf.SPEC) or {}
         if spec.get("cgroup"):  # the cgroup also holds what left the process group
             cg = open_job(cgroups.Containment.from_dict(spec["cgroup"]["containment"]), d.name)
@@ -226,7 +220,8 @@ class JobManager:
                 # Re-read: the supervisor writes exit.json before it exits.
                 if jf.read_json(d / jf.EXIT) is None:
                     self._finish_lost(d, "lost: supervisor died")
-            elif sup is None and time.time() - float(spec["created_at"]) > START_GRACE_S:
+            elif (sup is None and key not in self._building
+                  and time.time() - float(spec["created_at"]) > START_GRACE_S):
                 self._finish_lost(d, "lost: supervisor never started")
             exited = jf.read_json(d / jf.EXIT)
             if exited is not None:
@@ -248,6 +243,7 @@ class JobManager:
             "supervisor_pid": sup.get("pid") if sup else None,
         }
         if exited:
+            world.record_setup(d, spec)
             # Whether it left a checkpoint (its processes are gone: that is final), so the controller
             # skips the `checkpoint_files` round trip for the many jobs that never checkpoint.
             rec["has_checkpoint"] = self._has_checkpoint(key)
@@ -280,7 +276,7 @@ class JobManager:
 
     # ---- launch -------------------------------------------------------------------------
 
-    def _build(self, plan: LaunchPlan) -> None:
+    def _build(self, plan: LaunchPlan, env_files: Optional[Dict[str, bytes]] = None) -> None:
         """Write the job directory under a temporary name, then rename it into place, so a
         job directory always holds a complete spec and script."""
         tmp = self.root / f".build-{plan.key}-{os.getpid()}-{time.monotonic_ns()}"
@@ -295,26 +291,54 @@ class JobManager:
         if plan.run_as:
             os.chown(script, uid, gid)
             os.chown(tmp / jf.WORK, uid, gid)
+        world.write_files(tmp, plan, env_files, uid, gid)
+        # hybridctl.job.log writes here; the job owns the file, not the directory (jobusage.py).
+        os.close(os.open(str(tmp / METRICS_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        if plan.run_as:
+            os.chown(tmp / METRICS_FILE, uid, gid)
+        plan.env[METRICS_ENV] = str(self.root / plan.key / METRICS_FILE)
         spec = asdict(plan)
         spec["created_at"] = time.time()
         jf.write_json(tmp / jf.SPEC, spec, 0o600)
         os.rename(tmp, self.root / plan.key)
         jf.fsync_dir(self.root)
 
-    async def launch(self, plan: LaunchPlan) -> Dict[str, Any]:
+    async def launch(self, plan: LaunchPlan,
+                     env_files: Optional[Dict[str, bytes]] = None) -> Dict[str, Any]:
         """Start the job unless its key is known (then return its record: idempotent). Answers
-        once the supervisor has detached, usually before bash runs (`pid` still null)."""
+        once the supervisor has detached, usually before bash runs (`pid` still null), or at once
+        for a job with an environment or file_mounts, which starts once they are ready."""
         d = self.root / plan.key
         if d.exists() or plan.key in self._final:
             return self.record(plan.key)
-        self._build(plan)  # no await before this: two launches of one key cannot both build
-        error = await self.supervisors.spawn(plan.key)
-        if error is not None:
-            jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None,
-                                        "ended_at": time.time(),
-                                        "reason": f"launch_failed: {error}"}, 0o644)
-        self.changed()
+        self._build(plan, env_files)  # no await before this: two launches of one key cannot both build
+        if plan.environment is not None or plan.mounts is not None:
+            self._building[plan.key] = None
+            self._tasks.add(asyncio.ensure_future(self._env_then_spawn(plan)))
+            self.changed()
+            return self.record(plan.key)
+        await self._spawn(plan.key)
         return self.record(plan.key)
+
+    async def _spawn(self, key: str) -> None:
+        error = await self.supervisors.spawn(key)
+        if error is not None:
+            jf.write_json(self.root / key / jf.EXIT, {"exit_code": None, "signal": None,
+                                                      "ended_at": time.time(),
+                                                      "reason": f"launch_failed: {error}"}, 0o644)
+        self.changed()
+
+    async def _env_then_spawn(self, plan: LaunchPlan) -> None:
+        """Build its environment and place its file_mounts (world.prepare), then start it."""
+        try:
+            if await world.prepare(plan, self.root / plan.key,
+                                     lambda proc: self._building.__setitem__(plan.key, proc)):
+                await self._spawn(plan.key)
+        finally:
+            # Only now: until the supervisor wrote supervisor.json, `record` must not call it lost.
+            self._building.pop(plan.key, None)
+            self._tasks.discard(asyncio.current_task())
+            self.changed()
 
     # ---- control ------------------------------------------------------------------------
 
@@ -325,6 +349,10 @@ class JobManager:
             return rec
         d = self.root / key
         jf.write_json(d / jf.CANCEL, {"grace": grace, "requested_at": time.time()}, 0o644)
+        build = self._building.get(key)
+        if build is not None and build.returncode is None:  # still building its environment
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build.pid, signal.SIGKILL)  # its own session: uv goes with it
         sup = jf.read_json(d / jf.SUPERVISOR)
         if sup and jf.same_process(sup.get("pid"), sup.get("start_ticks")):
             try:
@@ -356,34 +384,3 @@ class JobManager:
         agent = {os.path.basename(d) for d in self.containment.dirs.values()}
         return Owners(self.running(), next(iter(agent), None))
 
-
-class Owners:
-    """Maps a pid to the key of the job it belongs to: in the job's cgroup (which setsid and
-    double-forked processes cannot leave), same session as the job's bash (jobs run in their own
-    session), or a descendant of the job's supervisor."""
-
-    def __init__(self, running: Sequence[Dict[str, Any]], cgroup_dir: Optional[str] = None) -> None:
-        self.keys = {r["key"] for r in running}
-        self.cgroup_dir = cgroup_dir
-        """This agent's cgroup subtree name (`agent-<id>`), None without cgroups."""
-        self.by_sid = {r["pgid"]: r["key"] for r in running if r.get("pgid")}
-        self.by_ancestor = dict(self.by_sid)
-        self.by_ancestor.update({r["supervisor_pid"]: r["key"] for r in running
-                                 if r.get("supervisor_pid")})
-
-    def lookup(self, pid: int) -> Optional[str]:
-        if not self.by_sid:
-            return None
-        key = job_of(pid, self.cgroup_dir, self.keys) if self.cgroup_dir else None
-        if key is not None:
-            return key
-        try:
-            key = self.by_sid.get(os.getsid(pid))
-            if key is not None:
-                return key
-            for parent in psutil.Process(pid).parents():
-                if parent.pid in self.by_ancestor:
-                    return self.by_ancestor[parent.pid]
-        except (OSError, psutil.Error):
-            return None
-        return None

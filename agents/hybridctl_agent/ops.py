@@ -11,16 +11,18 @@ import stat
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
 import psutil
 
 from hybridctl_agent import PROTOCOL_VERSION, __version__
+from hybridctl_agent import envs, host, mounts
+from hybridctl_agent.cache import SHA_RE, CacheError, ContentCache, add_staged, pinned_by
 from hybridctl_agent import jobfiles as jf
 from hybridctl_agent.config import AgentConfig
 from hybridctl_agent.gpus import GpuSource
 from hybridctl_agent.jobs import JobManager
-from hybridctl_agent.jobspec import plan_launch
+from hybridctl_agent.jobspec import LaunchPlan, plan_launch, setup_once
 from hybridctl_agent.logs import read_range
 from hybridctl_agent.protocol import BAD_REQUEST, REFUSED, AgentError, field
 from hybridctl_agent.staging import Staging, identity
@@ -56,7 +58,9 @@ class Ops:
             "forget": self.forget, "checkpoint_files": self.checkpoint_files,
             "stage_open": self.stage_open, "stage_done": self.stage_done, "stage_pull": self.stage_pull,
             "stage_push": self.stage_push, "stage_unpack": self.stage_unpack, "sim_fault": self.sim_fault, "sim_foreign": self.sim_foreign,
+            "cache_list": self.cache_list, "cache_add": self.cache_add,
         }
+        self.cache = ContentCache(cfg.state_dir, int(cfg.cache_max_gb * (1 << 30)))
 
     async def dispatch(self, req: Dict[str, Any]) -> Answer:
         self.last_request = time.monotonic()
@@ -78,6 +82,10 @@ class Ops:
             "containment": self.jobs.containment.describe(),
             "checkpoint_root": str(Path(self.cfg.state_dir) / "checkpoints"),
             "interval_s": self.cfg.interval, "history_s": self.cfg.history,
+            # {"uv": path, "podman": path, ...}: what jobs' environments and images need
+            "runtimes": host.runtimes(self.cfg.job_path,
+                                      envs.find_uv(self.cfg.uv_path, self.cfg.job_path)),
+            "shared_paths": self.cfg.shared_paths,  # file_mounts under these are used in place
         }
 
     async def sample(self, req: Dict[str, Any]) -> Answer:
@@ -98,12 +106,71 @@ class Ops:
                            kill_grace=self.cfg.kill_grace, containment=self.jobs.containment,
                            pids_max=self.cfg.job_pids_max,
                            device_rules=self.cfg.gpu_device_rules)
+        plan, env_files = await self._world(plan, job)
         ckpt = self.jobs.checkpoint_dir(plan.key)
         ckpt.mkdir(parents=True, exist_ok=True, mode=0o700)
         if plan.run_as is not None:  # restored files are written as the job's user (stage_push)
             os.chown(ckpt, plan.run_as.uid, plan.run_as.gid)  # the parent is the agent's: no link here
         plan.env["HYBRIDCTL_CHECKPOINT_DIR"] = str(ckpt)
-        return {"job": await self.jobs.launch(plan)}
+        return {"job": await self.jobs.launch(plan, env_files)}
+
+    async def _world(self, plan: LaunchPlan, job: Dict[str, Any]) -> Tuple[LaunchPlan, Dict[str, bytes]]:
+        """The job's environment (envs.py) and whether its setup still has to run here."""
+        files: Dict[str, bytes] = {}
+        digest = None
+        if job.get("environment") is not None:
+            uv = envs.find_uv(self.cfg.uv_path, self.cfg.job_path)
+            try:
+                plan, files = await asyncio.to_thread(
+                    envs.plan_environment, plan, job["environment"], self.jobs.envs, uv=uv,
+                    wheelhouse=self.cfg.env_wheelhouse, jobs_root=str(self.jobs.root))
+            except envs.EnvError as exc:
+                raise AgentError(BAD_REQUEST if exc.bad_request else REFUSED, exc.message) from None
+            assert plan.environment is not None
+            digest = plan.environment["digest"]
+        if job.get("file_mounts"):
+            try:
+                plan = mounts.plan_mounts(plan, job["file_mounts"], self.cfg, str(self.jobs.root))
+            except mounts.MountError as exc:
+                raise AgentError(BAD_REQUEST, str(exc)) from None
+        plan = setup_once(plan, job, digest, str(self.jobs.setup_done),
+                          str(self.jobs.root / plan.key))
+        return plan, files
+
+    async def cache_list(self, req: Dict[str, Any]) -> Answer:
+        """What this node holds for jobs' worlds: data objects and built environments (the
+        controller's cache index and the locality score read it)."""
+        objects = await asyncio.to_thread(self.cache.listing)
+        return {"objects": objects, "envs": self.jobs.envs.listing(),
+                "max_bytes": self.cache.max_bytes}
+
+    async def cache_add(self, req: Dict[str, Any]) -> Answer:
+        """Enter files the controller staged (stage_open + SFTP) into the data cache, each checked
+        against `files`: {name in the staging directory: [sha256, size]}; the staging directory
+        is removed. Idempotent: content already cached counts as present."""
+        token = field(req, "token", str, required=True)
+        files = field(req, "files", dict, required=True)
+        for name, v in files.items():
+            if not (isinstance(name, str) and "/" not in name and name not in ("", ".", "..")
+                    and isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                    and SHA_RE.match(v[0]) and isinstance(v[1], int) and v[1] >= 0):
+                raise AgentError(BAD_REQUEST, f"files[{name!r}] must be [sha256, size] for a "
+                                              "plain file name")
+        keep = req.get("keep") or []  # what the same launch uses and the node already has: not evicted for it
+        if not (isinstance(keep, list) and len(keep) <= 1_000_000
+                and all(isinstance(k, str) and SHA_RE.match(k) for k in keep)):
+            raise AgentError(BAD_REQUEST, "keep must be a list of sha256 hex digests")
+        path = self.staging.path(token)
+        try:
+            pinned = await asyncio.to_thread(pinned_by, self.jobs.root)
+            pinned.update(keep)
+            await asyncio.to_thread(self.cache.evict, pinned, sum(v[1] for v in files.values()))
+            counts = await asyncio.to_thread(add_staged, self.cache, path, files)
+        except (OSError, CacheError) as exc:
+            raise AgentError(REFUSED, f"cache_add: {exc}") from None
+        finally:
+            self.staging.close(token)
+        return counts
 
     async def checkpoint_files(self, req: Dict[str, Any]) -> Answer:
         """The files of a job's checkpoint directory with size and mtime in nanoseconds: SFTP's
@@ -149,7 +216,7 @@ class Ops:
         have = field(req, "have", dict, {})
         max_bytes = field(req, "max_bytes", int)
         return await self.staging.pull(field(req, "kind", str, "checkpoint"), self._stage_key(req), have,
-                                       field(req, "copy", bool, True), max_bytes)
+                                       field(req, "copy", bool, True), max_bytes, _chunks(req))
 
     async def stage_push(self, req: Dict[str, Any]) -> Answer:
         """Copy a staging directory's `files` ({path: size}) into a job's directory (`kind`:
@@ -160,7 +227,7 @@ class Ops:
             raise AgentError(BAD_REQUEST, "field 'files' must map paths to sizes in bytes")
         who = identity(req, self.cfg.rootless, self.cfg.name)
         return await self.staging.push(field(req, "kind", str, "checkpoint"), key, who,
-                                       field(req, "token", str), files)
+                                       field(req, "token", str), files, _patch(req, files), _chunks(req))
 
     async def stage_unpack(self, req: Dict[str, Any]) -> Answer:
         """Extract a staged tar (`tar`, a workdir from the controller) into a job's directory as the
@@ -247,3 +314,65 @@ class Ops:
         except IndexError as exc:
             raise AgentError(BAD_REQUEST, str(exc)) from exc
         return {}
+
+
+def _chunks(req: Dict[str, Any]) -> Any:
+    """The `chunks` field of stage_pull/stage_push ({size, have: {PATH: [SHA256...]}}), checked;
+    None when absent (whole files, as agents before 0.4 move them)."""
+    from hybridctl_agent.chunks import HEX_LEN, MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK
+
+    chunks = field(req, "chunks", dict)
+    if chunks is None:
+        return None
+    size = chunks.get("size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and MIN_CHUNK <= size <= MAX_CHUNK
+            and size & (size - 1) == 0):
+        raise AgentError(BAD_REQUEST, f"field 'chunks.size' must be a power of two from {MIN_CHUNK} to "
+                                      f"{MAX_CHUNK} bytes, got {size!r}")
+    have = chunks.get("have", {})
+    if not isinstance(have, dict):
+        raise AgentError(BAD_REQUEST, f"field 'chunks.have' must map paths to lists of SHA-256 hex digests, "
+                                      f"got {type(have).__name__}")
+    for rel, hashes in have.items():
+        if not (isinstance(hashes, list) and len(hashes) <= MAX_CHUNKS
+                and all(isinstance(h, str) and len(h) == HEX_LEN for h in hashes)):
+            raise AgentError(BAD_REQUEST, f"field 'chunks.have[{str(rel)[:100]!r}]' must be a list of at most "
+                                          f"{MAX_CHUNKS} SHA-256 hex digests")
+    return {"size": size, "have": have}
+
+
+def _patch(req: Dict[str, Any], files: Dict[str, Any]) -> Any:
+    """stage_push's `patch` field ({chunk, files: {PATH: {size, sent, hashes}}}), checked: each
+    PATH among `files`, whose staged size is that of its chunks `sent` (ascending), one SHA-256
+    per chunk sent. None when absent."""
+    from hybridctl_agent.chunks import HEX_LEN, MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK, chunk_count
+
+    patch = field(req, "patch", dict)
+    if patch is None:
+        return None
+    chunk = patch.get("chunk")
+    if not (isinstance(chunk, int) and not isinstance(chunk, bool) and MIN_CHUNK <= chunk <= MAX_CHUNK
+            and chunk & (chunk - 1) == 0):
+        raise AgentError(BAD_REQUEST, f"field 'patch.chunk' must be a power of two from {MIN_CHUNK} to {MAX_CHUNK}, "
+                                      f"got {chunk!r}")
+    entries = patch.get("files")
+    if not isinstance(entries, dict):
+        raise AgentError(BAD_REQUEST, "field 'patch.files' must map paths to {size, sent, hashes}")
+    for rel, p in entries.items():
+        what = f"field 'patch.files[{str(rel)[:100]!r}]'"
+        if rel not in files or not isinstance(p, dict):
+            raise AgentError(BAD_REQUEST, f"{what} must name a file of 'files' and be {{size, sent, hashes}}")
+        size, sent, hashes = p.get("size"), p.get("sent"), p.get("hashes")
+        if not (isinstance(size, int) and not isinstance(size, bool) and 0 <= size
+                and chunk_count(size, chunk) <= MAX_CHUNKS):
+            raise AgentError(BAD_REQUEST, f"{what}.size must be a size in bytes of at most {MAX_CHUNKS} chunks")
+        n = chunk_count(size, chunk)
+        if not (isinstance(sent, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in sent)
+                and all(a < b for a, b in zip(sent, sent[1:])) and all(0 <= i < n for i in sent)):
+            raise AgentError(BAD_REQUEST, f"{what}.sent must be ascending chunk indices below {n}")
+        if not (isinstance(hashes, list) and len(hashes) == len(sent)
+                and all(isinstance(h, str) and len(h) == HEX_LEN for h in hashes)):
+            raise AgentError(BAD_REQUEST, f"{what}.hashes must be one SHA-256 hex digest per chunk sent")
+        if files[rel] != sum(min(chunk, size - i * chunk) for i in sent):
+            raise AgentError(BAD_REQUEST, f"{what}: files[...] must be the bytes of the chunks sent")
+    return {"chunk": chunk, "files": entries}

@@ -24,16 +24,18 @@ import stat
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from hybridctl_agent.chunks import MAX_CHUNKS, chunk_count, patch_one, send_base, stage_chunked
 from hybridctl_agent.fdio import (CHUNK, DIR_FLAGS, PART, READ_FLAGS, Refused, as_job, copy_sparse, create_file,
-                                  ensure_target, login_groups, open_dir, open_target, parts, recv, send,
-                                  walk_to)
+                                  ensure_target, login_groups, open_dir, open_target, parts, recv, send, walk_to)
 
 # ---- pull: the job's files into staging ----------------------------------------------------------
 
 
-def _job_pull(sock: socket.socket, top: int, have: Dict[str, Any], copy: bool, max_bytes: Optional[int]) -> None:
+def _job_pull(sock: socket.socket, top: int, have: Dict[str, Any], copy: bool, max_bytes: Optional[int],
+              hash_all: bool = False) -> None:
     """List the job's directory below `top` (regular files only, links and the like skipped) and
-    hand over an fd of each file that differs from `have`, opened as the job with O_NOFOLLOW."""
+    hand over an fd of each file that differs from `have` (with `hash_all`: of every file, to be
+    hashed, not copied), opened as the job with O_NOFOLLOW."""
     budget = max_bytes
     stack: List[Tuple[int, str]] = [(os.dup(top), "")]
     while stack:
@@ -62,7 +64,7 @@ def _job_pull(sock: socket.socket, top: int, have: Dict[str, Any], copy: bool, m
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 entry = [st.st_size, st.st_mtime_ns]
-                if not copy or have.get(rel) == entry:
+                if not hash_all and (not copy or have.get(rel) == entry):
                     send(sock, {"rel": rel, "size": st.st_size, "mtime": st.st_mtime_ns})
                     continue
                 try:
@@ -88,10 +90,13 @@ def _job_pull(sock: socket.socket, top: int, have: Dict[str, Any], copy: bool, m
     send(sock, {"done": True})
 
 
-def _root_pull(sock: socket.socket, staging: int) -> Dict[str, Any]:
+def _root_pull(sock: socket.socket, staging: int, chunks: Optional[Dict[str, Any]] = None,
+               cached: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     files: Dict[str, List[int]] = {}
     staged: Dict[str, List[int]] = {}
     answer: Dict[str, Any] = {"files": files, "staged": staged, "truncated": False, "skipped": []}
+    if chunks is not None:
+        answer.update(chunks={}, hashed={})
     while True:
         msg, fd = recv(sock)
         if msg.get("done"):
@@ -104,6 +109,15 @@ def _root_pull(sock: socket.socket, staging: int) -> Dict[str, Any]:
         if msg.get("skipped"):
             answer["truncated"] = True
         if fd is None:
+            continue
+        if chunks is not None and chunk_count(size, int(chunks["size"])) <= MAX_CHUNKS:
+            try:
+                stage_chunked(fd, staging, rel, size, mtime, chunks, (cached or {}).get(rel), answer)
+            except (OSError, Refused) as exc:
+                answer["skipped"].append(f"{rel}: {exc}")
+            finally:
+                os.close(fd)
+                send(sock, {"ack": True})
             continue
         try:
             if _stage_one(fd, staging, rel, size, mtime):
@@ -142,17 +156,20 @@ def _stage_one(src: int, staging: int, rel: str, size: int, mtime: int) -> bool:
 
 
 def pull(req: Dict[str, Any]) -> Dict[str, Any]:
-    """`{op: pull, parent, name, staging, have, copy, max_bytes}`: the job's directory is
-    `parent/name` (parent is the agent's); its owner is who the copy runs as."""
+    """`{op: pull, parent, name, staging, have, copy, max_bytes, chunks?, cached?}`: the job's
+    directory is `parent/name` (parent is the agent's); its owner is who the copy runs as. `chunks`:
+    see chunks.stage_chunked (without `copy`, every file is hashed and nothing is staged)."""
     top, st = open_target(req["parent"], req["name"])
     if top is None:
-        return {"files": {}, "staged": {}, "truncated": False, "skipped": []}
-    staging = os.open(req["staging"], DIR_FLAGS) if req.get("copy", True) else -1
+        return {"files": {}, "staged": {}, "truncated": False, "skipped": [], "chunks": {}, "hashed": {}}
+    copy = bool(req.get("copy", True))
+    chunks = req.get("chunks")
+    staging = os.open(req["staging"], DIR_FLAGS) if copy else -1
     req = dict(req, uid=st.st_uid, gid=st.st_gid, groups=login_groups(st.st_uid, st.st_gid))
     try:
-        return as_job(req, lambda s: _job_pull(s, top, req.get("have") or {}, bool(req.get("copy", True)),
-                                               req.get("max_bytes")),
-                      lambda s: _root_pull(s, staging))
+        return as_job(req, lambda s: _job_pull(s, top, req.get("have") or {}, copy, req.get("max_bytes"),
+                                               hash_all=chunks is not None and not copy),
+                      lambda s: _root_pull(s, staging, chunks, req.get("cached")))
     finally:
         os.close(top)
         if staging >= 0:
@@ -177,6 +194,8 @@ def _job_push(sock: socket.socket, top: int) -> None:
             continue
         try:
             send(sock, {"rel": rel}, fd)
+            if msg.get("base"):  # a patch: the job's current file, read as the job, never through a link
+                send_base(sock, dfd, name)
             ack, _ = recv(sock)
             tmp = f".{name}{PART}"
             if not ack.get("ok"):
@@ -189,7 +208,8 @@ def _job_push(sock: socket.socket, top: int) -> None:
                 send(sock, {"rel": rel, "error": f"cannot put it in place: {exc.strerror}"})
                 continue
             st = os.fstat(fd)
-            send(sock, {"rel": rel, "size": st.st_size, "mtime": st.st_mtime_ns})
+            send(sock, {"rel": rel, "size": st.st_size, "mtime": st.st_mtime_ns, "ino": st.st_ino,
+                        "ctime": st.st_ctime_ns})
         finally:
             os.close(fd)
             os.close(dfd)
@@ -214,22 +234,31 @@ def _staged_files(staging: int) -> Dict[str, Tuple[int, int]]:
     return out
 
 
-def _root_push(sock: socket.socket, staging: int, want: Dict[str, Any]) -> Dict[str, Any]:
+def _root_push(sock: socket.socket, staging: int, want: Dict[str, Any],
+               patch: Optional[Dict[str, Any]] = None, bases: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     written: Dict[str, List[int]] = {}
+    idents: Dict[str, List[int]] = {}
     errors: List[str] = []
     present = _staged_files(staging)
+    patches = (patch or {}).get("files") or {}
     for rel in sorted(want):
         size = int(want[rel])
         if present.get(rel, (None, 0))[0] != size:
             errors.append(f"{rel}: staged {present.get(rel, (None,))[0]} bytes, expected {size}")
             continue
-        send(sock, {"rel": rel, "mode": (present[rel][1] | 0o600) & 0o755})
+        p = patches.get(rel)
+        send(sock, {"rel": rel, "mode": (present[rel][1] | 0o600) & 0o755, **({"base": True} if p else {})})
         msg, fd = recv(sock)
         if "error" in msg or fd is None:
             errors.append(f"{rel}: {msg.get('error', 'no file')}")
             continue
+        base = None
         ok = False
         try:
+            if p:
+                bmsg, base = recv(sock)
+                if base is None:
+                    raise OSError(f"no current copy to patch: {bmsg.get('error', 'not there')}")
             names = parts(rel)
             dfd = walk_to(staging, names[:-1], create=False)
             try:
@@ -237,7 +266,10 @@ def _root_push(sock: socket.socket, staging: int, want: Dict[str, Any]) -> Dict[
             finally:
                 os.close(dfd)
             try:
-                copy_sparse(src, fd, size)
+                if p:
+                    patch_one(base, src, fd, p, int(patch["chunk"]), (bases or {}).get(rel))
+                else:
+                    copy_sparse(src, fd, size)
                 ok = True
             finally:
                 os.close(src)
@@ -245,6 +277,8 @@ def _root_push(sock: socket.socket, staging: int, want: Dict[str, Any]) -> Dict[
             errors.append(f"{rel}: {exc}")
         finally:
             os.close(fd)
+            if base is not None:
+                os.close(base)
         send(sock, {"ok": ok})
         if ok:
             msg, _ = recv(sock)
@@ -252,19 +286,23 @@ def _root_push(sock: socket.socket, staging: int, want: Dict[str, Any]) -> Dict[
                 errors.append(f"{rel}: {msg['error']}")
             else:
                 written[rel] = [int(msg["size"]), int(msg["mtime"])]
+                idents[rel] = [int(msg["size"]), int(msg["mtime"]), int(msg.get("ino", -1)), int(msg.get("ctime", -1))]
     send(sock, {"done": True})
-    return {"written": written, "errors": errors}
+    return {"written": written, "errors": errors, "idents": idents}
 
 
 def push(req: Dict[str, Any]) -> Dict[str, Any]:
-    """`{op: push, parent, name, uid, gid, groups, staging, files: {rel: size}}`."""
+    """`{op: push, parent, name, uid, gid, groups, staging, files: {rel: size}, patch?, bases?}`;
+    `patch` ({chunk, files: {rel: {size, sent, hashes}}}): the staged file holds only the chunks
+    `sent`, written over the job's current copy (whose hashing `bases[rel]` describes)."""
     top = ensure_target(req["parent"], req["name"], int(req["uid"]), int(req["gid"]))
     try:
         if not req.get("files"):
             return {"written": {}, "errors": []}
         staging = os.open(req["staging"], DIR_FLAGS)
         try:
-            return as_job(req, lambda s: _job_push(s, top), lambda s: _root_push(s, staging, req["files"]))
+            return as_job(req, lambda s: _job_push(s, top),
+                          lambda s: _root_push(s, staging, req["files"], req.get("patch"), req.get("bases")))
         finally:
             os.close(staging)
     finally:

@@ -33,6 +33,7 @@ HELPER_TIMEOUT_S = 3600.0
 """A transfer still running after this long is killed (e.g. a read stuck on a user's FUSE mount)."""
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
 _TOKEN_LEN = 32
+_CACHE_FILES = 100_000
 
 
 class Staging:
@@ -48,6 +49,9 @@ class Staging:
             except KeyError:
                 self.gid = None
         self._swept = False
+        self.hashes: Dict[str, Dict[str, Any]] = {}
+        """Chunk hashes of jobs' files, {job dir: {rel: [size, mtime_ns, ino, ctime_ns, [sha256...]]}}
+        (one chunk size), so that a file not written since it was hashed is not read again."""
 
     # ---- directories ----------------------------------------------------------------------------
 
@@ -116,24 +120,38 @@ class Staging:
         return answer
 
     async def pull(self, kind: str, key: str, have: Dict[str, Any], copy: bool,
-                   max_bytes: Optional[int]) -> Dict[str, Any]:
+                   max_bytes: Optional[int], chunks: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """List the job's directory of `kind` as its owner and, with `copy`, stage the files that
         differ from `have` ({path: [size, mtime_ns]}). The answer's `staged` files (with the size
-        and mtime_ns actually copied) are under `path`, until `close(token)`."""
+        and mtime_ns actually copied) are under `path`, until `close(token)`. With `chunks`
+        ({size, have}): only the chunks the controller lacks are staged (`chunks` in the answer:
+        {path: {hashes, sent}}); without `copy`, the answer's `hashes` are every file's."""
         parent, name = self.target(kind, key)
         # A listing of names and sizes only, here, opening each directory O_NOFOLLOW below a fd (it
         # reads no file and follows no link). Most periodic syncs find nothing changed and end here,
         # without starting a transfer process.
         files = listing(parent, name)
-        if not copy or all(have.get(rel) == entry for rel, entry in files.items()):
+        hashing = chunks is not None and not copy and bool(files)
+        if not hashing and (not copy or all(have.get(rel) == entry for rel, entry in files.items())):
             return {"files": files, "staged": {}, "truncated": False, "skipped": [], "token": None, "path": None,
-                    "dir": f"{parent}/{name}"}
-        token, path = self.open()
+                    "dir": f"{parent}/{name}", **({"chunks": {}, "hashes": {}} if chunks is not None else {})}
+        where = f"{parent}/{name}"
+        cached = self.hashes.get(where, {}) if chunks is not None else {}
+        if chunks is not None and cached.get("", [None])[0] != chunks["size"]:
+            cached = {}
+        token, path = self.open() if copy else (None, None)
         try:
             answer = await self.run({"op": "pull", "parent": parent, "name": name, "staging": str(path or ""),
-                                     "have": have, "copy": copy, "max_bytes": max_bytes})
+                                     "have": have, "copy": copy, "max_bytes": max_bytes,
+                                     **({"chunks": chunks, "cached": {r: v for r, v in cached.items() if r}}
+                                        if chunks is not None else {})})
             if "error" in answer:
                 raise AgentError(REFUSED, f"{kind} of {key}: {answer['error']}")
+            if chunks is not None:
+                self._remember(where, chunks["size"], cached, answer.pop("hashed", None) or {}, answer["files"])
+                if not copy:
+                    answer["hashes"] = {rel: v[4] for rel, v in self.hashes.get(where, {}).items()
+                                        if rel and rel in answer["files"]}
         except BaseException:
             if token is not None:
                 self.close(token)
@@ -144,20 +162,46 @@ class Staging:
         answer.update(token=token, path=None if path is None else str(path), dir=f"{parent}/{name}")
         return answer
 
+    def _remember(self, where: str, chunk: int, cached: Dict[str, Any], hashed: Dict[str, Any],
+                  files: Dict[str, Any]) -> None:
+        """Keep the hashes of the files still listed (at most `_CACHE_FILES` in all)."""
+        kept = {rel: v for rel, v in {**cached, **hashed}.items() if rel in files and v[:2] == files[rel]}
+        if sum(len(v) for v in self.hashes.values()) + len(kept) > _CACHE_FILES:
+            self.hashes.clear()
+        self.hashes[where] = {"": [chunk], **kept}
+
     async def push(self, kind: str, key: str, who: Dict[str, Any], token: Optional[str],
-                   files: Dict[str, int]) -> Dict[str, Any]:
+                   files: Dict[str, int], patch: Optional[Dict[str, Any]] = None,
+                   chunks: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Copy the staged `files` ({path: size}) into the job's directory of `kind` (made if
-        missing) as the job's user `who`; the staging directory is removed afterwards."""
+        missing) as the job's user `who`; the staging directory is removed afterwards. `patch`
+        ({chunk, files: {path: {size, sent, hashes}}}): those staged files are chunks to write over
+        the job's current copy, which must be as this agent last hashed it. `chunks` ({size, have:
+        {path: [sha256...]}}): the chunk hashes of the files pushed (the controller's copy's), kept
+        for the next transfer of the job's files so that they need not be read to be hashed."""
         parent, name = self.target(kind, key)
         path = self.path(token) if token is not None else None
+        extra: Dict[str, Any] = {}
+        if patch:
+            known = self.hashes.get(f"{parent}/{name}", {})
+            ok = known.get("", [None])[0] == patch["chunk"]
+            extra = {"patch": patch, "bases": {rel: known[rel][:4] for rel in patch["files"] if ok and rel in known}}
         try:
             answer = await self.run({"op": "push", "parent": parent, "name": name, "staging": str(path or ""),
-                                     "files": files, **who})
+                                     "files": files, **who, **extra})
         finally:
             if token is not None:
                 self.close(token)
+        idents = answer.pop("idents", None) or {}
         if "error" in answer:
             raise AgentError(REFUSED, f"{kind} of {key}: {answer['error']}")
+        if chunks is not None:
+            where = f"{parent}/{name}"
+            known = self.hashes.get(where, {})
+            cached = known if known.get("", [None])[0] == chunks["size"] else {}
+            pushed = {rel: ident + [chunks["have"][rel]] for rel, ident in idents.items() if rel in chunks["have"]}
+            self._remember(where, chunks["size"], {**cached, **pushed},
+                           {}, {rel: v[:2] for rel, v in {**cached, **pushed}.items() if rel})
         answer["dir"] = f"{parent}/{name}"
         return answer
 

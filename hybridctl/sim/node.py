@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
 import signal
@@ -65,6 +66,24 @@ def kill_tree(state_dir: Path) -> None:
                 p.kill()
             except psutil.Error:
                 pass
+    thaw_subtree(subtree.strip("/").rsplit("/", 1)[-1])
+
+
+def thaw_subtree(name: str) -> None:
+    """Thaw every cgroup under `<hierarchy>/[.../]<name>` (cgroup v1 freezer, or v2): a
+    supervisor killed between freezing its job's cgroup and thawing it (cgroup.kill_all) would
+    leave the job's processes frozen for ever, their SIGKILL pending."""
+    for pattern in ("/sys/fs/cgroup/freezer/{}", "/sys/fs/cgroup/freezer/*/{}", "/sys/fs/cgroup/{}",
+                    "/sys/fs/cgroup/*/{}", "/sys/fs/cgroup/unified/*/{}"):
+        for top in glob.glob(pattern.format(glob.escape(name))):
+            for sub, _dirs, files in os.walk(top):
+                for knob, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                    if knob in files:
+                        try:
+                            with open(os.path.join(sub, knob), "w") as fh:
+                                fh.write(value)
+                        except OSError:
+                            pass
 
 
 async def serve(args: argparse.Namespace) -> None:

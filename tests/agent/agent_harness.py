@@ -10,9 +10,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Dict, List, Optional
 
 import psutil
 
@@ -20,24 +19,11 @@ AGENTS_DIR = Path(__file__).resolve().parents[2] / "agents"
 if str(AGENTS_DIR) not in sys.path:
     sys.path.insert(0, str(AGENTS_DIR))
 
+from hybridctl.sim.node import thaw_subtree  # noqa: E402
 from hybridctl_agent.client import AgentCallError, AgentClient  # noqa: E402
+from hybridctl_agent.containment import agent_parent  # noqa: E402
 
-T = TypeVar("T")
-TIMEOUT = 60.0
-"""Generous bound for anything a loaded 2-core machine should finish in a second or two."""
-
-
-def wait_for(what: str, probe: Callable[[], Optional[T]], timeout: float = TIMEOUT,
-             every: float = 0.05) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Optional[T] = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+from tests.waiting import TIMEOUT, wait_for  # noqa: E402
 
 
 def alive(pid: int) -> bool:
@@ -72,7 +58,7 @@ class AgentProc:
              "--state-dir", self.state_dir, *self.args],
             env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-        wait_for("the agent to answer hello", self._hello)
+        wait_for(self._hello, what="the agent to answer hello")
         return self
 
     def _hello(self) -> Optional[Dict[str, Any]]:
@@ -102,9 +88,8 @@ class AgentProc:
         return jobs[key]
 
     def wait_exited(self, key: str, timeout: float = TIMEOUT) -> Dict[str, Any]:
-        return wait_for(f"job {key} to exit",
-                        lambda: (lambda j: j if j["state"] == "exited" else None)(self.job(key)),
-                        timeout)
+        return wait_for(lambda: (lambda j: j if j["state"] == "exited" else None)(self.job(key)), timeout,
+                        what=f"job {key} to exit")
 
     def job_dir(self, key: str) -> Path:
         return Path(self.state_dir) / "jobs" / key
@@ -145,4 +130,7 @@ class AgentProc:
                     os.kill(pid, signal.SIGKILL)
             except (psutil.Error, ProcessLookupError):
                 pass  # gone (or a zombie) since the job was killed above
+        # A supervisor killed between freezing its job's cgroup and thawing it leaves the job
+        # frozen with its SIGKILL pending: thaw this agent's cgroups so those processes die.
+        thaw_subtree(os.path.basename(agent_parent("", str(self.state_dir))))
         shutil.rmtree(self.base, ignore_errors=True)

@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from hybridctl_agent.client import AgentCallError
-from tests.agent.agent_harness import AgentProc, alive, wait_for
+from tests.agent.agent_harness import AgentProc, alive
+from tests.waiting import wait_for
 
 
 def launch(agent: AgentProc, key: str, run: str, **job: Any) -> Dict[str, Any]:
@@ -30,8 +31,7 @@ def stdout(agent: AgentProc, key: str, stream: str = "stdout") -> str:
 
 
 def wait_file(path: Path) -> str:
-    return wait_for(f"{path} to be written",
-                    lambda: path.read_text().strip() if path.exists() else None)
+    return wait_for(lambda: path.read_text().strip() if path.exists() else None, what=f"{path} to be written")
 
 
 def fork_server(agent: AgentProc) -> psutil.Process:
@@ -129,7 +129,7 @@ def test_cancel_kills_the_whole_process_group(agent: AgentProc) -> None:
     done = agent.wait_exited("11")
     assert done["reason"] == "cancelled"
     for pid in pids + [job_pid]:
-        wait_for(f"pid {pid} to be gone", lambda: not alive(pid))
+        wait_for(lambda: not alive(pid), what=f"pid {pid} to be gone")
     again = agent.call("cancel", key="11")["job"]  # idempotent
     assert again == done
 
@@ -137,14 +137,14 @@ def test_cancel_kills_the_whole_process_group(agent: AgentProc) -> None:
 def test_job_survives_agent_kill9_and_its_result_is_recorded(agent: AgentProc) -> None:
     launch(agent, "12_0.1", "while [ ! -e go ]; do sleep 0.05; done; echo finished; exit 7")
     launch(agent, "12_1.1", "while [ ! -e go ]; do sleep 0.05; done; exit 5")
-    before = wait_for("job pids", lambda: all(agent.job(k)["pid"] for k in ("12_0.1", "12_1.1")))
+    before = wait_for(lambda: all(agent.job(k)["pid"] for k in ("12_0.1", "12_1.1")), what="job pids")
     assert before
     pid = agent.job("12_0.1")["pid"]
     boot = agent.call("hello")["boot_id"]
     agent.kill9()
     assert alive(pid), "the job died with the agent"
     (agent.job_dir("12_1.1") / "work" / "go").touch()  # this one ends while the agent is down
-    wait_for("job 12_1.1 to end", lambda: (agent.job_dir("12_1.1") / "exit.json").exists())
+    wait_for(lambda: (agent.job_dir("12_1.1") / "exit.json").exists(), what="job 12_1.1 to end")
     agent.start()  # same socket (stale file left by kill -9) and state dir
     assert agent.call("hello")["boot_id"] != boot
     rec = agent.job("12_0.1")
@@ -159,14 +159,13 @@ def test_job_survives_agent_kill9_and_its_result_is_recorded(agent: AgentProc) -
 
 def test_supervisor_killed_is_reported_lost_and_its_job_killed(agent: AgentProc) -> None:
     launch(agent, "13", "sleep 300")
-    rec = wait_for("supervisor and job pids",
-                   lambda: (lambda r: r if r["pid"] and r["supervisor_pid"] else None)(
-                       agent.job("13")))
+    rec = wait_for(lambda: (lambda r: r if r["pid"] and r["supervisor_pid"] else None)(
+                       agent.job("13")), what="supervisor and job pids")
     os.kill(rec["supervisor_pid"], signal.SIGKILL)
     done = agent.wait_exited("13")
     assert done["exit_code"] is None
     assert done["reason"] == "lost: supervisor died"
-    wait_for("the orphaned job to be killed", lambda: not alive(rec["pid"]))
+    wait_for(lambda: not alive(rec["pid"]), what="the orphaned job to be killed")
     assert agent.job("13") == done  # stable from now on
 
 
@@ -198,7 +197,7 @@ def test_logs_read_byte_ranges_on_character_boundaries(agent: AgentProc) -> None
 def test_launch_is_idempotent(agent: AgentProc) -> None:
     run = "echo ran >> ran.txt; sleep 300"
     launch(agent, "15", run)
-    pid = wait_for("job 15 to start", lambda: agent.job("15")["pid"])
+    pid = wait_for(lambda: agent.job("15")["pid"], what="job 15 to start")
     assert launch(agent, "15", run)["pid"] == pid
     other = launch(agent, "15", "echo a different script", gpus=[99])  # known key: no checks
     assert other["pid"] == pid
@@ -209,7 +208,7 @@ def test_launch_is_idempotent(agent: AgentProc) -> None:
         t.start()
     for t in threads:
         t.join()
-    pid16 = wait_for("job 16 to start", lambda: agent.job("16")["pid"])
+    pid16 = wait_for(lambda: agent.job("16")["pid"], what="job 16 to start")
     assert len(results) == 3 and {r["pid"] for r in results} <= {pid16, None}
     for key in ("15", "16"):
         wait_file(agent.job_dir(key) / "work" / "ran.txt")
@@ -323,8 +322,8 @@ def test_launch_answers_once_the_supervisor_detached(agent: AgentProc) -> None:
     assert all(a["state"] == "running" for a in answers)
     assert any(a["pid"] is None for a in answers), "every launch waited for its bash to start"
     for a in answers:
-        rec = wait_for(f"job {a['key']} to start",
-                       lambda: (lambda r: r if r["pid"] else None)(agent.job(a["key"])))
+        rec = wait_for(lambda: (lambda r: r if r["pid"] else None)(agent.job(a["key"])),
+                       what=f"job {a['key']} to start")
         assert alive(rec["pid"]) and rec["started_at"] > 0
 
 
@@ -351,10 +350,10 @@ def test_long_poll_wakes_on_launch_start_end_and_forget(slow_rescan_agent: Agent
 def test_supervisors_wake_the_long_poll_of_a_restarted_agent(slow_rescan_agent: AgentProc) -> None:
     agent = slow_rescan_agent
     launch(agent, "52", "while [ ! -e go ]; do sleep 0.02; done")
-    wait_for("job 52 to start", lambda: agent.job("52")["pid"])
+    wait_for(lambda: agent.job("52")["pid"], what="job 52 to start")
     old_server = fork_server(agent)
     agent.kill9()
-    wait_for("the fork server to exit with its agent", lambda: not alive(old_server.pid))
+    wait_for(lambda: not alive(old_server.pid), what="the fork server to exit with its agent")
     agent.start()
     version = agent.call("jobs")["version"]
     (agent.job_dir("52") / "work" / "go").touch()
@@ -364,7 +363,7 @@ def test_supervisors_wake_the_long_poll_of_a_restarted_agent(slow_rescan_agent: 
 
 def test_a_killed_fork_server_is_replaced_and_its_jobs_keep_running(agent: AgentProc) -> None:
     launch(agent, "53", "sleep 300")
-    pid = wait_for("job 53 to start", lambda: agent.job("53")["pid"])
+    pid = wait_for(lambda: agent.job("53")["pid"], what="job 53 to start")
     server = fork_server(agent)
     server.kill()
     server.wait(timeout=60)
@@ -393,6 +392,6 @@ def test_an_ended_job_says_whether_it_left_a_checkpoint(agent: AgentProc) -> Non
     assert agent.wait_exited("31.a0.r0")["has_checkpoint"] is True
     assert agent.wait_exited("32.a0.r0")["has_checkpoint"] is False
     assert "has_checkpoint" not in agent.job(sleeper["key"])  # only an ended job's record says
-    wait_for("the sleeper's checkpoint file", (Path(agent.call("hello")["checkpoint_root"]) / "33" / "x").exists)
+    wait_for((Path(agent.call("hello")["checkpoint_root"]) / "33" / "x").exists, what="the sleeper's checkpoint file")
     agent.call("cancel", key="33.a0.r0", grace=0)
     assert agent.wait_exited("33.a0.r0")["has_checkpoint"] is True
