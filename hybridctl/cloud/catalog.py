@@ -4,7 +4,7 @@ it into `Offer`s and refresh what their API allows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -40,6 +40,15 @@ class Catalog:
     zones: Mapping[str, tuple[str, ...]]
     """Region -> its zones."""
     snapshot: str = ""
+    clouds: Mapping[str, str] = field(default_factory=dict)
+    """Region -> the cloud that sells it ('aws', 'gcp', 'azure'; `cloud:` in the file, default aws):
+    what a simulation takes the spot notice length from (AWS 120 s, GCP and Azure 30 s)."""
+    reclaim_per_h: Mapping[str, float] = field(default_factory=dict)
+    """Instance type -> expected spot reclaims per node-hour (`interruptions:` in the file), the
+    rate the burst policy prices a reclaim at; types not listed use `cloud.burst.reclaim_per_h`."""
+
+    def cloud_of(self, region: str) -> str:
+        return self.clouds.get(region, "aws")
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -62,8 +71,11 @@ class Catalog:
             zones = [p.zone] if p.spot else spot_zones.get((p.region, p.instance_type)) or list(self.zones[p.region])
             for zone in zones:
                 out.append(Offer(provider, t.name, p.region, zone, t.gpu_type, t.gpus, t.cpus, t.memory_mb,
-                                 p.spot, p.price_hourly))
+                                 p.spot, p.price_hourly, self.reclaim_per_h.get(t.name) if p.spot else None))
         return out
+
+
+CLOUDS = ("aws", "gcp", "azure", "other")
 
 
 def default_path() -> Path:
@@ -106,6 +118,13 @@ def parse(data: Any, source: str) -> Catalog:
         types[str(name)] = InstanceType(str(name), str(gpu) if gpu else None, gpus, cpus, mem)
     prices: list[Price] = []
     zones: dict[str, tuple[str, ...]] = {}
+    clouds: dict[str, str] = {}
+    rates: dict[str, float] = {}
+    for name, rate in _mapping(data.get("interruptions") or {}, source, "interruptions").items():
+        _known(types, name, source, "interruptions")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0:
+            raise ConfigError(f"{source}: interruptions.{name}: {rate!r} is not a rate (reclaims per node-hour, >= 0)")
+        rates[str(name)] = float(rate)
     for region, r in _mapping(data.get("regions"), source, "regions").items():
         where = f"regions.{region}"
         r = _mapping(r, source, where)
@@ -113,6 +132,10 @@ def parse(data: Any, source: str) -> Catalog:
         if not isinstance(zs, list) or not all(isinstance(z, str) for z in zs):
             raise ConfigError(f"{source}: {where}.zones: expected a list of zone names")
         zones[str(region)] = tuple(zs)
+        cloud = r.get("cloud", "aws")
+        if cloud not in CLOUDS:
+            raise ConfigError(f"{source}: {where}.cloud: {cloud!r}; accepted: {', '.join(CLOUDS)}")
+        clouds[str(region)] = str(cloud)
         for name, price in _mapping(r.get("on_demand") or {}, source, f"{where}.on_demand").items():
             _known(types, name, source, f"{where}.on_demand")
             prices.append(Price(str(name), str(region), "", False, _price(price, source, f"{where}.on_demand.{name}")))
@@ -124,7 +147,7 @@ def parse(data: Any, source: str) -> Catalog:
                 if price is not None:
                     prices.append(Price(str(name), str(region), zone, True,
                                         _price(price, source, f"{where}.spot.{name}")))
-    return Catalog(types, tuple(prices), zones, str(data.get("snapshot") or ""))
+    return Catalog(types, tuple(prices), zones, str(data.get("snapshot") or ""), clouds, rates)
 
 
 def _mapping(value: Any, source: str, where: str) -> dict[str, Any]:

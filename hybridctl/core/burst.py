@@ -4,17 +4,21 @@ Pure: (pending tasks, the cluster as the scheduler sees it, the cloud nodes held
 prices and back-offs, spend, limits, now) -> `BurstDecision`. Whether a task fits on-prem, on a
 cloud node that is starting, or on a node about to be rented is asked of `schedule.plan` itself,
 so this policy and the controller's scheduler never disagree about what fits where.
+
+Offers and prices live in core/offers.py, the on-prem wait forecast in core/forecast.py; their
+public names are re-exported here (`from hybridctl.core.burst import Offer` keeps working).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import heapq
+import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from hybridctl.core.fairshare import priority_key
-from hybridctl.core.fit import never_fits, request_phrase
+from hybridctl.core.fit import candidates, gpu_type_matches, never_fits
+from hybridctl.core.forecast import Backlog, Freeing, Running, TaskKey, estimate_wait, wait_or_pay
 from hybridctl.core.model import (
     ClusterView,
     GpuSlot,
@@ -23,70 +27,19 @@ from hybridctl.core.model import (
     PendingTask,
     Policy,
     Resources,
+    RunningTask,
     task_label,
 )
+from hybridctl.core.offers import Choice, Market, Offer, cheapest, expected_loss_h, fits, fmt_duration
 from hybridctl.core.schedule import plan
 
-TaskKey = tuple[int, int]
+__all__ = [
+    "PERIODS", "Blocked", "BurstDecision", "CloudNode", "Freeing", "LaunchRequest", "Limits", "Offer", "Running",
+    "ScaleDown", "TaskKey", "World", "cheapest", "decide", "estimate_wait", "expected_loss_h", "fits",
+    "fmt_duration", "label", "period_start", "spot_averse", "wait_or_pay",
+]
 
 PERIODS = ("day", "week", "month")
-
-
-@dataclass(frozen=True)
-class Offer:
-    """One way to rent a node: an instance type in one zone, spot or on-demand, at a price."""
-
-    provider: str
-    """Which provider sells it ('simulated', 'aws', 'command')."""
-    instance_type: str
-    region: str
-    zone: str
-    """Availability zone; equal to `region` where a provider has no zones."""
-    gpu_type: str | None
-    """GPU model, e.g. 'L40S'; None for a CPU-only type."""
-    gpus: int
-    cpus: float
-    memory_mb: int
-    spot: bool
-    price_hourly: float
-    """US dollars per hour, now."""
-
-    @property
-    def pool(self) -> str:
-        """Capacity pool: what a capacity error backs off ('aws/us-east-2b/g6e.xlarge/spot')."""
-        return f"{self.provider}/{self.zone}/{self.instance_type}/{self.market}"
-
-    @property
-    def market(self) -> str:
-        return "spot" if self.spot else "on-demand"
-
-    def describe(self) -> str:
-        """'L40S spot in us-east-2 at $0.92/h' (the shape's GPU model, or the type for CPU-only)."""
-        what = f"{self.gpus}x {self.gpu_type}" if self.gpus > 1 else (self.gpu_type or self.instance_type)
-        return f"{what} {self.market} in {self.region} at ${self.price_hourly:.2f}/h"
-
-    def view(self, name: str) -> NodeView:
-        """The node this offer would become, as the scheduler sees an empty node."""
-        model = self.gpu_type or "GPU"
-        gpus = tuple(GpuSlot(i, model) for i in range(self.gpus))
-        return NodeView(name, gpus, self.cpus, self.cpus, self.memory_mb, self.memory_mb, NodeState.UP, "cloud")
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "provider": self.provider, "instance_type": self.instance_type, "region": self.region,
-            "zone": self.zone, "gpu_type": self.gpu_type, "gpus": self.gpus, "cpus": self.cpus,
-            "memory_mb": self.memory_mb, "spot": self.spot, "price_hourly": self.price_hourly,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> Offer:
-        return cls(
-            provider=str(d["provider"]), instance_type=str(d["instance_type"]), region=str(d["region"]),
-            zone=str(d.get("zone") or d["region"]), gpu_type=(str(d["gpu_type"]) if d.get("gpu_type") else None),
-            gpus=int(d.get("gpus") or 0), cpus=float(d.get("cpus") or 1),  # type: ignore[arg-type,call-overload]
-            memory_mb=int(d.get("memory_mb") or 0), spot=bool(d.get("spot")),  # type: ignore[call-overload]
-            price_hourly=float(d["price_hourly"]),  # type: ignore[arg-type]
-        )
 
 
 @dataclass(frozen=True)
@@ -103,17 +56,6 @@ class CloudNode:
     """Since when it holds no allocation; None while busy (or not up yet)."""
     draining: bool = False
     """Being given back (idle, preempted, budget): counts against limits, takes no work."""
-
-
-@dataclass(frozen=True)
-class Freeing:
-    """An on-prem allocation and when it is expected to end (start + time limit)."""
-
-    node: str
-    gpus: tuple[int, ...]
-    cpus: float
-    memory_mb: int
-    end: float
 
 
 @dataclass(frozen=True)
@@ -141,7 +83,35 @@ class Limits:
     """A launch must leave room in the budget for this many hours of the whole cloud fleet."""
     stop_margin_s: float = 60.0
     """When spend plus this long at the current burn would pass the budget, every cloud node is
-    given back."""
+    given back (with `pace_budget`: only the idle ones; running work is never killed)."""
+    wait_value_usd: float = 0.0
+    """What one GPU-hour of waiting costs the lab ($). A task bursts when its expected on-prem
+    wait x its GPUs x this exceeds what the cloud would cost it; 0 = the `after` timer alone
+    decides (`after` stays a minimum either way)."""
+    count_preemption_loss: bool = False
+    """Price in the work a spot reclaim throws away (from the task's checkpoint interval, its
+    run time, its node count and the pool's reclaim rate): a task whose expected loss costs more
+    than the spot discount saves, or passes `max_spot_loss`, runs on-demand (or waits)."""
+    max_spot_loss: float = 0.05
+    """With `count_preemption_loss`: the largest expected fraction of a task's run time that spot
+    reclaims may throw away."""
+    reclaim_per_h: float = 0.05
+    """Spot reclaims per node-hour assumed for offers that do not state their own."""
+    restart_overhead_s: float = 300.0
+    """Time a restart costs besides the lost work (a new node boots, the job sets up again)."""
+    default_runtime_s: float = 3600.0
+    """Run time assumed for a task without a time limit or estimate (`World.runtime`)."""
+    pace_budget: bool = False
+    """Spread the budget over its period: by a fraction f of the period, at most
+    (f + `pace_ahead`) of the budget is committed, less `deadline_reserve` kept for tasks with a
+    deadline; budgets are never enforced by killing running work."""
+    pace_ahead: float = 0.5
+    deadline_reserve: float = 0.2
+    deadline_margin: float = 0.25
+    """A task with a deadline may use spot (or wait on-prem) only while its slack exceeds this
+    fraction of its run time plus the expected spot loss and a boot."""
+    boot_s: float = 300.0
+    """Launch until a cloud node takes work (provider boot plus bootstrap)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +130,19 @@ class World:
     spent: float = 0.0
     """US dollars spent on cloud nodes in the current budget period."""
     freeing: Sequence[Freeing] = ()
+    runtime: Mapping[TaskKey, float] = field(default_factory=dict)
+    """Expected seconds of work left per task (time limit or estimate); missing =
+    `Limits.default_runtime_s`."""
+    checkpoint_every: Mapping[TaskKey, float] = field(default_factory=dict)
+    """Seconds between a task's checkpoints (declared or observed); missing or 0 = it never
+    checkpoints, so a reclaim restarts it from the beginning."""
+    deadlines: Mapping[TaskKey, float] = field(default_factory=dict)
+    """Seconds since the epoch by which a task must have finished."""
+    spot_insist: frozenset[TaskKey] = frozenset()
+    """Tasks whose job asks for spot whatever the expected loss."""
+    transfer_s: Mapping[TaskKey, float] = field(default_factory=dict)
+    """Seconds a fresh cloud node would spend receiving a task's environment and data before it
+    could start (control/scheduler.transfer_estimate); missing = nothing to move."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +152,10 @@ class LaunchRequest:
     offer: Offer
     tasks: tuple[TaskKey, ...]
     group: int = 0
+    resources: Resources | None = None
+    """The accelerator candidate the node is rented for (None: the task's own resources)."""
+    why: str = ""
+    """Why this market: 'spot: expected loss 1.2% of 3.0 h', 'on-demand: deadline in 2.0 h'."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +188,12 @@ class BurstDecision:
     """Cluster-level lines for `cloud status` (e.g. how many tasks are still under `after`)."""
     hourly_usd: float = 0.0
     """What the held cloud nodes cost per hour now."""
+    drain: tuple[ScaleDown, ...] = ()
+    """Busy nodes that take no new work and are given back once their jobs end (a paced budget
+    running out: running work is never killed for money)."""
+    no_spot: frozenset[TaskKey] = frozenset()
+    """Tasks the policy keeps off spot (`spot_averse`): the scheduler gives them
+    `PendingTask.no_spot`, so they do not land on spot nodes rented for others either."""
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -219,66 +212,6 @@ def period_start(now: float, period: str) -> float:
     else:
         raise ValueError(f"budget period {period!r}: expected one of {', '.join(PERIODS)}")
     return start.timestamp()
-
-
-def fits(offer: Offer, resources: Resources) -> bool:
-    """Can one node of this offer hold one node of a job asking for `resources`?"""
-    return never_fits([offer.view("offer")], resources, 1) is None
-
-
-def cheapest(
-    resources: Resources, offers: Sequence[Offer], backoff: Mapping[str, float], now: float,
-    allow_on_demand: bool, uses: Mapping[str, int] | None = None, spread_penalty: float = 0.0,
-) -> tuple[Offer | None, str]:
-    """The cheapest offer that can hold `resources` (per node), or None and the reason in words.
-
-    Spot comes first when the job allows it (`use_spot`); on-demand only with `allow_on_demand`,
-    when the job asks for it or every fitting spot pool is backing off. `uses` (pool -> nodes
-    there) with `spread_penalty` tilts the choice away from pools already used."""
-    fitting = [o for o in offers if fits(o, resources)]
-    if not fitting:
-        return None, f"no cloud offer has {request_phrase(resources)}"
-    spot = [o for o in fitting if o.spot]
-    on_demand = [o for o in fitting if not o.spot]
-    live_spot = [o for o in spot if backoff.get(o.pool, 0.0) <= now]
-    live_od = [o for o in on_demand if backoff.get(o.pool, 0.0) <= now]
-    candidates: list[Offer] = []
-    if resources.use_spot and live_spot:
-        candidates = live_spot
-    elif allow_on_demand and live_od:
-        candidates = live_od
-    if not candidates:
-        if not resources.use_spot and not allow_on_demand:
-            return None, "the job asks for on-demand nodes (use_spot: false) and burst.allow_on_demand is off"
-        if spot and not live_spot:
-            until = min(backoff[o.pool] for o in spot)
-            why = (f"every fitting spot pool is backing off after capacity errors ({len(spot)} pools,"
-                   f" next retry in {fmt_duration(until - now)})")
-        elif not spot:
-            why = f"no spot offer has {request_phrase(resources)}"
-        else:
-            why = "spot is not allowed for this job"
-        if not allow_on_demand:
-            return None, f"{why}; on-demand fallback is off (burst.allow_on_demand)"
-        if on_demand and not live_od:
-            return None, f"{why}; every fitting on-demand pool is backing off too"
-        return None, f"{why}; no on-demand offer fits either"
-    counts = uses or {}
-    best = min(
-        candidates,
-        key=lambda o: (o.price_hourly * (1.0 + spread_penalty * counts.get(o.pool, 0)), o.price_hourly, o.pool),
-    )
-    return best, ""
-
-
-def fmt_duration(seconds: float) -> str:
-    """'45s', '40 min', '2.5 h'."""
-    s = max(0, int(round(seconds)))
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _virtual(task: PendingTask, tag: str) -> list[NodeView]:
@@ -319,6 +252,133 @@ def _view(cluster: ClusterView, nodes: Sequence[NodeView]) -> ClusterView:
     return replace(cluster, nodes=tuple(nodes))
 
 
+def spot_averse(task: PendingTask, world: World, limits: Limits, now: float, can_wait: bool) -> bool:
+    """Whether the policy keeps `task` off spot nodes altogether (with `count_preemption_loss`):
+    at the assumed reclaim rate (`limits.reclaim_per_h`, k times for k nodes) it would lose more
+    than `max_spot_loss` of its run, or its deadline's slack is too short for spot; and it has
+    somewhere else to go (on-demand is allowed, or it can wait on-prem). A job in `spot_insist`
+    never is; nor one that asks for on-demand anyway (use_spot: false)."""
+    key = (task.job_id, task.task)
+    if not limits.count_preemption_loss or key in world.spot_insist or not task.resources.use_spot:
+        return False
+    if not (limits.allow_on_demand or can_wait):
+        return False
+    k = max(task.num_nodes, 1)
+    work_h = _runtime(task, world, limits) / 3600.0
+    ckpt_h = (world.checkpoint_every.get(key) or 0.0) / 3600.0
+    loss = expected_loss_h(work_h, k * limits.reclaim_per_h, ckpt_h, limits.restart_overhead_s / 3600.0)
+    deadline = world.deadlines.get(key)
+    if deadline is not None:  # as `_choose`: spot while the slack allows, else on-demand if there is one
+        slack = deadline - now - limits.boot_s - work_h * 3600.0
+        short = slack < (loss + limits.deadline_margin * work_h) * 3600.0
+        return limits.allow_on_demand and (short or (work_h > 0 and loss / work_h > limits.max_spot_loss))
+    return work_h > 0 and loss / work_h > limits.max_spot_loss
+
+
+def _choose(task: PendingTask, market: Market, world: World, limits: Limits, uses: Mapping[str, int],
+            now: float, can_wait: bool) -> Choice:
+    """The offer to rent for `task` across its accelerator candidates (an ordered list: the first
+    candidate with an offer; a set: the cheapest), spot or on-demand by the expected loss."""
+    key = (task.job_id, task.task)
+    k = max(task.num_nodes, 1)
+    work_h = _runtime(task, world, limits) / 3600.0
+    ckpt_h = (world.checkpoint_every.get(key) or 0.0) / 3600.0
+    deadline = world.deadlines.get(key)
+    best: Choice | None = None
+    first_why = ""
+    for res in candidates(task.resources):
+        spot, od, scarce = market.fitting(res)
+        if not res.use_spot:
+            spot = []
+        if not limits.allow_on_demand:
+            od = []
+        if scarce and od and limits.count_preemption_loss and key not in world.spot_insist:
+            spot = []  # half its spot pools refused lately: do not walk the rest one by one
+        s, d = market.best(res, spot, od, uses, limits.spread_penalty)
+        choice: Choice | None = None
+        if s is not None:
+            rate = k * (s.reclaim_per_h if s.reclaim_per_h is not None else limits.reclaim_per_h)
+            loss = expected_loss_h(work_h, rate, ckpt_h, limits.restart_overhead_s / 3600.0)
+            s_cost = s.price_hourly * k * (work_h + loss)
+            frac = loss / work_h if work_h > 0 else 0.0
+            why = f"spot: expected loss {frac:.1%} of {fmt_duration(work_h * 3600)}"
+            if not limits.count_preemption_loss or key in world.spot_insist:
+                choice = Choice(s, res, s_cost, loss, why)
+            elif deadline is not None:
+                slack = deadline - now - limits.boot_s - work_h * 3600.0
+                need = (loss + limits.deadline_margin * work_h) * 3600.0
+                if (slack >= need and frac <= limits.max_spot_loss) or d is None:
+                    choice = Choice(s, res, s_cost, loss, f"{why}; deadline slack {fmt_duration(slack)}")
+                else:
+                    choice = Choice(d, res, d.price_hourly * k * work_h, 0.0,
+                                    f"on-demand: deadline slack {fmt_duration(max(slack, 0))} is too short for spot"
+                                    if slack < need else f"on-demand: on spot it would lose ~{frac:.0%} of its work")
+            else:
+                dear = d is not None and s_cost > d.price_hourly * k * work_h
+                if frac <= limits.max_spot_loss and not dear:
+                    choice = Choice(s, res, s_cost, loss, why)
+                elif d is not None:
+                    choice = Choice(d, res, d.price_hourly * k * work_h, 0.0,
+                                    f"on-demand: on spot it would lose ~{frac:.0%} of its work to reclaims"
+                                    f" ({'no checkpoints' if not ckpt_h else 'checkpoints every ' + fmt_duration(ckpt_h * 3600)})")
+                elif not can_wait:
+                    choice = Choice(s, res, s_cost, loss, f"{why}; it can never run on-prem")
+                else:
+                    first_why = first_why or (
+                        f"cloud: on spot it would lose ~{frac:.0%} of its work to reclaims (burst.max_spot_loss"
+                        f" {limits.max_spot_loss:.0%}) and on-demand is off (burst.allow_on_demand): it waits on-prem")
+        elif d is not None:
+            choice = Choice(d, res, d.price_hourly * k * work_h, 0.0, "on-demand")
+        if choice is not None and task.no_spot and choice.offer is not None and choice.offer.spot:
+            # `spot_averse` (the scheduler keeps it off spot nodes by the same rule) though this
+            # pool's own rate would allow spot: on-demand, else it waits on-prem.
+            why = (f"on spot it would lose ~{choice.loss_h / work_h if work_h > 0 else 0.0:.0%} of its work"
+                   f" at burst.reclaim_per_h {limits.reclaim_per_h:g}")
+            choice = None if d is None else Choice(d, res, d.price_hourly * k * work_h, 0.0, f"on-demand: {why}")
+            if choice is None:
+                first_why = first_why or f"cloud: {why} and on-demand is off (burst.allow_on_demand): it waits on-prem"
+                continue
+        if choice is None:
+            if not first_why:
+                _, why = cheapest(res, market.offers, market.backoff, now, limits.allow_on_demand)
+                first_why = f"cloud: {why}"
+            continue
+        if task.resources.ordered:
+            return choice
+        if best is None or choice.cost < best.cost:
+            best = choice
+    return best if best is not None else Choice(None, task.resources, why=first_why)
+
+
+def _runtime(t: PendingTask, world: World, limits: Limits) -> float:
+    """Expected seconds of work left: the world's figure, else the task's limit or estimate."""
+    r = world.runtime.get((t.job_id, t.task))
+    if r is None:
+        r = getattr(t, "runtime_s", None)
+    return r if r is not None else limits.default_runtime_s
+
+
+def _pack(room: list[list], res: Resources) -> bool:
+    """Take room for one node of `res` on a node rented earlier in this pass (best fit), if any
+    has it. The final `plan` of the pass decides where tasks land; this only avoids renting a
+    node for a task that fits beside another."""
+    best = None
+    for r in room:
+        model, gpus, cpus, mem = r
+        if gpus < res.gpus or cpus < res.cpus or mem < res.memory_mb:
+            continue
+        if res.gpus and res.gpu_type is not None and not gpu_type_matches(res.gpu_type, model):
+            continue
+        if best is None or gpus < best[1]:
+            best = r
+    if best is None:
+        return False
+    best[1] -= res.gpus
+    best[2] -= res.cpus
+    best[3] -= res.memory_mb
+    return True
+
+
 # ---- the decision --------------------------------------------------------------------------------
 
 
@@ -333,11 +393,16 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
        with the offer's empty shape) and the nodes rented so far in this pass; if it fits, it is
        covered. If it would not fit even on a node made for it, a quota or throttle holds it
        and renting would not help.
-    3. Otherwise the cheapest fitting offer (spot first, pools spread, back-offs skipped) is
-       rented, `num_nodes` nodes in one pool, unless `max_nodes`, `max_hourly_usd` or the budget
-       says no: then the task is `Blocked` with the limit in words.
+    3. Otherwise the offer is chosen across the task's accelerator candidates (`_choose`: spot
+       unless the expected reclaim loss says on-demand; pools spread, back-offs skipped). With
+       `wait_value_usd`, a placement-'any' task without a pressing deadline waits on-prem while
+       its expected on-prem wait costs less than that offer would; a task with a deadline waits
+       while the wait fits its slack. `num_nodes` nodes are rented in one pool, unless
+       `max_nodes`, `max_hourly_usd` or the budget (paced with `pace_budget`) says no: then the
+       task is `Blocked` with the limit in words.
     4. Cloud nodes idle for `idle_timeout` that no pending task is about to use are given back;
-       all of them when the budget would otherwise be overrun.
+       when the budget would otherwise be overrun, all of them (only the idle ones with
+       `pace_budget`: running work is never killed for money).
     """
     cluster = world.cluster
     usage = cluster.usage_by_user
@@ -347,13 +412,29 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     period = limits.budget_period
 
     # 1. Saturation, as the scheduler itself sees the on-prem fleet.
-    onprem = [n for n in cluster.nodes if n.site != "cloud"]
+    onprem_now = [n for n in cluster.nodes if n.site != "cloud"]
+    onprem = onprem_now
     if limits.count_freeing_within > 0 and world.freeing:
         onprem = _with_freeing(onprem, world.freeing, now + limits.count_freeing_within)
     local_tasks = [replace(t, placement="onprem") for t in ordered if t.placement == "any" and not t.deps_unmet]
     local = plan(_view(cluster, onprem), local_tasks, policy)
     placed_local = {(p.job_id, p.task) for p in local.placements}
-    candidates: list[PendingTask] = []
+    # The scheduler's own forecast where it has one: a reservation's start, or a preemption
+    # that frees on-prem room for the task now.
+    forecast: dict[TaskKey, float] = {}
+    for w in local.waiting:
+        if w.reason.startswith("preempting"):
+            forecast[(w.job_id, w.task)] = now
+        elif w.starts_at is not None:
+            forecast[(w.job_id, w.task)] = w.starts_at
+    weigh = limits.wait_value_usd > 0 or bool(world.deadlines)
+    backlog = Backlog(onprem_now, world.freeing, now, limits.default_runtime_s, cluster.running) if weigh else None
+    by_key = {(t.job_id, t.task): t for t in ordered}
+    if backlog is not None:
+        for key in placed_local:
+            t = by_key[key]
+            backlog.add(t.resources, max(t.num_nodes, 1), _runtime(t, world, limits))
+    candidates_: list[PendingTask] = []
     early = 0
     for t in ordered:
         key = (t.job_id, t.task)
@@ -364,8 +445,10 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 continue
             if now - world.pending_since.get(key, t.submitted_at) < limits.after:
                 early += 1
+                if backlog is not None:
+                    backlog.add(t.resources, max(t.num_nodes, 1), _runtime(t, world, limits))
                 continue
-        candidates.append(replace(t, placement="cloud"))
+        candidates_.append(t)
 
     # 2-3. Cover with held nodes, else rent.
     cloud_views: list[NodeView] = []
@@ -383,6 +466,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     for c in world.cloud:
         uses[c.offer.pool] = uses.get(c.offer.pool, 0) + 1
 
+    market = Market(world.offers, world.backoff, now)
+    gated = bool(policy.user_gpu_quota or policy.group_gpu_quota)
     accepted: list[PendingTask] = []
     new_views: list[NodeView] = []
     launches: list[LaunchRequest] = []
@@ -390,39 +475,128 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     notes: list[str] = []
     planned_nodes = 0
     planned_hourly = 0.0
+    planned_cost = 0.0
+    node_left: dict[str, float] = {}
+    committed = _committed(world, cluster.running, limits, now, node_left) if limits.pace_budget else 0.0
+    paced_out = ""
+    if limits.pace_budget:
+        p0 = period_start(now, period)
+        cap = limits.budget_usd * min(1.0, (now - p0) / _period_len(p0, period) + limits.pace_ahead) * (
+            1.0 - limits.deadline_reserve)
+        if world.spent + committed >= cap:
+            paced_out = (f"cloud: budget pacing: ${world.spent:.2f} of ${limits.budget_usd:.2f} spent this {period}"
+                         f" and ${committed:.2f} committed; ${cap:.2f} allowed by now"
+                         f" ({limits.deadline_reserve:.0%} kept for deadlines)")
     group = 0
     quota_held = 0
-    for t in candidates:
+    waiting = 0
+    never_cache: dict[tuple[int, str | None, float, int, int], bool] = {}
+    # One plan over the held nodes covers what they can take (the scheduler's own order);
+    # the rest rent, packing onto nodes rented earlier in this pass where they have room.
+    # Tasks the policy keeps off spot: neither held spot nodes nor new ones take them (and the
+    # scheduler is told, so it does not put them on spot nodes rented for others either).
+    no_spot: set[TaskKey] = set()
+    if limits.count_preemption_loss:
+        fits_here: dict[tuple[int, str | None, float, int, int], bool] = {}
+        for t in ordered:
+            if t.deps_unmet or t.placement not in ("any", "cloud") or not t.resources.use_spot:
+                continue
+            can_wait = False
+            if t.placement == "any" and onprem_now:
+                shape_ = (t.resources.gpus, t.resources.gpu_type, t.resources.cpus, t.resources.memory_mb,
+                          max(t.num_nodes, 1))
+                ok = fits_here.get(shape_)
+                if ok is None:
+                    ok = fits_here[shape_] = never_fits(onprem_now, t.resources, shape_[4]) is None
+                can_wait = ok
+            if spot_averse(t, world, limits, now, can_wait):
+                no_spot.add((t.job_id, t.task))
+    as_cloud = [replace(t, placement="cloud", no_spot=(t.job_id, t.task) in no_spot) if no_spot
+                else replace(t, placement="cloud") for t in candidates_]
+    held_cover: set[TaskKey] = set()
+    if cloud_views and as_cloud:
+        held_cover = {(p.job_id, p.task) for p in plan(_view(cluster, cloud_views), as_cloud, policy).placements}
+    room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory]
+    for t in as_cloud:
         key = (t.job_id, t.task)
-        trial = plan(_view(cluster, cloud_views + new_views), [*accepted, t], policy)
-        if any((p.job_id, p.task) == key for p in trial.placements):
+        if key in held_cover:
             accepted.append(t)
             continue
-        made_for = plan(_view(cluster, cloud_views + new_views + _virtual(t, "v")), [*accepted, t], policy)
-        if not any((p.job_id, p.task) == key for p in made_for.placements):
-            quota_held += 1  # quota, throttle: the scheduler would not start it on any node
+        if t.num_nodes <= 1 and _pack(room, t.resources):
+            accepted.append(t)
             continue
+        views = cloud_views + new_views
+        if gated or t.array_throttle is not None:
+            made_for = plan(_view(cluster, views + _virtual(t, "v")), [*accepted, t], policy)
+            if not any((p.job_id, p.task) == key for p in made_for.placements):
+                quota_held += 1  # quota, throttle: the scheduler would not start it on any node
+                continue
         k = max(t.num_nodes, 1)
-        offer, why = cheapest(t.resources, world.offers, world.backoff, now, limits.allow_on_demand,
-                              uses, limits.spread_penalty)
+        runtime = _runtime(t, world, limits)
+        shape = (t.resources.gpus, t.resources.gpu_type, t.resources.cpus, t.resources.memory_mb, k)
+        never = never_cache.get(shape)
+        if never is None:
+            never = never_cache[shape] = bool(
+                not onprem_now or never_fits(onprem_now, t.resources, k) is not None)
+        can_wait = by_key[key].placement == "any" and not never
+        deadline = world.deadlines.get(key)
+        if deadline is None and paced_out:
+            blocked.append(Blocked(t.job_id, t.task, paced_out))
+            if backlog is not None and can_wait:
+                backlog.add(t.resources, k, runtime)
+            continue
+        choice = _choose(t, market, world, limits, uses, now, can_wait)
+        if can_wait and backlog is not None:
+            wait = forecast[key] - now if key in forecast else backlog.wait(t.resources, k)
+            if deadline is not None:
+                slack = deadline - now - runtime
+                hold = wait + limits.deadline_margin * runtime < slack
+            else:
+                # A cloud node first receives what the job needs (its data lives on-prem): that
+                # time is paid for and comes before the job starts, so waiting less than it on-prem
+                # always wins.
+                move = world.transfer_s.get(key, 0.0)
+                paid = choice.cost + (choice.offer.price_hourly * k * move / 3600.0 if choice.offer else 0.0)
+                hold = (choice.offer is not None and limits.wait_value_usd > 0
+                        and (wait < move
+                             or wait / 3600.0 * t.resources.gpus * k * limits.wait_value_usd < paid))
+            if hold or choice.offer is None:
+                backlog.add(t.resources, k, runtime)
+            if hold:
+                waiting += 1
+                continue
+        offer = choice.offer
         if offer is None:
-            blocked.append(Blocked(t.job_id, t.task, f"cloud: {why}"))
+            blocked.append(Blocked(t.job_id, t.task, choice.why))
             continue
         reason = _limit_reason(offer, k, len(world.cloud) + planned_nodes, hourly_now + planned_hourly,
-                               world.spent, limits)
+                               world.spent, limits, now, choice.cost, deadline is not None,
+                               committed + planned_cost)
         if reason:
             blocked.append(Blocked(t.job_id, t.task, reason))
+            if backlog is not None and can_wait:
+                backlog.add(t.resources, k, runtime)
             continue
         group += 1
+        res = choice.resources if choice.resources != t.resources else None
+        use = choice.resources
         for i in range(k):
             name = f"+{offer.instance_type}#{len(new_views)}"
             new_views.append(offer.view(name))
-            launches.append(LaunchRequest(offer, (key,), group))
+            launches.append(LaunchRequest(offer, (key,), group, res, choice.why))
+            room.append([offer.gpu_type or "GPU", offer.gpus - use.gpus, offer.cpus - use.cpus,
+                         offer.memory_mb - use.memory_mb])
         uses[offer.pool] = uses.get(offer.pool, 0) + k
+        market.moved()
         planned_nodes += k
         planned_hourly += k * offer.price_hourly
-        accepted.append(t)
+        planned_cost += choice.cost
+        accepted.append(replace(t, resources=choice.resources) if res is not None else t)
 
+    # A task kept off spot whose alternative a limit refuses (the budget, max_nodes...) may still
+    # take an idle spot node held for others: it is paid for anyway, and waiting helps no one.
+    if no_spot and blocked:
+        no_spot -= {(b.job_id, b.task) for b in blocked}
     # Which held nodes will receive work, and which rented ones: one final pass over everything.
     final = plan(_view(cluster, cloud_views + new_views), accepted, policy)
     covered: dict[TaskKey, str] = {}
@@ -433,33 +607,92 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             covered[(p.job_id, p.task)] = p.node
     # Drop a rented node nothing landed on (a later task took the room its own task needed).
     kept = [req for req, v in zip(launches, new_views) if v.name in wanted_nodes]
+    # A paced budget counts work that held nodes would take too: a node whose next task would
+    # pass what may be committed by now takes no new work (given back when idle).
+    stop: set[str] = set()
+    if limits.pace_budget and world.cloud:
+        total = world.spent + committed + planned_cost
+        start = period_start(now, period)
+        frac = min(1.0, (now - start) / _period_len(start, period) + limits.pace_ahead)
+        room_cap = limits.budget_usd * frac * (1.0 - limits.deadline_reserve)
+        on_nodes = set(covered.values())
+        for c in world.cloud:
+            # A busy node that could not afford another `budget_reserve_h` after its current work
+            # takes nothing new: the scheduler would otherwise hand it the next job as it frees.
+            if (c.up and c.idle_since is None and not c.draining and c.name not in on_nodes
+                    and total + c.offer.price_hourly * limits.budget_reserve_h > room_cap + 1e-9):
+                stop.add(c.name)
+        for key in sorted(covered, key=lambda k: priority_key(by_key[k], usage)):
+            node = covered[key]
+            c = held.get(node)
+            if c is None:
+                continue
+            run = _runtime(by_key[key], world, limits)
+            left = node_left.get(node, 0.0)
+            cost = c.offer.price_hourly * max(0.0, run - left) / 3600.0  # beyond what is committed
+            node_left[node] = max(left, run)
+            cap = limits.budget_usd * (1.0 if key in world.deadlines else frac * (1.0 - limits.deadline_reserve))
+            if node in stop or total + cost > cap + 1e-9:
+                stop.add(node)
+                del covered[key]
+            else:
+                total += cost
 
     # 4. Scale-down.
     scale: list[ScaleDown] = []
-    if world.cloud and world.spent + hourly_now * limits.stop_margin_s / 3600.0 >= limits.budget_usd:
+    over = world.spent + hourly_now * limits.stop_margin_s / 3600.0 >= limits.budget_usd
+    drain: list[ScaleDown] = []
+    for c in world.cloud:
+        if c.name in stop and not c.draining:
+            why = (f"budget pacing: ${world.spent:.2f} of ${limits.budget_usd:.2f} spent this {period}; no new"
+                   " work on this node")
+            if c.up and c.idle_since is not None:
+                scale.append(ScaleDown(c.name, why + ", giving it back"))
+            else:
+                drain.append(ScaleDown(c.name, why + ", given back when its jobs end"))
+    if limits.pace_budget and world.cloud and (
+            world.spent + hourly_now * max(limits.budget_reserve_h, limits.stop_margin_s / 3600.0) >= limits.budget_usd):
+        # What runs may finish; nothing new starts on the cloud, and idle nodes go now.
+        over = True
+        why = (f"budget: ${world.spent:.2f} of ${limits.budget_usd:.2f} spent this {period} and the cloud nodes"
+               f" burn ${hourly_now:.2f}/h; no new work on them, each given back when its jobs end")
+        drain = [ScaleDown(c.name, why) for c in world.cloud
+                 if not c.draining and c.idle_since is None and c.name not in stop] + drain
+        covered = {}
+    if world.cloud and over and not limits.pace_budget:
         why = (f"budget: ${world.spent:.2f} of ${limits.budget_usd:.2f} spent this {period}, and the cloud nodes"
                f" burn ${hourly_now:.2f}/h; giving every cloud node back")
         scale = [ScaleDown(c.name, why) for c in world.cloud if not c.draining]
         kept = []
         covered = {}
     else:
+        if over:
+            kept = []
         for c in world.cloud:
-            if c.draining or not c.up or c.idle_since is None or c.name in wanted_nodes:
+            if c.draining or not c.up or c.idle_since is None or c.name in wanted_nodes or c.name in stop:
                 continue
             idle = now - c.idle_since
-            if idle >= limits.idle_timeout:
+            if over:
+                scale.append(ScaleDown(c.name, f"budget: ${world.spent:.2f} of ${limits.budget_usd:.2f} spent"
+                                               f" this {period}; giving idle nodes back"))
+            elif idle >= limits.idle_timeout:
                 why = f"idle for {fmt_duration(idle)} (burst.idle_timeout {fmt_duration(limits.idle_timeout)})"
                 scale.append(ScaleDown(c.name, why))
     if early:
         notes.append(f"{early} task{'s' if early != 1 else ''} fit nowhere on-prem but waited less than"
                       f" burst.after ({fmt_duration(limits.after)})")
+    if waiting:
+        notes.append(f"{waiting} task{'s' if waiting != 1 else ''} wait on-prem: the expected wait costs less than"
+                     f" the cloud would (burst.wait_value_usd ${limits.wait_value_usd:g} per GPU-hour) or fits the deadline")
     if quota_held:
         notes.append(f"{quota_held} task{'s' if quota_held != 1 else ''} held by a quota or array throttle:"
                       " renting would not start them")
-    return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now)
+    return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
+                         frozenset(no_spot))
 
 
-def _limit_reason(offer: Offer, k: int, nodes: int, hourly: float, spent: float, limits: Limits) -> str:
+def _limit_reason(offer: Offer, k: int, nodes: int, hourly: float, spent: float, limits: Limits,
+                  now: float = 0.0, cost: float = 0.0, deadline: bool = False, committed: float = 0.0) -> str:
     """Why renting `k` nodes of `offer` would cross a limit, or '' if it would not."""
     what = offer.describe() if k == 1 else f"{k} nodes of {offer.describe()}"
     if nodes + k > limits.max_nodes:
@@ -470,115 +703,59 @@ def _limit_reason(offer: Offer, k: int, nodes: int, hourly: float, spent: float,
         return (f"cloud: max_hourly_usd: cloud nodes cost ${hourly:.2f}/h now; {what} would pass the"
                 f" ${limits.max_hourly_usd:.2f}/h limit")
     need = (hourly + extra) * limits.budget_reserve_h
+    if limits.pace_budget:
+        # The job's run, plus the node's boot and its idle time before it is given back.
+        need = committed + max(cost + extra * (limits.boot_s + limits.idle_timeout) / 3600.0,
+                               extra * limits.budget_reserve_h)
+        start = period_start(now, limits.budget_period)
+        frac = min(1.0, (now - start) / _period_len(start, limits.budget_period) + limits.pace_ahead)
+        allowed = limits.budget_usd if deadline else limits.budget_usd * frac * (1.0 - limits.deadline_reserve)
+        if spent + need > allowed + 1e-9:
+            return (f"cloud: budget pacing: ${spent:.2f} of ${limits.budget_usd:.2f} spent this {limits.budget_period};"
+                    f" {what} (~${cost:.2f} for the job) would pass the ${allowed:.2f} allowed by now"
+                    + ("" if deadline else f" ({limits.deadline_reserve:.0%} kept for deadlines)"))
+        return ""
     if spent + need > limits.budget_usd + 1e-9:
         return (f"cloud: budget: ${spent:.2f} of ${limits.budget_usd:.2f} spent this {limits.budget_period};"
                 f" {what} needs ${need:.2f} of headroom ({limits.budget_reserve_h:g} h of the cloud fleet)")
     return ""
 
 
-# ---- "wait or pay" -------------------------------------------------------------------------------
+def _committed(world: World, running: Sequence[RunningTask], limits: Limits, now: float,
+               left_by: dict[str, float] | None = None) -> float:
+    """$ the held cloud nodes will still cost: to the expected end of their longest job (limit or
+    estimate; `budget_reserve_h` when unknown or still starting), idle ones to their idle timeout."""
+    ends: dict[str, float | None] = {}
+    for r in running:
+        if r.node in ends and ends[r.node] is None:
+            continue
+        ends[r.node] = None if r.ends_at is None else max(r.ends_at, ends.get(r.node) or r.ends_at)
+    total = 0.0
+    for c in world.cloud:
+        if c.draining and c.name not in ends:
+            continue
+        if c.name in ends:
+            end = ends[c.name]
+            left = limits.budget_reserve_h * 3600.0 if end is None else max(0.0, end - now)
+        elif not c.up:
+            left = limits.budget_reserve_h * 3600.0
+        else:
+            left = max(0.0, limits.idle_timeout - (now - (c.idle_since if c.idle_since is not None else now)))
+        total += c.offer.price_hourly * left / 3600.0
+        if left_by is not None:
+            left_by[c.name] = left if c.up else math.inf  # a starting node's work was paid for at launch
+    return total
 
 
-@dataclass(frozen=True)
-class Running:
-    """An allocation held now and when it is expected to end."""
-
-    node: str
-    gpus: tuple[int, ...]
-    cpus: float
-    memory_mb: int
-    end: float
-
-
-def estimate_wait(
-    task: PendingTask,
-    pending: Sequence[PendingTask],
-    nodes: Sequence[NodeView],
-    running: Sequence[Running],
-    policy: Policy,
-    now: float,
-    runtime: Mapping[TaskKey, float] | None = None,
-    default_runtime: float = 3600.0,
-    max_events: int = 400,
-) -> tuple[float | None, int]:
-    """(seconds until `task` would start on these nodes, pending tasks ahead of it).
-
-    Replays the scheduler forward: each running allocation frees its resources at its expected
-    end, `plan` runs on what is free, tasks it starts run for `runtime` (their time limit) or
-    `default_runtime`. None when it would not start within `max_events` ends (or never fits)."""
-    ordered = sorted(pending, key=lambda t: priority_key(t, {}))
-    me = (task.job_id, task.task)
-    mine = priority_key(task, {})
-    ahead = [t for t in ordered if priority_key(t, {}) < mine and not t.deps_unmet and t.placement != "cloud"]
-    local_task = replace(task, placement="onprem" if task.placement == "any" else task.placement)
-    queue = [replace(t, placement="onprem" if t.placement == "any" else t.placement) for t in ahead]
-    views = {n.name: n for n in nodes if n.site != "cloud"}
-    if not views or never_fits(list(views.values()), task.resources, task.num_nodes):
-        return None, len(ahead)
-    events: list[tuple[float, int, Running]] = []
-    for i, r in enumerate(running):
-        if r.node in views:
-            heapq.heappush(events, (max(r.end, now), i, r))
-    seq = len(running)
-    t_now = now
-    runtimes = runtime or {}
-    for _ in range(max_events + 1):
-        d = plan(ClusterView(tuple(views.values())), [*queue, local_task], policy)
-        started: set[TaskKey] = set()
-        for p in d.placements:
-            key = (p.job_id, p.task)
-            if key == me:
-                return t_now - now, len(ahead)
-            started.add(key)
-            views[p.node] = _hold(views[p.node], p.gpus, p.cpus, p.memory_mb, True)
-            seq += 1
-            end = t_now + runtimes.get(key, default_runtime)
-            heapq.heappush(events, (end, seq, Running(p.node, p.gpus, p.cpus, p.memory_mb, end)))
-        queue = [t for t in queue if (t.job_id, t.task) not in started]
-        if not events:
-            return None, len(ahead)
-        t_now, _, r = heapq.heappop(events)
-        views[r.node] = _hold(views[r.node], r.gpus, r.cpus, r.memory_mb, False)
-        while events and events[0][0] <= t_now:
-            _, _, r = heapq.heappop(events)
-            views[r.node] = _hold(views[r.node], r.gpus, r.cpus, r.memory_mb, False)
-    return None, len(ahead)
-
-
-def _hold(n: NodeView, gpus: Sequence[int], cpus: float, mem: int, take: bool) -> NodeView:
-    """`n` with these GPUs, CPUs and memory taken (take) or given back."""
-    idx = set(gpus)
-    sign = -1 if take else 1
-    return replace(
-        n,
-        gpus=tuple(replace(s, free=not take) if s.index in idx else s for s in n.gpus),
-        cpus_free=min(n.cpus_total, n.cpus_free + sign * cpus),
-        memory_free_mb=min(n.memory_total_mb, n.memory_free_mb + sign * mem),
-    )
-
-
-def wait_or_pay(
-    task: PendingTask, wait: float | None, ahead: int, offer: Offer | None, why_not: str, nodes: int = 1
-) -> str:
-    """'local: ~40 min behind 3 jobs; cloud: L40S spot in us-east-2 at $0.92/h'."""
-    behind = f" behind {ahead} job{'s' if ahead != 1 else ''}" if ahead else ""
-    if task.placement == "cloud":
-        local = "local: not allowed (placement: cloud)"
-    elif wait is None:
-        local = f"local: unknown{behind}"
-    elif wait < 60:
-        local = f"local: could start now{behind}" if not wait else f"local: ~1 min{behind}"
-    else:
-        local = f"local: ~{fmt_duration(wait)}{behind}"
-    if task.placement == "onprem":
-        cloud = "cloud: not allowed (placement: onprem)"
-    elif offer is None:
-        cloud = f"cloud: {why_not}"
-    elif nodes > 1:
-        cloud = f"cloud: {nodes} nodes of {offer.describe()} (${nodes * offer.price_hourly:.2f}/h)"
-    else:
-        cloud = f"cloud: {offer.describe()}"
-    return f"{local}; {cloud}"
+def _period_len(start: float, period: str) -> float:
+    """Seconds in the budget period that starts at `start`."""
+    if period == "day":
+        return 86400.0
+    if period == "week":
+        return 7 * 86400.0
+    t = dt.datetime.fromtimestamp(start, dt.timezone.utc)
+    nxt = t.replace(year=t.year + 1, month=1) if t.month == 12 else t.replace(month=t.month + 1)
+    return nxt.timestamp() - start
 
 
 def label(key: TaskKey) -> str:

@@ -1,16 +1,23 @@
 """One scheduling pass: from the fleet's free resources, the pending tasks and the policy, decide
 which tasks start where, and give every other task a one-line reason. Pure: no I/O, no clock.
 
-Greedy in priority order with no reservations: a task that does not fit now never holds GPUs
-back, so smaller tasks behind it may still start (backfill without a start-time guarantee).
+Greedy in priority order, with backfill (core/backfill.py): the first `Policy.backfill_depth`
+tasks that cannot start get a reservation at the earliest time their nodes come free, and a later
+task starts only where it does not delay one. A task that would otherwise wait may instead
+preempt lower-priority preemptible tasks (core/preempt.py); the decision lists them.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Callable, Sequence
 
-from hybridctl.core.capacity import Fleet, FreeIndex, Misses
+from hybridctl.core import fit
+from hybridctl.core.backfill import Backfill
+from hybridctl.core.capacity import FreeFleet, FreeIndex, Misses, Skip
 from hybridctl.core.fairshare import decayed_usage, priority_key
+from hybridctl.core.locality import LocalityView
 from hybridctl.core.fit import (
     cpu_phrase,
     fmt_mem,
@@ -21,6 +28,7 @@ from hybridctl.core.fit import (
 )
 from hybridctl.core.model import (
     ClusterView,
+    NodeView,
     PendingTask,
     Placement,
     Policy,
@@ -42,10 +50,29 @@ _ShapeKey = tuple[int, "str | None", float, int, int, str]
 class _Shape:
     """What all tasks with the same resources, node count and placement share within a pass."""
 
-    __slots__ = ("res", "num_nodes", "gpus_total", "sites", "kinds", "phases", "reason")
+    __slots__ = (
+        "res",
+        "num_nodes",
+        "gpus_total",
+        "sites",
+        "kinds",
+        "phases",
+        "reason",
+        "short",
+        "held_end",
+        "held_reason",
+        "skip_cache",
+        "preempt_fail",
+        "avoid",
+    )
+    # Backfill (core/backfill.py) reads res, num_nodes, sites, kinds and keeps its per-shape
+    # caches here: short, held_end/held_reason, skip_cache, preempt_fail.
 
-    def __init__(self, fleet: Fleet, res: Resources, num_nodes: int, placement: str) -> None:
+    def __init__(self, fleet: FreeFleet, res: Resources, num_nodes: int, placement: str,
+                 avoid: frozenset[int] | None = None) -> None:
         self.res = res
+        self.avoid = avoid
+        """Spot nodes a task that may not use spot passes over (None: none)."""
         self.num_nodes = max(num_nodes, 1)
         self.gpus_total = res.gpus * self.num_nodes
         self.sites = _SITES.get(placement, ())
@@ -53,6 +80,18 @@ class _Shape:
         """GPU models the task may use; None = any."""
         self.reason: str | None = None
         """Set once a task of this shape could not be placed: why the later ones wait."""
+        self.short = False
+        """`reason` is a shortage of free resources (not the fleet's make-up): it may be met by a
+        reservation or a preemption."""
+        self.held_end = math.inf
+        """A task of this shape ending this late (or later) fits only on nodes held for
+        reservations; `held_reason` says so."""
+        self.held_reason = ""
+        self.skip_cache: tuple[int, int, Skip] | None = None
+        """(reservations version, how many start before the task ends, held nodes such a task
+        must pass over)."""
+        self.preempt_fail: int | None = None
+        """No preemption made room for a task of this priority; lower ones need not look."""
         self.phases: list[list[FreeIndex]] = []
         """Indexes to search, in order of preference; the best fit within a phase wins."""
         if not fleet.nodes:
@@ -71,9 +110,14 @@ class _Shape:
                     self.phases.append([fleet.index(site, frozenset((m,))) for m in models])
             self.phases.append([fleet.index(site, self.kinds)])
 
-    def find(self, fleet: Fleet, misses: Misses) -> list[tuple[int, FreeIndex]] | None:
+    def find(
+        self, fleet: FreeFleet, misses: Misses, skip: Skip = None, spot: bool = False
+    ) -> list[tuple[int, FreeIndex]] | None:
         """Nodes (one per rank) and the index whose models to take, or None if it fits nowhere
-        (then `misses` says what the nodes with the GPUs had)."""
+        but on the nodes in `skip` (then `misses` says what the nodes with the GPUs had).
+        Spot nodes the shape must avoid are passed over unless `spot`."""
+        if self.avoid and not spot:
+            skip = (skip or set()) | self.avoid
         g, c, m, want = self.res.gpus, self.res.cpus, self.res.memory_mb, self.num_nodes
         cpus, mem = fleet.cpus, fleet.mem
         for phase in self.phases:
@@ -82,7 +126,7 @@ class _Shape:
                 best_ix = phase[0]
                 for ix in phase:
                     if ix.top >= g:
-                        hit = ix.first(g, cpus, mem, c, m, misses)
+                        hit = ix.first(g, cpus, mem, c, m, misses, skip)
                         if hit is not None and (best is None or hit < best):
                             best, best_ix = hit, ix
                 if best is not None:
@@ -92,7 +136,7 @@ class _Shape:
             for ix in phase:
                 if ix.top < g or ix.supply(g) < want:
                     continue
-                picks = ix.pick(g, want, cpus, mem, c, m, misses)
+                picks = ix.pick(g, want, cpus, mem, c, m, misses, skip)
                 if len(picks) == want:
                     nodes = [n for _, n in picks]
                     key = (sum(k for k, _ in picks), nodes)
@@ -109,11 +153,18 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
     Tasks are taken in `priority_key` order. Each is checked for unmet dependencies, its array's
     throttle, the user and group GPU quotas, then placed on its best-fit node(s), or waits.
     Placement 'any' tries on-prem nodes first and cloud nodes only when none on-prem fits.
+    A task that would delay a reservation on its best fit looks past the held nodes. One that
+    waits for lack of free resources may preempt lower-priority preemptible tasks (then it holds
+    their nodes and counts against quotas now), else may get a reservation (`view.running`'s
+    expected ends say when; at most `policy.backfill_depth` per pass).
     """
     usage = view.usage_by_user
     ordered = sorted(pending, key=lambda t: priority_key(t, usage))
-    fleet = Fleet(
-        view.nodes,
+    nodes = view.nodes
+    if view.exclusive_nodes:  # Slurm's --exclusive: a node running such a task takes nothing else
+        nodes = tuple(_full(n) if n.name in view.exclusive_nodes else n for n in nodes)
+    fleet = FreeFleet(
+        nodes,
         min_cpus=min((t.resources.cpus for t in pending), default=0.0),
         min_mem=min((t.resources.memory_mb for t in pending), default=0),
     )
@@ -125,10 +176,17 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
     user_quota, group_quota = policy.user_gpu_quota, policy.group_gpu_quota
     user_default, group_default = user_quota.get("*"), group_quota.get("*")
     shapes: dict[_ShapeKey, _Shape] = {}
+    bf = Backfill(view, fleet, policy)
+    full: set[_ShapeKey] = set()  # accelerator candidates that found no room in this pass
+    # Exclusive tasks pass over every node holding a task (now, or placed in this pass).
+    node_ix = {n.name: i for i, n in enumerate(fleet.nodes)}
+    occupied = {node_ix[n] for n in view.busy_nodes if n in node_ix}
+    spot_nodes = frozenset(i for i, n in enumerate(fleet.nodes) if n.market == "spot") or None
+    seen: dict[_ShapeKey, tuple[dict[int, bool], set[int]]] = {}  # per shape: nodes it may use, nodes full for it
 
     for t in ordered:
         if t.deps_unmet:
-            waiting.append(Waiting(t.job_id, t.task, _dependency_reason(t.deps_unmet)))
+            waiting.append(Waiting(t.job_id, t.task, t.deps_reason or _dependency_reason(t.deps_unmet)))
             continue
         throttle = t.array_throttle
         if throttle is not None and array_running.get(t.job_id, 0) >= throttle:
@@ -137,11 +195,30 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
             waiting.append(Waiting(t.job_id, t.task, reason))
             continue
         res = t.resources
+        # Spot nodes are off limits to a task that may not use spot (use_spot: false, or the
+        # burst policy's `no_spot`): its own shape, which passes over them.
+        avoid = spot_nodes if spot_nodes and (t.no_spot or not res.use_spot) else None
+        avoid_tag = "no-spot" if not res.use_spot else "spot-averse"
+        for cand in fit.candidates(res) if res.alternatives else ():  # the first candidate that fits now
+            k = (cand.gpus, cand.gpu_type, cand.cpus, cand.memory_mb, t.num_nodes, t.placement)
+            if avoid is not None:
+                k = (*k, avoid_tag)  # type: ignore[assignment]
+            s = shapes.get(k) or shapes.setdefault(k, _Shape(fleet, cand, t.num_nodes, t.placement, avoid))
+            if k not in full and s.reason is None and s.find(fleet, Misses()) is not None:
+                res = cand
+                break
+            full.add(k)  # free capacity only shrinks within a pass: no need to look again
+        else:
+            res = fit.candidates(res)[0]
         # Plain fields hash and compare faster than the dataclass itself.
         key = (res.gpus, res.gpu_type, res.cpus, res.memory_mb, t.num_nodes, t.placement)
+        if t.exclusive:  # its own shape: its reasons are not those of a sharing task
+            key = (*key, "exclusive")  # type: ignore[assignment]
+        if avoid is not None:
+            key = (*key, avoid_tag)  # type: ignore[assignment]
         shape = shapes.get(key)
         if shape is None:
-            shape = shapes[key] = _Shape(fleet, res, t.num_nodes, t.placement)
+            shape = shapes[key] = _Shape(fleet, res, t.num_nodes, t.placement, avoid)
         need = shape.gpus_total
         if need:
             limit = user_quota.get(t.user, user_default)
@@ -158,32 +235,172 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
                     Waiting(t.job_id, t.task, _quota_reason("group", t.group, used, limit, need))
                 )
                 continue
+        held = False
         if shape.reason is not None:
-            waiting.append(Waiting(t.job_id, t.task, shape.reason))
-            continue
-        misses = Misses()
-        found = shape.find(fleet, misses)
-        if found is None:
-            # Free capacity only shrinks during a pass, so every later task of this shape is
-            # blocked too: diagnose once, and point the others at this task.
-            reason, shortage = _diagnose(fleet, shape, misses)
-            shape.reason = (
-                f"priority: behind job {task_label(t.job_id, t.task)}" if shortage else reason
-            )
-            waiting.append(Waiting(t.job_id, t.task, reason))
-            continue
-        for rank, (node, ix) in enumerate(found):
-            gpus = fleet.take(node, ix, res.gpus, res.cpus, res.memory_mb)
-            name = fleet.nodes[node].name
-            placements.append(
-                Placement(t.job_id, t.task, name, gpus, res.cpus, res.memory_mb, rank)
-            )
+            if shape.short:
+                wait, held = bf.blocked(t, shape, shape.reason)
+            else:
+                wait = Waiting(t.job_id, t.task, shape.reason)
+            waiting.append(wait)
+            if not held:
+                continue
+        else:
+            expected = bf.now + t.runtime_s if t.runtime_s is not None else math.inf
+            # Only a time limit lets a task start ahead of a reservation on what it needs (as
+            # Slurm): an estimate comes from the user's own runs (20 trivial runs named 'train'
+            # make one of ~1 s). Estimates still say when it frees its resources (`expected`).
+            ends = math.inf if t.estimated else expected
+            found = skip = None
+            known = shape.held_reason and ends >= shape.held_end
+            alone = set(occupied) if t.exclusive else None
+            if not known:
+                misses = Misses()
+                found = shape.find(fleet, misses, alone)
+                if found is not None and ends > bf.first_start and bf.delays(found, res, ends):
+                    # The best fit is held for a reservation this task would delay: look again
+                    # past every such node (rare: few nodes are held).
+                    skip = bf.skip(shape, ends)
+                    misses = Misses()
+                    found = shape.find(fleet, misses, skip if alone is None else (skip or set()) | alone)
+            if found is None and (known or skip):
+                # It fits now, but only on nodes held for reservations it would delay.
+                if not known:
+                    assert skip is not None
+                    shape.held_end, shape.held_reason = ends, bf.held_reason(skip)
+                wait, held = bf.blocked(t, shape, shape.held_reason)
+                waiting.append(wait)
+                if not held:
+                    continue
+            elif found is None and alone is not None:
+                # Exclusive: no reservation or preemption is made for it (docs/ARCHITECTURE.md
+                # 'Slurm batch scripts'); it starts when a node that fits is empty.
+                reason, _ = _diagnose(fleet, shape, misses)
+                if shape.find(fleet, Misses()) is not None:
+                    reason = "exclusive: every node that fits runs other jobs"
+                shape.reason = reason
+                waiting.append(Waiting(t.job_id, t.task, reason))
+                continue
+            elif found is None and shape.avoid and shape.find(fleet, Misses(), alone, spot=True) is not None:
+                # It would fit now, but only on spot nodes (rented for other jobs): it waits for
+                # on-prem or on-demand room; no reservation or preemption is made for it.
+                shape.reason = reason = _spot_reason(t)
+                waiting.append(Waiting(t.job_id, t.task, reason))
+                continue
+            elif found is None:
+                # Free capacity only shrinks during a pass, so every later task of this shape is
+                # blocked too: diagnose once, and point the others at this task.
+                reason, shortage = _diagnose(fleet, shape, misses)
+                shape.reason = (
+                    f"priority: behind job {task_label(t.job_id, t.task)}" if shortage else reason
+                )
+                shape.short = shortage
+                wait, held = bf.blocked(t, shape, reason) if shortage else (None, False)
+                waiting.append(wait or Waiting(t.job_id, t.task, reason))
+                if not held:
+                    continue
+            else:
+                why = ""
+                if view.locality is not None and t.need is not None and t.need.total and len(found) == 1 \
+                        and not t.exclusive:
+                    warm, why = _warm_choice(view.locality, fleet, node_ix, shape, key, t, found[0], bf, res, ends,
+                                             view.now, seen.setdefault(key, ({}, set())))
+                    if warm is None:  # worth waiting a little for a busy node that holds its world
+                        waiting.append(Waiting(t.job_id, t.task, why))
+                        continue
+                    found = warm
+                    name = fleet.nodes[found[0][0]].name
+                    view.locality.hold(name, t.need)
+                    if t.runtime_s is not None:  # busy now: a later task may wait for it (its expected end)
+                        loc_free = view.locality.free_in
+                        loc_free[name] = min(loc_free.get(name, math.inf), t.runtime_s)
+                for rank, (node, ix) in enumerate(found):
+                    gpus = fleet.take(node, ix, res.gpus, res.cpus, res.memory_mb)
+                    name = fleet.nodes[node].name
+                    placements.append(
+                        Placement(t.job_id, t.task, name, gpus, res.cpus, res.memory_mb, rank,
+                                  res.gpu_type if t.resources.alternatives else None, why)
+                    )
+                    bf.placed(node, gpus, res, expected, ends)
+                    occupied.add(node)
+                    if t.exclusive:  # nothing else on it this pass: book what is left of it
+                        fleet.take(node, ix, 0, max(fleet.cpus[node], 0.0), max(fleet.mem[node], 0))
+        # Placed, or about to have what it preempted: it counts against quotas and throttles.
         if need:
             user_used[t.user] = user_used.get(t.user, 0) + need
             group_used[t.group] = group_used.get(t.group, 0) + need
         if throttle is not None:
             array_running[t.job_id] = array_running.get(t.job_id, 0) + 1
-    return ScheduleDecision(tuple(placements), tuple(waiting))
+    return ScheduleDecision(tuple(placements), tuple(waiting), tuple(bf.preempt))
+
+
+def _warm_choice(
+    loc: LocalityView,
+    fleet: FreeFleet,
+    names: dict[str, int],
+    shape: _Shape,
+    key: _ShapeKey,
+    t: PendingTask,
+    cold: tuple[int, FreeIndex],
+    bf: Backfill,
+    res: Resources,
+    ends: float,
+    now: float,
+    seen: tuple[dict[int, bool], set[int]],
+) -> tuple[list[tuple[int, FreeIndex]] | None, str]:
+    """Cache-aware placement of a single-node task the scheduler placed cache-blind on `cold`:
+    the warm node that moves least of its world, or wait for a busy one (core/locality.py). Returns
+    (where, why) or (None, why it waits). `seen` is kept per shape for the pass: which nodes it
+    may ever use, and which are full for it (free capacity only shrinks within a pass)."""
+    g, c, m = res.gpus, res.cpus, res.memory_mb
+    cpus, mem = fleet.cpus, fleet.mem
+    usable, full = seen
+    hit: list[tuple[int, FreeIndex]] = []
+
+    def fits(name: str) -> bool | None:
+        i = names.get(name)
+        if i is None:
+            return None
+        ok = usable.get(i)
+        if ok is None:
+            node = fleet.nodes[i]
+            ok = usable[i] = (
+                node.site in shape.sites and fleet.up[i] and node.cpus_total >= c and node.memory_total_mb >= m
+                and not (shape.avoid and i in shape.avoid)
+                and sum(n for x, (_, n) in fleet.installed[i].items() if shape.kinds is None or x in shape.kinds) >= g
+            )
+        if not ok:
+            return None
+        if i in full:
+            return False
+        if cpus[i] + 1e-9 >= c and mem[i] >= m:
+            for phase in shape.phases:
+                for ix in phase:
+                    if ix.count[i] >= g:
+                        if bf.delays([(i, ix)], res, ends):
+                            return False  # held for a reservation this task would delay (not for all tasks)
+                        hit[:] = [(i, ix)]
+                        return True
+        full.add(i)
+        return False
+
+    alive, free = fleet.alive, fleet.free
+
+    def gone(name: str) -> bool:  # no task of its kind (GPU or not) fits there any more this pass
+        i = names.get(name)
+        return i is None or not alive[i] or (g > 0 and not any(free[i].values()))
+
+    assert t.need is not None
+    d = loc.place(t.need, fleet.nodes[cold[0]].name, fits, gone, g > 0, max(0.0, now - t.submitted_at))
+    if d.node is None:
+        return None, d.reason
+    if hit and fleet.nodes[hit[0][0]].name == d.node:
+        return [hit[0]], d.reason
+    return [cold], d.reason
+
+
+def _full(n: NodeView) -> NodeView:
+    """`n` with nothing free (it runs an exclusive task)."""
+    return replace(n, gpus=tuple(replace(g, free=False) for g in n.gpus), cpus_free=0.0, memory_free_mb=0)
 
 
 def window(view: ClusterView) -> Callable[[PendingTask], int]:
@@ -202,10 +419,10 @@ def window(view: ClusterView) -> Callable[[PendingTask], int]:
     def size(t: PendingTask) -> int:
         res, nodes = t.resources, max(t.num_nodes, 1)
         bounds = []
-        if res.gpus:
-            bounds.append(free_gpus // (res.gpus * nodes))
+        if gpus := min(c.gpus for c in fit.candidates(res)):  # the smallest candidate
+            bounds.append(free_gpus // (gpus * nodes))
         if res.cpus > 0:
-            bounds.append(int(free_cpus / (res.cpus * nodes)) + 1)  # +1: Fleet's float tolerance
+            bounds.append(int(free_cpus / (res.cpus * nodes)) + 1)  # +1: FreeFleet's float tolerance
         if res.memory_mb > 0:
             bounds.append(free_mem // (res.memory_mb * nodes))
         if t.array_throttle is not None:
@@ -229,7 +446,7 @@ def _quota_reason(kind: str, who: str, used: int, limit: int, need: int) -> str:
     return reason if used >= limit else f"{reason}, this task needs {need}"
 
 
-def _diagnose(fleet: Fleet, shape: _Shape, misses: Misses) -> tuple[str, bool]:
+def _diagnose(fleet: FreeFleet, shape: _Shape, misses: Misses) -> tuple[str, bool]:
     """Why `shape` fits nowhere, and whether that is a shortage of free resources (which later
     tasks of the same shape are said to wait behind) rather than the fleet's make-up."""
     res, want, g = shape.res, shape.num_nodes, shape.res.gpus
@@ -263,7 +480,7 @@ def _diagnose(fleet: Fleet, shape: _Shape, misses: Misses) -> tuple[str, bool]:
     return f"resources: {_cpu_memory_shortage(fleet, sites, shape, gpus)}", True
 
 
-def _cpu_memory_shortage(fleet: Fleet, sites: list[str], shape: _Shape, gpus: str) -> str:
+def _cpu_memory_shortage(fleet: FreeFleet, sites: list[str], shape: _Shape, gpus: str) -> str:
     """Enough nodes have the free GPUs for a multi-node job: count which have its CPUs, which
     its memory (one pass over the nodes; gangs are few)."""
     res = shape.res
@@ -305,7 +522,7 @@ def _one_site(shape: _Shape) -> str:
     )
 
 
-def _down_reason(fleet: Fleet, sites: list[str], shape: _Shape, usable: int) -> str:
+def _down_reason(fleet: FreeFleet, sites: list[str], shape: _Shape, usable: int) -> str:
     """The nodes big enough for the task are not accepting jobs or have too few healthy GPUs."""
     res, kinds = shape.res, shape.kinds
     listed = []
@@ -338,3 +555,11 @@ def _down_reason(fleet: Fleet, sites: list[str], shape: _Shape, usable: int) -> 
             f" the others that fit are drained or unhealthy: {names}"
         )
     return f"all nodes that fit are drained or unhealthy: {names}"
+
+
+def _spot_reason(t: PendingTask) -> str:
+    """Why a task that fits only on spot nodes right now waits."""
+    if not t.resources.use_spot:
+        return "spot: it would fit now only on spot nodes, and this job asks for on-demand (use_spot: false)"
+    return ("spot: it would fit now only on spot nodes, and the burst policy keeps this job off spot"
+            " (its expected loss to reclaims passes burst.max_spot_loss, or its deadline is too close)")

@@ -1,0 +1,56 @@
+"""Strategies to compare and the tables a replay prints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+from hybridctl.core import burst
+from hybridctl.simulate.engine import Result, Strategy, percentile
+from hybridctl.simulate.trace import SIZE_CLASSES
+
+UNLIMITED = dict(max_nodes=100_000, max_hourly_usd=1e12, budget_usd=1e12, stop_margin_s=0.0)
+
+
+def strategies(limits: burst.Limits, legacy: bool = True) -> list[Strategy]:
+    """The baselines and the policy under test: every job on on-demand nodes as it arrives (no
+    fleet), every job on spot (no fleet), the fleet alone, the fleet with the old fixed-timer
+    policy (`legacy`), and the fleet with hybridctl's policy under `limits`."""
+    rent = burst.Limits(after=0.0, allow_on_demand=True, idle_timeout=120.0, **UNLIMITED)  # type: ignore[arg-type]
+    out = [
+        Strategy("all on-demand", onprem=False, limits=rent, market="on-demand"),
+        Strategy("spot only", onprem=False, limits=rent, market="spot"),
+        Strategy("on-prem only"),
+    ]
+    if legacy:
+        out.append(Strategy("fixed timer (old policy)", limits=replace(
+            limits, wait_value_usd=0.0, count_preemption_loss=False, pace_budget=False, allow_on_demand=False,
+            after=120.0)))
+    out.append(Strategy("hybridctl", limits=limits))
+    return out
+
+
+def fmt_wait(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def table(results: Sequence[Result]) -> str:
+    """A Markdown table: one row per strategy."""
+    base = next((r for r in results if r.strategy == "all on-demand"), None)
+    head = ["strategy", "p50 wait", "p95 wait", *(f"p95 {c}" for c in SIZE_CLASSES), "on-prem util", "$",
+            "$ vs on-demand", "cloud GPU-h", "lost GPU-h", "killed GPU-h", "deadline misses", "unfinished"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in results:
+        util = f"{r.onprem_util:.0%}" if r.onprem_util == r.onprem_util else "n/a"
+        rel = f"{r.dollars / base.dollars:.0%}" if base and base.dollars else "n/a"
+        lost = f"{r.lost_gpu_h:,.0f} ({r.lost_gpu_h / r.cloud_gpu_h:.1%})" if r.cloud_gpu_h else "0"
+        cells = [r.strategy, fmt_wait(r.p(0.5)), fmt_wait(r.p(0.95)),
+                 *(fmt_wait(percentile(r.classes[c], 0.95)) if r.classes[c] else "-" for c in SIZE_CLASSES),
+                 util, f"${r.dollars:,.0f}", rel, f"{r.cloud_gpu_h:,.0f}", lost, f"{r.killed_gpu_h:,.0f}",
+                 f"{r.deadline_misses}/{r.deadline_jobs}", str(r.unfinished)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,185 @@
+"""The burst policy's pricing of spot reclaims, wait-or-pay, deadlines, budget pacing and
+accelerator candidates. Pure: `now` is passed in."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import pytest
+
+from hybridctl.core import burst
+from hybridctl.core.burst import CloudNode, Freeing, Limits, Offer, World, decide, expected_loss_h
+from hybridctl.core.model import ClusterView, GpuSlot, NodeState, NodeView, PendingTask, Policy, Resources
+
+NOW = dt.datetime(2026, 11, 4, 12, tzinfo=dt.timezone.utc).timestamp()  # a Wednesday
+SPOT = Offer("sim", "a100x8", "r1", "r1a", "A100", 8, 96, 1 << 20, True, 12.0, 0.06)
+OD = Offer("sim", "a100x8", "r1", "r1a", "A100", 8, 96, 1 << 20, False, 32.0)
+SMALL = Offer("sim", "a100x1", "r1", "r1a", "A100", 1, 12, 1 << 17, True, 1.3, 0.04)
+L40S = Offer("sim", "l40sx8", "r1", "r1b", "L40S", 8, 192, 1 << 20, True, 12.0, 0.04)
+NEW = Limits(after=0, max_nodes=16, max_hourly_usd=1000, budget_usd=10_000, allow_on_demand=True,
+             count_preemption_loss=True)
+
+
+def busy(name: str = "a1", model: str = "NVIDIA A100-SXM4-80GB") -> NodeView:
+    return NodeView(name, tuple(GpuSlot(i, model, free=False) for i in range(8)), 128, 0, 1 << 20, 0, NodeState.UP)
+
+
+def task(job: int = 1, gpus: int = 8, gpu_type: str | None = "A100", nodes: int = 1, **res: object) -> PendingTask:
+    return PendingTask(job, 0, "u", "lab", 0, NOW - 3600, Resources(gpus=gpus, gpu_type=gpu_type, cpus=2 * gpus, **res),  # type: ignore[arg-type]
+                       num_nodes=nodes)
+
+
+def world(*tasks: PendingTask, offers: tuple[Offer, ...] = (SPOT, OD), **kw: object) -> World:
+    return World(list(tasks), ClusterView((busy(),)), offers=list(offers), **kw)  # type: ignore[arg-type]
+
+
+def test_expected_loss_grows_with_run_time_and_shrinks_with_checkpoints() -> None:
+    assert expected_loss_h(1.0, 0.0, 0.0) == 0.0
+    short = expected_loss_h(1.0, 0.05, 0.0)
+    long = expected_loss_h(10.0, 0.05, 0.0)
+    assert 0.02 < short < 0.03  # about rate x T^2 / 2
+    assert long / 10.0 > 5 * short  # the fraction lost grows with the run time
+    assert expected_loss_h(10.0, 0.05, 0.5) < long / 10  # checkpoints every 30 min: small
+    assert expected_loss_h(10.0, 0.2, 0.5) > expected_loss_h(10.0, 0.05, 0.5)  # k nodes: k x the rate
+
+
+def test_a_long_job_without_checkpoints_goes_on_demand_and_says_why() -> None:
+    key = (1, 0)
+    d = decide(world(task(), runtime={key: 12 * 3600.0}), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [False]
+    assert "on-demand" in d.launches[0].why and "no checkpoints" in d.launches[0].why
+    # The same job checkpointing every 20 minutes stays on spot.
+    d = decide(world(task(), runtime={key: 12 * 3600.0}, checkpoint_every={key: 1200.0}), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [True] and d.launches[0].why.startswith("spot: expected loss")
+    # Asked for spot whatever the risk.
+    d = decide(world(task(), runtime={key: 12 * 3600.0}, spot_insist=frozenset({key})), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [True]
+
+
+def test_a_risky_job_waits_on_prem_when_on_demand_is_off() -> None:
+    d = decide(world(task(), runtime={(1, 0): 12 * 3600.0}), replace(NEW, allow_on_demand=False), Policy(), NOW)
+    assert d.launches == () and "waits on-prem" in d.blocked[0].reason and "max_spot_loss" in d.blocked[0].reason
+
+
+def test_multi_node_risk_counts_k_times() -> None:
+    key = (1, 0)
+    kw = dict(runtime={key: 2 * 3600.0}, checkpoint_every={key: 3600.0})
+    one = decide(world(task(), **kw), replace(NEW, max_spot_loss=0.1), Policy(), NOW)  # type: ignore[arg-type]
+    four = decide(world(task(nodes=4), **kw), replace(NEW, max_spot_loss=0.1), Policy(), NOW)  # type: ignore[arg-type]
+    assert [r.offer.spot for r in one.launches] == [True]
+    assert [r.offer.spot for r in four.launches] == [False] * 4
+    assert len({r.offer.pool for r in four.launches}) == 1  # one pool, one zone, one region
+
+
+def test_wait_or_pay_weighs_the_expected_wait_against_the_price() -> None:
+    lim = replace(NEW, wait_value_usd=4.0)
+    key = (1, 0)
+    soon = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 600)]  # the node frees in 10 min
+    late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
+    kw = dict(runtime={key: 4 * 3600.0}, checkpoint_every={key: 600.0})
+    d = decide(world(task(), freeing=soon, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == () and any("wait on-prem" in n for n in d.notes)
+    d = decide(world(task(), freeing=late, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert len(d.launches) == 1
+    # `after` stays a minimum.
+    d = decide(world(task(), freeing=late, **kw), replace(lim, after=7200), Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == ()
+
+
+def test_deadline_spot_while_slack_then_on_demand() -> None:
+    key = (1, 0)
+    lim = replace(NEW, wait_value_usd=4.0)
+    late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
+    kw = dict(runtime={key: 2 * 3600.0}, checkpoint_every={key: 600.0}, freeing=late)
+    roomy = decide(world(task(), deadlines={key: NOW + 10 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    tight = decide(world(task(), deadlines={key: NOW + 2.2 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert [r.offer.spot for r in roomy.launches] == [True]
+    assert [r.offer.spot for r in tight.launches] == [False] and "deadline" in tight.launches[0].why
+    # Enough slack to wait for the on-prem node: no rent.
+    soon = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 600)]
+    d = decide(world(task(), deadlines={key: NOW + 10 * 3600}, **{**kw, "freeing": soon}), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == ()
+
+
+def test_budget_is_paced_over_the_period_and_deadlines_keep_a_reserve() -> None:
+    lim = replace(NEW, budget_usd=7000.0, budget_period="week", pace_budget=True, pace_ahead=0.0,
+                  deadline_reserve=0.2)
+    key = (1, 0)
+    late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
+    kw = dict(runtime={key: 3600.0}, checkpoint_every={key: 600.0}, freeing=late)
+    # Wednesday noon: 2.5 of 7 days gone -> 0.357 x 0.8 x $7000 = $2000 allowed so far.
+    d = decide(world(task(), spent=1995.0, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == () and "budget pacing" in d.blocked[0].reason
+    d = decide(world(task(), spent=1995.0, deadlines={key: NOW + 3 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert len(d.launches) == 1
+    d = decide(world(task(), spent=1000.0, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert len(d.launches) == 1
+
+
+def test_paced_budget_never_gives_back_busy_nodes() -> None:
+    lim = replace(NEW, budget_usd=100.0, pace_budget=True)
+    nodes = [CloudNode("c1", SPOT, NOW - 7200, up=True, idle_since=None),
+             CloudNode("c2", SPOT, NOW - 7200, up=True, idle_since=NOW - 60)]
+    w = World([], ClusterView((busy(),)), nodes, [SPOT], spent=99.9)
+    d = decide(w, lim, Policy(), NOW)
+    assert [s.node for s in d.scale_down] == ["c2"] and d.scale_down[0].reason.startswith("budget:")
+    d = decide(w, replace(lim, pace_budget=False), Policy(), NOW)
+    assert sorted(s.node for s in d.scale_down) == ["c1", "c2"]  # the old rule: everything back
+
+
+def test_small_jobs_rent_small_shapes_and_candidates_pick_the_cheapest() -> None:
+    d = decide(world(task(gpus=1), offers=(SPOT, SMALL)), NEW, Policy(), NOW)
+    assert [r.offer.instance_type for r in d.launches] == ["a100x1"]
+    # Any of A100:8 or L40S:8: the cheaper candidate wins and the request says which.
+    t = task(gpus=8, alternatives=(("A100", 8), ("L40S", 8)))
+    d = decide(world(t, offers=(replace(SPOT, price_hourly=20.0), L40S)), NEW, Policy(), NOW)
+    assert [r.offer.gpu_type for r in d.launches] == ["L40S"] and d.launches[0].resources.gpu_type == "L40S"  # type: ignore[union-attr]
+    # An ordered list: the first candidate with an offer, even when dearer.
+    t = task(gpus=8, alternatives=(("A100", 8), ("L40S", 8)), ordered=True)
+    d = decide(world(t, offers=(replace(SPOT, price_hourly=20.0), L40S)), NEW, Policy(), NOW)
+    assert [r.offer.gpu_type for r in d.launches] == ["A100"]
+
+
+def test_offer_round_trips_its_reclaim_rate() -> None:
+    assert Offer.from_dict(SPOT.to_dict()) == SPOT
+    assert "reclaim_per_h" not in OD.to_dict() and Offer.from_dict(OD.to_dict()) == OD
+
+
+def test_fits_agrees_with_the_scheduler_rule() -> None:
+    assert burst.fits(SPOT, Resources(gpus=8, gpu_type="A100"))
+    assert not burst.fits(SPOT, Resources(gpus=8, gpu_type="A10"))
+    assert not burst.fits(SMALL, Resources(gpus=2))
+    assert not burst.fits(SMALL, Resources(gpus=1, memory_mb=1 << 20))
+
+
+@pytest.mark.parametrize("period,length_days", [("day", 1), ("week", 7), ("month", 30)])
+def test_period_lengths(period: str, length_days: int) -> None:
+    start = burst.period_start(NOW, period)
+    assert burst._period_len(start, period) == length_days * 86400
+
+
+def test_spot_scarce_for_a_shape_goes_on_demand_instead_of_walking_every_pool() -> None:
+    pools = [replace(SPOT, zone=f"r1{z}") for z in "abcd"]
+    key = (1, 0)
+    kw = dict(runtime={key: 3600.0}, checkpoint_every={key: 600.0})
+    backoff = {pools[0].pool: NOW + 300, pools[1].pool: NOW + 300}  # two of four refused lately
+    d = decide(world(task(), offers=(*pools, OD), backoff=backoff, **kw), NEW, Policy(), NOW)  # type: ignore[arg-type]
+    assert [r.offer.spot for r in d.launches] == [False]
+    d = decide(world(task(), offers=(*pools, OD), backoff=dict(list(backoff.items())[:1]), **kw),  # type: ignore[arg-type]
+               NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [True]
+
+
+def test_the_runtime_comes_from_the_task_when_the_world_has_none() -> None:
+    t = replace(task(), runtime_s=12 * 3600.0)
+    d = decide(world(t), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [False]  # 12 h without checkpoints: on-demand
+
+
+def test_a_paced_budget_running_out_drains_busy_nodes_without_killing_them() -> None:
+    lim = replace(NEW, budget_usd=100.0, pace_budget=True)
+    busy_node = CloudNode("c1", SPOT, NOW - 7200, up=True, idle_since=None)
+    d = decide(World([task()], ClusterView((busy(),)), [busy_node], [SPOT, OD], spent=90.0), lim, Policy(), NOW)
+    assert [s.node for s in d.drain] == ["c1"] and d.scale_down == () and d.launches == ()
+    assert "given back when its jobs end" in d.drain[0].reason
