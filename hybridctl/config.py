@@ -56,6 +56,13 @@ class SchedulerConfig:
     """Max GPUs in use at once per user name; '*' sets the default for everyone."""
     group_gpu_quota: Mapping[str, int] = field(default_factory=dict)
     """Max GPUs in use at once per Unix group; '*' sets the default."""
+    backfill_depth: int = 1
+    """Blocked jobs (highest priority first) that get a reservation each pass: smaller jobs start
+    ahead of them only where they do not delay it. 0 = greedy, no start-time guarantee."""
+    preempt_below: int | None = None
+    """Running jobs with a priority below this may be preempted (SIGTERM, the grace, requeue; never
+    counted against max_restarts) by a higher-priority job that would otherwise wait. Unset: only
+    jobs marked `preemptible: true`."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +94,20 @@ class FleetConfig:
 class BurstConfig:
     """When to rent cloud nodes and the limits that are never crossed (`cloud.burst`)."""
 
-    after: float = 120.0
-    """A job that fits on no on-prem node bursts once it has waited this long (s). Jobs with
+    after: float = 60.0
+    """A job that fits on no on-prem node may burst once it has waited this long (s); with
+    `wait_value_usd` it bursts when waiting would cost more than renting. Jobs with
     `placement: cloud` go at once; `placement: onprem` never bursts."""
     idle_timeout: float = 600.0
     """A cloud node idle this long (s) is drained and terminated."""
-    allow_on_demand: bool = False
-    """Fall back to on-demand offers when spot is refused (and serve jobs with use_spot: false)."""
-    max_nodes: int = 4
+    allow_on_demand: bool = True
+    """Rent on-demand when spot is refused or scarce, when a reclaim would cost a job more than
+    spot saves, for deadlines, and for jobs with use_spot: false."""
+    max_nodes: int = 16
     """At most this many cloud nodes at once (starting ones included)."""
-    max_hourly_usd: float = 20.0
+    max_hourly_usd: float = 400.0
     """The cloud nodes held may cost at most this much per hour together."""
-    budget_usd: float = 200.0
+    budget_usd: float = 10000.0
     """Spend per budget period; a launch must leave `budget_reserve_h` of burn in it, and every
     cloud node is given back before it would be crossed."""
     budget_period: str = "month"
@@ -113,6 +122,26 @@ class BurstConfig:
     count_freeing_within: float = 0.0
     """On-prem jobs whose time limit ends within this many seconds count as already free when
     deciding that the fleet is saturated (0 = only what is free now)."""
+    wait_value_usd: float = 4.0
+    """What one GPU-hour of waiting costs the lab in US dollars: a job bursts when its expected
+    on-prem wait x its GPUs x this exceeds what the cloud would cost it (`after` stays a minimum);
+    0 = the `after` timer alone decides."""
+    count_preemption_loss: bool = True
+    """Price in the work a spot reclaim would throw away (checkpoints, run time, node count, the
+    pool's reclaim rate): jobs that would lose more than spot saves, or more than `max_spot_loss`
+    of their run, go on-demand (with `allow_on_demand`) or wait on-prem."""
+    max_spot_loss: float = 0.1
+    """Largest expected fraction of a job's run time spot reclaims may throw away."""
+    reclaim_per_h: float = 0.05
+    """Spot reclaims per node-hour assumed where the catalog gives no rate (`interruptions:`)."""
+    pace_budget: bool = True
+    """Spread `budget_usd` over its period (never spend ahead of the calendar by more than
+    `pace_ahead` of it; keep `deadline_reserve` of it for jobs with a deadline), and never give
+    back busy nodes for money: launches stop instead."""
+    pace_ahead: float = 0.5
+    """Fraction of the budget that may be committed ahead of the calendar (0.15 held a hard week's
+    p95 wait at 5.7 h against 79 min at 0.5, bench/RESULTS.md)."""
+    deadline_reserve: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -217,6 +246,14 @@ class CloudConfig:
     simulated: SimulatedCloudConfig = field(default_factory=SimulatedCloudConfig)
     aws: AwsCloudConfig = field(default_factory=AwsCloudConfig)
     command: CommandCloudConfig = field(default_factory=CommandCloudConfig)
+    default_market: str = "on-demand"
+    """The market of a job that does not say `use_spot` (SkyPilot's default is on-demand): 'spot'
+    lets such jobs burst to spot nodes; 'on-demand' rents them on-demand nodes, which needs
+    `burst.allow_on_demand` (else they wait for on-prem nodes, and the reason says so)."""
+
+    def __post_init__(self) -> None:
+        if self.default_market not in ("spot", "on-demand"):
+            raise ConfigError(f"cloud.default_market: {self.default_market!r} is not valid; accepted: spot, on-demand")
 
 
 @dataclass(frozen=True)
@@ -275,6 +312,119 @@ MAX_RECOVERIES_LIMIT = 100000
 
 
 @dataclass(frozen=True)
+class LocalityConfig:
+    """Cache-aware placement (`locality:`, core/locality.py): prefer nodes that already hold a
+    job's environment and data (control/scheduler.Scheduler.with_locality feeds core/schedule.plan)."""
+
+    weight: float = 0.0
+    """0 = placement ignores what nodes hold (the scheduler's order, as before); 1 = a second of
+    transfer counts as a second of waiting; more prefers warm nodes harder."""
+    max_wait: float = 120.0
+    """Seconds a job may be held back waiting for a busy node that already holds its data."""
+    onprem_bandwidth_mbps: float = 1000.0
+    """What moving a job's world to an on-prem node costs, in megabits per second."""
+    cloud_bandwidth_mbps: float = 100.0
+    """The same for cloud nodes (object store or the controller's uplink)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            low = 0.0 if f.name in ("weight", "max_wait") else 1e-3
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1e9:
+                raise ConfigError(f"locality.{f.name}: {value!r} is not valid; a number from {low:g}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint and the telemetry history (`metrics:`)."""
+
+    listen: str = ""
+    """`HOST:PORT` for the Prometheus endpoint (DCGM exporter's port is 9400); empty = off. Its
+    series carry user names and job names: a non-loopback address is refused unless
+    `allow_remote` is true."""
+    allow_remote: bool = False
+    """Allow `listen` on an address other than loopback (put a firewall or proxy in front)."""
+    history: bool = True
+    """Keep per-node and per-GPU telemetry history in `<home>/telemetry.db` (see ARCHITECTURE.md,
+    Observability, for the tiers); `hybridctl eff` reads it."""
+    job_metrics: bool = False
+    """Serve the values jobs log with `hybridctl.job.log` as `hybridctl_job_metric` on the
+    endpoint. Off by default: anyone who can connect to the endpoint reads them, while `show`
+    shows them only to the job's owner and admins."""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen, self.allow_remote)
+
+
+def parse_listen(listen: str, allow_remote: bool) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9400` for IPv6) as (host, port); ConfigError naming `metrics.listen`
+    for a malformed value or, without `allow_remote`, an address that is not loopback."""
+    import ipaddress
+
+    accepted = "HOST:PORT, e.g. 127.0.0.1:9400"
+    host, sep, port_text = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(f"metrics.listen: {listen!r} is not valid; accepted: {accepted}")
+    if not allow_remote:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise ConfigError(f"metrics.listen: {listen!r} is not a loopback address; the metrics carry "
+                              "user and job names: set metrics.allow_remote: true to serve them beyond this host")
+    return host, int(port_text)
+
+
+IDLE_ACTIONS = ("none", "notify", "cancel", "requeue")
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    """Jobs that hold GPUs and do not use them (`idle:`). Flagging is always on; acting is off."""
+
+    util_below: float = 5.0
+    """A GPU under this utilisation (%) counts as idle."""
+    after: float = 1800.0
+    """A job whose every GPU has been idle this long (s) is flagged (an event, `idle` in queue/show)."""
+    action: str = "none"
+    """What to do with a flagged job: none, notify (run `notify_command`), cancel or requeue
+    (after `grace` more seconds idle)."""
+    grace: float = 600.0
+    """Seconds between the flag and cancel/requeue (the owner's chance to react)."""
+    notify_command: tuple[str, ...] = ()
+    """argv run without a shell when a job is flagged (action notify); hybridctl appends
+    the job, its user, the node and the idle seconds as arguments."""
+
+    def __post_init__(self) -> None:
+        if self.action not in IDLE_ACTIONS:
+            raise ConfigError(f"idle.action: {self.action!r} is not valid; accepted: {', '.join(IDLE_ACTIONS)}")
+        if not 0 <= self.util_below <= 100:
+            raise ConfigError(f"idle.util_below: {self.util_below!r} is not valid; a percentage from 0 to 100")
+        if not self.after > 0 or self.grace < 0:
+            raise ConfigError(f"idle.after/grace: {self.after!r}/{self.grace!r} are not valid; seconds, after > 0, grace >= 0")
+        if self.action == "notify" and not self.notify_command:
+            raise ConfigError("idle.notify_command: empty; action notify needs a command (a list: [program, args...])")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    partitions: Mapping[str, str] = field(default_factory=dict)
+    """`#SBATCH --partition` name -> the GPU type its jobs ask for (when the script names none),
+    e.g. {a100: A100}. A partition not listed runs on any node, with a warning."""
+    qos: Mapping[str, str] = field(default_factory=dict)
+    """`#SBATCH --qos` name -> job priority, a whole number -1000..1000 (non-admins up to
+    max_user_priority), e.g. {high: 100, low: -100}."""
+
+    def __post_init__(self) -> None:
+        for name, value in self.qos.items():
+            if not re.fullmatch(r"-?\d+", value) or not -1000 <= int(value) <= 1000:
+                raise ConfigError(f"slurm.qos.{name}: {value!r} is not valid; a priority, a whole number from -1000 to 1000")
+
+
+@dataclass(frozen=True)
 class Settings:
     home: str = ""
     """State directory (database, socket, logs); empty = `$HYBRIDCTL_HOME` or ~/.local/state/hybridctl."""
@@ -298,6 +448,14 @@ class Settings:
     """Per-user limits that keep the shared controller up for everyone."""
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     """How often a job is requeued after stops it did not cause (preemption, lost nodes)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus endpoint and telemetry history."""
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    """Idle-GPU detection and its optional policy."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """What `#SBATCH --partition` and `--qos` mean here (`hybridctl submit job.sbatch`)."""
+    locality: LocalityConfig = field(default_factory=LocalityConfig)
+    """Cache-aware placement: weight (0 = off) and how long a job may wait for a warm node."""
 
     @property
     def home_path(self) -> Path:
@@ -316,6 +474,11 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.home_path / "hybridctl.db"
+
+    @property
+    def history_path(self) -> Path:
+        """The telemetry history database, beside the job database (kept apart so that one stays small)."""
+        return self.home_path / "telemetry.db"
 
     @property
     def known_hosts_path(self) -> Path:
@@ -347,9 +510,6 @@ def load(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{path}: the top level must be a mapping of settings")
     _apply_env(data, os.environ if env is None else env)
     return _build(Settings, data, source, "")
-
-
-_ENV_SKIP = {"HOME_DIR"}
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -409,6 +569,8 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: {dotted}: expected a list of strings, got {value!r}")
         return tuple(value)
+    if text == "int | None" and value is not None:
+        return _coerce(int, value, source, dotted)
     if hint in (int, float) or text in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {dotted}: {value!r} is not a number")
@@ -419,6 +581,11 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {dotted}: {value!r} is not true/false")
         return value
+    if text.startswith("typing.Mapping[str, str]"):
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise ConfigError(f"{source}: {dotted}: expected a mapping of names to values, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
     if text.startswith("typing.Mapping[str, int]"):
         if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
             raise ConfigError(f"{source}: {dotted}: expected a mapping of name: GPU count (≥ 0), got {value!r}")

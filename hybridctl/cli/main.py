@@ -7,7 +7,6 @@ the TUI) are imported only by the subcommands that need them."""
 from __future__ import annotations
 
 import argparse
-import enum
 import os
 import sys
 import time
@@ -15,19 +14,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hybridctl.cli import cloud as cloud_cli  # stdlib only, like the rest of this path
+from hybridctl.cli import common
+from hybridctl.cli import nodes as nodes_cli  # stdlib only too
 from hybridctl.cli import outputs as outputs_cli  # stdlib only too
-from hybridctl.core.errors import HybridctlError
+from hybridctl.cli import simulate as simulate_cli  # stdlib only until it runs
+from hybridctl.cli import eff as eff_cli  # stdlib only
+from hybridctl.core.errors import ExitCode, HybridctlError
 
 
-class ExitCode(enum.IntEnum):
-    OK = 0
-    ERROR = 1
-    """The controller is unreachable, or an action failed."""
-    USAGE = 2
-    """Bad input: a flag, a job spec, a job that can never fit."""
-    DENIED = 3
-    """The controller refused: not your job, not an admin."""
-    NOT_FOUND = 4
+
+# ExitCode is defined once, in core/errors.py, beside the errors that carry one (imported above).
 
 
 EPILOG_SUBMIT = """\
@@ -37,35 +33,9 @@ examples:
   hybridctl submit --gpus A100:1 --array 1-100%10 -- python sweep.py
   id=$(hybridctl submit -- ./run.sh)             # the job id alone goes to stdout
   hybridctl submit --wait --gpus 1 -- ./eval.sh   # block until it ends; exit with its exit code
+  hybridctl submit train.sbatch                  # a Slurm batch script: #SBATCH lines are read
+  hybridctl submit --dry-run train.sbatch        # print the hybridctl YAML it becomes; submit nothing
 """
-
-
-EPILOG_NODE_ADD = """\
-examples:
-  hybridctl node add gpu01 --host gpu01.lab --user hybridctl --identity KEY --accept-new
-  hybridctl node add gpu02 --host gpu02.lab --user root --identity KEY --accept-new --install
-  hybridctl node add gpu03 --host 10.0.0.3 --identity KEY --accept-new --install --wheels ./wheels  # air-gapped
-  hybridctl node add box --host box.lab --identity KEY --accept-new --install --no-systemd --cpus 16
-
-offline bundle for --wheels (on a machine with the node's OS, CPU and Python):
-  pip download -d wheels psutil nvidia-ml-py
-"""
-
-
-def _client(timeout: float = 60.0) -> Any:
-    from hybridctl import paths
-    from hybridctl.control.client import Client
-
-    return Client(paths.socket_path(), timeout)
-
-
-def _out(args: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        from hybridctl.cli.output import emit_json
-
-        emit_json(data)
-    elif text:
-        print(text)
 
 
 # ---- submit ----------------------------------------------------------------------------------
@@ -87,6 +57,18 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
             print(f"hybridctl: {args.file}: cannot read the job file ({exc.strerror})", file=sys.stderr)
             return ExitCode.USAGE
         base_dir = os.path.dirname(os.path.abspath(args.file))
+    spec: dict[str, Any] | None = None
+    sbatch_warnings: list[str] = []
+    if args.sbatch and text is None:
+        print("hybridctl: --sbatch: give the batch script as FILE", file=sys.stderr)
+        return ExitCode.USAGE
+    if text is not None and (args.sbatch or _is_sbatch(text)):
+        spec, sbatch_warnings = _read_sbatch(text, source, command)
+        text, command = None, []  # the words after -- were the script's arguments ($1...)
+    if text is not None and args.workdir is None:  # SkyPilot's git workdir {url, ref}: cloned here, as you
+        from hybridctl.gitworkdir import prepare
+
+        args.workdir = prepare(text, source)
     secrets = []
     for item in args.secret or ():
         # A bare NAME is read here: only the submitting shell has it (SkyPilot's --secret NAME).
@@ -105,14 +87,20 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
         "max_restarts": args.max_restarts, "recover_on_exit_codes": args.recover_on_exit_codes, "depends_on": args.dependency,
         "workdir": args.workdir,  # as typed: the controller resolves ~ (from our uid) and cwd-relative paths
         "secrets": secrets or None,
+        "deadline": args.deadline,
     }
     try:
         cwd: str | None = os.getcwd()
     except OSError:  # the directory was removed under us: a relative --workdir is then an error
         cwd = None
-    with _client() as c:
-        res = c.call("submit", yaml=text, source=source, base_dir=base_dir, cwd=cwd,
-                     flags={k: v for k, v in flags.items() if v is not None}, full=bool(args.json))
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.dry_run:
+        return _dry_run(text, spec, source, base_dir, cwd, flags, sbatch_warnings)
+    for w in sbatch_warnings:
+        print(f"hybridctl: warning: {w}", file=sys.stderr)
+    with common.client() as c:
+        res = c.call("submit", yaml=text, spec=spec, source=source, base_dir=base_dir, cwd=cwd,
+                     flags=flags, full=bool(args.json))
     for w in res.get("warnings", []):
         print(f"hybridctl: warning: {w}", file=sys.stderr)
     if args.wait:
@@ -120,12 +108,83 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
             print(res["id"], flush=True)
         job = wait_for_job(str(res["id"]))
         if args.json:
-            _out(args, job, "")
+            common.out(args, job, "")
         return job_exit_code(job)
     if args.json:
-        _out(args, res["job"], "")
+        common.out(args, res["job"], "")
     else:
-        print(res["id"])
+        print(*res.get("ids") or [res["id"]], sep="\n")  # a SkyPilot pipeline: one job per task
+    return ExitCode.OK
+
+
+def _is_sbatch(text: str) -> bool:
+    from hybridctl.core.sbatch import is_sbatch  # the pure core: stdlib only
+
+    return is_sbatch(text)
+
+
+def _read_sbatch(text: str, source: str, script_args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """A Slurm batch script as a spec mapping, read here: only the submitting shell knows its
+    environment (exported, as sbatch's --export=ALL) and its directory (the job's working
+    directory). The lab's `slurm:` config is read only when the script names a partition or qos."""
+    from hybridctl.core.sbatch import SlurmSite, parse_sbatch
+
+    site = SlurmSite()
+    if "--partition" in text or "--qos" in text or "\n#SBATCH -p" in text or "\n#SBATCH -q" in text:
+        site = _slurm_site()
+    result = parse_sbatch(text, source=source, submit_dir=os.getcwd(), environ=dict(os.environ),
+                          site=site, args=script_args)
+    return result.data, result.warnings
+
+
+def _slurm_site() -> Any:
+    from hybridctl import config, paths
+    from hybridctl.core.sbatch import SlurmSite
+
+    try:
+        settings = config.load(paths.config_path())
+    except HybridctlError as exc:
+        print(f"hybridctl: warning: partitions and qos are not mapped: {exc.message}", file=sys.stderr)
+        return SlurmSite()
+    return SlurmSite(partitions=dict(settings.slurm.partitions), qos=dict(settings.slurm.qos))
+
+
+def _dry_run(text: str | None, spec: dict[str, Any] | None, source: str, base_dir: str | None, cwd: str | None,
+             flags: dict[str, Any], warnings: list[str]) -> int:
+    """`submit --dry-run`: the spec hybridctl would run, as YAML on stdout; nothing is sent. The
+    same checks as the controller's, so a file that prints is a file that submits."""
+    import yaml
+
+    from hybridctl.core.spec import apply_flags, load_yaml, parse_spec, resolve_paths
+
+    def home(name: str) -> str | None:
+        path = os.path.expanduser("~" + name)
+        return None if path.startswith("~") else path
+
+    data = load_yaml(text, source) if text is not None else dict(spec or {})
+    data = resolve_paths(data, base_dir=base_dir, home=home, source=source)
+    if flags:
+        data = apply_flags(data, **resolve_paths(flags, base_dir=cwd, home=home, flags=True))
+    _job, more = parse_spec(data, source)
+    for w in warnings + more:
+        print(f"hybridctl: warning: {w}", file=sys.stderr)
+    shown = dict(data)
+    if shown.get("secrets"):
+        # Never print a secret: SkyPilot's null means "give it with --secret NAME when submitting".
+        shown["secrets"] = {k: None for k in shown["secrets"]}
+        print(f"hybridctl: secrets shown as null (pass them with --secret NAME): {', '.join(shown['secrets'])}",
+              file=sys.stderr)
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text_block(dumper: Any, value: str) -> Any:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text_block)
+    sys.stdout.write(yaml.dump(shown, Dumper=Dumper, sort_keys=False, default_flow_style=False,
+                               allow_unicode=True, width=100))
     return ExitCode.OK
 
 
@@ -182,7 +241,7 @@ def wait_for_job(job_id: str) -> dict[str, Any]:
         while True:
             try:
                 if client is None:
-                    client = _client()
+                    client = common.client()
                 job = client.call("show", job=job_id)
             except ControllerUnavailable as exc:
                 if client is not None:
@@ -218,7 +277,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from hybridctl.cli import output as o
 
     states = [s for part in (args.state or []) for s in part.split(",") if s]
-    with _client() as c:
+    with common.client() as c:
         rows = c.call("queue", all=args.all, user=args.user, states=states, finished=args.finished)
     if args.json:
         o.emit_json(rows)
@@ -235,6 +294,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             t = ""
         where = r["nodes"] or ""
         note = r["reason"] if r["state"] == "PENDING" else where
+        if r.get("idle_s") is not None:  # every GPU under idle.util_below for idle.after (`hybridctl eff`)
+            note = f"{note} IDLE {o.duration(r['idle_s'])}".strip()
         table_rows.append(
             [o.label(r), r["user"], (r["name"] or "")[:16], r["state"], o.gpus_text(r["gpus"], r["gpu_type"], r["num_nodes"]),
              t, note]
@@ -246,7 +307,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from hybridctl.cli import output as o
 
-    with _client() as c:
+    with common.client() as c:
         job = c.call("show", job=args.job)
     if args.json:
         o.emit_json(job)
@@ -259,16 +320,34 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f", {r['memory_mb'] // 1024}G" if r["memory_mb"] else ""),
         f"  priority   {job['priority']}   submitted {o.when(job['submitted_at'])}",
     ]
+    if r.get("alternatives"):  # SkyPilot accelerator candidates: which one each attempt took
+        names = ", ".join(f"{t}:{n}" if t else str(n) for t, n in r["alternatives"])
+        taken = sorted({t["gpu_type"] for t in job["tasks"] if t.get("gpu_type")})
+        lines.append(f"  candidates {'[' + names + '] (in order)' if r.get('ordered') else '{' + names + '} (any)'}"
+                     + (f"   taken: {', '.join(taken)}" if taken else ""))
     if job["array"]:
         lines.append(f"  array      {job['array']}")
+    if job.get("dependencies"):  # Slurm's kinds, each with whether it is met
+        lines.append("  depends on " + ", ".join(
+            (f"{d['kind']}:{d['job']}" if d["kind"] != "singleton" else "singleton"
+             + (f" (behind job {d['job']})" if d["job"] else "")) + f" ({d['state']})"
+            for d in job["dependencies"]))
     if s.get("time_limit"):
         lines.append(f"  time limit {o.duration(s['time_limit'])}")
     if s.get("workdir"):
         lines.append(f"  workdir    {s['workdir']}")
     lines.append("  run        " + s["run"].strip().replace("\n", "\n             "))
     lines.append(_requeues_line(job))
+    if job.get("runtime") and not s.get("time_limit"):  # where backfill's runtime estimate came from
+        lines.append(f"  runtime    {job['runtime']}")
+    if s.get("preemptible"):
+        lines.append("  preemptible yes: a higher-priority job may stop and requeue it")
+    if s.get("deadline") is not None:
+        lines.append(f"  deadline   {_deadline_text(job, float(s['deadline']))}")
     if job.get("wait_or_pay"):
         lines.append(f"  wait/pay   {job['wait_or_pay']['text']}")
+    for t, why in list((job.get("placed") or {}).items())[:10]:  # cache-aware placement: why that node
+        lines.append(f"  placed     {why}" if not job["array"] else f"  placed     {job['id']}_{t}: {why}")
     print("\n".join(line for line in lines if line))
     print()
     tasks = job["tasks"]
@@ -280,6 +359,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(o.table(["TASK", "STATE", "ATTEMPT", "NODES", "GPU IDS", "EXIT", "REASON"], rows, max_last=60))
     if len(tasks) > 50:
         print(f"… and {len(tasks) - 50} more tasks (--json lists all)")
+    for t in tasks[:50]:  # last hybridctl.job.log values; idle-GPU flags (`hybridctl eff` for more)
+        name = f"{job['id']}_{t['task']}" if job["array"] else str(job["id"])
+        if t.get("metrics"):
+            print(f"  {name} logged  " + "  ".join(f"{k}={v:g}" for k, v in sorted(t["metrics"].items())))
+        if t.get("idle_s") is not None:
+            print(f"  {name} IDLE    its GPUs have been idle for {t['idle_s'] / 60:.0f} min")
     print()
     from hybridctl.control.identity import user_name
 
@@ -290,6 +375,40 @@ def cmd_show(args: argparse.Namespace) -> int:
     ]
     print(o.table(["TIME", "TASK", "CHANGE", "REASON", "BY"], ev))
     return ExitCode.OK
+
+
+_DONE = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT")
+
+
+def _deadline_text(job: dict[str, Any], deadline: float, now: float | None = None) -> str:
+    """`show`'s deadline line: when, and whether it was met, or is at risk: a task that (re)starts
+    now, or runs from its start, for its time limit would end after it. Without a time limit
+    the run time is unknown and nothing is claimed."""
+    import time as _time
+
+    from hybridctl.cli import output as o
+
+    now = _time.time() if now is None else now
+    at = f"{o.when(deadline)} ({'in ' + o.duration(deadline - now) if deadline > now else 'passed'})"
+    tasks = job["tasks"]
+    limit = job["spec"].get("time_limit")
+    if tasks and all(t["state"] in _DONE for t in tasks):
+        late = [t for t in tasks if (t.get("ended_at") or 0) > deadline]
+        return f"{at}: {'missed' if late or any(t['state'] != 'SUCCEEDED' for t in tasks) else 'met'}"
+    ends = []
+    for t in tasks:
+        if t["state"] in _DONE:
+            ends.append(t.get("ended_at") or now)
+        elif not limit:
+            return f"{at}: run time unknown (no time limit)"
+        elif t["state"] == "RUNNING" and t.get("started_at"):
+            ends.append(float(t["started_at"]) + limit)
+        else:
+            ends.append(now + limit)
+    latest = max(ends, default=now)
+    if latest > deadline:
+        return f"{at}: AT RISK: its time limit ends {o.duration(latest - deadline)} after it"
+    return f"{at}: on track ({o.duration(deadline - latest)} to spare at its time limit)"
 
 
 def _requeues_line(job: dict[str, Any]) -> str:
@@ -314,21 +433,21 @@ def _requeues_line(job: dict[str, Any]) -> str:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _client() as c:
+    with common.client() as c:
         res = c.call("cancel", jobs=args.jobs, all_mine=args.all_mine)
     text = ""
     if res["cancelled"]:
         text = "cancelled " + " ".join(res["cancelled"])
     if res["skipped"]:
         print("hybridctl: already finished: " + ", ".join(res["skipped"]), file=sys.stderr)
-    _out(args, res, text)
+    common.out(args, res, text)
     return ExitCode.OK
 
 
 def cmd_priority(args: argparse.Namespace) -> int:
-    with _client() as c:
+    with common.client() as c:
         res = c.call("priority", job=args.job, priority=args.priority)
-    _out(args, res, f"job {res['id']}: priority {res['priority']}")
+    common.out(args, res, f"job {res['id']}: priority {res['priority']}")
     return ExitCode.OK
 
 
@@ -337,91 +456,21 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from hybridctl.core.spec import parse_duration
 
     since = parse_duration(args.since) if args.since else 7 * 86400
-    with _client() as c:
+    with common.client() as c:
         rows = c.call("usage", by=args.by, since=since)
     if args.json:
         o.emit_json(rows)
         return ExitCode.OK
     print(f"GPU usage over the last {o.duration(since)} ({args.by})")
+    if rows and "gpu_hours_used" in rows[0]:  # held vs used, from telemetry (utilisation-weighted)
+        print(o.table([args.by.upper(), "GPU-HOURS", "USED", "JOB-HOURS"],
+                      [[r[args.by], f"{r['gpu_hours']:.2f}",
+                        f"{r['gpu_hours_used']:.2f}" + (f" ({100 * r['gpu_hours_used'] / r['gpu_hours_observed']:.0f}%)"
+                                                        if r["gpu_hours_observed"] else ""),
+                        f"{r['job_hours']:.2f}"] for r in rows]))
+        return ExitCode.OK
     print(o.table([args.by.upper(), "GPU-HOURS", "JOB-HOURS"],
                   [[r[args.by], f"{r['gpu_hours']:.2f}", f"{r['job_hours']:.2f}"] for r in rows]))
-    return ExitCode.OK
-
-
-# ---- nodes -------------------------------------------------------------------------------------
-
-
-def cmd_nodes(args: argparse.Namespace) -> int:
-    from hybridctl.cli import output as o
-
-    with _client() as c:
-        rows = c.call("nodes")
-    if args.json:
-        o.emit_json(rows)
-        return ExitCode.OK
-    out = []
-    for n in rows:
-        models = sorted({g["model"].replace("NVIDIA ", "") for g in n["gpus"]})
-        tel = n.get("telemetry") or {}
-        gpus = tel.get("gpus") or []
-        util = [g["util_gpu"] for g in gpus if g.get("util_gpu") is not None]
-        used = sum(g.get("mem_used_mb") or 0 for g in gpus)
-        total = sum(g.get("mem_total_mb") or 0 for g in gpus)
-        temps = [g["temp_c"] for g in gpus if g.get("temp_c") is not None]
-        sick = [str(g["index"]) for g in n["gpus"] if not g.get("healthy", True)]
-        foreign = [str(g["index"]) for g in n["gpus"] if g.get("foreign")]
-        reason = n["state_reason"] or n.get("link_error") or ""
-        notes = []
-        if sick:
-            notes.append(f"GPU {','.join(sick)} unhealthy")
-        if foreign:
-            notes.append(f"GPU {','.join(foreign)} foreign")
-        if reason:
-            notes.append(reason)
-        reason = "; ".join(notes)
-        out.append([n["name"], n["state"], f"{n['gpus_used']}/{n['gpus_total']}", ",".join(models),
-                    f"{sum(util) / len(util):.0f}%" if util else "-",
-                    f"{used / 1024:.0f}/{total / 1024:.0f}G" if total else "-",
-                    f"{max(temps)}C" if temps else "-", o.containment_text(n.get("containment")), reason])
-    print(o.table(["NODE", "STATE", "GPUS", "MODEL", "UTIL", "GPU MEM", "TEMP", "CGROUP", "REASON"], out,
-                  max_last=40))
-    return ExitCode.OK
-
-
-def cmd_node(args: argparse.Namespace) -> int:
-    # An install may run pip on the node; the controller bounds every step of it.
-    with _client(timeout=900.0 if getattr(args, "install", False) else 60.0) as c:
-        if args.node_cmd == "drain":
-            res = c.call("drain", node=args.name, reason=args.reason or "")
-        elif args.node_cmd == "resume":
-            res = c.call("resume", node=args.name)
-        elif args.node_cmd == "remove":
-            res = c.call("node_remove", name=args.name)
-            _out(args, res, f"node {args.name} removed")
-            return ExitCode.OK
-        else:
-            what = "installing the agent on" if args.install else "contacting"
-            print(f"hybridctl: {what} {args.host}:{args.port} …", file=sys.stderr)
-            res = c.call("node_add", name=args.name, host=args.host, port=args.port, user=args.user,
-                         identity=os.path.abspath(args.identity) if args.identity else None,
-                         agent_socket=args.agent_socket, accept_new=args.accept_new, site=args.site,
-                         cpus=args.cpus, install=args.install, python=args.python,
-                         wheels=os.path.abspath(args.wheels) if args.wheels else None,
-                         install_dir=args.install_dir, systemd=not args.no_systemd)
-            for line in (res.get("install") or {}).get("steps", []):
-                print(f"  {line}", file=sys.stderr)
-            gpus = ", ".join(f"{g['index']}:{g['model']}" for g in res["gpus"]) or "none"
-            cpus = f"{res['cpus']:g} CPUs" + (f" (the agent reports {res['cpus_reported']:g})"
-                                              if res["cpus"] != res["cpus_reported"] else "")
-            verb = "upgraded" if res.get("upgraded") else "added"
-            text = f"node {res['node']} {verb}: {len(res['gpus'])} GPUs ({gpus}), {cpus}"
-            if res.get("gpu_error"):
-                text += f"\n  no GPUs: {res['gpu_error']}"
-            if res.get("host_key"):
-                text += f"\n  pinned host key {res['host_key']}"
-            _out(args, res, text)
-            return ExitCode.OK
-    _out(args, res, f"node {res['node']}: {res['state']}")
     return ExitCode.OK
 
 
@@ -430,7 +479,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     stream = "stderr" if args.stderr else "stdout"
     offset = -args.tail * 200 if args.tail else 0  # a rough byte window, trimmed to whole lines below
     out = sys.stdout
-    with _client() as c:
+    with common.client() as c:
         first = True
         while True:
             res = c.call("logs", job=args.job, stream=stream, offset=offset, max_bytes=1 << 20, rank=args.rank,
@@ -488,7 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="submit a job (YAML file and/or flags, command after --)",
                        description="Submit a job. Prints its id alone on stdout.", epilog=EPILOG_SUBMIT,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("file", nargs="?", metavar="FILE", help="job YAML (SkyPilot task format subset)")
+    s.add_argument("file", nargs="?", metavar="FILE",
+                   help="job YAML (SkyPilot task format), or a Slurm batch script (#! and #SBATCH lines; "
+                        "words after -- are then its arguments)")
+    s.add_argument("--sbatch", action="store_true", help="read FILE as a Slurm batch script even without #SBATCH lines")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the hybridctl spec (YAML) the file and flags make, and submit nothing")
     s.add_argument("--gpus", metavar="N|TYPE:N", help="GPUs per node, e.g. 2 or A100:2")
     s.add_argument("--gpu-type", metavar="TYPE", help="GPU model, e.g. A100 (same as --gpus TYPE:N)")
     s.add_argument("--cpus", metavar="N", help="CPU cores per node")
@@ -496,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="job name")
     s.add_argument("--priority", metavar="N", help="higher runs first (-1000..1000; above 100 admins only)")
     s.add_argument("--time-limit", metavar="T", help="e.g. 90m, 2h, 1-00:00:00; the job is stopped after it")
-    s.add_argument("--array", metavar="A-B[%N]", help="job array, e.g. 1-100%%10 (at most 10 tasks at once)")
+    s.add_argument("--deadline", metavar="WHEN",
+                   help="finish by: an ISO time (UTC unless it says, e.g. 2026-12-06T18:00) or a duration after"
+                        " submit (6h); the burst policy runs it on spot only while there is slack")
+    s.add_argument("--array", metavar="A-B[:S][,..][%N]",
+                   help="job array, e.g. 1-100%%10 (at most 10 tasks at once) or a list 1,3,5-7%%2")
     s.add_argument("--env", action="append", metavar="K=V", help="environment variable (repeatable)")
     s.add_argument("--secret", action="append", metavar="K[=V]",
                    help="secret in the job's environment, never shown (repeatable); K alone takes the value "
@@ -507,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requeue up to N times after a failure: non-zero exit, preemption, lost node")
     s.add_argument("--recover-on-exit-codes", metavar="CODES",
                    help="exit codes (e.g. 75,143) that always requeue, not counted in --max-restarts")
-    s.add_argument("--dependency", metavar="afterok:ID[:ID]", help="start only after these jobs succeeded")
+    s.add_argument("--dependency", metavar="TYPE:ID[:ID][,...]",
+                   help="Slurm's dependency list: after, afterany, afterok, afternotok, singleton"
+                        " (e.g. afterany:42:43,afterok:44); bare ids mean afterok")
     s.add_argument("--workdir", metavar="DIR", help="working directory of the job (relative to here; ~ is your home)")
     s.add_argument("--wait", action="store_true",
                    help="wait until the job ends, showing its progress on stderr; exit with its exit code "
@@ -540,53 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--since", metavar="T", help="window, e.g. 7d (default), 24h")
     u.add_argument("--json", action="store_true")
 
-    n = sub.add_parser("nodes", help="list nodes")
-    n.add_argument("--json", action="store_true")
-
-    nd = sub.add_parser("node", help="add, remove, drain or resume a node (admins)")
-    ndsub = nd.add_subparsers(dest="node_cmd", metavar="ACTION", required=True)
-    d = ndsub.add_parser("drain", help="stop placing jobs on a node; running jobs finish")
-    d.add_argument("name")
-    d.add_argument("--reason")
-    d.add_argument("--json", action="store_true")
-    r = ndsub.add_parser("resume", help="accept jobs again")
-    r.add_argument("name")
-    r.add_argument("--json", action="store_true")
-
-    a = ndsub.add_parser("add", help="add a GPU server reached over SSH (probes its agent; --install puts it there)",
-                         description="Add a node: pin its SSH host key (--accept-new), reach its agent over SSH,\n"
-                         "and print the GPUs it reports.\n\n"
-                         "With --install, first put the agent there: copy it over SFTP into --install-dir, install\n"
-                         "psutil and nvidia-ml-py (from the --wheels bundle, offline; without it, with pip unless\n"
-                         "its Python has them), start it as a systemd unit (a system unit when the SSH user is\n"
-                         "root, else a `systemctl --user` unit: jobs then run as that user) or, with --no-systemd,\n"
-                         "detached, and wait for it to listen. Adding the node again with --install upgrades the\n"
-                         "agent in place; running jobs keep running.",
-                         epilog=EPILOG_NODE_ADD, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("name")
-    a.add_argument("--host", required=True, help="SSH host name or address ('local': this host's agent socket)")
-    a.add_argument("--port", type=int, default=22)
-    a.add_argument("--user", help="SSH user (default: the controller's)")
-    a.add_argument("--identity", metavar="KEY", help="SSH private key file")
-    a.add_argument("--accept-new", action="store_true", help="pin the host key on first contact (like OpenSSH)")
-    a.add_argument("--agent-socket", metavar="PATH", help="the agent's socket path on the node")
-    a.add_argument("--site", choices=["onprem", "cloud"], default="onprem")
-    a.add_argument("--cpus", type=float, metavar="N",
-                   help="CPU cores jobs may use there, instead of the count the agent reports")
-    ins = a.add_argument_group("installing the agent")
-    ins.add_argument("--install", action="store_true", help="copy the agent over SSH/SFTP, start it, then add")
-    ins.add_argument("--python", metavar="PY", help="the node's Python 3.9+ (default: python3 on its PATH)")
-    ins.add_argument("--wheels", metavar="DIR",
-                     help="offline: install psutil and nvidia-ml-py from the .whl files in DIR (on this host) "
-                     "with pip --no-index")
-    ins.add_argument("--install-dir", metavar="DIR",
-                     help="where on the node (default: /opt/hybridctl-agent as root, else ~/.hybridctl)")
-    ins.add_argument("--no-systemd", action="store_true",
-                     help="start the agent detached (setsid nohup) instead of as a systemd unit, e.g. in containers")
-    a.add_argument("--json", action="store_true")
-    rm = ndsub.add_parser("remove", help="forget a node (it must run no jobs)")
-    rm.add_argument("name")
-    rm.add_argument("--json", action="store_true")
+    nodes_cli.add_parser(sub)
 
     lg = sub.add_parser("logs", help="a job's output (-f to follow)")
     lg.add_argument("job", metavar="JOB")
@@ -615,6 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period in seconds (default 1)")
 
     cloud_cli.add_parser(sub)
+    simulate_cli.register(sub, COMMANDS)
+    eff_cli.register(sub, COMMANDS)  # `hybridctl eff JOB`: per-job efficiency (stdlib only)
 
     sv = sub.add_parser("server", help="run the controller in the foreground")
     sv.add_argument("--config", metavar="FILE", help="config YAML (default $HYBRIDCTL_CONFIG or /etc/hybridctl/config.yaml)")
@@ -624,12 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "cloud": cloud_cli.cmd_cloud,
     "queue": cmd_queue, "show": cmd_show, "cancel": cmd_cancel, "priority": cmd_priority, "usage": cmd_usage,
-    "nodes": cmd_nodes, "node": cmd_node, "server": cmd_server, "logs": cmd_logs,
+    "nodes": nodes_cli.cmd_nodes, "node": nodes_cli.cmd_node, "server": cmd_server, "logs": cmd_logs,
     "demo": cmd_demo, "tui": cmd_tui, "outputs": outputs_cli.cmd_outputs,
 }
-
-EXIT_BY_TYPE = {"PermissionDenied": ExitCode.DENIED, "NotFound": ExitCode.NOT_FOUND}
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -654,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridctl: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # stdout was closed early (`hybridctl queue | head`): not an error. The client never lets a
         # broken controller socket surface as BrokenPipeError (it raises ControllerUnavailable).

@@ -284,6 +284,24 @@ def gpu_list(raw: object, where: str, problems: list[Problem]) -> tuple[GpuInfo,
     return tuple(out[i] for i in sorted(out))
 
 
+RUNTIMES = ("uv", "podman", "apptainer", "singularity")
+"""What a node may offer jobs' environments and images (hello's `runtimes`)."""
+
+
+def runtimes(value: object) -> dict[str, str] | None:
+    """hello's `runtimes`: known tool names -> absolute paths."""
+    if not isinstance(value, dict) or any(k not in RUNTIMES or abs_path(v) is None for k, v in value.items()):
+        return None
+    return {k: str(abs_path(v)) for k, v in value.items()}
+
+
+def shared_paths(value: object) -> list[str] | None:
+    """hello's `shared_paths`: the node's directories shared with the submitting hosts."""
+    if not isinstance(value, list) or len(value) > 64 or any(abs_path(v) is None for v in value):
+        return None
+    return [str(abs_path(v)) for v in value]
+
+
 def hello(answer: object, problems: list[Problem]) -> Hello:
     if not isinstance(answer, dict):
         problems.append(Problem("hello", shown(answer), "an object"))
@@ -302,6 +320,8 @@ def hello(answer: object, problems: list[Problem]) -> Hello:
         ("containment", lambda v: text(v, 512), "cgroup-v1, cgroup-v2 (...) or none: <why>"),
         ("interval_s", lambda v: number(v, 0.0, 86400.0), "seconds"),
         ("history_s", lambda v: number(v, 0.0, 86400.0 * 366), "seconds"),
+        ("runtimes", runtimes, "{uv|podman|apptainer|singularity: an absolute path}"),
+        ("shared_paths", shared_paths, "a list of at most 64 absolute paths"),
     ):
         value = c.get(answer, name, check, accepted)
         if value is not None:
@@ -327,8 +347,17 @@ _HOST_METRICS = {
 _GPU_METRICS = {
     "util_gpu": (0.0, 100.0), "util_mem": (0.0, 100.0), "mem_used_mb": (0.0, 1e9), "mem_total_mb": (0.0, 1e9),
     "temp_c": (-100.0, 300.0), "power_w": (0.0, 1e5), "power_limit_w": (0.0, 1e5), "fan_pct": (0.0, 100.0),
-    "clock_sm_mhz": (0.0, 1e6),
+    "clock_sm_mhz": (0.0, 1e6), "clock_mem_mhz": (0.0, 1e6), "sm_util": (0.0, 100.0),
+    "pcie_tx_kbps": (0.0, 1e12), "pcie_rx_kbps": (0.0, 1e12), "ecc_corrected": (0.0, 1e18),
+    "ecc_uncorrected": (0.0, 1e18),
 }
+_JOB_METRICS = {
+    "cpu_percent": (0.0, 1e7), "cpu_seconds": (0.0, 1e12), "rss_mb": (0.0, 1e12), "peak_rss_mb": (0.0, 1e12),
+    "metrics_time": (0.0, 1e11),
+}
+MAX_JOB_METRICS = 32
+"""Values logged with `hybridctl.job.log` kept per job and sample (the agent sends at most this many)."""
+_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
 _PROC_METRICS = {"used_mem_mb": (0.0, 1e9), "sm_util": (0.0, 100.0)}
 
 
@@ -411,6 +440,37 @@ def sample(raw: object, problems: list[Problem]) -> dict[str, Any] | None:
             continue
         seen.add(entry["index"])
         out["gpus"].append(entry)
+    out["jobs"] = _job_usage(raw.get("jobs"), problems)
+    return out
+
+
+def _job_usage(raw: object, problems: list[Problem]) -> dict[str, dict[str, Any]]:
+    """Per running job key: CPU, memory and the last values it logged (`hybridctl.job.log`)."""
+    out: dict[str, dict[str, Any]] = {}
+    if raw is None:
+        return out
+    if not isinstance(raw, dict) or len(raw) > MAX_RECORDS:
+        problems.append(Problem("sample: jobs", shown(raw), f"an object of at most {MAX_RECORDS} jobs"))
+        return out
+    for key, entry in raw.items():
+        c = _Checker(f"sample: jobs[{shown(key)}].", problems)
+        if job_key(key) is None or not isinstance(entry, dict):
+            c.bad("", entry, "a job key mapped to an object")
+            continue
+        got = _metrics(entry, _JOB_METRICS, c)
+        logged = entry.get("metrics")
+        if isinstance(logged, dict):
+            kept = {}
+            for name, value in list(logged.items())[:MAX_JOB_METRICS]:
+                v = number(value, -1e300, 1e300)
+                if isinstance(name, str) and _METRIC_NAME.match(name) and v is not None:
+                    kept[name] = v
+                else:
+                    c.bad(f"metrics.{shown(name)}", value, "a name of letters, digits, '_' or '.' and a finite number")
+            got["metrics"] = kept
+        elif logged is not None:
+            c.bad("metrics", logged, "an object of name: number")
+        out[key] = got
     return out
 
 
@@ -434,3 +494,74 @@ def sample_answer(answer: object, problems: list[Problem]) -> SampleAnswer:
         samples = None
     latest = sample(samples[-1], problems) if samples else None
     return SampleAnswer(seq, latest)
+
+
+# ---- chunked checkpoint moves (stage_pull with `chunks`) ----------------------------------------
+
+MAX_CHUNKS = 1 << 22
+"""Chunks one checkpoint file may have (16 TiB at 4 MiB); a larger one is refused."""
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def chunk_count(size: int, chunk: int) -> int:
+    return (size + chunk - 1) // chunk
+
+
+def chunk_hashes(value: object, size: int, chunk: int) -> list[str] | None:
+    """The SHA-256 hex digests of every chunk of a file of `size` bytes, or None when `value` is
+    not exactly that many of them."""
+    if not isinstance(value, list) or chunk <= 0 or size < 0 or chunk_count(size, chunk) > MAX_CHUNKS:
+        return None
+    if len(value) != chunk_count(size, chunk) or not all(isinstance(h, str) and _SHA256.match(h) for h in value):
+        return None
+    return value
+
+
+def chunked_files(raw: object, staged: Mapping[str, list[int]], chunk: int,
+                  problems: list[Problem]) -> dict[str, tuple[list[str], list[int]]]:
+    """A node's `chunks` answer ({path: {hashes, sent}}) for the files it `staged` ({path: [size,
+    mtime_ns]}, already checked): {path: (hashes, sent)} for the entries that are whole, the rest
+    dropped with a problem each. A node is believed only about the files of this job it staged
+    now: an entry for any other path is dropped, `hashes` must be one SHA-256 per chunk of the
+    staged size and `sent` ascending chunk indices of that file."""
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    if not isinstance(raw, dict):
+        if raw is not None:
+            problems.append(Problem("stage_pull.chunks", shown(raw), "a mapping of staged paths"))
+        return out
+    for rel, entry in raw.items():
+        where = f"stage_pull.chunks[{shown(rel)}]"
+        if not isinstance(rel, str) or rel not in staged:
+            problems.append(Problem(where, shown(entry), "a path the node staged in this answer"))
+            continue
+        size = staged[rel][0]
+        hashes = chunk_hashes(entry.get("hashes") if isinstance(entry, dict) else None, size, chunk)
+        if hashes is None:
+            problems.append(Problem(f"{where}.hashes", shown(entry), f"one SHA-256 hex digest per {chunk}-byte "
+                                    f"chunk of {size} bytes (at most {MAX_CHUNKS})"))
+            continue
+        sent = entry.get("sent")
+        if not (isinstance(sent, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in sent)
+                and all(0 <= a < b for a, b in zip(sent, sent[1:])) and (not sent or 0 <= sent[-1] < len(hashes))
+                and (not sent or sent[0] >= 0)):
+            problems.append(Problem(f"{where}.sent", shown(sent), f"ascending chunk indices below {len(hashes)}"))
+            continue
+        out[rel] = (hashes, sent)
+    return out
+
+
+def node_hashes(raw: object, listing: Mapping[str, list[int]], chunk: int,
+                problems: list[Problem]) -> dict[str, list[str]]:
+    """A node's `hashes` answer ({path: [sha256...]}) for the files it listed: entries for paths
+    it did not list, or of the wrong count, are dropped with a problem."""
+    out: dict[str, list[str]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for rel, value in raw.items():
+        hashes = chunk_hashes(value, listing[rel][0], chunk) if isinstance(rel, str) and rel in listing else None
+        if hashes is None:
+            problems.append(Problem(f"stage_pull.hashes[{shown(rel)}]", shown(value),
+                                    "one SHA-256 per chunk of a file the node listed"))
+            continue
+        out[rel] = hashes
+    return out

@@ -193,7 +193,28 @@ def m005_recoveries(db: sqlite3.Connection) -> None:
     _run(db, "ALTER TABLE tasks ADD COLUMN recovery_causes TEXT NOT NULL DEFAULT '{}';")
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus, m005_recoveries]
+def m006_candidates(db: sqlite3.Connection) -> None:
+    """Accelerator candidates (SkyPilot's `{L4:8, A10G:8}`, `[A100:8, H100:8]`, any_of/ordered):
+    `jobs.alternatives` is '' for a job with one GPU type, else JSON {"ordered": bool, "of":
+    [[type, count], ...]} for the scheduler; `tasks.gpu_type` the candidate its current attempt
+    was placed with (NULL: the job's only type), for `show`."""
+    _run(db, "ALTER TABLE jobs ADD COLUMN alternatives TEXT NOT NULL DEFAULT '';")
+    _run(db, "ALTER TABLE tasks ADD COLUMN gpu_type TEXT;")
+
+
+def m007_slurm_dependencies(db: sqlite3.Connection) -> None:
+    """Slurm's dependency kinds and job sharing: `jobs.dependencies` is JSON [[kind, job id], ...]
+    of the after/afterany/afternotok dependencies (afterok ones stay in `depends_on`);
+    `jobs.singleton` 1 for `--dependency=singleton` (found by user and name, hence the index);
+    `jobs.exclusive` 1 for `--exclusive` (its nodes run nothing else)."""
+    _run(db, "ALTER TABLE jobs ADD COLUMN dependencies TEXT NOT NULL DEFAULT '[]';")
+    _run(db, "ALTER TABLE jobs ADD COLUMN singleton INTEGER NOT NULL DEFAULT 0;")
+    _run(db, "ALTER TABLE jobs ADD COLUMN exclusive INTEGER NOT NULL DEFAULT 0;")
+    _run(db, "CREATE INDEX jobs_user_name ON jobs(user, name);")
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus, m005_recoveries,
+                               m006_candidates, m007_slurm_dependencies]
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness import ControllerProc, wait_for
+from tests.integration.harness import ControllerProc
 from tests.integration.other_user import AsUser
+from tests.waiting import wait_for
 
 FLEET = {"poll_interval": 0.5}
 SECRET = "hf_Zq9-sekrit-Vx81"
@@ -42,7 +43,7 @@ def submit(ctl: ControllerProc, *args: str, env: dict[str, str] | None = None) -
 
 
 def test_a_single_node_job_sees_skypilots_variables(tmp_path: Path) -> None:
-    from tests.integration.test_fleet import solo_node
+    from tests.integration.nodes import solo_node
 
     with solo_node(tmp_path, FLEET) as ctl:
         job = ctl.cli("submit", "--gpus", "2", "--name", "vllm serve", "--", ECHO_VARS, check=True).stdout.strip()
@@ -63,7 +64,7 @@ def test_a_single_node_job_sees_skypilots_variables(tmp_path: Path) -> None:
 
 
 def test_a_secret_reaches_the_job_and_is_never_shown(tmp_path: Path, as_user: AsUser) -> None:
-    from tests.integration.test_fleet import solo_node
+    from tests.integration.nodes import solo_node
 
     job_file = tmp_path / "task.yaml"
     job_file.write_text(
