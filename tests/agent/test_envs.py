@@ -16,7 +16,9 @@ import pytest
 
 from hybridctl_agent import envs
 from hybridctl_agent.client import AgentCallError
+from hybridctl_agent.slurmjob import runnable_by_all
 from tests.conftest import require
+
 from tests.agent.agent_harness import AgentProc
 from tests.agent.tiny_wheel import make_wheel
 
@@ -43,10 +45,25 @@ def world(tmp_path: Path) -> Path:
     shutil.rmtree(base, ignore_errors=True)
 
 
+def uv_for_all(world: Path) -> str:
+    """uv where every job's user may run it: the test's own (in a venv under a checkout that
+    may be private, as CI's is) or a copy in the world-readable `world`."""
+    assert UV is not None
+    if runnable_by_all(os.path.realpath(UV)):
+        return UV
+    copy = world / "bin" / "uv"
+    if copy.exists():
+        return str(copy)
+    copy.parent.mkdir(mode=0o755)
+    shutil.copy2(UV, copy)
+    os.chmod(copy, 0o755)
+    return str(copy)
+
+
 @pytest.fixture
 def env_agent(make_agent: Callable[..., AgentProc], world: Path, tmp_path: Path) -> AgentProc:
     cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({"env_wheelhouse": str(world / "wheels"), "uv_path": UV}))
+    cfg.write_text(json.dumps({"env_wheelhouse": str(world / "wheels"), "uv_path": uv_for_all(world)}))
     agent = make_agent("--simulate-gpus", "2:A100", "--config", str(cfg))
     os.chmod(agent.base, 0o711)  # jobs of other users must reach their job directories
     return agent
@@ -214,9 +231,9 @@ def test_a_failed_setup_runs_again_next_time(env_agent: AgentProc, tmp_path: Pat
     assert (tmp_path / "tries").read_text().count("try") == 2
 
 
-def test_hello_advertises_uv_and_the_container_runtimes_found(env_agent: AgentProc) -> None:
+def test_hello_advertises_uv_and_the_container_runtimes_found(env_agent: AgentProc, world: Path) -> None:
     hello = env_agent.call("hello")
-    assert hello["runtimes"]["uv"] == UV and hello["shared_paths"] == []
+    assert hello["runtimes"]["uv"] == uv_for_all(world) and hello["shared_paths"] == []
     for name in ("podman", "apptainer", "singularity"):
         assert (name in hello["runtimes"]) == (shutil.which(name, path=
                                                             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") is not None)
