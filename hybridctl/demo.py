@@ -89,7 +89,7 @@ class DemoLab:
                 "enabled": True, "providers": ["simulated"], "cluster": "demo", "poll_interval": 1.0,
                 "leak_grace": 10.0, "bootstrap_timeout": 60.0, "orphan_timeout": 120.0,
                 "preemption_grace": 10.0, "default_market": "spot",  # the demo's market is spot
-                "burst": {"after": 4.0, "idle_timeout": 6.0, "max_nodes": 3, "max_hourly_usd": 40.0,
+                "burst": {"after": 4.0, "idle_timeout": 6.0, "max_nodes": 3, "max_hourly_usd": 40.0, "budget_reserve_h": 0.05,
                           "budget_usd": BUDGET_USD, "budget_period": "day"},
                 "simulated": {"dir": str(self.cloud_dir), "launch_delay": 1.0, "agent_interval": 1.0,
                               "preemption_rate_per_h": 0.0},
@@ -192,7 +192,9 @@ def _job(rng: random.Random, gpus_per_node: int) -> dict[str, Any]:
     """One job of a lab's mix: mostly short single-GPU experiments, some full-node trainings, sweeps,
     and now and then a 2-node job."""
     kind = rng.random()
-    job: dict[str, Any] = {"run": _script(rng.randint(4, 15)), "max_restarts": 3}
+    # A time limit, as a lab's jobs have: the burst policy prices what a cloud node will run from it
+    # (without one it must assume an hour, and the demo's small budget would pace every burst out).
+    job: dict[str, Any] = {"run": _script(rng.randint(4, 15)), "max_restarts": 3, "time_limit": "2m"}
     if kind < 0.6:
         return {**job, "name": f"exp-{rng.randint(100, 999)}", "resources": {"accelerators": 1}}
     if kind < 0.75:
@@ -201,7 +203,8 @@ def _job(rng: random.Random, gpus_per_node: int) -> dict[str, Any]:
         return {**job, "name": "ddp-2node", "num_nodes": 2, "resources": {"accelerators": 2}}
     if kind < 0.83:  # holds a GPU and forgets it (the simulated GPU stays at 0 %): flagged idle
         return {"name": "notebook", "run": "echo 'a notebook left open'; sleep 90",
-                "resources": {"accelerators": 1}, "envs": {"SIMULATED_GPU_UTIL": "0"}, "placement": "onprem"}
+                "resources": {"accelerators": 1}, "envs": {"SIMULATED_GPU_UTIL": "0"}, "placement": "onprem",
+                "time_limit": "2m"}
     return {**job, "name": "sweep", "resources": {"accelerators": 1}, "array": f"1-{rng.randint(4, 8)}%4"}
 
 

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from hybridctl.config import parse_listen
+from hybridctl.core.estimate import duration
 from hybridctl.core.wire import MAX_JOB_METRICS
 
 log = logging.getLogger("hybridctl.observe")
@@ -479,14 +480,14 @@ class Observer:
         ref = _task_ref(d.job)
         cfg = self.settings.idle
         if d.flag:
-            why = f"idle: every GPU under {cfg.util_below:g}% for {d.idle_s / 60:.0f} min"
+            why = f"idle: every GPU under {cfg.util_below:g}% for {duration(d.idle_s)}"
             log.warning("job %s (%s) holds GPUs on %s and uses none: %s", d.job, user, ",".join(nodes), why)
             if ref is not None:
                 note_event(self.store, ref[0], ref[1], why, now)
             if cfg.action == "notify" and cfg.notify_command:
                 self._spawn_notify([*cfg.notify_command, d.job, user, ",".join(nodes), f"{d.idle_s:.0f}"])
         if d.act and ref is not None:
-            reason = f"idle GPUs: under {cfg.util_below:g}% for {d.idle_s / 60:.0f} min (idle.action {d.act})"
+            reason = f"idle GPUs: under {cfg.util_below:g}% for {duration(d.idle_s)} (idle.action {d.act})"
             if d.act == "cancel":
                 simulated = {n.name for n in self.store.nodes() if n.simulated}
                 _c, _s, stopping = self.lifecycle.cancel(
