@@ -4,6 +4,7 @@ is missing fails instead, so CI always runs the real-parts tests."""
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import pytest
 
@@ -17,3 +18,30 @@ def require(condition: bool, reason: str) -> None:
     if STRICT:
         pytest.fail(f"HYBRIDCTL_STRICT=1 but a required part is missing: {reason}")
     pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """One real moto server (S3, EC2) on 127.0.0.1 for the session (its EC2 backend takes seconds
+    to load); tests reach it with real boto3 over HTTP."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        require(False, "needs moto[server]: pip install 'moto[server]' (the dev extra has it)")
+        raise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ from hybridctl_agent.slurmjob import runnable_by_all
 from tests.conftest import require
 
 from tests.agent.agent_harness import AgentProc
+from tests.agent.world_kit import launch, log, no_orphan_preparations  # noqa: F401 - autouse
 from tests.agent.tiny_wheel import make_wheel
 
 UV = envs.find_uv(None, os.environ.get("PATH", ""))
@@ -67,34 +68,6 @@ def env_agent(make_agent: Callable[..., AgentProc], world: Path, tmp_path: Path)
     agent = make_agent("--simulate-gpus", "2:A100", "--config", str(cfg))
     os.chmod(agent.base, 0o711)  # jobs of other users must reach their job directories
     return agent
-
-
-@pytest.fixture(autouse=True)
-def _no_orphan_preparations() -> Iterator[None]:
-    """Environment builds and mount fetches run in sessions of their own (a cancel kills them, an
-    agent stop does not): end those of agents this test removed, so a failed test leaks none."""
-    yield
-    import signal
-
-    import psutil
-
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if len(cmd) >= 2 and cmd[-2] in ("hybridctl_agent.envbuild", "hybridctl_agent.mounts") \
-                and not os.path.isdir(cmd[-1]):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def launch(agent: AgentProc, key: str, run: str, **job: Any) -> Dict[str, Any]:
-    job.setdefault("uid", os.getuid())
-    return agent.call("launch", job={"key": key, "run": run, **job})["job"]
-
-
-def log(agent: AgentProc, key: str, stream: str = "stdout") -> str:
-    return agent.call("logs", key=key, stream=stream, max_bytes=1 << 20)["data"]
 
 
 def test_concurrent_jobs_build_one_env_once_and_a_later_job_reuses_it(

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import pwd
-import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator
 
@@ -17,35 +16,18 @@ import pytest
 from hybridctl_agent.cache import CacheError, ContentCache
 from hybridctl_agent.client import AgentCallError
 from tests.agent.agent_harness import AgentProc
+from tests.agent.world_kit import launch, log, no_orphan_preparations  # noqa: F401 - autouse
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
          "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-2"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    server_mod = pytest.importorskip("moto.server", reason="needs moto[server]")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     boto3 = pytest.importorskip("boto3")
     for k, v in CREDS.items():
         monkeypatch.setenv(k, v)
-    client = boto3.client("s3", endpoint_url=s3_url)
+    client = boto3.client("s3", endpoint_url=moto_server)
     client.create_bucket(Bucket="lab", CreateBucketConfiguration={"LocationConstraint": "us-east-2"})
     yield client
     for obj in client.list_objects_v2(Bucket="lab").get("Contents", []):
@@ -61,42 +43,14 @@ def shared(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mount_agent(make_agent: Callable[..., AgentProc], s3_url: str, shared: Path,
+def mount_agent(make_agent: Callable[..., AgentProc], moto_server: str, shared: Path,
                 tmp_path: Path) -> AgentProc:
     cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({"s3_endpoint_url": s3_url, "shared_paths": [str(shared)],
+    cfg.write_text(json.dumps({"s3_endpoint_url": moto_server, "shared_paths": [str(shared)],
                                "cache_max_gb": 0.0}))
     agent = make_agent("--simulate-gpus", "1:A100", "--config", str(cfg), env=CREDS)
     os.chmod(agent.base, 0o711)
     return agent
-
-
-@pytest.fixture(autouse=True)
-def _no_orphan_preparations() -> Iterator[None]:
-    """Environment builds and mount fetches run in sessions of their own (a cancel kills them, an
-    agent stop does not): end those of agents this test removed, so a failed test leaks none."""
-    yield
-    import signal
-
-    import psutil
-
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if len(cmd) >= 2 and cmd[-2] in ("hybridctl_agent.envbuild", "hybridctl_agent.mounts") \
-                and not os.path.isdir(cmd[-1]):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def launch(agent: AgentProc, key: str, run: str, **job: Any) -> Dict[str, Any]:
-    job.setdefault("uid", os.getuid())
-    return agent.call("launch", job={"key": key, "run": run, **job})["job"]
-
-
-def log(agent: AgentProc, key: str, stream: str = "stdout") -> str:
-    return agent.call("logs", key=key, stream=stream, max_bytes=1 << 20)["data"]
 
 
 def test_s3_objects_and_prefixes_land_once_and_two_jobs_share_the_copy(

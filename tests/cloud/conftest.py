@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -35,30 +34,11 @@ def small_catalog() -> Catalog:
     return catalog_mod.parse(CATALOG, "test catalog")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def client_key(tmp_path: Path) -> Path:
     from hybridctl.sim.keys import client_key
 
     return client_key(tmp_path / "keys")
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    """One real moto server on 127.0.0.1 for the session (its EC2 backend takes seconds to load)."""
-    server_mod = pytest.importorskip("moto.server", reason="needs moto[server]: pip install 'moto[server]'")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import require
+from tests.conftest import free_port, require
 from tests.waiting import wait_for
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -23,12 +23,6 @@ def require_sshd() -> None:
     require(os.path.exists(SSHD) and shutil.which("ssh-keygen") is not None,
             "needs OpenSSH sshd (apt-get install openssh-server)")
     require(os.geteuid() == 0, "needs root to run sshd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def keygen(path: Path) -> Path:

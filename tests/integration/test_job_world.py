@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,20 +38,6 @@ pytestmark = pytest.mark.needs_sshd
 @pytest.fixture(autouse=True)
 def _uv() -> None:
     require(UV is not None, "uv is not installed (pip install uv; the dev extra has it)")
-
-
-@pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    server_mod = pytest.importorskip("moto.server", reason="needs moto[server]")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 class WorldNode(LabNode):
@@ -104,7 +89,7 @@ def ended(ctl: ControllerProc, job: str) -> dict[str, Any]:
     return wait_for(probe, 120, what=f"job {job} to end")
 
 
-def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, s3_url: str) -> None:
+def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, moto_server: str) -> None:
     boto3 = pytest.importorskip("boto3")
     world = tmp_path / "world"
     make_wheel(world / "wheels")
@@ -113,7 +98,7 @@ def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, s3_url: str) 
     (world / "data" / "a.txt").write_text("local dir file\n")
     (world / "data" / "sub" / "b.bin").write_bytes(os.urandom(50_000))
     (world / "one.txt").write_text("local single file\n")
-    s3 = boto3.client("s3", endpoint_url=s3_url, **{k.lower(): v for k, v in CREDS.items()
+    s3 = boto3.client("s3", endpoint_url=moto_server, **{k.lower(): v for k, v in CREDS.items()
                                                    if k != "AWS_DEFAULT_REGION"}, region_name="us-east-2")
     s3.create_bucket(Bucket="world", CreateBucketConfiguration={"LocationConstraint": "us-east-2"})
     blob = os.urandom(80_000)
@@ -126,7 +111,7 @@ def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, s3_url: str) 
         "  python -c 'import hctiny, os, sys; print(hctiny.VERSION, sys.prefix == os.environ[\"VIRTUAL_ENV\"])'\n"
         "  cat data/a.txt one.txt; sha256sum < data/sub/b.bin | cut -c1-16; sha256sum < s3data/obj.bin | cut -c1-16\n"
     )
-    config = {"env_wheelhouse": str(world / "wheels"), "uv_path": UV, "s3_endpoint_url": s3_url}
+    config = {"env_wheelhouse": str(world / "wheels"), "uv_path": UV, "s3_endpoint_url": moto_server}
     with lab(tmp_path, config) as (ctl, node):
         expected = ["1.0 True", "local dir file", "local single file",
                     hashlib.sha256((world / "data" / "sub" / "b.bin").read_bytes()).hexdigest()[:16],

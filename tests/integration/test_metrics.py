@@ -17,6 +17,7 @@ from hybridctl.control.metrics import Exporter, MetricsSnapshot, snapshot_of
 from hybridctl.control.nodes import config_record
 from hybridctl.control.service import Controller
 from hybridctl.store.sqlite import Store
+from tests.conftest import free_port
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -137,14 +138,6 @@ def test_a_taken_port_names_the_setting() -> None:
 
 
 # ---- a real controller, a real agent node over sshd -------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
