@@ -339,10 +339,13 @@ class Autoscaler:
         ]
         backoff = {p: u for p, (u, _r) in store.cloud_backoffs(now).items()}
         spent = store.cloud_spent_since(utc_day(burst.period_start(now, self.limits.budget_period)))
-        pending = store.pending()
+        # Each task's time limit, else the estimate from its user's history (core/estimate.py), so
+        # that wait-or-pay and the reclaim loss price real work, not `default_runtime_s` for all.
+        pending = self.scheduler.runtimes.pending(store.pending(), now)
+        runtime = {(t.job_id, t.task): t.runtime_s for t in pending if t.runtime_s}
         checkpoint_every, deadlines = self.job_facts(pending)
         return burst.World(pending, cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing,
-                           checkpoint_every=checkpoint_every, deadlines=deadlines,
+                           runtime=runtime, checkpoint_every=checkpoint_every, deadlines=deadlines,
                            transfer_s=self.transfer_times(pending))
 
     def transfer_times(self, pending: Sequence[PendingTask]) -> dict[tuple[int, int], float]:

@@ -155,6 +155,11 @@ def test_the_autoscalers_world_carries_checkpoint_intervals_and_deadlines(tmp_pa
         assert w.checkpoint_every == {(a, 0): 120.0, (c, 0): 120.0, (c, 1): 120.0}
         assert w.deadlines == {(a, 0): now + 6 * 3600, (d, 0): 1893456000.0}
         assert (b, 0) not in w.checkpoint_every and (b, 0) not in w.deadlines
+        # Runtimes: a time limit is what wait-or-pay prices; without one (and no history) the policy
+        # falls back to Limits.default_runtime_s, so nothing is passed.
+        e = parts.submit(time_limit="20m")
+        w = scaler.world(now)
+        assert w.runtime.get((e, 0)) == 1200.0 and (b, 0) not in w.runtime
         # The sync has seen task c_0 write a file per checkpoint, 10 min apart.
         base = parts.lifecycle.checkpoint_path(f"{c}")  # task 0 is labelled as the job (core/reconcile.job_key)
         base.mkdir(parents=True)
