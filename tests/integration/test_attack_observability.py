@@ -23,6 +23,7 @@ from hybridctl.control.nodes import config_record
 from hybridctl.control.service import Controller
 from hybridctl.core.errors import PermissionDenied
 from hybridctl.store.sqlite import Store
+from tests.integration.workloads import FakeFleet
 from tests.waiting import wait_for
 
 ALICE = Caller(1001, 1001, "alice", "lab", admin=False)
@@ -41,18 +42,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class FakeFleet:
-    def __init__(self) -> None:
-        self.samples: dict[str, dict[str, Any]] = {}
-        self.kicked: list[str] = []
-
-    def telemetry(self) -> dict[str, dict[str, Any]]:
-        return self.samples
-
-    def kick(self, node: str) -> None:
-        self.kicked.append(node)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hybridctl.control.nodes import config_record
 from hybridctl.control.service import Controller
 from hybridctl.store.sqlite import Store
 from tests.conftest import free_port
+from tests.integration.workloads import FakeFleet
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -30,19 +31,6 @@ def gpu(index: int, util: int, procs: list[dict[str, Any]] | None = None) -> dic
             "mem_total_mb": 40960, "temp_c": 40, "power_w": 120.5, "power_limit_w": 400.0,
             "clock_sm_mhz": 1410, "clock_mem_mhz": 1215, "sm_util": 30, "ecc_corrected": 2,
             "ecc_uncorrected": 0, "processes": procs or []}
-
-
-class FakeFleet:
-    def __init__(self, samples: dict[str, dict[str, Any]]) -> None:
-        self.samples = samples
-
-        self.kicked: list[str] = []
-
-    def telemetry(self) -> dict[str, dict[str, Any]]:
-        return self.samples
-
-    def kick(self, node: str) -> None:
-        self.kicked.append(node)
 
 
 @pytest.fixture

@@ -21,3 +21,18 @@ def submit(lab: Any, *args: str) -> str:
     res = lab.controller.cli("submit", *args)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
+
+
+class FakeFleet:
+    """A stand-in for the controller's fleet (FleetView's telemetry and kick) whose samples a test
+    writes directly: a node that says whatever the test wants."""
+
+    def __init__(self, samples: "dict[str, dict[str, Any]] | None" = None) -> None:
+        self.samples: dict[str, dict[str, Any]] = {} if samples is None else samples
+        self.kicked: list[str] = []
+
+    def telemetry(self) -> dict[str, dict[str, Any]]:
+        return self.samples
+
+    def kick(self, node: str) -> None:
+        self.kicked.append(node)
