@@ -201,7 +201,8 @@ async def _remote_default_socket(conn: Any) -> str:
     """The agent's default socket for the SSH user: /run/hybridctl/agent.sock as root, else under
     $XDG_RUNTIME_DIR (the agent's own rule)."""
     res = await conn.run('echo "$(id -u) ${XDG_RUNTIME_DIR:-}"', check=True, timeout=15)
-    uid, _, runtime = str(res.stdout).strip().partition(" ")
+    # The last line: a startup file of the user's shell may print before it.
+    uid, _, runtime = (str(res.stdout).strip().splitlines() or [""])[-1].partition(" ")
     if uid == "0":
         return "/run/hybridctl/agent.sock"
     return f"{runtime or '/tmp/hybridctl-' + uid}/hybridctl/agent.sock"

@@ -60,13 +60,21 @@ class Shell:
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self._noise: tuple[str, str] | None = None
 
     async def run(self, script: str, timeout: float) -> Result:
+        """Run `script` with the user's shell. What the shell's own startup files print on every
+        command (a .bashrc whose `pyenv` is missing, a banner) is taken off the front of stdout
+        and stderr, so a step's output and error are the script's alone."""
         try:
+            if self._noise is None:
+                quiet = await self._conn.run(":", timeout=timeout)
+                self._noise = (str(quiet.stdout or ""), str(quiet.stderr or ""))
             res = await self._conn.run(script, timeout=timeout)
         except Exception as exc:
             raise _translate(exc) from exc
-        return Result(res.exit_status, str(res.stdout or ""), str(res.stderr or ""))
+        out, err = str(res.stdout or ""), str(res.stderr or "")
+        return Result(res.exit_status, out.removeprefix(self._noise[0]), err.removeprefix(self._noise[1]))
 
     @asynccontextmanager
     async def sftp(self) -> AsyncIterator[Sftp]:

@@ -38,6 +38,8 @@ class Sshd:
     client_key: Path
     port: int = field(default_factory=free_port)
     allow_forwarding: bool = True
+    extra: tuple[str, ...] = ()
+    """More sshd_config lines (e.g. `SetEnv BASH_ENV=…` for a shell that prints on every command)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +63,7 @@ class Sshd:
                 # Keep the test's environment (PATH to the venv) for exec'd commands.
                 "PermitUserEnvironment no", "AcceptEnv *",
                 "Subsystem sftp internal-sftp",  # checkpoints and workdirs travel over SFTP
+                *self.extra,
             ]) + "\n"
         )
 

@@ -23,10 +23,14 @@ from tests.waiting import wait_for
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[Sshd, Path, Path]]:
-    """A fresh sshd with no agent; yields (sshd, client key, the install dir to use there)."""
+    """A fresh sshd with no agent; yields (sshd, client key, the install dir to use there). Its
+    shell prints on every command, on stdout and stderr, as a .bashrc whose `pyenv` is missing does
+    (CI's did): install steps must neither parse nor report that as theirs."""
     require_sshd()
     key = keygen(tmp_path / "id_ed25519")
-    sshd = Sshd(tmp_path / "sshd", key)
+    noisy = tmp_path / "noisy_rc"
+    noisy.write_text("echo 'Welcome to n9'\necho '/root/.bashrc: line 21: pyenv: command not found' >&2\n")
+    sshd = Sshd(tmp_path / "sshd", key, extra=(f"SetEnv BASH_ENV={noisy}",))
     sshd.start()
     node_dir = tmp_path / "node"
     try:
