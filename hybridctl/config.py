@@ -207,6 +207,10 @@ class CommandCloudConfig:
     """SSH user on its instances when the script does not say; empty = the controller's user."""
 
 
+CLOUD_RUNTIMES = ("podman",)
+"""What `cloud.runtimes` may list: the container runtimes image jobs run with (agent container.py)."""
+
+
 @dataclass(frozen=True)
 class CloudConfig:
     """Cloud bursting (`cloud:`): off unless `enabled`."""
@@ -242,6 +246,13 @@ class CloudConfig:
     """Names (glob patterns) left out of workdir uploads."""
     output_cap_mb: int = 2048
     """At most this much of HYBRIDCTL_OUTPUT_DIR comes back from a cloud node per job."""
+    output_keep_days: float = 14.0
+    """The controller's copies of those outputs (`hybridctl outputs`) are deleted this many days
+    after they came back (swept hourly); a copy whose job is gone goes at once."""
+    runtimes: tuple[str, ...] = ()
+    """What the cloud nodes' image offers jobs (`[podman]`): `image_id: docker:` jobs burst only
+    when this lists podman; otherwise they wait for an on-prem node with podman, and `show`
+    says so (a rented node would not take them, and the autoscaler would rent again)."""
     burst: BurstConfig = field(default_factory=BurstConfig)
     simulated: SimulatedCloudConfig = field(default_factory=SimulatedCloudConfig)
     aws: AwsCloudConfig = field(default_factory=AwsCloudConfig)
@@ -254,6 +265,14 @@ class CloudConfig:
     def __post_init__(self) -> None:
         if self.default_market not in ("spot", "on-demand"):
             raise ConfigError(f"cloud.default_market: {self.default_market!r} is not valid; accepted: spot, on-demand")
+        keep = self.output_keep_days
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 36500:
+            raise ConfigError(f"cloud.output_keep_days: {keep!r} is not valid; a number of days above 0 and at "
+                              "most 36500")
+        for r in self.runtimes:
+            if r not in CLOUD_RUNTIMES:
+                raise ConfigError(f"cloud.runtimes: {r!r} is not valid; accepted: a list of {', '.join(CLOUD_RUNTIMES)} "
+                                  "(what the cloud nodes' image has installed)")
 
 
 @dataclass(frozen=True)
@@ -365,7 +384,7 @@ def parse_listen(listen: str, allow_remote: bool) -> tuple[str, int]:
     accepted = "HOST:PORT, e.g. 127.0.0.1:9400"
     host, sep, port_text = listen.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"metrics.listen: {listen!r} is not valid; accepted: {accepted}")
     if not allow_remote:
         try:
@@ -420,7 +439,7 @@ class SlurmConfig:
 
     def __post_init__(self) -> None:
         for name, value in self.qos.items():
-            if not re.fullmatch(r"-?\d+", value) or not -1000 <= int(value) <= 1000:
+            if not re.fullmatch(r"-?[0-9]+", value) or not -1000 <= int(value) <= 1000:
                 raise ConfigError(f"slurm.qos.{name}: {value!r} is not valid; a priority, a whole number from -1000 to 1000")
 
 

@@ -455,7 +455,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from hybridctl.cli import output as o
     from hybridctl.core.spec import parse_duration
 
-    since = parse_duration(args.since) if args.since else 7 * 86400
+    since = parse_duration(args.since, field="--since") if args.since else 7 * 86400
     with common.client() as c:
         rows = c.call("usage", by=args.by, since=since)
     if args.json:
@@ -606,9 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("job", metavar="JOB")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.add_argument("--stderr", action="store_true", help="the job's stderr instead of stdout")
-    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
-    lg.add_argument("--rank", type=int, default=0, help="which node of a multi-node job (default 0)")
-    lg.add_argument("--attempt", type=int, metavar="N",
+    lg.add_argument("--tail", metavar="N", help="only the last N lines")  # checked by check_args
+    lg.add_argument("--rank", default=0, metavar="N", help="which node of a multi-node job (default 0)")
+    lg.add_argument("--attempt", metavar="N",
                     help="an earlier run of a requeued job (0 = the first; default: the latest)")
     outputs_cli.add_parser(sub)
 
@@ -644,6 +644,29 @@ COMMANDS = {
     "demo": cmd_demo, "tui": cmd_tui, "outputs": outputs_cli.cmd_outputs,
 }
 
+MAX_FLAG = 10**9
+"""The largest --tail, --rank or --attempt: far past any real log, gang or requeue count."""
+FLAG_BOUNDS = {"tail": (1, "a number of lines"), "rank": (0, "a node's rank in the job, 0 first"),
+               "attempt": (0, "an attempt of the job, 0 first")}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Job ids and number flags, read before the controller is asked: a bad one is a SpecError
+    (exit 2) naming the argument, its value and what is accepted, never argparse's generic line."""
+    from hybridctl.core.fields import parse_duration, parse_int, parse_job_ref
+
+    for ref in [getattr(args, "job", None), *(getattr(args, "jobs", None) or ())]:
+        if ref is not None:
+            parse_job_ref(ref)
+    for flag, (lo, what) in FLAG_BOUNDS.items():
+        value = getattr(args, flag, None)
+        if isinstance(value, str):
+            setattr(args, flag, parse_int(value, f"--{flag}", "", lo, MAX_FLAG,
+                                          f"expected {what}: a whole number from {lo} to {MAX_FLAG}"))
+    if isinstance(getattr(args, "since", None), str):
+        parse_duration(args.since, field="--since")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
@@ -662,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tui(args)
         if args.cmd == "submit":
             return cmd_submit(args, command)
+        check_args(args)
         return COMMANDS[args.cmd](args)
     except HybridctlError as exc:
         print(f"hybridctl: {exc.message}", file=sys.stderr)

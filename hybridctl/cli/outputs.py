@@ -47,8 +47,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--to", nargs="?", const="", metavar="DIR",
                    help="download into DIR (created if missing; default ./JOB-outputs) instead of listing")
     p.add_argument("--force", action="store_true", help="with --to: replace files that are already there")
-    p.add_argument("--rank", type=int, metavar="N", help="one node of a multi-node job (default: every rank)")
-    p.add_argument("--attempt", type=int, metavar="N",
+    # --rank and --attempt stay text here: cli/main.check_args reads them, naming the flag when wrong
+    p.add_argument("--rank", metavar="N", help="one node of a multi-node job (default: every rank)")
+    p.add_argument("--attempt", metavar="N",
                    help="an earlier run of a requeued job (0 = the first; default: the latest that left outputs)")
     p.add_argument("--json", action="store_true",
                    help="print {job, attempt, state, files: {path: bytes}, total} (with --to: and where)")

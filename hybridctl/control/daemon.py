@@ -16,7 +16,7 @@ from typing import Any
 
 from hybridctl.aio import wait_event
 from hybridctl.config import Settings
-from hybridctl.control import supervisor
+from hybridctl.control import outputs, supervisor
 from hybridctl.control.fleet import Fleet
 from hybridctl.control.identity import Caller, peer_credentials
 from hybridctl.control.identity import caller as make_caller
@@ -119,6 +119,11 @@ class Daemon:
         for n in self.settings.nodes:
             self.store.add_node(config_record(n), clock())
         _raise_file_limit(self.settings.limits.max_connections + 256)
+        # Before any request: after a database reset, an output copy must not reach the new job
+        # that holds its id (`hybridctl outputs ID`); then hourly (cloud.output_keep_days).
+        gone = outputs.sweep(self.settings, self.store, clock())
+        if gone:
+            log.info("deleted %d expired output copies: %s", len(gone), ", ".join(gone[:20]))
         # Not asyncio's start_unix_server(path=…): it deletes any socket at the path, a live
         # controller's too (one with another home holds another lock). `claim` asks first.
         listening = claim(self.socket_path, self.settings.socket_mode)
@@ -137,6 +142,7 @@ class Daemon:
             supervisor.start("schedule", self._schedule_loop),
             supervisor.start("fleet-monitor", fleet.monitor),
             supervisor.start("observe", observer.run),
+            supervisor.start("outputs-sweep", lambda: outputs.sweep_forever(self.settings, self.store, clock)),
         ]
         if scaler is not None:
             tasks.append(supervisor.start("autoscaler", scaler.run))

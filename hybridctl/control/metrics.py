@@ -22,6 +22,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from hybridctl.config import parse_listen
 from hybridctl.core.estimate import duration
+from hybridctl.core.errors import SpecError
+from hybridctl.core.fields import parse_job_ref
 from hybridctl.core.wire import MAX_JOB_METRICS
 
 log = logging.getLogger("hybridctl.observe")
@@ -588,8 +590,12 @@ async def _notify(argv: list[str]) -> None:
 
 
 def _task_ref(label: str) -> tuple[int, int] | None:
-    """'42' -> (42, 0), '42_7' -> (42, 7) (core.model.task_label's forms)."""
-    job, _, task = label.partition("_")
-    if not job.isdigit() or (task and not task.isdigit()):
+    """'42' -> (42, 0), '42_7' -> (42, 7) (core.model.task_label's forms); None for anything else.
+    core/fields.parse_job_ref reads it: ASCII digits only (str.isdigit is true for '٣' and '²')."""
+    if not isinstance(label, str) or label != label.strip():
         return None
-    return int(job), int(task or 0)
+    try:
+        job, task = parse_job_ref(label)
+    except SpecError:
+        return None
+    return job, task or 0

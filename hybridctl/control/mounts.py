@@ -57,6 +57,7 @@ def read_tree(src: str, owner: Any, out_dir: Path, cap_bytes: int) -> dict[str, 
             "--directory", parent or "/", "--", name]  # an argv: the path is the user's string
     tree: dict[str, list[Any]] = {}
     total = 0
+    link = False
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
                                 cwd="/", **kwargs)
@@ -64,6 +65,8 @@ def read_tree(src: str, owner: Any, out_dir: Path, cap_bytes: int) -> dict[str, 
         try:
             with tarfile.open(fileobj=io.BufferedReader(proc.stdout, 1 << 16), mode="r|") as tar:  # type: ignore[arg-type]
                 for m in tar:
+                    if m.issym() and posixpath.normpath(m.name) == name:  # the source itself: say so below
+                        link = True
                     if not m.isreg():
                         continue
                     rel = posixpath.normpath(m.name)
@@ -85,6 +88,8 @@ def read_tree(src: str, owner: Any, out_dir: Path, cap_bytes: int) -> dict[str, 
     if proc.returncode != 0:
         why = err.splitlines()[0] if err else f"tar exited {proc.returncode}"
         raise MountFailed(f"cannot read file_mount {src} as {owner.user}: {why.removeprefix('tar: ')}")
+    if not tree and link:  # tar, running as the owner, carried the link as a link: never followed
+        raise MountFailed(f"file_mount {src} is a symbolic link; name the file it points to")
     if not tree:
         raise MountFailed(f"file_mount {src} holds no regular file")
     return tree

@@ -30,7 +30,7 @@ def parse_gpu_shape(text: str) -> list[dict[str, Any]]:
             model, count = part.rsplit(":", 1)
         else:
             count, model = "1", part
-        if not count.isdigit() or not model:
+        if not (count.isascii() and count.isdigit()) or not model:  # isdigit alone: '٣' is 3, int('²') raises
             raise SpecError("gpus", text, "expected e.g. '8xA100', 'A100:8' or '2xRTX3090,1xA6000'")
         gpus += [{"index": len(gpus) + i, "model": model} for i in range(int(count))]
     return gpus

@@ -5,21 +5,28 @@ A separate module because of who runs it and what it reads: the controller (root
 reads directories whose contents came from a node, in a home no user can enter. Every path is
 opened one component at a time relative to the copy's directory fd with O_NOFOLLOW, and only
 regular files are listed or read, so a link put there (by a node, a bug, or an admin's mistake)
-is never followed."""
+is never followed. The copies expire (`cloud.output_keep_days`): `sweep` deletes them the same way.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from hybridctl.control.checkpoints import safe_rel
 from hybridctl.core.errors import NotFound, SpecError
 from hybridctl.core.model import JobStatus
 from hybridctl.core.reconcile import job_key
 from hybridctl_agent.fdio import READ_FLAGS, Refused, open_dir, walk_to
+
+log = logging.getLogger("hybridctl.controller")
 
 OUTPUTS = "outputs"
 """The copies live in `<home>/outputs/<job key>` (`CloudSession.pull_outputs`)."""
@@ -204,3 +211,138 @@ def read_copy(home: Path, key: str, label: str, path: str, offset: int, max_byte
             os.close(fd)
     finally:
         os.close(top)
+
+
+# ---- expiry: `cloud.output_keep_days` ------------------------------------------------------------
+
+SWEEP_EVERY_S = 3600.0
+"""How often the daemon sweeps the copies (and once at start, before it serves requests)."""
+_KEY_RE = re.compile(r"([0-9]{1,19})(?:_[0-9]{1,19})?\.a[0-9]{1,19}\.r[0-9]{1,19}")  # core/reconcile.job_key, ASCII
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One entry of `<home>/outputs`, as the sweep sees it (lstat: a link is not followed)."""
+
+    key: str
+    job_id: int
+    made_at: float
+    """Its inode's change time: set by the kernel, never by a node (a node's tar may set mtimes)."""
+
+
+def copies(home: Path) -> list[Copy]:
+    """Every entry of `<home>/outputs` named as a rank key (others were not made here and are left
+    alone), lstat'ed through the directory's fd. None there: []."""
+    try:
+        fd = _outputs_dir(home)
+    except (OSError, Refused):
+        return []
+    out = []
+    try:
+        with os.scandir(fd) as entries:
+            for e in entries:
+                m = _KEY_RE.fullmatch(e.name)
+                if m is None:
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                out.append(Copy(e.name, int(m[1]), st.st_ctime))
+    finally:
+        os.close(fd)
+    return out
+
+
+def expired(found: list[Copy], submitted_at: dict[int, float | None], now: float, keep_s: float) -> list[str]:
+    """The keys to delete: orphans (no job holds the id; `submitted_at` None), copies older than
+    the job that now holds their id (made before it was submitted: the database was reset and the id
+    handed out again), and copies made more than `keep_s` ago. Sorted."""
+    out = []
+    for c in found:
+        since = submitted_at.get(c.job_id)
+        if since is None or c.made_at < since or now - c.made_at > keep_s:
+            out.append(c.key)
+    return sorted(out)
+
+
+def remove(home: Path, keys: list[str]) -> list[str]:
+    """Delete these entries of `<home>/outputs` and everything below them, through directory fds
+    (O_NOFOLLOW at every step): a link is unlinked, never followed. Returns those deleted."""
+    try:
+        fd = _outputs_dir(home)
+    except (OSError, Refused):
+        return []
+    done = []
+    try:
+        for key in keys:
+            try:
+                _remove_tree(fd, key)
+            except FileNotFoundError:
+                continue
+            except (OSError, Refused) as exc:  # replaced while we worked: the next sweep tries again
+                log.warning("output copy %s: not deleted: %s", key, exc)
+                continue
+            done.append(key)
+    finally:
+        os.close(fd)
+    return done
+
+
+def sweep(settings: Any, store: Any, now: float) -> list[str]:
+    """One sweep, all at once (the daemon's start, before requests): what `expired` names goes."""
+    found = copies(settings.home_path)
+    dead = expired(found, {c.job_id: store.job_submitted_at(c.job_id) for c in found}, now,
+                   settings.cloud.output_keep_days * 86400)
+    return remove(settings.home_path, dead)
+
+
+async def sweep_forever(settings: Any, store: Any, clock: Callable[[], float]) -> None:
+    """Sweep every SWEEP_EVERY_S: the directory work in a thread, the store (the loop's) here."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        found = await asyncio.to_thread(copies, settings.home_path)
+        ids = {c.job_id for c in found}
+        dead = expired(found, {j: store.job_submitted_at(j) for j in ids}, clock(),
+                       settings.cloud.output_keep_days * 86400)
+        if dead:
+            gone = await asyncio.to_thread(remove, settings.home_path, dead)
+            log.info("deleted %d expired output copies: %s", len(gone), ", ".join(gone[:20]))
+
+
+def _outputs_dir(home: Path) -> int:
+    top = os.open(home, _DIR)  # the controller's own home (make_private checked it at start)
+    try:
+        return walk_to(top, [OUTPUTS], create=False)
+    finally:
+        os.close(top)
+
+
+def _remove_tree(parent: int, name: str) -> None:
+    """Delete `name` in the directory `parent` and all below it. Depth-first without recursion (a
+    node chose the tree's shape): each directory is reached again from `parent`, one O_NOFOLLOW
+    step per level, emptied of its files, then of its subdirectories, then removed."""
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent)
+        return
+    path = [name]
+    while path:
+        fd = walk_to(parent, path, create=False)
+        try:
+            with os.scandir(fd) as entries:
+                listed = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            for entry, _ in (x for x in listed if not x[1]):
+                os.unlink(entry, dir_fd=fd)
+        finally:
+            os.close(fd)
+        sub = next((entry for entry, is_dir in listed if is_dir), None)
+        if sub is not None:
+            path.append(sub)
+            continue
+        last = path.pop()
+        pfd = walk_to(parent, path, create=False)
+        try:
+            os.rmdir(last, dir_fd=pfd)
+        finally:
+            os.close(pfd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import logging
 import math
 import pwd
@@ -28,7 +29,7 @@ from hybridctl.control.nodes import check_name
 from hybridctl.control.ports import CloudView, FleetView
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import schedule as sched
-from hybridctl.core import wire
+from hybridctl.core import fields, wire
 from hybridctl.core.environment import image_refusal
 from hybridctl.core.errors import HybridctlError, NotFound, PermissionDenied, SpecError, Unschedulable
 from hybridctl.core.model import (
@@ -50,25 +51,72 @@ from hybridctl.store.sqlite import NodeRecord, Store, Submitter
 log = logging.getLogger("hybridctl.controller")
 
 def parse_job_ref(ref: object) -> tuple[int, int | None]:
-    """'42' -> (42, None): the whole job; '42_7' -> (42, 7): one array task."""
-    text = str(ref).strip()
-    head, _, tail = text.partition("_")
-    if not head.isdigit() or (tail and not tail.isdigit()):
-        raise SpecError("job", text, "expected a job id like 42, or an array task like 42_7")
-    return int(head), int(tail) if tail else None
+    """'42' -> (42, None): the whole job; '42_7' -> (42, 7): one array task (core/fields: ASCII
+    digits below 2**63, else a SpecError naming JOB; a client sends any bytes it likes)."""
+    return fields.parse_job_ref(ref)
+
+
+# Request fields arrive raw from the socket: any local user can send a list or a dict where a string
+# was meant, and it reached SQLite or a path join deep in a handler (a traceback in the log). Each
+# is checked here, at the boundary, with core/wire's validators; a bad one is a SpecError (exit 2)
+# naming the field, the value and what is accepted.
+
+def request_text(field: str, value: object, accepted: str, *, optional: bool = False,
+                 limit: int | None = wire.MAX_TEXT, controls: bool = False) -> Any:
+    """`value` if it is a string (of at most `limit` characters; without `controls`, holding no
+    control character, which wire.text would replace); None passes with `optional`."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (limit is not None and len(value) > limit) \
+            or (not controls and wire.text(value, len(value)) != value):
+        raise SpecError(field, value, accepted)
+    return value
+
+
+def request_flag(field: str, value: object) -> bool:
+    """A JSON boolean (wire.flag: not 0/1, not "true", not a list)."""
+    if wire.flag(value) is None:
+        raise SpecError(field, value, "true or false")
+    return bool(value)
+
+
+def request_mapping(field: str, value: object, accepted: str, *, optional: bool = True) -> Any:
+    """A JSON object (None passes with `optional`): a string or a list is not taken apart as one."""
+    if (value is None and optional) or isinstance(value, dict):
+        return value
+    raise SpecError(field, value, accepted)
+
+
+def request_list(field: str, value: object, accepted: str) -> list[Any]:
+    """A JSON array: a string is not read as a list of its characters."""
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(field, value, accepted)
+    return list(value)
+
+
+NODE_NAME = "a node's name, a string (`hybridctl nodes` lists them)"
+_FLAG_KEYS = frozenset(inspect.signature(apply_flags).parameters) - {"data"}
+"""The command-line overrides `submit` takes in `flags` (core/spec.apply_flags's keywords)."""
 
 
 CACHE_ITEMS_LISTED = 200
 """Entries per node `nodes --cache` lists (the largest); the summary counts them all."""
 
 
-def cache_items(held: Any) -> list[dict[str, Any]]:
-    """A node's cache (core/locality.NodeCache) as rows: kind, content id, bytes; largest first."""
+CACHE_ID_SHOWN = 16
+"""Hex digits of a cache id a non-admin sees. The whole id is a capability: a node's cache objects
+are 0444 files in a 0711 directory, so whoever knows a SHA-256 can open that object by name."""
+
+
+def cache_items(held: Any, admin: bool = False) -> list[dict[str, Any]]:
+    """A node's cache (core/locality.NodeCache) as rows: kind, content id, bytes; largest first.
+    Ids are cut to CACHE_ID_SHOWN hex digits unless `admin`."""
     if held is None:
         return []
     rows = [("env", h, n) for h, n in held.envs.items()] + [("data", s, n) for s, n in held.objects.items()]
     rows.sort(key=lambda r: (-r[2], r[0], r[1]))
-    return [{"kind": k, "id": i, "bytes": n} for k, i, n in rows[:CACHE_ITEMS_LISTED]]
+    return [{"kind": k, "id": i if admin else i[:CACHE_ID_SHOWN], "bytes": n}
+            for k, i, n in rows[:CACHE_ITEMS_LISTED]]
 
 
 class Controller(CloudRequests):
@@ -125,6 +173,18 @@ class Controller(CloudRequests):
         a relative `workdir` is relative to `cwd` (where `submit` was typed, as `sky launch` does),
         a relative `checkpoint_dir` in the file to `base_dir` (the file's directory). All
         validation happens here, once; `ids` lists a pipeline's jobs, `id` is its last."""
+        request_mapping("spec", spec, "a job spec: an object such as {\"run\": \"python train.py\"}")
+        request_text("yaml", yaml, "the text of a job file, a string", optional=True, limit=None, controls=True)
+        request_text("source", source, "the job file's name, a string", limit=None, controls=True)
+        request_mapping("flags", flags, "command-line overrides: an object such as {\"gpus\": \"A100:2\"}")
+        for key in flags or ():
+            if key not in _FLAG_KEYS:
+                raise SpecError("flags", key, f"accepted: {', '.join(sorted(_FLAG_KEYS))}")
+        request_text("base_dir", base_dir, "the job file's directory, a string", optional=True, limit=None,
+                     controls=True)
+        request_text("cwd", cwd, "the directory `submit` was typed in, a string", optional=True, limit=None,
+                     controls=True)
+        request_flag("full", full)
 
         def home(name: str) -> str | None:
             try:
@@ -201,6 +261,12 @@ class Controller(CloudRequests):
         self, caller: Caller, all: bool = False, user: str | None = None, states: Sequence[str] = (),
         finished: bool = False,
     ) -> list[dict[str, Any]]:
+        accepted = f"a list of job states: {', '.join(JobStatus.__members__)}"
+        for s in request_list("--state", states, accepted):
+            request_text("--state", s, accepted)
+        request_text("--user", user, "a user name, a string", optional=True)
+        request_flag("--all", all)
+        request_flag("--finished", finished)
         states = [s.upper() for s in states]
         for s in states:
             if s not in JobStatus.__members__:
@@ -276,6 +342,7 @@ class Controller(CloudRequests):
             job_id, task = parse_job_ref(job)
             self._owned(caller, job_id, "see the history of")
             return await history_of(self.settings, self.clock, job_id, task or 0, None, seconds)
+        request_text("node", node, NODE_NAME)
         self.store.node(str(node))  # NotFound names the node
         return await history_of(self.settings, self.clock, None, 0, str(node), float(seconds))
 
@@ -289,6 +356,10 @@ class Controller(CloudRequests):
 
     def op_cancel(self, caller: Caller, jobs: Sequence[str] = (), all_mine: bool = False,
                   reason: str = "") -> dict[str, Any]:
+        request_list("JOB", jobs, "a list of job ids, e.g. [\"42\", \"43_7\"]")
+        request_flag("--all-mine", all_mine)
+        reason = wire.text(request_text("reason", reason, "a reason, a string of at most "
+                                        f"{wire.MAX_TEXT} characters", controls=True)) or ""
         targets: list[tuple[int, int | None]] = [parse_job_ref(j) for j in jobs]
         if all_mine:
             targets += [(j, t) for j, t in self.store.user_task_ids(caller.user)]
@@ -325,6 +396,8 @@ class Controller(CloudRequests):
     def op_usage(self, caller: Caller, by: str = "user", since: float = 7 * 86400) -> list[dict[str, Any]]:
         if by not in ("user", "group"):
             raise SpecError("--by", by, "accepted: user, group")
+        if wire.number(since, 0, 2**53) is None:
+            raise SpecError("--since", since, "a number of seconds back from now, 0 or more")
         now = self.clock()
         totals: dict[str, list[float]] = {}
         for r in self.store.usage_records(now - since, now):
@@ -354,6 +427,8 @@ class Controller(CloudRequests):
         """The audit log (who did what, when), newest first."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
             raise SpecError("limit", limit, "a whole number from 1 to 10000")
+        if before_id is not None and wire.integer(before_id, 0, 2**63 - 1) is None:  # else a traceback in SQLite
+            raise SpecError("before_id", before_id, "an event id: a whole number, 0 or more")
         rows = self.store.events(limit, before_id)
         for r in rows:
             r["actor"] = "controller" if r["actor_uid"] is None else user_name(r["actor_uid"])
@@ -380,7 +455,7 @@ class Controller(CloudRequests):
             d["containment"] = link[1] if link else None
             d["cache"] = held.summary() if (held := caches.get(n.name)) is not None else None
             if cache:  # `nodes --cache`: what it holds, largest first (content ids, not paths)
-                d["cache_items"] = cache_items(held)
+                d["cache_items"] = cache_items(held, caller.admin)
             if n.name in rented:
                 d["provider"] = rented[n.name]["provider"]
                 d["price_hourly"] = rented[n.name]["price_hourly"]
@@ -394,12 +469,17 @@ class Controller(CloudRequests):
             )
 
     def op_drain(self, caller: Caller, node: str, reason: str = "") -> dict[str, Any]:
+        request_text("node", node, NODE_NAME)
         self._admin(caller, f"drain node {node}")
+        # shown in `nodes` and the TUI: control characters are replaced (wire.text)
+        reason = wire.text(request_text("reason", reason, f"a reason, a string of at most {wire.MAX_TEXT} "
+                                        "characters", controls=True)) or ""
         self.store.set_drain(node, True, reason or f"drained by {caller.user}", self.clock())
         self.lifecycle.changed()
         return {"node": node, "state": "DRAINING"}
 
     def op_resume(self, caller: Caller, node: str) -> dict[str, Any]:
+        request_text("node", node, NODE_NAME)
         self._admin(caller, f"resume node {node}")
         self.store.set_drain(node, False, "", self.clock())
         self.lifecycle.changed()
@@ -414,9 +494,15 @@ class Controller(CloudRequests):
         """Pin the host key (with accept_new), install the agent over SSH (with install), probe it,
         record the node, start its session. With install, adding a node again upgrades its agent."""
         self._admin(caller, "add nodes")
-        check_name(name)
-        if not 1 <= int(port) <= 65535:
+        check_name(request_text("NAME", name, "a node's name, a string", limit=None, controls=True))
+        if wire.integer(port, 1, 65535) is None:
             raise SpecError("--port", port, "a TCP port from 1 to 65535")
+        request_text("--host", host, "an SSH host name or address, or 'local'")
+        for flag, given in (("--user", user), ("--identity", identity), ("--agent-socket", agent_socket),
+                            ("--python", python), ("--wheels", wheels), ("--install-dir", install_dir)):
+            request_text(flag, given, "a string", optional=True)
+        for flag, given in (("--accept-new", accept_new), ("--install", install), ("systemd", systemd)):
+            request_flag(flag, given)
         if site not in ("onprem", "cloud"):
             raise SpecError("--site", site, "accepted: onprem, cloud")
         if cpus is not None and not (isinstance(cpus, (int, float)) and math.isfinite(cpus) and cpus > 0):
@@ -489,6 +575,7 @@ class Controller(CloudRequests):
                             "`pip download -d DIR psutil nvidia-ml-py`")
 
     def op_node_remove(self, caller: Caller, name: str) -> dict[str, Any]:
+        request_text("name", name, NODE_NAME)
         self._admin(caller, f"remove node {name}")
         self.store.remove_node(name)
         if self.fleet:
@@ -503,6 +590,15 @@ class Controller(CloudRequests):
         self._owned(caller, job_id, "read the logs of")
         if stream not in ("stdout", "stderr"):
             raise SpecError("--stream", stream, "accepted: stdout, stderr")
+        # Raw from the socket: each goes into a key (a path), a comparison or the agent's request.
+        if wire.integer(rank, 0, 1 << 20) is None:
+            raise SpecError("--rank", rank, "a node's rank in the job: a whole number, 0 first")
+        if attempt is not None and wire.integer(attempt, 0, 1 << 62) is None:
+            raise SpecError("--attempt", attempt, "an attempt of the job: a whole number, 0 first")
+        if wire.integer(offset, -(1 << 62), 1 << 62) is None:
+            raise SpecError("offset", offset, "a byte offset: an integer (below 0: from the end)")
+        if wire.integer(max_bytes, 1, 1 << 20) is None:
+            raise SpecError("max_bytes", max_bytes, f"an integer from 1 to {1 << 20}")
         states = self.store.task_states(job_id, task if task is not None else None)
         if task is None and len(states) > 1:
             raise SpecError("JOB", job, f"job {job_id} is an array; name one task, e.g. {job_id}_{states[0].task}")

@@ -35,16 +35,16 @@ DEPENDS_ON = "expected job ids: a list [12, 13], '12,13' or Slurm's 'afterok:12:
 
 _GPU_TYPE = r"[A-Za-z][A-Za-z0-9_.\-]*"
 _GPU_TYPE_RE = re.compile(_GPU_TYPE)
-_ACCEL_RE = re.compile(rf"(?:(?P<type>{_GPU_TYPE})\s*(?::\s*(?P<count>\d+))?|(?P<bare>\d+))")
-_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
-_MEMORY_RE = re.compile(_NUMBER + r"\s*(?:([KMGTP])(?:I?B)?)?\s*\+?", re.IGNORECASE)
+_ACCEL_RE = re.compile(rf"(?:(?P<type>{_GPU_TYPE})\s*(?::\s*(?P<count>\d+))?|(?P<bare>\d+))", re.ASCII)
+_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"  # re.ASCII wherever used: '٣' is not 3, and 'K' (Kelvin) is not K
+_MEMORY_RE = re.compile(_NUMBER + r"\s*(?:([KMGTP])(?:I?B)?)?\s*\+?", re.IGNORECASE | re.ASCII)
 _MIB_PER_UNIT = {"": 1024.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
-_CPUS_RE = re.compile(_NUMBER + r"\s*\+?")
-_UNITS_RE = re.compile(r"(?:\d+(?:\.\d+)?\s*[dhms]\s*)+")
+_CPUS_RE = re.compile(_NUMBER + r"\s*\+?", re.ASCII)
+_UNITS_RE = re.compile(r"(?:\d+(?:\.\d+)?\s*[dhms]\s*)+", re.ASCII)
 _UNIT_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_ARRAY_RE = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?(?:%(\d+))?")
+_ARRAY_RE = re.compile(r"(\d{1,19})(?:-(\d{1,19})(?::(\d{1,19}))?)?(?:%(\d{1,19}))?", re.ASCII)  # task ids
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_INT_RE = re.compile(r"[+-]?\d+")
+_INT_RE = re.compile(r"[+-]?[0-9]{1,40}")  # ASCII only ('٣' is not 3); int() refuses past 4300 digits
 
 
 def parse_accelerators(
@@ -188,7 +188,7 @@ def parse_duration(value: Any, *, field: str = "time_limit", source: str = "") -
         seconds = value * 60
     elif isinstance(value, str):
         text = value.strip().lower()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # str.isdigit alone: '٣' is 3, and int('²') raises
             seconds = int(text) * 60
         elif _UNITS_RE.fullmatch(text):
             pairs = re.findall(r"([\d.]+)\s*([dhms])", text)
@@ -216,7 +216,7 @@ def _slurm_time(text: str) -> int | None:
     """Slurm's MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; None if `text` is none of them."""
     days, _, rest = text.rpartition("-")
     parts = rest.split(":")
-    if len(parts) > 3 or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+    if not text.isascii() or len(parts) > 3 or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
         return None
     nums = [int(p) for p in parts]
     if days:  # D-HH[:MM[:SS]]
@@ -242,7 +242,7 @@ def parse_array(value: Any, *, field: str = "array", source: str = "") -> ArrayS
     if not isinstance(value, str) or not value.strip():
         raise SpecError(field, value, ARRAY, source)
     text, pct, thr = value.strip().rpartition("%") if "%" in value else (value.strip(), "", "")
-    if pct and not re.fullmatch(r"\d+", thr.strip()):
+    if pct and not re.fullmatch(r"[0-9]{1,19}", thr.strip()):
         raise SpecError(field, value, ARRAY, source)
     throttle = int(thr) if pct else None
     parts: list[tuple[int, int, int]] = []
@@ -495,6 +495,23 @@ def parse_placement(value: Any, *, field: str = "placement", source: str = "") -
     if isinstance(value, str) and value.strip().lower() in PLACEMENTS:
         return value.strip().lower()
     raise SpecError(field, value, "expected one of onprem, cloud, any", source)
+
+
+MAX_JOB_ID = 2**63 - 1
+"""The largest job or array task id: SQLite's INTEGER. Beyond it a lookup would overflow."""
+JOB_REF = "expected a job id like 42, or an array task like 42_7 (ASCII digits, below 2**63)"
+_JOB_REF_RE = re.compile(r"([0-9]{1,19})(?:_([0-9]{1,19}))?")  # [0-9], never \d: '٣' is not 3
+
+
+def parse_job_ref(value: Any, *, field: str = "JOB", source: str = "") -> tuple[int, int | None]:
+    """'42' -> (42, None): the whole job; '42_7' -> (42, 7): one array task; an int is a job id.
+    Anything else (another script's digits, a sign, more than 2**63 - 1) is a SpecError."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_JOB_ID:
+        return value, None
+    m = _JOB_REF_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if m is None or int(m[1]) > MAX_JOB_ID or (m[2] is not None and int(m[2]) > MAX_JOB_ID):
+        raise SpecError(field, value, JOB_REF, source)
+    return int(m[1]), None if m[2] is None else int(m[2])
 
 
 def parse_int(

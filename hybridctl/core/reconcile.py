@@ -17,7 +17,11 @@ from typing import Collection, Sequence, Union
 
 from hybridctl.core.model import JobStatus, task_label
 
-_KEY = re.compile(r"^(\d+)(?:_(\d+))?\.a(\d+)\.r(\d+)$")
+_KEY = re.compile(r"([0-9]{1,19})(?:_([0-9]{1,19}))?\.a([0-9]{1,19})\.r([0-9]{1,19})\Z")
+r"""What `job_key` makes and nothing else: ASCII digits ([0-9], never \d, which reads '٣' as 3), each
+at most 2**63 - 1 (SQLite's INTEGER), and \Z, never $ (which matches before a trailing newline).
+A node may not name another job's rank with a key hybridctl never made."""
+_MAX_ID = 2**63 - 1
 
 
 def job_key(job_id: int, task: int, attempt: int, rank: int) -> str:
@@ -27,10 +31,11 @@ def job_key(job_id: int, task: int, attempt: int, rank: int) -> str:
 
 def parse_key(key: str) -> tuple[int, int, int, int] | None:
     """(job_id, task, attempt, rank), or None for a key hybridctl did not make."""
-    m = _KEY.match(key)
+    m = _KEY.match(key) if isinstance(key, str) else None
     if m is None:
         return None
-    return int(m.group(1)), int(m.group(2) or 0), int(m.group(3)), int(m.group(4))
+    parsed = int(m.group(1)), int(m.group(2) or 0), int(m.group(3)), int(m.group(4))
+    return parsed if max(parsed) <= _MAX_ID else None
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,11 @@ class Store(NodeTables, CloudTables, UsageTables, HistoryTables):
         ).fetchone()
         return int(count)
 
+    def job_submitted_at(self, job_id: int) -> float | None:
+        """When the job that now holds `job_id` was submitted; None when no job does."""
+        row = self.conn.execute("SELECT submitted_at FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else float(row[0])
+
     def job_owner(self, job_id: int) -> tuple[int, str]:
         """(uid, user name) of a job's submitter; NotFound if there is no such job."""
         row = self.conn.execute("SELECT uid, user FROM jobs WHERE id=?", (job_id,)).fetchone()

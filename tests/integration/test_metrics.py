@@ -106,6 +106,7 @@ def test_a_pending_job_counts_in_the_queue_and_a_node_without_telemetry_has_no_g
     ("127.0.0.1:9400", False, True), ("[::1]:9400", False, True), ("localhost:9400", False, True),
     ("0.0.0.0:9400", False, False), ("10.0.0.5:9400", False, False), ("0.0.0.0:9400", True, True),
     ("127.0.0.1", False, False), ("127.0.0.1:99999", False, False), (":9400", False, False),
+    ("127.0.0.1:٩٤٠٠", False, False), ("127.0.0.1:²", False, False),  # digits, but not ASCII ones
 ])
 def test_the_endpoint_binds_loopback_unless_remote_is_allowed(listen: str, allow: bool, ok: bool) -> None:
     if ok:
