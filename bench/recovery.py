@@ -3,6 +3,7 @@ bytes of checkpoint synced, and the work lost, for checkpoints of 10 MB and 1 GB
 
     .venv/bin/python bench/recovery.py [--sizes 10M,1G] [--quick] [--modes notice,vanish]
                                        [--to prem|cloud] [--grace 30] [--sync-interval 5]
+    .venv/bin/python bench/recovery.py --chunks --sizes 1G [--change 0.01] [--repeat 2]
 
 A small lab per run: a real controller (`hybridctl server`), one on-prem simulated machine with one
 A100 held by a hog job, and the simulated cloud, whose instances are real machines (agent + SSH
@@ -367,11 +368,16 @@ def _change(path: Path, size: int, frac: float, seed: int) -> int:
     return 4 * part
 
 
-async def _chunk_bench(root: Path, size: int, frac: float) -> dict[str, Any]:
+async def _chunk_bench(root: Path, size: int, frac: float, repeat: int = 2) -> dict[str, Any]:
     """Two simulated machines (real agent + SSH server on loopback) and the controller's own code
     (ssh.link, SFTP, checkpoints.sync_from/restore_to) in this process: a plain SFTP copy of the
-    checkpoint over the same link as the baseline, then syncs and restores with chunks."""
-    from hybridctl.control.checkpoints import SftpFiles, restore_to, sync_from
+    checkpoint over the same link as the baseline, then syncs and restores with chunks, and
+    `repeat` times a preemption onto an empty node both ways: the final sync, then the restore
+    (the old order), and the restore overlapping the final sync (`restore_to(final=...)`)."""
+    import asyncio
+
+    from hybridctl.control.checkpoints import SftpFiles, sync_from
+    from hybridctl.control.restore import restore_to
     from hybridctl.ssh.link import Target, connect
     from hybridctl.ssh.sftp import start_sftp
 
@@ -401,7 +407,8 @@ async def _chunk_bench(root: Path, size: int, frac: float) -> dict[str, Any]:
             """One plain SFTP copy each way over the same links (best of the runs, before and after)."""
             t = time.perf_counter()
             await files["n2"].put(str(src), str(root / "n2" / "plain.dst"))
-            out["plain_put_s"] = min(out.get("plain_put_s", float("inf")), time.perf_counter() - t)
+            out.setdefault("plain_puts", []).append(time.perf_counter() - t)
+            out["plain_put_s"] = min(out["plain_puts"])
             (root / "n2" / "plain.dst").unlink()
             t = time.perf_counter()
             await files["n1"].get(str(ckpt), str(root / "plain.got"))
@@ -417,9 +424,10 @@ async def _chunk_bench(root: Path, size: int, frac: float) -> dict[str, Any]:
             moved = await sync_from(links["n1"][1], SftpFiles(files["n1"]), job, store, "n1")
             return moved, time.perf_counter() - t
 
-        async def restore() -> tuple[int, float]:
+        async def restore(final: Any = None) -> tuple[int, float]:
             t = time.perf_counter()
-            _sent, _kept, moved = await restore_to(links["n2"][1], SftpFiles(files["n2"]), job, store, "n2", owner)
+            _sent, _kept, moved = await restore_to(links["n2"][1], SftpFiles(files["n2"]), job, store, "n2", owner,
+                                                   final=final)
             return moved, time.perf_counter() - t
 
         out["first_sync_bytes"], out["first_sync_s"] = await sync()
@@ -431,8 +439,31 @@ async def _chunk_bench(root: Path, size: int, frac: float) -> dict[str, Any]:
         out["restore_older_bytes"], out["restore_older_s"] = await restore()
         got = root / "n2" / "state" / "checkpoints" / "77" / "ckpt.bin"
         out["restored_exact"] = got.read_bytes() == ckpt.read_bytes()
+        out["overlap"], out["sequential"] = [], []
+        for i in range(repeat):  # a preemption onto an empty node: old order, then overlapped
+            for order in ("sequential", "overlap"):
+                if i or order == "overlap":  # a plain put between any two recoveries: the load changes
+                    shutil.copyfile(ckpt, src)
+                    await plain()
+                shutil.rmtree(got.parent)  # the next node holds nothing
+                out[f"changed_{order}"] = _change(ckpt, size, frac, 10 + 2 * i + (order == "overlap"))
+                t = time.perf_counter()
+                if order == "sequential":
+                    (b1, _t), (b2, _t2) = await sync(), await restore()
+                else:
+                    pulling = asyncio.ensure_future(sync())
+                    ended = asyncio.get_running_loop().create_future()
+                    pulling.add_done_callback(lambda _f, e=ended: e.done() or e.set_result(None))
+                    b2, _t2 = await restore(ended)
+                    b1, _t = await pulling
+                out[order].append({"s": time.perf_counter() - t, "synced": b1, "restored": b2,
+                                   "put_before": out["plain_puts"][-1], "put_index": len(out["plain_puts"]) - 1})
+                assert got.read_bytes() == ckpt.read_bytes(), f"{order}: the restored copy differs"
         shutil.copyfile(ckpt, src)
         await plain()
+        for order in ("sequential", "overlap"):
+            for x in out[order]:
+                x["put_after"] = out["plain_puts"][x["put_index"] + 1]
         return out
     finally:
         for link, xfer in links.values():
@@ -465,6 +496,16 @@ def chunk_report(r: dict[str, Any]) -> None:
         print(f"| {name} | {(r['sync_bytes'] if 'empty' in name else r['sync2_bytes']) / mb:.1f} MB + restore | |"
               f" {a + b:.2f} s | **{(a + b) / plain:.2f}×** |")
     print(f"restored copy identical: {r['restored_exact']}")
+    print("plain puts, in order: " + ", ".join(f"{p:.2f} s" for p in r["plain_puts"]))
+    print("| recovery onto an empty node | time | vs the mean of the puts just before and after | vs the best put |")
+    print("|---|---:|---:|---:|")
+    for order, what in (("sequential", "final sync, then restore (the old order)"),
+                        ("overlap", "restore overlapping the final sync")):
+        for x in r[order]:
+            near = (x["put_before"] + x["put_after"]) / 2
+            print(f"| {what} ({x['synced'] / mb:.1f} MB synced, {x['restored'] / mb:.1f} MB restored) | {x['s']:.2f} s |"
+                  f" **{x['s'] / near:.2f}×** (puts {x['put_before']:.2f} / {x['put_after']:.2f} s) |"
+                  f" {x['s'] / plain:.2f}× |")
 
 
 def fmt_size(n: int) -> str:
@@ -514,13 +555,14 @@ def main() -> int:
                     help="only the chunked-move bench: syncs and restores of --sizes (first size) between two "
                          "machines over SSH, against one plain SFTP copy over the same link")
     ap.add_argument("--change", type=float, default=0.01, help="--chunks: share of the bytes changed per sync")
+    ap.add_argument("--repeat", type=int, default=2, help="--chunks: recoveries measured each way (default 2)")
     args = ap.parse_args()
     if args.chunks:
         import asyncio
 
         root = Path(tempfile.mkdtemp(prefix="hchk-"))
         try:
-            r = asyncio.run(_chunk_bench(root, parse_size(args.sizes.split(",")[0]), args.change))
+            r = asyncio.run(_chunk_bench(root, parse_size(args.sizes.split(",")[0]), args.change, args.repeat))
             print(json.dumps(r))
             chunk_report(r)
         finally:

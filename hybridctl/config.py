@@ -142,6 +142,24 @@ class BurstConfig:
     """Fraction of the budget that may be committed ahead of the calendar (0.15 held a hard week's
     p95 wait at 5.7 h against 79 min at 0.5, bench/RESULTS.md)."""
     deadline_reserve: float = 0.2
+    unknown_runtime: float = 3600.0
+    """Run time (s) assumed for a job with no time limit and no history to estimate from: it decides
+    whether waiting or the cloud pays, and what a spot reclaim would cost such a job (a job that
+    never checkpoints goes to spot only while this is short enough)."""
+
+    def __post_init__(self) -> None:
+        low, high = UNKNOWN_RUNTIME_RANGE
+        if not (isinstance(self.unknown_runtime, (int, float)) and low <= self.unknown_runtime <= high):
+            raise ConfigError(f"cloud.burst.unknown_runtime: {self.unknown_runtime!r} is not valid; seconds from"
+                              f" {low:.0f} (1 min) to {high:.0f} (30 days)")
+
+
+UNKNOWN_RUNTIME_RANGE = (60.0, 30 * 86400.0)
+"""Accepted `cloud.burst.unknown_runtime`, seconds."""
+
+
+SIMULATED_MACHINE_OWNS = ("socket", "state_dir", "name", "gpu_source", "simulate", "interval", "orphan_timeout")
+"""Agent settings a simulated machine sets itself (`cloud.simulated.agent_config` may not)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +185,29 @@ class SimulatedCloudConfig:
     """Seed of preemption times and price phases: the same seed gives the same market."""
     agent_interval: float = 1.0
     """Telemetry interval of the machines' agents (s)."""
+    agent_config: Mapping[str, Any] = field(default_factory=dict)
+    """Settings of every machine's agent, as in an agent config file (e.g. uv_path,
+    env_wheelhouse, s3_endpoint_url, cache_max_gb), so a simulated cloud node can build the
+    environments and fetch the data a real one would. The machine sets its own socket, state_dir,
+    name, GPUs, interval and orphan timeout."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.agent_config, Mapping):
+            raise ConfigError(f"cloud.simulated.agent_config: {self.agent_config!r} is not valid; "
+                              "a mapping of agent settings, e.g. {uv_path: /usr/bin/uv}")
+        if not self.agent_config:
+            return
+        own = sorted(set(self.agent_config) & set(SIMULATED_MACHINE_OWNS))
+        if own:
+            raise ConfigError(f"cloud.simulated.agent_config.{own[0]}: {self.agent_config[own[0]]!r} is not valid; "
+                              f"each machine sets {', '.join(SIMULATED_MACHINE_OWNS)} itself: leave them out")
+        from hybridctl_agent import config as agent_config
+
+        try:  # the agent's own checks (names, types, values), as a machine's agent would run them
+            agent_config.load(None, dict(self.agent_config))
+        except agent_config.ConfigError as exc:
+            why = str(exc).removeprefix("command line: ").removeprefix("config: ")  # the agent's own "where"
+            raise ConfigError(f"cloud.simulated.agent_config: {why}") from None
 
 
 @dataclass(frozen=True)
@@ -354,6 +395,33 @@ class LocalityConfig:
 
 
 @dataclass(frozen=True)
+class EnvironmentsConfig:
+    """Jobs' Python environments (`environments:`)."""
+
+    wheelhouse: str = ""
+    """A directory of wheels on the controller, kept by the admin (writable by admins only): a node
+    whose agent says `env_offline` (no package index) receives from it the wheels a job's
+    environment needs, into its data cache, before the build (control/wheels.py). Empty: none."""
+    download: bool = False
+    """For offline nodes, fetch the wheels an environment names that no wheelhouse holds, once, with
+    `pip download --only-binary=:all:` (wheels only: no build code runs; only names and version
+    specifiers are passed on) into `<home>/wheels`, and ship them too."""
+    index_url: str = ""
+    """The index `download` uses (pip's --index-url); empty: pip's own setting (PyPI)."""
+
+    def __post_init__(self) -> None:
+        if self.wheelhouse and (not isinstance(self.wheelhouse, str) or not os.path.isabs(self.wheelhouse)):
+            raise ConfigError(f"environments.wheelhouse: {self.wheelhouse!r} is not valid; an absolute "
+                              "directory of .whl files")
+        if not isinstance(self.download, bool):
+            raise ConfigError(f"environments.download: {self.download!r} is not valid; true or false")
+        if self.index_url and (not isinstance(self.index_url, str)
+                               or not re.fullmatch(r"https?://[^\s]+", self.index_url)):
+            raise ConfigError(f"environments.index_url: {self.index_url!r} is not valid; an http:// or "
+                              "https:// URL")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint and the telemetry history (`metrics:`)."""
 
@@ -475,6 +543,8 @@ class Settings:
     """What `#SBATCH --partition` and `--qos` mean here (`hybridctl submit job.sbatch`)."""
     locality: LocalityConfig = field(default_factory=LocalityConfig)
     """Cache-aware placement: weight (0 = off) and how long a job may wait for a warm node."""
+    environments: EnvironmentsConfig = field(default_factory=EnvironmentsConfig)
+    """Jobs' Python environments: the wheelhouse offline nodes are built from."""
 
     @property
     def home_path(self) -> Path:
@@ -609,6 +679,10 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
             raise ConfigError(f"{source}: {dotted}: expected a mapping of name: GPU count (≥ 0), got {value!r}")
         return {str(k): int(v) for k, v in value.items()}
+    if text == "typing.Mapping[str, typing.Any]":  # checked by its dataclass (cloud.simulated.agent_config)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{source}: {dotted}: expected a mapping of settings, got {value!r}")
+        return dict(value)
     if value is None:
         return None
     return str(value) if hint is str or "str" in text else value

@@ -135,6 +135,9 @@ class Cgroup:
         self.mode = mode
         self.paths = paths
         """controller -> cgroup directory; v2: {'': dir}."""
+        self.nested = False
+        """Processes also live in child cgroups (an image job: podman's container and conmon):
+        `procs` and `remove` then walk them too."""
 
     @property
     def path(self) -> str:
@@ -142,16 +145,22 @@ class Cgroup:
         return next(iter(self.paths.values()))
 
     def add(self, pid: int) -> None:
-        """Move `pid` into the cgroup in every hierarchy (its later children follow it)."""
+        """Move `pid` into the cgroup in every hierarchy (its later children follow it). Nested on
+        v2: into its `client` leaf, as a v2 cgroup whose children get controllers holds no process."""
         for path in self.paths.values():
-            write_file(os.path.join(path, "cgroup.procs"), str(pid))
+            leaf = os.path.join(path, "client") if self.nested and self.mode == MODE_V2 else path
+            write_file(os.path.join(leaf, "cgroup.procs"), str(pid))
 
     def procs(self) -> List[int]:
         """The live processes of the job (zombies are not listed)."""
-        try:
-            return [int(x) for x in read_file(os.path.join(self.path, "cgroup.procs")).split()]
-        except FileNotFoundError:
-            return []
+        dirs = [d for d, _, _ in os.walk(self.path)] if self.nested else [self.path]
+        out: List[int] = []
+        for d in dirs:
+            try:
+                out += [int(x) for x in read_file(os.path.join(d, "cgroup.procs")).split()]
+            except FileNotFoundError:
+                pass
+        return out
 
     def empty(self) -> bool:
         return not self.procs()
@@ -235,15 +244,20 @@ class Cgroup:
 
     def remove(self) -> None:
         """Remove the (empty) cgroup directories; a missing one is fine."""
-        for path in self.paths.values():
-            for _ in range(50):  # v1 may answer EBUSY for a moment after the last task exits
-                try:
-                    os.rmdir(path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+        for top in self.paths.values():
+            for path in ([d for d, _, _ in os.walk(top, topdown=False)] if self.nested else [top]):
+                self._rmdir(path)
+
+    @staticmethod
+    def _rmdir(path: str) -> None:
+        for _ in range(50):  # v1 may answer EBUSY for a moment after the last task exits
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)
 
 
 class ProcessGroup:

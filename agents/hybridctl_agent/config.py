@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ NVML_LIBRARY_ENV = "HYBRIDCTL_AGENT_NVML_LIBRARY"
 
 _MODEL_MEMORY_GB = {"A100": 80, "H100": 80, "H200": 141, "V100": 32, "A10": 24, "A10G": 24,
                     "L4": 24, "L40S": 48, "T4": 16, "A6000": 48, "RTX4090": 24}
+
+
+CACHE_CAPS = ("cache_max_gb", "env_cache_max_gb")
+"""The size caps of the node's caches, in GiB: finite and >= 0, checked at load."""
 
 
 class ConfigError(Exception):
@@ -115,6 +120,13 @@ class AgentConfig:
     """A directory of wheels (uv's --find-links) from which environments are built offline, with
     no package index: air-gapped nodes. Unset: uv uses its default index. Must be readable by
     the jobs' users (builds run as them)."""
+    env_offline: bool = False
+    """This node reaches no package index: environments are built with `uv --offline
+    --no-index` from the wheels the controller ships (its `environments.wheelhouse`) and
+    env_wheelhouse. Reported in hello, so the controller knows to ship them."""
+    env_cache_max_gb: float = 100.0
+    """Size cap of the built environments (<state_dir>/envs); after each build, the least
+    recently used envs no unfinished job names are removed until the rest fit (0 = no cap)."""
 
     @property
     def rootless(self) -> bool:
@@ -220,6 +232,11 @@ def load(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = No
     if not cfg.cgroup_parent.strip("/") or ".." in cfg.cgroup_parent.split("/"):
         raise ConfigError(f"{path or 'config'}: cgroup_parent {cfg.cgroup_parent!r}; expected a "
                           "cgroup path such as /hybridctl, without '..'")
+    for key in CACHE_CAPS:
+        value = getattr(cfg, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{path or 'config'}: {key} {value!r}; expected a finite number of "
+                              "GiB >= 0 (0 = no cap)")
     if not all(isinstance(p, str) and os.path.isabs(p) for p in cfg.shared_paths):
         raise ConfigError(f"{path or 'config'}: shared_paths {cfg.shared_paths!r}; expected a list "
                           "of absolute directories such as [/home, /data]")

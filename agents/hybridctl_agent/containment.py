@@ -196,21 +196,30 @@ def job_of(pid: int, agent_dir: str, keys: Container[str]) -> Optional[str]:
     except OSError:
         return None
     for line in text.splitlines():
-        parts = line.rsplit("/", 2)
-        if len(parts) == 3 and parts[1] == agent_dir and parts[2].startswith(CGROUP_PREFIX):
-            key = parts[2][len(CGROUP_PREFIX):]
-            if key in keys:
-                return key
+        # `.../<agent_dir>/job-<key>`, or one level below it (an image job's container or conmon)
+        for parts in (line.rsplit("/", 2), line.rsplit("/", 3)[:3]):
+            if len(parts) == 3 and parts[1] == agent_dir and parts[2].startswith(CGROUP_PREFIX):
+                key = parts[2][len(CGROUP_PREFIX):]
+                if key in keys:
+                    return key
     return None
 
 
 def remove_parents(containment: Containment) -> None:
     """At agent exit: remove this agent's (empty) parent cgroups; one still holding a running
-    job's cgroup stays, as the job does."""
+    job's cgroup stays, as the job does. Image jobs' podman made the same path in the other
+    hierarchies (blkio, cpuset, ...): removed there too."""
     for path in containment.dirs.values():
         try:
             os.rmdir(path)
         except OSError:
+            pass
+    if containment.dirs:
+        from hybridctl_agent.binds import BindRefused, cgroup_parent, remove_leftovers
+
+        try:
+            remove_leftovers(cgroup_parent(containment.dirs), below=False)
+        except (BindRefused, OSError):
             pass
 
 

@@ -8,18 +8,32 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Set, Tuple
+
+_HASH_RE = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def offline(req: Mapping[str, Any]) -> bool:
+    """Built with no package index: the node says it has none (env_offline), or wheels were
+    shipped or configured (env_wheelhouse)."""
+    return bool(req.get("offline") or req.get("wheelhouse") or req.get("wheels"))
+
 
 def _steps(req: Mapping[str, Any]) -> List[tuple]:
     """(name, argv, capture) of each uv step. `capture`: stdout becomes the requirements file."""
     uv, env_dir, bdir = req["uv"], req["env_dir"], req["build_dir"]
     index: List[str] = []
-    if req.get("wheelhouse"):
-        index = ["--offline", "--no-index", "--find-links", req["wheelhouse"]]
+    if offline(req):
+        index = ["--offline", "--no-index"]
+        if req.get("wheels"):  # shipped by the controller (_link_wheels)
+            index += ["--find-links", os.path.join(bdir, "wheels")]
+        if req.get("wheelhouse"):
+            index += ["--find-links", req["wheelhouse"]]
     venv = [uv, "venv", "--clear", "--no-config", "--quiet"]
     if req.get("python"):
         venv += ["--python", req["python"]]
@@ -41,27 +55,50 @@ def _steps(req: Mapping[str, Any]) -> List[tuple]:
 def _user_env(req: Mapping[str, Any]) -> Dict[str, str]:
     env = {"PATH": req["job_path"], "HOME": req["home"], "LANG": "C.UTF-8",
            "UV_CACHE_DIR": os.path.join(req["user_dir"], ".uv-cache"), "UV_NO_PROGRESS": "1"}
-    if req.get("wheelhouse"):
+    if offline(req):
         env["UV_PYTHON_DOWNLOADS"] = "never"
     return env
 
 
 def build(req: Mapping[str, Any]) -> Dict[str, Any]:
-    """Build (or find ready) one env under its lock; every uv step runs as the job's user."""
+    """Build (or find ready) one env under its lock; every uv step runs as the job's user. After
+    a build, trim the env cache to its cap (evict)."""
+    uid = int(req["uid"])
+    log = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o600)
+    try:
+        if req["as_root"]:
+            os.fchown(log, uid, int(req["gid"]))
+
+        def note(text: str) -> None:
+            os.write(log, f"hybridctl: {text}\n".encode())
+
+        try:
+            answer = _build_locked(req, log, note)
+        finally:
+            if req.get("wheels"):  # hard links of cache objects: they must not outlive the build
+                import shutil
+                shutil.rmtree(os.path.join(req["build_dir"], "wheels"), ignore_errors=True)
+        if answer.get("built"):
+            try:
+                for gone_uid, gone, nbytes in evict(Path(req["root"]), Path(req["jobs_root"]),
+                                                    int(req.get("max_bytes") or 0)):
+                    note(f"evicted environment {gone[:12]} of uid {gone_uid} ({nbytes >> 20} MiB, "
+                         "least recently used) to keep the env cache under env_cache_max_gb")
+            except OSError as exc:  # the build stands; the cache is trimmed at the next one
+                note(f"env cache eviction stopped: {exc.strerror or exc}")
+        return answer
+    finally:
+        os.close(log)
+
+
+def _build_locked(req: Mapping[str, Any], log: int, note: Any) -> Dict[str, Any]:
     from hybridctl_agent.fdio import ensure_target
 
     uid, gid = int(req["uid"]), int(req["gid"])
     root = Path(req["root"])
     lock_path = root / "locks" / f"u{uid}-{req['digest']}.lock"
     marker = root / "ready" / f"u{uid}-{req['digest']}.json"
-    log = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o600)
-    if req["as_root"]:
-        os.fchown(log, uid, gid)
-
-    def note(text: str) -> None:
-        os.write(log, f"hybridctl: {text}\n".encode())
-
     lock = os.open(str(lock_path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         waited = time.monotonic()
@@ -73,6 +110,8 @@ def build(req: Mapping[str, Any]) -> Dict[str, Any]:
                  + (f" (waited {waited:.1f} s for its build)" if waited > 0.5 else ""))
             return {"ok": True, "built": False}
         os.close(ensure_target(str(root), f"u{uid}", uid, gid))  # theirs, 0700, never a link
+        if req.get("wheels"):
+            _link_wheels(req)
         note(f"building environment {req['digest'][:12]} with uv")
         started = time.monotonic()
         for name, argv, capture in _steps(req):
@@ -100,7 +139,142 @@ def build(req: Mapping[str, Any]) -> Dict[str, Any]:
         return {"ok": True, "built": True, "build_s": seconds}
     finally:
         os.close(lock)  # releases the flock
-        os.close(log)
+
+
+def _link_wheels(req: Mapping[str, Any]) -> None:
+    """The wheels the controller shipped (data cache objects, the agent's, 0444) under their wheel
+    file names in `<build_dir>/wheels` (agent-owned, in the job directory) for uv's --find-links:
+    hard links, or copies across file systems. Names were checked (envs.parse_wheels)."""
+    wdir = os.path.join(req["build_dir"], "wheels")
+    os.makedirs(wdir, mode=0o755, exist_ok=True)
+    for name, src in req["wheels"].items():
+        dst = os.path.join(wdir, name)
+        if os.path.lexists(dst):
+            continue
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                with open(dst, "xb") as out, os.fdopen(os.dup(fd), "rb") as inp:
+                    while True:
+                        block = inp.read(1 << 20)
+                        if not block:
+                            break
+                        out.write(block)
+                os.chmod(dst, 0o444)
+            finally:
+                os.close(fd)
+
+
+def _pinned(jobs_root: Path) -> Set[Tuple[int, str]]:
+    """(uid, hash) of every env named by a job in `jobs_root` that has no exit record yet
+    (half-written `.build-*` directories included): never evicted."""
+    out: Set[Tuple[int, str]] = set()
+    try:
+        entries = list(os.scandir(jobs_root))
+    except OSError:
+        return out
+    for e in entries:
+        d = Path(e.path)
+        if os.path.lexists(d / "exit.json"):
+            continue
+        try:
+            env = json.loads((d / "spec.json").read_text()).get("environment")
+        except (OSError, ValueError):
+            continue
+        if isinstance(env, dict) and isinstance(env.get("digest"), str):
+            try:
+                out.add((int(env["uid"]), env["digest"]))
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def evict(root: Path, jobs_root: Path, max_bytes: int) -> List[Tuple[int, str, int]]:
+    """Remove least recently used ready envs until the ready ones fit `max_bytes` (0: no cap).
+    An env is kept while a job that names it has no exit record, or while its build lock is held
+    (a build, a reuse check or another eviction: tried without waiting, skipped if taken). Under
+    the lock the marker goes first (so no build reuses a half-deleted env), then the directory,
+    through directory fds (evict_dir). Returns (uid, hash, bytes) of each env removed."""
+    from hybridctl_agent.fdio import Refused
+
+    if max_bytes <= 0:
+        return []
+    ready = []
+    for marker in (root / "ready").glob("u*-*.json"):
+        try:
+            info = json.loads(marker.read_text())
+            ready.append((marker.stat().st_mtime, int(info["uid"]), str(info["hash"]),
+                          int(info.get("bytes") or 0), marker))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    total = sum(r[3] for r in ready)
+    removed: List[Tuple[int, str, int]] = []
+    pins = _pinned(jobs_root) if total > max_bytes else set()
+    for _mtime, uid, digest, size, marker in sorted(ready, key=lambda r: r[0]):
+        if total <= max_bytes:
+            break
+        if marker.name != f"u{uid}-{digest}.json" or not _HASH_RE.match(digest):
+            continue  # not a marker this agent wrote
+        if (uid, digest) in pins:  # a first look; decided again under the lock
+            continue
+        lock = os.open(str(root / "locks" / f"u{uid}-{digest}.lock"),
+                       os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use right now: another one goes instead
+            # A job launched before we took the lock has written its spec by now: look again.
+            if (uid, digest) in _pinned(jobs_root) or not marker.exists():
+                continue
+            os.unlink(marker)
+            try:
+                evict_dir(root, uid, digest)
+            except (OSError, Refused):
+                continue  # not what this agent built (an owner changed under it): left alone, unready
+            total -= size
+            removed.append((uid, digest, size))
+        finally:
+            os.close(lock)
+    return removed
+
+
+def evict_dir(root: Path, uid: int, digest: str) -> None:
+    """Delete `<root>/u<uid>/<digest>` without following a link anywhere: `u<uid>` is opened
+    O_NOFOLLOW below the agent's `root` and must belong to `uid`; an entry `<digest>` that is a
+    link (or any non-directory) is unlinked, never followed; a directory is removed only if it
+    belongs to `uid`, by shutil.rmtree on the directory fd (its fd-based walk opens every level
+    O_NOFOLLOW and never leaves the tree)."""
+    import shutil
+    import stat
+
+    from hybridctl_agent.fdio import open_dir
+
+    rfd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            ufd = open_dir(rfd, f"u{uid}", create=False)
+        except FileNotFoundError:
+            return
+    finally:
+        os.close(rfd)
+    try:
+        if os.fstat(ufd).st_uid not in (uid, os.geteuid()):
+            raise PermissionError(f"{root}/u{uid} belongs to uid {os.fstat(ufd).st_uid}, not {uid}")
+        try:
+            st = os.stat(digest, dir_fd=ufd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(digest, dir_fd=ufd)  # a planted link: the name goes, its target stays
+            return
+        if st.st_uid != uid:
+            raise PermissionError(f"{root}/u{uid}/{digest} belongs to uid {st.st_uid}, not {uid}")
+        shutil.rmtree(digest, dir_fd=ufd)
+    finally:
+        os.close(ufd)
 
 
 def _du(path: str) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,42 @@ def parse_shipped(raw: Dict[str, Any]) -> Tuple[EnvSpec, Dict[str, Tuple[str, in
     return spec, {n: (v[0], v[1]) for n, v in files.items()}
 
 
+WHEEL_RE = re.compile(r"[A-Za-z0-9_.+!-]{1,200}\.whl\Z")
+MAX_WHEELS = 4096
+
+
+def parse_wheels(raw: Any) -> Dict[str, Tuple[str, int]]:
+    """`job.environment.wheels`: {WHEEL FILE NAME: [SHA256, SIZE]}, wheels the controller put in
+    this node's data cache (cache_add, control/wheels.py) for an offline node to build from."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_WHEELS or not all(
+            isinstance(n, str) and WHEEL_RE.match(n) and not n.startswith(".") and isinstance(v, list)
+            and len(v) == 2 and isinstance(v[0], str) and len(v[0]) == 64
+            and all(c in "0123456789abcdef" for c in v[0]) and isinstance(v[1], int)
+            and not isinstance(v[1], bool) and v[1] >= 0 for n, v in raw.items()):
+        raise EnvError(f"job.environment.wheels: expected {{WHEEL FILE NAME (*.whl): [sha256, size]}}, "
+                       f"at most {MAX_WHEELS}")
+    return {n: (v[0], v[1]) for n, v in raw.items()}
+
+
+def wheel_paths(objects_dir: str, wheels: Mapping[str, Tuple[str, int]]) -> Dict[str, str]:
+    """The cache object of each shipped wheel, checked present with its size."""
+    out = {}
+    for name, (sha, size) in wheels.items():
+        path = os.path.join(objects_dir, sha)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise EnvError(f"the wheel {name} ({sha[:12]}) is not in this node's cache",
+                           bad_request=False) from None
+        if st.st_size != size:
+            raise EnvError(f"the wheel {name} in the cache has {st.st_size} bytes, not {size}",
+                           bad_request=False)
+        out[name] = path
+    return out
+
+
 def read_shipped(objects_dir: str, shipped: Mapping[str, Tuple[str, int]]) -> Dict[str, bytes]:
     """The shipped defining files, from the cache (the agent's own files), size-checked."""
     out = {}
@@ -100,10 +137,10 @@ def parse(raw: Any) -> EnvSpec:
     if not isinstance(raw, dict):
         raise EnvError(f"job.environment must be an object, got {raw!r}")
     named = [k for k in KINDS if raw.get(k) is not None]
-    unknown = sorted(set(raw) - set(KINDS) - {"python"})
+    unknown = sorted(set(raw) - set(KINDS) - {"python", "wheels"})
     if unknown:
         raise EnvError(f"job.environment: unknown key {unknown[0]!r}; accepted: "
-                       f"{', '.join(KINDS)}, python")
+                       f"{', '.join(KINDS)}, python, wheels")
     if len(named) != 1:
         raise EnvError(f"job.environment must name exactly one of {', '.join(KINDS)}, "
                        f"got {named or 'none'}")
@@ -221,26 +258,33 @@ class EnvCache:
 
 def build_request(cache: EnvCache, spec: EnvSpec, digest: str, files: Mapping[str, bytes], *,
                   uid: int, gid: int, groups: Sequence[int], home: str, as_root: bool, uv: str,
-                  job_path: str, wheelhouse: Optional[str], build_dir: str, log: str) -> Dict[str, Any]:
+                  job_path: str, wheelhouse: Optional[str], build_dir: str, log: str,
+                  max_bytes: int = 0, offline: bool = False,
+                  wheels: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """What the build process needs (JSON on its stdin). `build_dir` is agent-owned (in the job
-    directory) and receives the definition files, so uv reads exactly the bytes that were hashed."""
+    directory) and receives the definition files, so uv reads exactly the bytes that were hashed.
+    `max_bytes`: the env cache cap (env_cache_max_gb, 0 = none); `offline`: no package index;
+    `wheels`: {file name: cache object path} of the wheels the controller shipped."""
     return {"kind": spec.kind, "python": spec.python, "digest": digest, "files": sorted(files),
             "uid": uid, "gid": gid, "groups": list(groups), "home": home, "as_root": as_root,
             "uv": uv, "job_path": job_path, "wheelhouse": wheelhouse, "build_dir": build_dir,
-            "log": log, "root": str(cache.root),
+            "log": log, "root": str(cache.root), "max_bytes": int(max_bytes), "offline": offline,
+            "wheels": dict(wheels or {}), "jobs_root": os.path.dirname(os.path.dirname(build_dir)),
             "user_dir": str(cache.user_dir(uid)), "env_dir": str(cache.env_dir(uid, digest))}
 
 
 def plan_environment(plan: Any, raw: Any, cache: EnvCache, *, uv: Optional[str],
-                     wheelhouse: Optional[str], jobs_root: str) -> Tuple[Any, Dict[str, bytes]]:
+                     wheelhouse: Optional[str], jobs_root: str, max_bytes: int = 0,
+                     offline: bool = False) -> Tuple[Any, Dict[str, bytes]]:
     """A launch plan (jobspec.LaunchPlan) pointed at its environment: the definition read as the
     job's user and hashed, VIRTUAL_ENV and PATH set, the build request attached. Blocking (reads
     a file through a child process): run it in a thread."""
     from hybridctl_agent.fdio import login_groups
 
     shipped = None
+    wheels = parse_wheels(raw.get("wheels") if isinstance(raw, dict) else None)
     if isinstance(raw, dict) and "files" in raw:
-        spec, shipped = parse_shipped(raw)
+        spec, shipped = parse_shipped({k: v for k, v in raw.items() if k != "wheels"})
     else:
         spec = parse(raw)
     if uv is None:
@@ -254,7 +298,8 @@ def plan_environment(plan: Any, raw: Any, cache: EnvCache, *, uv: Optional[str],
         files = read_shipped(str(cache.root.parent / "cache" / "objects"), shipped)
     else:
         files = definition_files(spec, lambda p: read_as(p, plan.uid if run_as else None, gid, groups))
-    digest = env_hash(spec, files, os.uname().machine)
+    digest = env_hash(spec, files, os.uname().machine)  # the wheels are where it comes from, not what it is
+    wheel_files = wheel_paths(str(cache.root.parent / "cache" / "objects"), wheels)
     env_dir = str(cache.env_dir(plan.uid, digest))
     env = dict(plan.env)
     env["VIRTUAL_ENV"] = env_dir
@@ -265,7 +310,8 @@ def plan_environment(plan: Any, raw: Any, cache: EnvCache, *, uv: Optional[str],
                         home=run_as.home if run_as else os.environ.get("HOME", "/"),
                         as_root=run_as is not None, uv=uv, job_path=plan.env.get("PATH", ""),
                         wheelhouse=wheelhouse, build_dir=os.path.join(job_dir, "env"),
-                        log=os.path.join(job_dir, jobfiles.STDERR))
+                        log=os.path.join(job_dir, jobfiles.STDERR), max_bytes=max_bytes,
+                        offline=offline, wheels=wheel_files)
     return replace(plan, env=env, environment=req), files
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hybridctl_agent import cgroup as cgroups
-from hybridctl_agent import envs, world
+from hybridctl_agent import container, envs, world
 from hybridctl_agent import jobfiles as jf
 from hybridctl_agent.containment import open_job, sweep
 from hybridctl_agent.jobspec import LaunchPlan, job_id
@@ -51,7 +51,9 @@ class SupervisorServer:
             for _ in range(2):  # a server that died since the last launch is replaced once
                 if self._proc is None or self._proc.returncode is not None:
                     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PKG_ROOT,
-                           "LANG": os.environ.get("LANG", "C.UTF-8")}
+                           "LANG": os.environ.get("LANG", "C.UTF-8"),
+                           # the admin's podman settings (registries, storage) for image jobs
+                           **{k: v for k, v in os.environ.items() if k.startswith("CONTAINERS_")}}
                     try:  # -S: the supervisor needs the stdlib only, and starts faster without site
                         self._proc = await asyncio.create_subprocess_exec(
                             sys.executable, "-S", "-m", "hybridctl_agent.supervise", self.state_dir,
@@ -193,8 +195,11 @@ class JobManager:
         if spec.get("cgroup"):  # the cgroup also holds what left the process group
             cg = open_job(cgroups.Containment.from_dict(spec["cgroup"]["containment"]), d.name)
             if cg is not None:
+                cg.nested = bool(spec.get("image"))  # podman's container and conmon: child cgroups
                 if not cg.kill_and_wait(timeout=10.0):
                     log.error("job %s: processes in %s survive SIGKILL", d.name, cg.path)
+                if spec.get("image"):
+                    container.forget(spec, str(d), cg.paths)
                 cg.remove()
         jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None, "ended_at": time.time(),
                                     "reason": reason}, 0o644)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from hybridctl_agent import jobfiles
-from hybridctl_agent.cgroup import MODE_NONE, Containment, Limits
+from hybridctl_agent.cgroup import MODE_NONE, MODE_V1, Containment, Limits
 from hybridctl_agent.protocol import BAD_REQUEST, REFUSED, AgentError
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -65,6 +65,9 @@ class LaunchPlan:
     setup_marker: Optional[str] = None
     """Where the agent records that this job's setup succeeded on this node (setup runs once per
     node per setup text, environment and user); None: no setup, or setup on every attempt."""
+    image: Optional[Dict[str, Any]] = None
+    """An image job's {"ref", "podman", "runtime"} (container.plan_image): the supervisor runs
+    job.sh in that image under podman; None: on the node's own OS."""
 
 
 def iface_for(addr: str) -> Optional[str]:
@@ -234,12 +237,23 @@ def plan_launch(job: Any, *, node: str, gpu_indices: Sequence[int], rootless: bo
                 "HYBRIDCTL_JOB_ID": job_id(key), "HYBRIDCTL_JOB_KEY": key,
                 "HYBRIDCTL_NODE": node, "HYBRIDCTL_GPUS": cvd,
                 "HYBRIDCTL_NUM_GPUS": str(len(gpus))})
+    image = None
+    if job.get("image") is not None:
+        from hybridctl_agent import container
+        try:
+            image = container.plan_image(job["image"], rootless=rootless, job_path=job_path,
+                                         cgroup_v1=containment is not None and containment.mode == MODE_V1)
+        except container.ContainerError as exc:
+            bad = not isinstance(job["image"], str) or "not an image reference" in str(exc)
+            raise AgentError(BAD_REQUEST if bad else REFUSED, str(exc)) from None
     contain = None
     if containment is not None and containment.mode != MODE_NONE:
         limits = Limits(memory_bytes=memory_mb * (1 << 20) if memory_mb else None,
                         cpus=float(cpus) if cpus else None, pids=pids_max or None,
                         deny_gpus=tuple(g for g in gpu_indices if g not in gpus)
-                        if device_rules else ())
+                        # an image job's container gets only its own GPUs from podman; runc
+                        # cannot set up its device cgroup under a parent with deny rules
+                        if device_rules and image is None else ())
         contain = {"containment": containment.to_dict(), "limits": limits.to_dict()}
     return LaunchPlan(key=key, gpus=gpus, user=account.user, uid=account.uid,
                       run_as=None if rootless else account,
@@ -247,7 +261,8 @@ def plan_launch(job: Any, *, node: str, gpu_indices: Sequence[int], rootless: bo
                       time_limit=float(limit) if limit is not None else None,
                       kill_grace=float(grace), memory_mb=memory_mb or None,
                       cpus=float(cpus) if cpus else None, cgroup=contain,
-                      slurm=_typed(job, "slurm", (dict,), "an object (the spec's slurm: section)") or None)
+                      slurm=_typed(job, "slurm", (dict,), "an object (the spec's slurm: section)") or None,
+                      image=image)
 
 
 def setup_once(plan: LaunchPlan, job: Mapping[str, Any], env_digest: Optional[str],

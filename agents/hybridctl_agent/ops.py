@@ -86,6 +86,7 @@ class Ops:
             "runtimes": host.runtimes(self.cfg.job_path,
                                       envs.find_uv(self.cfg.uv_path, self.cfg.job_path)),
             "shared_paths": self.cfg.shared_paths,  # file_mounts under these are used in place
+            "env_offline": self.cfg.env_offline,  # no package index: the controller ships wheels
         }
 
     async def sample(self, req: Dict[str, Any]) -> Answer:
@@ -123,7 +124,8 @@ class Ops:
             try:
                 plan, files = await asyncio.to_thread(
                     envs.plan_environment, plan, job["environment"], self.jobs.envs, uv=uv,
-                    wheelhouse=self.cfg.env_wheelhouse, jobs_root=str(self.jobs.root))
+                    wheelhouse=self.cfg.env_wheelhouse, jobs_root=str(self.jobs.root),
+                    max_bytes=int(self.cfg.env_cache_max_gb * (1 << 30)), offline=self.cfg.env_offline)
             except envs.EnvError as exc:
                 raise AgentError(BAD_REQUEST if exc.bad_request else REFUSED, exc.message) from None
             assert plan.environment is not None

@@ -11,8 +11,10 @@ cannot reach. A fresh single-threaded process may fork safely, where the agent (
 executor threads) should not, and it needs no interpreter readable by the job's user.
 
 Ops: `pull` (list the job's directory, copy files that differ from `have` into staging), `push`
-(copy staged files into the job's directory: temp file, then rename), `unpack` (extract a staged tar
-of a workdir into the job's directory). Sparse files keep their holes and their exact size.
+(staged files into the job's directory: whole files handed to the job's child, which renames them
+in; patches written into a temp file; either way a temp name, then `fdio.replace`; in handoff.py),
+`unpack` (extract a staged tar of a workdir into the job's directory). Sparse files keep their holes
+and their exact size.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import stat
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from hybridctl_agent.chunks import MAX_CHUNKS, chunk_count, patch_one, send_base, stage_chunked
+from hybridctl_agent.chunks import MAX_CHUNKS, chunk_count, stage_chunked
 from hybridctl_agent.fdio import (CHUNK, DIR_FLAGS, PART, READ_FLAGS, Refused, as_job, copy_sparse, create_file,
                                   ensure_target, login_groups, open_dir, open_target, parts, recv, send, walk_to)
+from hybridctl_agent.handoff import push
 
 # ---- pull: the job's files into staging ----------------------------------------------------------
 
@@ -174,139 +177,6 @@ def pull(req: Dict[str, Any]) -> Dict[str, Any]:
         os.close(top)
         if staging >= 0:
             os.close(staging)
-
-
-# ---- push: staged files into the job's directory -------------------------------------------------
-
-
-def _job_push(sock: socket.socket, top: int) -> None:
-    """For each file the parent names: create a temp file as the job (directories on the way
-    made, links refused), hand its fd over, and once filled rename it into place."""
-    while True:
-        msg, _ = recv(sock)
-        if msg.get("done"):
-            return
-        rel = msg["rel"]
-        try:
-            dfd, fd, name = create_file(top, rel, int(msg.get("mode", 0o644)))
-        except (OSError, Refused) as exc:
-            send(sock, {"rel": rel, "error": str(exc)})
-            continue
-        try:
-            send(sock, {"rel": rel}, fd)
-            if msg.get("base"):  # a patch: the job's current file, read as the job, never through a link
-                send_base(sock, dfd, name)
-            ack, _ = recv(sock)
-            tmp = f".{name}{PART}"
-            if not ack.get("ok"):
-                os.unlink(tmp, dir_fd=dfd)
-                continue
-            try:
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # replaces a link, never follows it
-            except OSError as exc:
-                os.unlink(tmp, dir_fd=dfd)
-                send(sock, {"rel": rel, "error": f"cannot put it in place: {exc.strerror}"})
-                continue
-            st = os.fstat(fd)
-            send(sock, {"rel": rel, "size": st.st_size, "mtime": st.st_mtime_ns, "ino": st.st_ino,
-                        "ctime": st.st_ctime_ns})
-        finally:
-            os.close(fd)
-            os.close(dfd)
-
-
-def _staged_files(staging: int) -> Dict[str, Tuple[int, int]]:
-    """Regular files under the staging directory: {rel: (size, mode)}."""
-    out: Dict[str, Tuple[int, int]] = {}
-    stack: List[Tuple[int, str]] = [(os.dup(staging), "")]
-    while stack:
-        dfd, prefix = stack.pop()
-        try:
-            with os.scandir(dfd) as it:
-                for e in it:
-                    st = e.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append((open_dir(dfd, e.name, create=False), prefix + e.name + "/"))
-                    elif stat.S_ISREG(st.st_mode):
-                        out[prefix + e.name] = (st.st_size, st.st_mode & 0o777)
-        finally:
-            os.close(dfd)
-    return out
-
-
-def _root_push(sock: socket.socket, staging: int, want: Dict[str, Any],
-               patch: Optional[Dict[str, Any]] = None, bases: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    written: Dict[str, List[int]] = {}
-    idents: Dict[str, List[int]] = {}
-    errors: List[str] = []
-    present = _staged_files(staging)
-    patches = (patch or {}).get("files") or {}
-    for rel in sorted(want):
-        size = int(want[rel])
-        if present.get(rel, (None, 0))[0] != size:
-            errors.append(f"{rel}: staged {present.get(rel, (None,))[0]} bytes, expected {size}")
-            continue
-        p = patches.get(rel)
-        send(sock, {"rel": rel, "mode": (present[rel][1] | 0o600) & 0o755, **({"base": True} if p else {})})
-        msg, fd = recv(sock)
-        if "error" in msg or fd is None:
-            errors.append(f"{rel}: {msg.get('error', 'no file')}")
-            continue
-        base = None
-        ok = False
-        try:
-            if p:
-                bmsg, base = recv(sock)
-                if base is None:
-                    raise OSError(f"no current copy to patch: {bmsg.get('error', 'not there')}")
-            names = parts(rel)
-            dfd = walk_to(staging, names[:-1], create=False)
-            try:
-                src = os.open(names[-1], READ_FLAGS, dir_fd=dfd)
-            finally:
-                os.close(dfd)
-            try:
-                if p:
-                    patch_one(base, src, fd, p, int(patch["chunk"]), (bases or {}).get(rel))
-                else:
-                    copy_sparse(src, fd, size)
-                ok = True
-            finally:
-                os.close(src)
-        except (OSError, Refused) as exc:
-            errors.append(f"{rel}: {exc}")
-        finally:
-            os.close(fd)
-            if base is not None:
-                os.close(base)
-        send(sock, {"ok": ok})
-        if ok:
-            msg, _ = recv(sock)
-            if "error" in msg:
-                errors.append(f"{rel}: {msg['error']}")
-            else:
-                written[rel] = [int(msg["size"]), int(msg["mtime"])]
-                idents[rel] = [int(msg["size"]), int(msg["mtime"]), int(msg.get("ino", -1)), int(msg.get("ctime", -1))]
-    send(sock, {"done": True})
-    return {"written": written, "errors": errors, "idents": idents}
-
-
-def push(req: Dict[str, Any]) -> Dict[str, Any]:
-    """`{op: push, parent, name, uid, gid, groups, staging, files: {rel: size}, patch?, bases?}`;
-    `patch` ({chunk, files: {rel: {size, sent, hashes}}}): the staged file holds only the chunks
-    `sent`, written over the job's current copy (whose hashing `bases[rel]` describes)."""
-    top = ensure_target(req["parent"], req["name"], int(req["uid"]), int(req["gid"]))
-    try:
-        if not req.get("files"):
-            return {"written": {}, "errors": []}
-        staging = os.open(req["staging"], DIR_FLAGS)
-        try:
-            return as_job(req, lambda s: _job_push(s, top),
-                          lambda s: _root_push(s, staging, req["files"], req.get("patch"), req.get("bases")))
-        finally:
-            os.close(staging)
-    finally:
-        os.close(top)
 
 
 # ---- unpack: a staged tar of a workdir into the job's directory ----------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Dict, NoReturn, Optional, Union
 
 from hybridctl_agent import cgroup as cgroups
 from hybridctl_agent import jobfiles as jf
-from hybridctl_agent import slurmjob
+from hybridctl_agent import container, slurmjob
 
 _WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _POLL_S = 5.0
@@ -74,6 +74,8 @@ class Supervisor:
         """When --signal is due (monotonic); None when none is (or it was sent)."""
         self.signalled = False
         """--signal was sent: with --requeue, a job that then stops is requeued, not ended."""
+        self.container: Optional[container.Launch] = None
+        """An image job's `podman run` (container.py); None: the job runs on the node's own OS."""
 
     # ---- start --------------------------------------------------------------------------
 
@@ -96,7 +98,7 @@ class Supervisor:
         if self.slurm:
             env.update(self._slurm_env(env.get("PATH", "/usr/bin:/bin")))
         rfd, wfd = os.pipe()  # both close-on-exec: EOF on rfd means exec succeeded
-        cg = self.cgroup
+        cg, launch = self.cgroup, self.container
         pid = os.fork()
         if pid == 0:  # the child: only async-signal-safe-ish steps, no return
             step = "join the job's cgroup"
@@ -107,15 +109,15 @@ class Supervisor:
                     cg.add(os.getpid())
                 step = "start a new session"
                 os.setsid()
-                if run_as:
+                if run_as and launch is None:  # podman (root) makes the job's user in the image
                     step = f"switch to user {run_as['user']} (uid {run_as['uid']})"
                     os.initgroups(run_as["user"], run_as["gid"])
                     os.setgid(run_as["gid"])
                     os.setuid(run_as["uid"])
                 step = f"enter working directory {cwd}"
-                os.chdir(cwd)
+                os.chdir(cwd if launch is None else "/")
                 step = f"read the job script {script} as the job's user"
-                if not os.access(script, os.R_OK):
+                if launch is None and not os.access(script, os.R_OK):
                     raise PermissionError(13, "not readable (is the state directory traversable?)")
                 step = "set up stdin/stdout/stderr"
                 os.dup2(null, 0)
@@ -126,6 +128,9 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
+                if launch is not None:
+                    step = f"start {launch.argv[0]}"
+                    launch.exec()
                 step = "exec /bin/bash"
                 os.execve("/bin/bash", ["bash", script], env)
             except BaseException as exc:  # noqa: BLE001 - anything must reach the parent
@@ -137,6 +142,8 @@ class Supervisor:
         os.close(wfd)
         for fd in (out, err, null):
             os.close(fd)
+        if launch is not None:
+            launch.close()  # the child had its own copies
         chunks = []
         while True:
             chunk = os.read(rfd, 4096)
@@ -273,8 +280,12 @@ class Supervisor:
                 self.finish(None, None, f"launch_failed: {exc}")
                 return 0
         try:
+            if self.spec.get("image"):  # podman, as root, runs job.sh in the image (container.py)
+                self.container = container.prepare(self.spec, self.dir, self.cgroup, self._open_log)
             self.pid = self.spawn()
-        except LaunchFailed as exc:
+        except (LaunchFailed, container.ContainerError) as exc:
+            if self.container is not None:
+                self.container.cleanup()
             if self.cgroup is not None:
                 self.cgroup.kill_and_wait(timeout=10.0)
                 self.cgroup.remove()
@@ -300,11 +311,15 @@ class Supervisor:
         except BaseException as exc:  # never leave a job running unsupervised
             _log("supervisor error:\n" + traceback.format_exc())
             self.group.kill_all()
+            if self.container is not None:
+                self.container.cleanup()
             if self.cgroup is not None:
                 self.cgroup.kill_and_wait(timeout=30.0)
                 self.cgroup.remove()
             self.finish(None, signal.SIGKILL, f"lost: supervisor error: {exc!r}")
             return 1
+        if self.container is not None:
+            self.container.cleanup()
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         reason = self.reason

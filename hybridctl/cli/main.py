@@ -342,6 +342,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines.append(f"  runtime    {job['runtime']}")
     if s.get("preemptible"):
         lines.append("  preemptible yes: a higher-priority job may stop and requeue it")
+    if s.get("spot_insist"):
+        lines.append("  spot insist yes: bursts to spot whatever a reclaim may cost it (spot_insist: true)")
     if s.get("deadline") is not None:
         lines.append(f"  deadline   {_deadline_text(job, float(s['deadline']))}")
     if job.get("wait_or_pay"):

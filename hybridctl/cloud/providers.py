@@ -34,7 +34,7 @@ def build(settings: Settings) -> dict[str, CloudProvider]:
                 root, cat, launch_delay=s.launch_delay, capacity_per_pool=s.capacity_per_pool,
                 capacity_errors=s.capacity_errors, preemption_rate_per_h=s.preemption_rate_per_h,
                 preemption_warning=s.preemption_warning, price_drift=s.price_drift, seed=s.seed,
-                agent_interval=s.agent_interval,
+                agent_interval=s.agent_interval, agent_config=s.agent_config,
             )
         elif name == "aws":
             try:

@@ -75,6 +75,7 @@ class SimulatedProvider(CloudProvider):
         agent_interval: float = 1.0,
         regions: Sequence[str] | None = None,
         clock: Callable[[], float] = time.time,
+        agent_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = root
         self.catalog = catalog
@@ -88,6 +89,9 @@ class SimulatedProvider(CloudProvider):
         self.agent_interval = agent_interval
         self.regions = regions
         self.clock = clock
+        self.agent_config = dict(agent_config or {})
+        """Settings of every machine's agent (`cloud.simulated.agent_config`), written to its
+        `agent.json`; the machine sets its socket, state dir, name, GPUs and intervals itself."""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         (root / "i").mkdir(parents=True, exist_ok=True)
@@ -136,9 +140,15 @@ class SimulatedProvider(CloudProvider):
         keys = base / "authorized_keys"
         keys.write_text(spec.ssh_public_key.strip() + "\n")
         gpus = f"{offer.gpus}:{_model(offer.gpu_type)}"
+        agent_config = None
+        if self.agent_config:
+            agent_config = base / "agent.json"
+            fd = os.open(agent_config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.agent_config, fh)
         try:
             proc, _info = node.start(base, spec.name, gpus, keys, interval=self.agent_interval,
-                                     orphan_timeout=spec.orphan_timeout)
+                                     orphan_timeout=spec.orphan_timeout, agent_config=agent_config)
         except RuntimeError as exc:
             with self._locked():
                 rec.update(state=InstanceState.TERMINATED, reason=f"failed to boot: {exc}")

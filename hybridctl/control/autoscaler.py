@@ -35,6 +35,7 @@ from hybridctl.cloud.base import (
 from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
 from hybridctl.cloud.transfer import TransferError, download, output_dir, owner_of, upload
 from hybridctl.config import Settings
+from hybridctl.control.budget import limit_use as budget_limit_use
 from hybridctl.control.budget import limits, utc_day
 from hybridctl.control.checkpoints import MANIFEST, TransferMismatch
 from hybridctl.control.fleet import Fleet, NodeSession
@@ -333,7 +334,7 @@ class Autoscaler:
                                          r["state"] == CloudNodeState.DRAINING))
         site = {v.name: v.site for v in views}
         freeing = [
-            burst.Freeing(a.node, tuple(a.gpus), a.cpus, a.memory_mb, a.start + a.time_limit)
+            burst.Freeing(a.node, tuple(a.gpus), a.cpus, a.memory_mb, a.start + a.time_limit, a.start)
             for a in store.running_allocations()
             if a.time_limit and site.get(a.node) != "cloud"
         ]
@@ -342,11 +343,15 @@ class Autoscaler:
         # Each task's time limit, else the estimate from its user's history (core/estimate.py), so
         # that wait-or-pay and the reclaim loss price real work, not `default_runtime_s` for all.
         pending = self.scheduler.runtimes.pending(store.pending(), now)
+        # Image jobs need podman on their node: rented nodes offer what cloud.runtimes lists.
+        cluster, pending = self.scheduler.with_requirements(cluster, pending)
         runtime = {(t.job_id, t.task): t.runtime_s for t in pending if t.runtime_s}
-        checkpoint_every, deadlines = self.job_facts(pending)
+        checkpoint_every, deadlines, insist = self.job_facts(pending)
         return burst.World(pending, cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing,
                            runtime=runtime, checkpoint_every=checkpoint_every, deadlines=deadlines,
-                           transfer_s=self.transfer_times(pending))
+                           transfer_s=self.transfer_times(pending), spot_insist=insist,
+                           cloud_features=frozenset(self.cfg.runtimes),
+                           limit_use=budget_limit_use(store, now) if self.limits.limit_use_forecast else 1.0)
 
     def transfer_times(self, pending: Sequence[PendingTask]) -> dict[tuple[int, int], float]:
         """Per pending task, the seconds a fresh cloud node would spend receiving its environment
@@ -363,15 +368,17 @@ class Autoscaler:
                 out[(t.job_id, t.task)] = by_job[t.job_id]
         return out
 
-    def job_facts(self, pending: list[PendingTask]) -> tuple[dict[burst.TaskKey, float], dict[burst.TaskKey, float]]:
+    def job_facts(self, pending: list[PendingTask]) -> tuple[
+            dict[burst.TaskKey, float], dict[burst.TaskKey, float], frozenset[burst.TaskKey]]:
         """Per pending task of a job with `checkpoint_dir`: seconds between its checkpoints (as the
         checkpoint sync observed them, else `fleet.checkpoint_sync_interval`); per task of a job
-        with a `deadline`: the deadline. One query per 500 jobs (specs are JSON in the store)."""
+        with a `deadline`: the deadline; the tasks of jobs with `spot_insist: true`. One query per
+        500 jobs (specs are JSON in the store)."""
         ids = sorted({t.job_id for t in pending})
-        facts: dict[int, tuple[bool, float | None]] = {
-            job_id: (bool(ckpt), float(deadline) if deadline is not None else None)
-            for job_id, (_uid, (ckpt, deadline)) in self.store.spec_fields(
-                ids, ("$.checkpoint_dir", "$.deadline"), any_set=True).items()
+        facts: dict[int, tuple[bool, float | None, bool]] = {
+            job_id: (bool(ckpt), float(deadline) if deadline is not None else None, bool(insist))
+            for job_id, (_uid, (ckpt, deadline, insist)) in self.store.spec_fields(
+                ids, ("$.checkpoint_dir", "$.deadline", "$.spot_insist"), any_set=True).items()
         }
         every: dict[burst.TaskKey, float] = {}
         deadlines: dict[burst.TaskKey, float] = {}
@@ -385,7 +392,7 @@ class Autoscaler:
                 every[key] = self.checkpoints.interval(t.job_id, t.task) or fallback
             if f[1] is not None:
                 deadlines[key] = f[1]
-        return every, deadlines
+        return every, deadlines, frozenset((t.job_id, t.task) for t in pending if facts.get(t.job_id, (0, 0, 0))[2])
 
     def row(self, node: str) -> dict[str, Any] | None:
         return next((r for r in self.store.cloud_instances() if r["node"] == node), None)
@@ -639,7 +646,8 @@ class Autoscaler:
         self.store.set_drain(node, True, reason, self.clock())
         self.store.cloud_update_instance(row["instance_id"], self.clock(), state=CloudNodeState.DRAINING, reason=reason)
         await self.evict(node, reason, JobStatus.PREEMPTED, notice=True)
-        while self.clock() < notice.at and self.store.cloud_node_activity().get(node, (0, None))[0]:
+        while self.clock() < notice.at and (self.store.cloud_node_activity().get(node, (0, None))[0]
+                                            or self.fleet.final_syncs.on(node)):  # released before its final pull
             await asyncio.sleep(min(0.2, max(0.0, notice.at - self.clock())))
         await self.give_back(row["instance_id"], node, reason)
 

@@ -1,12 +1,18 @@
 """The burst policy's limits as the config sets them, and the UTC day cloud spend is booked on:
-shared by the autoscaler (which acts on them) and the `cloud status` request (which reports them)."""
+shared by the autoscaler (which acts on them) and the `cloud status` request (which reports them);
+and what the policy learns from history about time limits (`limit_use`)."""
 
 from __future__ import annotations
 
 import time
+from typing import Protocol, Sequence
 
 from hybridctl.config import ConfigError, Settings
 from hybridctl.core import burst
+from hybridctl.core.forecast import limit_use as median_use
+
+LIMIT_USE_RUNS = 200
+"""How many of the latest time-limited runs to succeed `limit_use` reads."""
 
 
 def limits(settings: Settings) -> burst.Limits:
@@ -25,10 +31,26 @@ def limits(settings: Settings) -> burst.Limits:
         budget_reserve_h=b.budget_reserve_h, stop_margin_s=max(60.0, 3 * settings.cloud.poll_interval),
         wait_value_usd=b.wait_value_usd, count_preemption_loss=b.count_preemption_loss,
         max_spot_loss=b.max_spot_loss, reclaim_per_h=b.reclaim_per_h, pace_budget=b.pace_budget,
-        pace_ahead=b.pace_ahead, deadline_reserve=b.deadline_reserve,
+        pace_ahead=b.pace_ahead, deadline_reserve=b.deadline_reserve, default_runtime_s=b.unknown_runtime,
     )
 
 
 def utc_day(t: float) -> str:
     """The UTC date of the wall time `t`, as the spend rows key it ('2026-12-05')."""
     return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
+class _History(Protocol):
+    def finished_runs(self, since: float, limit: int = ...) -> Sequence[object]: ...
+    def time_limits(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], float]: ...
+
+
+def limit_use(store: _History, now: float, window_s: float = 30 * 86400.0) -> float:
+    """`World.limit_use`: the median share of its time limit that each of the latest
+    `LIMIT_USE_RUNS` time-limited tasks to succeed (within `window_s`) used; 1.0 before there are
+    20 (core/forecast.limit_use)."""
+    runs = store.finished_runs(now - window_s, limit=4 * LIMIT_USE_RUNS)
+    keys = [(r.job_id, 0) for r in runs]  # type: ignore[attr-defined]
+    caps = store.time_limits(keys)
+    shares = [r.runtime_s / caps[k] for r, k in zip(runs, keys) if caps.get(k)]  # type: ignore[attr-defined]
+    return median_use(shares[:LIMIT_USE_RUNS])

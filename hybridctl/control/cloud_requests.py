@@ -11,13 +11,14 @@ from hybridctl.cloud.base import GONE, CloudNodeState
 from hybridctl.cloud.cost import Held, hourly_by_job
 from hybridctl.cloud.providers import catalog
 from hybridctl.config import Settings
-from hybridctl.control.budget import limits, utc_day
+from hybridctl.control.budget import limit_use, limits, utc_day
 from hybridctl.control.identity import Caller
 from hybridctl.control.ports import CloudView
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
 from hybridctl.core.errors import HybridctlError, SpecError
 from hybridctl.core.fields import parse_accelerators
+from hybridctl.core.forecast import expected_end
 from hybridctl.core.locality import dur_text, size_text
 from hybridctl.core.model import Resources, task_label
 from hybridctl.store.sqlite import Store
@@ -146,10 +147,13 @@ class CloudRequests:
                 return None
             now = self.clock()
             runtimes = self.store.recent_runtimes()
-            default = statistics.median(runtimes) if len(runtimes) >= 5 else 3600.0
+            default = statistics.median(runtimes) if len(runtimes) >= 5 else self.settings.cloud.burst.unknown_runtime
+            # A time-limited run ends where such runs end, where the burst pass says so too.
+            use = limit_use(self.store, now) if limits(self.settings).limit_use_forecast else 1.0
             running = [
                 burst.Running(a.node, tuple(a.gpus), a.cpus, a.memory_mb,
-                              a.start + a.time_limit if a.time_limit else max(a.start + default, now + default / 4))
+                              expected_end(a.start, a.start + a.time_limit, use, now) if a.time_limit
+                              else max(a.start + default, now + default / 4))
                 for a in self.store.running_allocations()
             ]
             limits_ = dict(self.store.time_limits([(t.job_id, t.task) for t in pending]))

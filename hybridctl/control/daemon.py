@@ -105,7 +105,8 @@ class Daemon:
         clock = time.time
         lifecycle = Lifecycle(self.store, self.settings, clock, on_change=self.wake.set)
         # The fleet's cache index feeds cache-aware placement (locality:); the fleet comes next.
-        self.scheduler = Scheduler(self.store, self.settings, lifecycle, clock, caches=lambda: fleet.caches())
+        self.scheduler = Scheduler(self.store, self.settings, lifecycle, clock, caches=lambda: fleet.caches(),
+                                   features=lambda: fleet.runtimes())
         self.fleet = fleet = Fleet(self.store, self.settings, lifecycle)
         scaler = None
         if self.settings.cloud.enabled:  # rent cloud nodes when saturated (docs/cloud.md)

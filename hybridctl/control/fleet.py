@@ -22,9 +22,10 @@ from typing import Any, Awaitable, Callable
 
 from hybridctl.aio import wait_event
 from hybridctl.config import Settings
-from hybridctl.control import mounts, supervisor
-from hybridctl.control.checkpoints import LocalFiles, SftpFiles, TransferMismatch, restore_to, sync_from
+from hybridctl.control import mounts, supervisor, wheels
+from hybridctl.control.checkpoints import LocalFiles, SftpFiles, TransferMismatch, sync_from
 from hybridctl.control.lifecycle import Lifecycle
+from hybridctl.control.restore import FinalSyncs, restore_to
 from hybridctl.core import wire
 from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.core.reconcile import (
@@ -250,11 +251,12 @@ class NodeSession:
         """Put the controller's latest copy of a job's checkpoint on this node before it starts,
         written there as the job's `owner` ({uid, gid, user}); return why it could not be, or None."""
         local = self.fleet.lifecycle.checkpoint_path(key)
-        if not local.is_dir() or self.link is None:
+        final = self.fleet.final_syncs.pending(key)  # the old node's final pull: overlapped (FinalSyncs)
+        if (not local.is_dir() and final is None) or self.link is None:
             return None
         agent, files = await self.files()
         try:
-            sent, kept, nbytes = await restore_to(agent, files, key, local, self.name, owner)
+            sent, kept, nbytes = await restore_to(agent, files, key, local, self.name, owner, final=final)
         except (AgentRefused, TransferMismatch) as exc:
             return f"checkpoint restore onto {self.name} failed: {exc}"
         if sent:
@@ -270,6 +272,8 @@ class NodeSession:
         why = await self.restore_checkpoint(rank.key, payload)
         if why is None:  # the job's data into this node's cache (control/mounts.py)
             why = await mounts.prepare(self, rank, payload)
+        if why is None:  # an offline node: the wheels its environment needs (control/wheels.py)
+            why = await wheels.prepare(self, rank, payload)
         if why is not None:
             log.error("job %s: %s", rank.key, why)
             self.fleet.lifecycle.finish(rank.job_id, rank.task, None, why)
@@ -335,6 +339,17 @@ class NodeSession:
             self._not_ours(action.key, "running")
             await link.call("cancel", key=action.key, grace=self.fleet.settings.fleet.poll_interval * 10)
         elif isinstance(action, Forget):
+            if action.held and self._preempted_rank0(action.key, no_checkpoint):
+                # Released first, so the job is placed while its final checkpoint still arrives;
+                # the next node's restore waits for this pull before the changed chunks follow.
+                self.fleet.final_syncs.begin(action.key, self.name)
+                try:
+                    ctl.release(action.key, node=self.name)
+                    await self._keep_output(action.key, True)
+                    await link.call("forget", key=action.key)
+                finally:
+                    self.fleet.final_syncs.end(action.key)
+                return True
             if action.held:
                 # A stopped rank of this node (cancelled, preempted, a failed multi-node job):
                 # keep its output (e.g. a preempted job's final checkpoint), then free its GPUs.
@@ -347,6 +362,14 @@ class NodeSession:
                 await self._keep_output(action.key, False)  # a straggler of this node: its logs, never a checkpoint
             await link.call("forget", key=action.key)
         return False
+
+    def _preempted_rank0(self, key: str, no_checkpoint: set[str]) -> bool:
+        """Whether `key` is rank 0 of a preempted attempt that may hold a checkpoint."""
+        parsed = parse_key(key)
+        if parsed is None or parsed[3] != 0 or key in no_checkpoint:
+            return False
+        rows = self.fleet.store.task_states(parsed[0], parsed[1])
+        return bool(rows) and rows[0].state is JobStatus.PREEMPTED and rows[0].attempt == parsed[2]
 
     def _not_ours(self, key: str, what: str) -> bool:
         """Whether `key` is a rank placed on another node (logged once: a confused or lying agent)."""
@@ -418,6 +441,8 @@ class Fleet:
         self.connect_slots = asyncio.Semaphore(cfg.connect_concurrency)
         self.sessions: dict[str, NodeSession] = {}
         """Read it freely; change it only through `sync`, `start_session` and `stop_session`."""
+        self.final_syncs = FinalSyncs()
+        """Preempted jobs' final checkpoint pulls in flight (their next node's restore waits on them)."""
 
     def target(self, name: str) -> Target:
         n = self.store.node(name)

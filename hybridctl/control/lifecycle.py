@@ -120,6 +120,8 @@ class Lifecycle:
             # The job's world (agent envs.py, jobspec.setup_once); file_mounts: NodeSession.prepare_launch.
             **({"environment": spec["environment"]} if spec.get("environment") else {}),
             **({"setup_every_attempt": True} if spec.get("setup_every_attempt") else {}),
+            # image_id: docker:IMAGE: the agent runs the job in that image under podman (container.py)
+            **({"image": spec["image"]} if spec.get("image") else {}),
         }
         if len(nodes) > 1:
             payload["rendezvous_addr"] = ips[0]

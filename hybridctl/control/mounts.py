@@ -302,3 +302,58 @@ def need_of(spec: Mapping[str, Any], owner_uid: int, env_bytes: Mapping[str, int
 
 UNREAD_BYTES = 1 << 30
 """What a local file_mount not read yet is assumed to weigh (the scheduler reads nothing)."""
+
+
+def holdings(caches: Mapping[str, Any], sent: Sequence[tuple[str, Any]], env_bytes: Mapping[str, int]
+             ) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The cache index a scheduling pass sees: per node, what its own last report lists (a node
+    is believed only about itself) plus what the controller placed there and counts as coming
+    (`sent`: (node, (owner uid, spec fields)) from core/locality.WillHold, each turned into its
+    artifact ids now, so a source read since is named by its contents), less what a capped cache
+    would evict to take it; and per capped node the bytes it can still take. Returns (held, room)."""
+    from hybridctl.core.locality import NodeCache, expected_holdings
+
+    coming: dict[str, dict[str, int]] = {}
+    memo: dict[int, Any] = {}
+    for node, world in sent:
+        need = memo.get(id(world))
+        if need is None:
+            need = memo[id(world)] = need_of(world[1], world[0], env_bytes)
+        coming.setdefault(node, {}).update(need.items)
+    held: dict[str, list[str]] = {}
+    room: dict[str, int] = {}
+    for node in caches.keys() | coming.keys():
+        ids, left = expected_holdings(caches.get(node) or NodeCache({}, {}, 0), coming.get(node, {}))
+        held[node] = ids
+        if left is not None:
+            room[node] = left
+    return held, room
+
+
+def history_runtimes(facts: Any, running: Sequence[Any], pending: Sequence[Any], now: float
+                     ) -> dict[tuple[int, int], float]:
+    """(job, task) -> expected run time from history alone (core/estimate.py without the time
+    limit: p80 of the user's finished runs like it), for the running tasks and the pending tasks
+    that need something on their node; tasks with no such history are left out. `facts` is the
+    scheduler's RuntimeFacts. What locality's free-in and places in line are planned on."""
+    from hybridctl.core.estimate import command_key
+
+    tasks = [(r.job_id, r.task, r.user) for r in running]
+    tasks += [(t.job_id, t.task, t.user) for t in pending if getattr(t, "need", None) is not None]
+    if not tasks:
+        return {}
+    jobs = facts.facts([j for j, _, _ in tasks])
+    est = facts.estimator(now)
+    keys: dict[int, str] = {}
+    out: dict[tuple[int, int], float] = {}
+    for job, task, user in tasks:
+        f = jobs.get(job)
+        if f is None:
+            continue
+        key = keys.get(job)
+        if key is None:
+            key = keys[job] = command_key(f.run)
+        seconds = est.estimate(user=user, job_id=job, name=f.name, command=key).seconds
+        if seconds is not None:
+            out[(job, task)] = seconds
+    return out

@@ -14,7 +14,7 @@ from hybridctl.config import Settings
 from hybridctl.control.backfill import RuntimeFacts
 from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.core import schedule as sched
-from hybridctl.core.locality import CacheIndex, LocalityPolicy, LocalityView, Need, free_in_of
+from hybridctl.core.locality import CacheIndex, LocalityPolicy, LocalityView, Need, WillHold, free_in_history
 from hybridctl.core.model import ClusterView, JobStatus, NodeView, PendingTask, Policy, ScheduleDecision
 from hybridctl.store.sqlite import Store
 
@@ -23,13 +23,16 @@ CANCEL_PER_PASS = 2000
 
 WORLD_PATHS = ("$.environment", "$.file_mounts")
 """The spec paths that say what a job needs on a node (core/locality.Need)."""
+REQUIRES_IMAGE = frozenset({"podman"})
+"""What an `image_id: docker:` job requires of its node: the agent runs images with podman."""
 
 
 class Scheduler:
     """One pass at a time over the store; `clock` is wall time, injectable for tests."""
 
     def __init__(self, store: Store, settings: Settings, lifecycle: Lifecycle, clock: Callable[[], float],
-                 caches: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 caches: Callable[[], Mapping[str, Any]] | None = None,
+                 features: Callable[[], Mapping[str, Mapping[str, str]]] | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.clock = clock
@@ -56,9 +59,16 @@ class Scheduler:
         )
         self.caches = caches
         """The fleet's cache index (Fleet.caches: node -> core/locality.NodeCache); None = none known."""
-        self._src_at: dict[str, str] = {}
-        """`src:` artifact (a local file_mount not read yet) -> the node the last job naming it was
-        placed on: it is staged there at launch, before any cache listing says so (bounded)."""
+        self.will_hold = WillHold()
+        """Placed tasks with a world, counted toward their node's cache until its report can
+        say so (core/locality.WillHold; control/mounts.holdings)."""
+        self.features = features
+        """Per connected node, what its hello offers jobs (Fleet.runtimes: {"podman": path, ...});
+        None = unknown (no fleet): requirements are not checked."""
+        self.cloud_runtimes = frozenset(settings.cloud.runtimes) if settings.cloud.enabled else None
+        """What a rented cloud node would offer (cloud.runtimes); None = no bursting."""
+        self._requires: dict[int, frozenset[str]] = {}
+        """job id -> node features its tasks require (an image job: podman), read once per job."""
         self._worlds: dict[int, tuple[int, dict[str, Any]] | None] = {}
         """job id -> (owner uid, its spec's environment and file_mounts), None = it has neither:
         read once per job (a spec never changes), kept while the job has pending tasks."""
@@ -143,24 +153,57 @@ class Scheduler:
                 if need.total:
                     t = dataclasses.replace(t, need=need)
             out.append(t)
-        room = {n: max(0, c.max_bytes - sum(c.objects.values())) for n, c in caches.items() if c.max_bytes}
-        held = {n: list(c.artifacts()) for n, c in caches.items()}
-        for a, n in self._src_at.items():
-            held.setdefault(n, []).append(a)
-        loc = LocalityView(CacheIndex(held), self.locality,
-                           {n.name: n.site for n in view.nodes}, free_in_of(view.running, view.now), room)
+        from hybridctl.control.mounts import history_runtimes, holdings
+
+        held, room = holdings(caches, self.will_hold.current(view.now, ((r.job_id, r.task, r.node)
+                                                                         for r in view.running)), env_bytes)
+        hist = history_runtimes(self.runtimes, view.running, out, view.now)
+        loc = LocalityView(CacheIndex(held), self.locality, {n.name: n.site for n in view.nodes},
+                           free_in_history(view.running, view.now, hist), room, {j: s for (j, _), s in hist.items()})
         return dataclasses.replace(view, locality=loc), out
 
-    def _remember_sources(self, decision: ScheduleDecision, pending: list[PendingTask]) -> None:
-        needs = {(t.job_id, t.task): t.need for t in pending if t.need is not None}
+    def with_requirements(self, view: ClusterView, pending: list[PendingTask]) -> tuple[ClusterView, list[PendingTask]]:
+        """Per pending task what it requires of its node (`image_id: docker:` -> podman: the only
+        runtime the agent runs images with) and per node what it offers (its hello's runtimes).
+        One spec read per job, then cached; nothing changes where no pending job names an image."""
+        if self.features is None or not pending:
+            return view, pending
+        ids = {t.job_id for t in pending}
+        fresh = sorted(ids - self._requires.keys())
+        known = {j: r for j, r in self._requires.items() if j in ids}
+        known.update(dict.fromkeys(fresh, frozenset()))
+        for job_id, (_uid, (image,)) in self.store.spec_fields(fresh, ("$.image",), any_set=True).items():
+            if image:
+                known[job_id] = REQUIRES_IMAGE
+        self._requires = known
+        if not any(known.values()):
+            return view, pending
+        offers = {n: frozenset(r) for n, r in self.features().items()}
+        nodes = tuple(dataclasses.replace(n, features=offers.get(n.name, frozenset())) for n in view.nodes)
+        out = [dataclasses.replace(t, requires=known[t.job_id]) if known.get(t.job_id) else t for t in pending]
+        return dataclasses.replace(view, nodes=nodes), out
+
+    def _requires_reasons(self, decision: ScheduleDecision) -> ScheduleDecision:
+        """A task that waits for a node offering what it requires: say whether bursting can help."""
+        if self.cloud_runtimes is None or not any(w.reason.startswith("requires:") for w in decision.waiting):
+            return decision
+        waiting = []
+        for w in decision.waiting:
+            if w.reason.startswith("requires:"):
+                need = self._requires.get(w.job_id, frozenset())
+                tail = ("; cloud nodes offer it (cloud.runtimes), so one may be rented for it"
+                        if need <= self.cloud_runtimes else
+                        f"; no cloud node is rented for it: cloud.runtimes does not list {', '.join(sorted(need - self.cloud_runtimes))}")
+                w = dataclasses.replace(w, reason=w.reason + tail)
+            waiting.append(w)
+        return dataclasses.replace(decision, waiting=tuple(waiting))
+
+    def _remember_sources(self, decision: ScheduleDecision, pending: list[PendingTask], now: float) -> None:
+        needs = {(t.job_id, t.task) for t in pending if t.need is not None}
         for p in decision.placements:
-            need = needs.get((p.job_id, p.task))
-            for a in need.items if need is not None else ():
-                if a.startswith("src:"):
-                    self._src_at.pop(a, None)
-                    self._src_at[a] = p.node
-        while len(self._src_at) > 1024:
-            del self._src_at[next(iter(self._src_at))]
+            world = self._worlds.get(p.job_id)
+            if (p.job_id, p.task) in needs and world is not None:
+                self.will_hold.assign((p.job_id, p.task), p.node, now, world)
 
     def need_of_job(self, job_id: int) -> Need | None:
         """What job `job_id` needs on a node (its environment and file_mounts as far as this
@@ -199,9 +242,10 @@ class Scheduler:
             pending = [dataclasses.replace(t, no_spot=True) if (t.job_id, t.task) in self.no_spot else t
                        for t in pending]
         view, pending = self.with_locality(view, pending)
-        decision = sched.plan(view, pending, self.policy)
+        view, pending = self.with_requirements(view, pending)
+        decision = self._requires_reasons(sched.plan(view, pending, self.policy))
         if view.locality is not None:
-            self._remember_sources(decision, pending)
+            self._remember_sources(decision, pending, now)
         if decision.placements:
             self.store.start(decision.placements, now)
         self.store.set_reasons(decision.waiting, now)

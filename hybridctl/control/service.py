@@ -216,7 +216,8 @@ class Controller(CloudRequests):
                 )
             self._check_fits(job.resources, job.num_nodes, job.placement)
             if job.image and self.fleet is not None:  # nodes say in hello what they can run it with
-                why = image_refusal(job.image, self.fleet.runtimes())
+                cloud = self.settings.cloud
+                why = image_refusal(job.image, self.fleet.runtimes(), cloud.runtimes if cloud.enabled else ())
                 if why:
                     raise Unschedulable(f"job refused: {why}")
             self._check_limits(caller, job, earlier=jobs)  # a pipeline's earlier tasks count too

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 from hybridctl.core.fairshare import priority_key
 from hybridctl.core.fit import candidates, gpu_type_matches, never_fits
-from hybridctl.core.forecast import Backlog, Freeing, Running, TaskKey, estimate_wait, wait_or_pay
+from hybridctl.core.forecast import Backlog, Freeing, Running, TaskKey, estimate_wait, expected_end, wait_or_pay
 from hybridctl.core.model import (
     ClusterView,
     GpuSlot,
@@ -107,6 +107,17 @@ class Limits:
     deadline; budgets are never enforced by killing running work."""
     pace_ahead: float = 0.5
     deadline_reserve: float = 0.2
+    pace_bend: bool = False
+    """With `pace_budget` and `wait_value_usd`: between the on-pace line (a fraction f of the period
+    gone, f of the budget committed, less the deadline reserve) and the hard cap (f + `pace_ahead`),
+    a non-deadline launch must save waiting worth 1/(1 - x) times its price, x the share of that
+    band committed; the cap still refuses at the top. False: every launch is allowed up to the cap."""
+    limit_use_forecast: bool = False
+    """Put time-limited on-prem runs at their expected end (`World.limit_use`) in the wait forecast
+    and the pass's reservation starts, not at their limit. Off: on the generated hard week 23 it
+    pushed the budget into its pacing wall in every market draw (bench/RESULTS.md, p17b)."""
+    pace_bend_from: float = 0.0
+    """Where in that band the bar starts to rise (0 = at the on-pace line, 0.5 = halfway to the cap)."""
     deadline_margin: float = 0.25
     """A task with a deadline may use spot (or wait on-prem) only while its slack exceeds this
     fraction of its run time plus the expected spot loss and a boot."""
@@ -143,6 +154,14 @@ class World:
     transfer_s: Mapping[TaskKey, float] = field(default_factory=dict)
     """Seconds a fresh cloud node would spend receiving a task's environment and data before it
     could start (control/scheduler.transfer_estimate); missing = nothing to move."""
+    limit_use: float = 1.0
+    """The share of its time limit a time-limited run is expected to use (the median over finished
+    runs, once there are enough): with `Limits.limit_use_forecast`, the wait forecast and the
+    reservation starts of the pass put each on-prem allocation in `freeing` (with its start) at
+    that share of its limit, not at the limit itself. 1.0 = at the limit."""
+    cloud_features: frozenset[str] = frozenset()
+    """What a rented node would offer jobs (cloud.runtimes: podman): a task that requires more
+    (PendingTask.requires) fits no node that could be rented, so none is rented for it."""
 
 
 @dataclass(frozen=True)
@@ -214,14 +233,14 @@ def period_start(now: float, period: str) -> float:
     return start.timestamp()
 
 
-def _virtual(task: PendingTask, tag: str) -> list[NodeView]:
+def _virtual(task: PendingTask, tag: str, features: frozenset[str] = frozenset()) -> list[NodeView]:
     """Nodes that surely hold `task`: if `plan` still refuses it there, a quota, a throttle or
     a dependency holds it back, and renting would not help."""
     res = task.resources
     model = res.gpu_type or "GPU"
     return [
         NodeView(f"~{tag}{i}", tuple(GpuSlot(g, model) for g in range(res.gpus)), res.cpus, res.cpus,
-                 res.memory_mb, res.memory_mb, NodeState.UP, "cloud")
+                 res.memory_mb, res.memory_mb, NodeState.UP, "cloud", features=features)
         for i in range(max(task.num_nodes, 1))
     ]
 
@@ -248,16 +267,35 @@ def _with_freeing(nodes: Sequence[NodeView], freeing: Sequence[Freeing], until: 
     return out
 
 
+def _at_expected_ends(cluster: ClusterView, freeing: Sequence[Freeing], use: float,
+                      now: float) -> tuple[ClusterView, list[Freeing]]:
+    """The on-prem allocations of `freeing` that know their start, put at their expected end
+    (`World.limit_use`), and the running tasks on the same GPUs with them, so the pass's
+    reservation starts (`plan`) and wait forecast (`Backlog`) agree. A run with an estimate
+    instead of a limit is not in `freeing` and keeps its end."""
+    moved = [replace(f, end=expected_end(f.start, f.end, use, now)) if f.start is not None else f for f in freeing]
+    ends = {(f.node, g): f.end for f in moved if f.start is not None for g in f.gpus}
+    if not ends:
+        return cluster, moved
+    running = tuple(
+        replace(r, ends_at=ends[(r.node, r.gpus[0])])
+        if r.ends_at is not None and r.gpus and (r.node, r.gpus[0]) in ends else r
+        for r in cluster.running)
+    return replace(cluster, running=running), moved
+
+
 def _view(cluster: ClusterView, nodes: Sequence[NodeView]) -> ClusterView:
     return replace(cluster, nodes=tuple(nodes))
 
 
-def spot_averse(task: PendingTask, world: World, limits: Limits, now: float, can_wait: bool) -> bool:
+def spot_averse(task: PendingTask, world: World, limits: Limits, now: float, can_wait: bool,
+                market: Market | None = None) -> bool:
     """Whether the policy keeps `task` off spot nodes altogether (with `count_preemption_loss`):
-    at the assumed reclaim rate (`limits.reclaim_per_h`, k times for k nodes) it would lose more
-    than `max_spot_loss` of its run, or its deadline's slack is too short for spot; and it has
-    somewhere else to go (on-demand is allowed, or it can wait on-prem). A job in `spot_insist`
-    never is; nor one that asks for on-demand anyway (use_spot: false)."""
+    at the assumed reclaim rate (`limits.reclaim_per_h`, or the lowest rate a live spot pool of
+    `market` that fits it states, where lower: `_choose` would rent there; k times for k nodes) it
+    would lose more than `max_spot_loss` of its run, or its deadline's slack is too short for spot;
+    and it has somewhere else to go (on-demand is allowed, or it can wait on-prem). A job in
+    `spot_insist` never is; nor one that asks for on-demand anyway (use_spot: false)."""
     key = (task.job_id, task.task)
     if not limits.count_preemption_loss or key in world.spot_insist or not task.resources.use_spot:
         return False
@@ -266,7 +304,13 @@ def spot_averse(task: PendingTask, world: World, limits: Limits, now: float, can
     k = max(task.num_nodes, 1)
     work_h = _runtime(task, world, limits) / 3600.0
     ckpt_h = (world.checkpoint_every.get(key) or 0.0) / 3600.0
-    loss = expected_loss_h(work_h, k * limits.reclaim_per_h, ckpt_h, limits.restart_overhead_s / 3600.0)
+    rate = limits.reclaim_per_h
+    if market is not None:
+        for res in candidates(task.resources):
+            safe = market.safest(res, market.fitting(res)[0])
+            if safe is not None and safe.reclaim_per_h is not None:
+                rate = min(rate, safe.reclaim_per_h)
+    loss = expected_loss_h(work_h, k * rate, ckpt_h, limits.restart_overhead_s / 3600.0)
     deadline = world.deadlines.get(key)
     if deadline is not None:  # as `_choose`: spot while the slack allows, else on-demand if there is one
         slack = deadline - now - limits.boot_s - work_h * 3600.0
@@ -295,6 +339,8 @@ def _choose(task: PendingTask, market: Market, world: World, limits: Limits, use
         if scarce and od and limits.count_preemption_loss and key not in world.spot_insist:
             spot = []  # half its spot pools refused lately: do not walk the rest one by one
         s, d = market.best(res, spot, od, uses, limits.spread_penalty)
+        if s is not None and limits.count_preemption_loss and key not in world.spot_insist:
+            s = _safer(s, market.safest(res, spot), k, work_h, ckpt_h, limits)
         choice: Choice | None = None
         if s is not None:
             rate = k * (s.reclaim_per_h if s.reclaim_per_h is not None else limits.reclaim_per_h)
@@ -348,6 +394,23 @@ def _choose(task: PendingTask, market: Market, world: World, limits: Limits, use
         if best is None or choice.cost < best.cost:
             best = choice
     return best if best is not None else Choice(None, task.resources, why=first_why)
+
+
+def _safer(cheap: Offer, safe: Offer | None, k: int, work_h: float, ckpt_h: float, limits: Limits) -> Offer:
+    """The spot offer to weigh for a task: the cheapest, unless there the task would lose more than
+    `max_spot_loss` of its run and the pool with the lowest stated reclaim rate (`Market.safest`)
+    would lose less."""
+    if safe is None or safe is cheap or work_h <= 0:
+        return cheap
+
+    def loss(o: Offer) -> float:
+        rate = o.reclaim_per_h if o.reclaim_per_h is not None else limits.reclaim_per_h
+        return expected_loss_h(work_h, k * rate, ckpt_h, limits.restart_overhead_s / 3600.0)
+
+    at_cheap = loss(cheap)
+    if at_cheap / work_h <= limits.max_spot_loss:
+        return cheap
+    return safe if loss(safe) < at_cheap else cheap
 
 
 def _runtime(t: PendingTask, world: World, limits: Limits) -> float:
@@ -405,6 +468,10 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
        `pace_budget`: running work is never killed for money).
     """
     cluster = world.cluster
+    freeing = world.freeing
+    expected = cluster  # running tasks at their expected ends, for the forecasts only
+    if limits.limit_use_forecast and world.limit_use < 1.0 and freeing:
+        expected, freeing = _at_expected_ends(cluster, freeing, world.limit_use, now)
     usage = cluster.usage_by_user
     ordered = sorted(world.pending, key=lambda t: priority_key(t, usage))
     held = {c.name: c for c in world.cloud}
@@ -415,20 +482,24 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     onprem_now = [n for n in cluster.nodes if n.site != "cloud"]
     onprem = onprem_now
     if limits.count_freeing_within > 0 and world.freeing:
-        onprem = _with_freeing(onprem, world.freeing, now + limits.count_freeing_within)
+        onprem = _with_freeing(onprem, world.freeing, now + limits.count_freeing_within)  # at the limit: sure to be free
     local_tasks = [replace(t, placement="onprem") for t in ordered if t.placement == "any" and not t.deps_unmet]
     local = plan(_view(cluster, onprem), local_tasks, policy)
     placed_local = {(p.job_id, p.task) for p in local.placements}
     # The scheduler's own forecast where it has one: a reservation's start, or a preemption
-    # that frees on-prem room for the task now.
+    # that frees on-prem room for the task now. What starts now is what the scheduler (at the
+    # limits) starts; where runs that end early move reservations, a second plan says when.
+    ahead = local
+    if expected is not cluster and local.waiting:
+        ahead = plan(_view(expected, onprem), local_tasks, policy)
     forecast: dict[TaskKey, float] = {}
-    for w in local.waiting:
+    for w in ahead.waiting:
         if w.reason.startswith("preempting"):
             forecast[(w.job_id, w.task)] = now
         elif w.starts_at is not None:
             forecast[(w.job_id, w.task)] = w.starts_at
     weigh = limits.wait_value_usd > 0 or bool(world.deadlines)
-    backlog = Backlog(onprem_now, world.freeing, now, limits.default_runtime_s, cluster.running) if weigh else None
+    backlog = Backlog(onprem_now, freeing, now, limits.default_runtime_s, expected.running) if weigh else None
     by_key = {(t.job_id, t.task): t for t in ordered}
     if backlog is not None:
         for key in placed_local:
@@ -461,7 +532,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         cloud_views.append(n)
     for c in world.cloud:
         if not c.up and not c.draining:
-            cloud_views.append(c.offer.view(c.name))
+            cloud_views.append(replace(c.offer.view(c.name), features=world.cloud_features))
     uses: dict[str, int] = {}
     for c in world.cloud:
         uses[c.offer.pool] = uses.get(c.offer.pool, 0) + 1
@@ -490,6 +561,14 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     group = 0
     quota_held = 0
     waiting = 0
+    bent = 0
+    band: tuple[float, float] | None = None
+    if limits.pace_budget and limits.pace_bend:
+        p0 = period_start(now, period)
+        f = (now - p0) / _period_len(p0, period)
+        on_pace = limits.budget_usd * min(1.0, f) * (1.0 - limits.deadline_reserve)
+        cap = limits.budget_usd * min(1.0, f + limits.pace_ahead) * (1.0 - limits.deadline_reserve)
+        band = (on_pace + limits.pace_bend_from * (cap - on_pace), cap)
     never_cache: dict[tuple[int, str | None, float, int, int], bool] = {}
     # One plan over the held nodes covers what they can take (the scheduler's own order);
     # the rest rent, packing onto nodes rented earlier in this pass where they have room.
@@ -509,7 +588,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 if ok is None:
                     ok = fits_here[shape_] = never_fits(onprem_now, t.resources, shape_[4]) is None
                 can_wait = ok
-            if spot_averse(t, world, limits, now, can_wait):
+            if spot_averse(t, world, limits, now, can_wait, market):
                 no_spot.add((t.job_id, t.task))
     as_cloud = [replace(t, placement="cloud", no_spot=(t.job_id, t.task) in no_spot) if no_spot
                 else replace(t, placement="cloud") for t in candidates_]
@@ -522,12 +601,16 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         if key in held_cover:
             accepted.append(t)
             continue
+        if not t.requires <= world.cloud_features:  # a rented node could never take it
+            lack = ", ".join(sorted(t.requires - world.cloud_features))
+            blocked.append(Blocked(t.job_id, t.task, f"cloud nodes do not offer {lack} (cloud.runtimes)"))
+            continue
         if t.num_nodes <= 1 and _pack(room, t.resources):
             accepted.append(t)
             continue
         views = cloud_views + new_views
         if gated or t.array_throttle is not None:
-            made_for = plan(_view(cluster, views + _virtual(t, "v")), [*accepted, t], policy)
+            made_for = plan(_view(cluster, views + _virtual(t, "v", world.cloud_features)), [*accepted, t], policy)
             if not any((p.job_id, p.task) == key for p in made_for.placements):
                 quota_held += 1  # quota, throttle: the scheduler would not start it on any node
                 continue
@@ -557,9 +640,15 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 # always wins.
                 move = world.transfer_s.get(key, 0.0)
                 paid = choice.cost + (choice.offer.price_hourly * k * move / 3600.0 if choice.offer else 0.0)
+                worth = wait / 3600.0 * t.resources.gpus * k * limits.wait_value_usd
                 hold = (choice.offer is not None and limits.wait_value_usd > 0
-                        and (wait < move
-                             or wait / 3600.0 * t.resources.gpus * k * limits.wait_value_usd < paid))
+                        and (wait < move or worth < paid))
+                if not hold and band is not None and choice.offer is not None and limits.wait_value_usd > 0:
+                    bar = _pace_bar(world.spent + committed + planned_cost + choice.cost, band)
+                    if worth < paid * bar:
+                        hold = True
+                        bent += 1
+                        waiting -= 1
             if hold or choice.offer is None:
                 backlog.add(t.resources, k, runtime)
             if hold:
@@ -582,7 +671,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         use = choice.resources
         for i in range(k):
             name = f"+{offer.instance_type}#{len(new_views)}"
-            new_views.append(offer.view(name))
+            new_views.append(replace(offer.view(name), features=world.cloud_features))
             launches.append(LaunchRequest(offer, (key,), group, res, choice.why))
             room.append([offer.gpu_type or "GPU", offer.gpus - use.gpus, offer.cpus - use.cpus,
                          offer.memory_mb - use.memory_mb])
@@ -684,11 +773,25 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     if waiting:
         notes.append(f"{waiting} task{'s' if waiting != 1 else ''} wait on-prem: the expected wait costs less than"
                      f" the cloud would (burst.wait_value_usd ${limits.wait_value_usd:g} per GPU-hour) or fits the deadline")
+    if bent:
+        notes.append(f"{bent} task{'s' if bent != 1 else ''} wait on-prem: budget pacing (burst.pace_ahead) is ahead of"
+                     " the calendar, so a launch must save waiting worth more than its price")
     if quota_held:
         notes.append(f"{quota_held} task{'s' if quota_held != 1 else ''} held by a quota or array throttle:"
                       " renting would not start them")
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
                          frozenset(no_spot))
+
+
+def _pace_bar(committed: float, band: tuple[float, float]) -> float:
+    """How many times its price the waiting a non-deadline launch saves must be worth, with a
+    bending pace (`Limits.pace_bend`): 1 up to the on-pace line `band[0]`, rising as 1/(1 - x)
+    with the share x of the band up to the hard cap `band[1]` that would be committed (inf there)."""
+    lo, hi = band
+    if committed <= lo:
+        return 1.0
+    x = (committed - lo) / (hi - lo) if hi > lo else 1.0
+    return math.inf if x >= 1.0 else 1.0 / (1.0 - x)
 
 
 def _limit_reason(offer: Offer, k: int, nodes: int, hourly: float, spent: float, limits: Limits,

@@ -11,7 +11,7 @@ A relative path is relative to the job file's directory, as `workdir` is. Pure: 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from hybridctl.core.errors import SpecError
@@ -51,18 +51,24 @@ def parse_environment(value: Any, *, field: str = "environment", source: str = "
     return out
 
 
-CONTAINER_RUNTIMES = ("podman", "apptainer", "singularity")
+IMAGE_RUNTIMES = ("podman",)
+"""What the agent runs `image_id: docker:IMAGE` jobs with (agents/hybridctl_agent/container.py);
+apptainer and singularity are advertised by nodes but not used yet."""
 
 
-def image_refusal(image: str, runtimes: Mapping[str, Mapping[str, str]]) -> str | None:
+def image_refusal(image: str, runtimes: Mapping[str, Mapping[str, str]],
+                  cloud_runtimes: Sequence[str] = ()) -> str | None:
     """Why a job with `image_id: docker:IMAGE` can never run on this fleet (no node that said
-    hello offers podman, apptainer or singularity), or None. A fleet with no node heard from yet
-    refuses nothing."""
-    if not runtimes or any(r in tools for tools in runtimes.values() for r in CONTAINER_RUNTIMES):
+    hello offers podman, and the cloud, if bursting is on, does not either), or None. A fleet
+    with no node heard from yet refuses nothing."""
+    if not runtimes or any(r in tools for tools in runtimes.values() for r in IMAGE_RUNTIMES):
         return None
-    return (f"image_id {image} needs podman, apptainer or singularity on a node, and none of the "
-            f"{len(runtimes)} node(s) has one (see `hybridctl nodes`); install one there, or drop image_id "
-            "to run on the nodes' own OS")
+    if any(r in cloud_runtimes for r in IMAGE_RUNTIMES):
+        return None
+    return (f"image_id {image} needs podman on a node, and none of the {len(runtimes)} node(s) has it "
+            "(see `hybridctl nodes`; apptainer and singularity are not used yet); install podman there, "
+            "list it in cloud.runtimes if the cloud nodes' image has it, or drop image_id to run on the "
+            "nodes' own OS")
 
 
 def resolve_environment(

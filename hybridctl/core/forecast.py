@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
@@ -27,6 +28,30 @@ class Freeing:
     cpus: float
     memory_mb: int
     end: float
+    start: float | None = None
+    """When it started, where known: with `World.limit_use` the run is put at its expected end."""
+
+
+LIMIT_USE_AFTER = 20
+"""Finished time-limited runs needed before `limit_use` trusts their median."""
+
+
+def limit_use(shares: Sequence[float]) -> float:
+    """`World.limit_use` from the shares of their time limit that finished runs used (each clipped
+    to 0..1): their median from `LIMIT_USE_AFTER` runs on, else 1.0 (runs end at their limit)."""
+    if len(shares) < LIMIT_USE_AFTER:
+        return 1.0
+    return statistics.median(min(1.0, max(0.0, x)) for x in shares)
+
+
+def expected_end(start: float, end: float, use: float, now: float) -> float:
+    """When a run started at `start` with its time limit ending at `end` is expected to end, if
+    runs like it use the share `use` of their limit (`World.limit_use`). One that has outlived
+    that share is put halfway from now to its limit; never before now."""
+    if use >= 1.0 or end <= now:
+        return max(end, now)
+    e = start + max(0.0, use) * (end - start)
+    return e if e > now else (now + end) / 2
 
 
 class Backlog:

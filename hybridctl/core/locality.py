@@ -17,6 +17,7 @@ the scheduler gave. Pure: no I/O, no clock (the caller passes how long the job h
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,11 @@ class CacheIndex:
                 self.by_artifact.setdefault(a, set()).add(node)
         self._memo: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
         self._ranked: dict[tuple[tuple[str, int], ...], list[tuple[float, str]]] = {}
+        self._keys: dict[str, set[tuple[tuple[str, int], ...]]] = {}
+        """artifact -> the memoised needs that name it (what `add` must forget)."""
+        self._own = False
+        """Whether `by_artifact` is this index's own (a caller may hand in a shared one: `add`
+        copies it first, and never changes a set in place)."""
 
     def warm_bytes(self, need: Need) -> dict[str, int]:
         """Per node holding any of the job's artifacts: the bytes it already has. Memoised per
@@ -93,6 +99,7 @@ class CacheIndex:
             for a, size in need.items.items():
                 for node in self.by_artifact.get(a, ()):
                     out[node] = out.get(node, 0) + size
+                self._keys.setdefault(a, set()).add(key)
             self._memo[key] = out
         return out
 
@@ -109,14 +116,15 @@ class CacheIndex:
 
     def add(self, node: str, ids: Iterable[str]) -> None:
         """`node` holds `ids` from now on (a placement made in this pass): the memos of the needs
-        that name one of them are dropped. Linear in the memos: for the rare artifacts the
-        controller has not hashed yet (`src:`), not for every placement."""
-        ids = set(ids)
-        for a in ids:
-            self.by_artifact.setdefault(a, set()).add(node)
-        for memo in (self._memo, self._ranked):
-            for key in [k for k in memo if any(a in ids for a, _ in k)]:
-                del memo[key]
+        that name one of them are dropped (found through `_keys`, not by a scan of every memo)."""
+        if not self._own:
+            self.by_artifact = dict(self.by_artifact)
+            self._own = True
+        for a in set(ids):
+            self.by_artifact[a] = {*self.by_artifact.get(a, ()), node}
+            for key in self._keys.pop(a, ()):
+                self._memo.pop(key, None)
+                self._ranked.pop(key, None)
 
     def warm(self, node: str, need: Need) -> tuple[str, ...]:
         return tuple(a for a in need.items if node in self.by_artifact.get(a, ()))
@@ -195,6 +203,8 @@ def choose(need: Need, free: Sequence[str], busy: Mapping[str, float], sites: Ma
 
 
 MAX_LOOK = 12
+COMING_KEPT = 4
+"""Nodes per data object a pass remembers as receiving it (`LocalityView.hold`), newest kept."""
 """Warm nodes one task looks at past its cursor (the warmest first): bounds a pass's cost when
 most warm nodes are busy; the rest are looked at by the next tasks of the same need and shape."""
 
@@ -214,21 +224,44 @@ class LocalityView:
     room: dict[str, int] = field(default_factory=dict)
     """node -> bytes its capped data cache can still take without evicting (nodes with a cap
     only); a cold placement prefers a node with room for what it moves. The pass deducts."""
+    runtimes: Mapping[int, float] = field(default_factory=dict)
+    """job id -> its tasks' expected run time from history (core/estimate.py, no time limit):
+    a task that waits for a busy node takes its place in line there, so the next task that
+    would wait for it sees it free that much later (places in line)."""
     _cursors: dict[tuple[object, ...], list[object]] = field(default_factory=dict, repr=False)
     _roomy: list[str] | None = field(default=None, repr=False)
+    _cursor_keys: dict[str, set[tuple[object, ...]]] = field(default_factory=dict, repr=False)
+    _coming: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    """artifact -> the nodes this pass placed a task on that brings it there (`hold`)."""
     _said: dict[tuple[object, str], str] = field(default_factory=dict, repr=False)
 
     def hold(self, node: str, need: Need) -> None:
-        """A task placed on `node` will bring its not-yet-hashed sources (`src:` ids) there:
-        later tasks of this pass that name them see `node` as warm."""
-        ids = [a for a in need.items if a.startswith("src:")]
+        """A task placed on `node` will bring what it lacks there (its data, its environment, its
+        not-yet-hashed sources): later tasks of this pass that need them see `node` as warm (the
+        controller's WillHold carries this to the next passes until the node's report says so).
+        Not-yet-hashed sources go into the index (rare); data objects into `_coming` (the last
+        COMING_KEPT nodes per object), which `place` looks at directly: putting them into the index
+        would re-rank every need that shares them after each cold placement (~250 ms more for a
+        10k x 1k pass). Environments are not followed within a pass (WillHold does from the next)."""
+        by = self.index.by_artifact
+        ids = [a for a in need.items if node not in by.get(a, ())]
+        for a in ids:
+            if a.startswith("obj:"):
+                near = self._coming.setdefault(a, [])
+                if node not in near:
+                    near.append(node)
+                    if len(near) > COMING_KEPT:
+                        del near[0]
+        ids = [a for a in ids if a.startswith("src:")]
         if ids:
             self.index.add(node, ids)
-            for key in [k for k in self._cursors if any(a in ids for a, _ in k[0])]:  # type: ignore[union-attr]
-                del self._cursors[key]
+            for a in ids:
+                for key in self._cursor_keys.pop(a, ()):
+                    self._cursors.pop(key, None)
 
     def place(self, need: Need, cold: str, fits: Callable[[str], bool | None], gone: Callable[[str], bool],
-              kind: object, waited_s: float) -> LocalityDecision:
+              kind: object, waited_s: float, job: int | None = None,
+              runtime_s: float | None = None) -> LocalityDecision:
         """Where a single-node task needing `need` should go, given the node the scheduler would
         pick cache-blind (`cold`, which fits) and, per node, `fits(node)`: True if the task fits
         there now, False if it could once the node frees up, None if never (another site, too
@@ -239,13 +272,17 @@ class LocalityView:
         for a busy warm node when its free-in time + its transfer x weight beats placing now, and
         the task's wait stays within max_wait. Cost per task: a walk over its warm nodes (the
         ranking is memoised per need and kept per (need, kind) for the pass, each node dropped
-        from it once it is gone), looking at most at MAX_LOOK that are not gone."""
+        from it once it is gone), looking at most at MAX_LOOK that are not gone. A task that
+        waits queues behind those already waiting there: the node's free-in grows by its expected
+        run time (history for `job`, else `runtime_s`; unknown: nobody may plan to follow it)."""
         policy, sites, bw, free_in = self.policy, self.sites, self.policy.bandwidth_bps, self.free_in
         warm = self.index.warm_bytes(need)
         cold_s = (need.total - warm.get(cold, 0)) / (bw.get(sites.get(cold, "onprem"), 1.0e9) or 1.0e9)
         cur = self._cursors.get((need.key, kind))
         if cur is None:  # [the warm nodes not yet gone, the gone ones that free up within max_wait]
             cur = self._cursors[(need.key, kind)] = [list(self.index.ranked(need, sites, bw)), []]
+            for a in need.items:
+                self._cursor_keys.setdefault(a, set()).add((need.key, kind))
         order: list[tuple[float, str]] = cur[0]  # type: ignore[assignment]
         passed: list[tuple[float, float, float, str]] = cur[1]  # type: ignore[assignment]
         best: tuple[float, str] | None = None
@@ -272,6 +309,25 @@ class LocalityView:
                 if busy_here is None or value < busy_here[0]:
                     busy_here = (value, busy, sec, n)
             j += 1
+        if self._coming:  # what this pass's earlier placements bring: a few nodes, looked at directly
+            extra: dict[str, int] = {}
+            for a, size in need.items.items():
+                for n in self._coming.get(a, ()):
+                    extra[n] = extra.get(n, 0) + size
+            if extra:
+                warm = dict(warm)
+                for n, b in extra.items():
+                    warm[n] = warm.get(n, 0) + b
+                    sec = (need.total - warm[n]) / (bw.get(sites.get(n, "onprem"), 1.0e9) or 1.0e9)
+                    if n == cold or sec >= cold_s or (best is not None and sec >= best[0]):
+                        continue
+                    ok = fits(n)
+                    if ok:
+                        best = (sec, n)
+                    elif ok is False and (busy := free_in.get(n)) is not None and busy <= policy.max_wait_s:
+                        value = busy + sec * policy.weight
+                        if busy_here is None or value < busy_here[0]:
+                            busy_here = (value, busy, sec, n)
         stay_s, node = best if best is not None else (cold_s, cold)
         if best is None and self.room and need.total - warm.get(cold, 0) > self.room.get(cold, 1 << 62):
             node, stay_s = self._with_room(need, warm, cold, cold_s, fits)
@@ -280,6 +336,8 @@ class LocalityView:
         for cand in passed:  # sorted by value: the first this task may use
             if cand[0] >= limit or (waiting is not None and cand[0] >= waiting[0]):
                 break
+            if free_in.get(cand[3], math.inf) > cand[1]:  # others queued there since (another need's walk)
+                continue
             if fits(cand[3]) is not None:
                 waiting = cand
                 break
@@ -287,6 +345,12 @@ class LocalityView:
             value, busy, sec, n = waiting
             if waited_s + busy <= policy.max_wait_s:
                 c = _candidate(n, need, warm.get(n, 0), sites, self.index, policy)
+                runs = self.runtimes.get(job, runtime_s) if job is not None else runtime_s
+                free_in[n] = busy + runs if runs is not None else math.inf  # its place in line
+                if waiting in passed:
+                    passed.remove(waiting)
+                    if runs is not None and busy + runs <= policy.max_wait_s:
+                        bisect.insort(passed, (busy + runs + sec * policy.weight, busy + runs, sec, n))
                 return LocalityDecision(None, f"locality: waiting up to {_dur(busy)} for {n}: {describe(c, need)}",
                                         saved_s=stay_s - sec)
         if self.room and node in self.room:
@@ -375,6 +439,9 @@ class NodeCache:
     envs: Mapping[str, int]
     """environment hash -> bytes of the environments built there (any user's)."""
     max_bytes: int
+    used: Mapping[str, float] = field(default_factory=dict)
+    """sha256 -> when it was last used, on the node's own clock (only its order matters: the
+    node's cache evicts the least recently used first)."""
 
     def artifacts(self) -> dict[str, int]:
         """Artifact ids (see the module docstring) -> bytes, for CacheIndex."""
@@ -401,6 +468,7 @@ def parse_cache_listing(raw: object) -> tuple[NodeCache | None, list[str]]:
         return None, ["cache_list: not an object"]
     objects: dict[str, int] = {}
     envs: dict[str, int] = {}
+    used: dict[str, float] = {}
     for kind, key, size_key, out, length in (("objects", "sha256", "size", objects, 64),
                                              ("envs", "hash", "bytes", envs, 32)):
         items = raw.get(kind)
@@ -414,7 +482,11 @@ def parse_cache_listing(raw: object) -> tuple[NodeCache | None, list[str]]:
                 problems.append(f"cache_list.{kind}[{i}]: not {{{key}: hex, {size_key}: bytes}}")
                 continue
             out[ident] = max(out.get(ident, 0), size)
-    return NodeCache(objects, envs, _count(raw.get("max_bytes")) or 0), problems
+            if kind == "objects":
+                last = o.get("last_used")
+                if isinstance(last, (int, float)) and not isinstance(last, bool) and math.isfinite(last):
+                    used[ident] = float(last)
+    return NodeCache(objects, envs, _count(raw.get("max_bytes")) or 0, used), problems
 
 
 def free_in_of(running: Iterable[object], now: float) -> dict[str, float]:
@@ -423,6 +495,91 @@ def free_in_of(running: Iterable[object], now: float) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in running:
         ends = getattr(r, "ends_at", None)
+        if ends is not None:
+            node = getattr(r, "node")
+            left = max(0.0, ends - now)
+            if left < out.get(node, float("inf")):
+                out[node] = left
+    return out
+
+
+# ---- what a node will hold: its report, plus what the controller has sent it since -------------
+
+SRC_TRUST_S = 30.0
+"""How long the controller counts a job it placed on a node toward that node's cache without the
+node saying so: the placement's transfer may still be in flight, or done but not yet in a cache
+listing. After that (and once the job no longer runs there) only the node's own report counts: a
+failed copy or an eviction is then believed as the node tells it."""
+
+
+@dataclass
+class WillHold:
+    """Per placed task, the node it went to, when, and its world (opaque to this class: the
+    controller's (uid, spec fields), turned into a Need at each pass, so a source read since its
+    placement is named by its contents). An entry counts while its task still runs on that node
+    (its objects are pinned there) or for `trust_s` after its placement. Bounded (`limit`)."""
+
+    trust_s: float = SRC_TRUST_S
+    limit: int = 1 << 16
+    _by_task: dict[tuple[int, int], tuple[str, float, object]] = field(default_factory=dict)
+
+    def assign(self, key: tuple[int, int], node: str, now: float, world: object) -> None:
+        self._by_task.pop(key, None)
+        self._by_task[key] = (node, now, world)
+        while len(self._by_task) > self.limit:
+            del self._by_task[next(iter(self._by_task))]
+
+    def current(self, now: float, running: Iterable[tuple[int, int, str]]) -> list[tuple[str, object]]:
+        """(node, world) of each entry that still counts; the others are forgotten."""
+        there = set(running)
+        keep = {k: v for k, v in self._by_task.items()
+                if (k[0], k[1], v[0]) in there or 0.0 <= now - v[1] < self.trust_s}
+        self._by_task = keep
+        return [(node, world) for node, _, world in keep.values()]
+
+    def __len__(self) -> int:
+        return len(self._by_task)
+
+
+def expected_holdings(cache: NodeCache, coming: Mapping[str, int]) -> tuple[list[str], int | None]:
+    """What a node will hold once what it was sent lands (`coming`: artifact id -> bytes, from
+    WillHold), and how many bytes its capped cache can then still take (None: no cap). A capped
+    cache that would overflow evicts its least recently used objects that nothing coming pins,
+    as the agent does: those are no longer counted as held (else the next job would be sent to a
+    node that no longer has its data, and copy it again, evicting the next: a cascade)."""
+    held = cache.artifacts()
+    held.update(coming)
+    if not cache.max_bytes:
+        return list(held), None
+    objects = dict(cache.objects)
+    for a, n in coming.items():
+        if a.startswith("obj:"):
+            objects[a[4:]] = n
+    total = sum(objects.values())
+    if total > cache.max_bytes:
+        used = cache.used
+        for sha in sorted((s for s in cache.objects if f"obj:{s}" not in coming), key=lambda s: used.get(s, 0.0)):
+            if total <= cache.max_bytes:
+                break
+            total -= objects.pop(sha)
+            held.pop(f"obj:{sha}", None)
+    return list(held), max(0, cache.max_bytes - total)
+
+
+def free_in_history(running: Iterable[object], now: float, runtime: Mapping[tuple[int, int], float]) -> dict[str, float]:
+    """As `free_in_of`, but a running task's end comes from history where there is some:
+    start + `runtime[(job, task)]` (its expected run time from finished runs like it,
+    core/estimate.py), capped by its hard end (`ends_at`, from its time limit); a task overdue on
+    its history, or without any, ends at `ends_at` as before. A time limit is an upper bound that
+    most jobs stay far below: a wait planned on it is a wait that never pays."""
+    out: dict[str, float] = {}
+    for r in running:
+        ends = getattr(r, "ends_at", None)
+        hist = runtime.get((getattr(r, "job_id"), getattr(r, "task")))
+        if hist is not None:
+            guess = getattr(r, "started_at") + hist
+            if guess > now and (ends is None or guess < ends):
+                ends = guess
         if ends is not None:
             node = getattr(r, "node")
             left = max(0.0, ends - now)

@@ -244,6 +244,9 @@ class JobSpec:
     deadline: float | None = None
     """`deadline:`: seconds since the epoch by which the job should have finished (a duration in
     the spec is counted from submit); the burst policy runs it on spot only while there is slack."""
+    spot_insist: bool = False
+    """`spot_insist: true`: burst to spot even where the policy would not (the expected reclaim loss
+    or the deadline's slack would send it on-demand or keep it waiting on-prem)."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready form; `spec_from_dict` reads it back."""
@@ -290,6 +293,7 @@ class JobSpec:
             "slurm": dict(self.slurm),
             **({"preemptible": True} if self.preemptible else {}),
             **({"deadline": self.deadline} if self.deadline is not None else {}),
+            **({"spot_insist": True} if self.spot_insist else {}),
         }
 
 
@@ -324,6 +328,7 @@ def spec_from_dict(d: Mapping[str, object]) -> JobSpec:
         slurm=dict(d.get("slurm") or {}),  # type: ignore[call-overload]
         preemptible=bool(d.get("preemptible")),
         deadline=float(d["deadline"]) if d.get("deadline") is not None else None,  # type: ignore[arg-type]
+        spot_insist=bool(d.get("spot_insist")),
     )
 
 
@@ -370,6 +375,9 @@ class NodeView:
     market: str | None = None
     """A cloud node's market: 'spot' or 'on-demand'; None on-prem (or unknown). `plan` never
     places a task that may not use spot (`use_spot: false`, or `PendingTask.no_spot`) on a spot node."""
+    features: frozenset[str] = frozenset()
+    """What the node offers jobs beyond GPUs, CPUs and memory (its hello's runtimes: "podman"):
+    a task is placed only where its `PendingTask.requires` are all offered."""
 
 
 @dataclass(frozen=True)
@@ -409,6 +417,9 @@ class PendingTask:
     no_spot: bool = False
     """The burst policy decided it must not run on spot (its expected reclaim loss is too high,
     core/burst.spot_averse): like `use_spot: false`, `plan` keeps it off spot nodes."""
+    requires: frozenset[str] = frozenset()
+    """Node features it needs (`{"podman"}` for an `image_id: docker:` job): `plan` places it only
+    on nodes whose `NodeView.features` hold them all."""
 
 
 @dataclass(frozen=True)

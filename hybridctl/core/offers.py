@@ -191,6 +191,7 @@ class Market:
         self.shapes = shapes
         self._best: dict[tuple[int, str | None, float, int, int, int], tuple[Offer | None, Offer | None]] = {}
         self._fit: dict[tuple[int, str | None, float, int], tuple[list[Offer], list[Offer], bool]] = {}
+        self._safe: dict[tuple[int, str | None, float, int, int], Offer | None] = {}
 
     def best(self, res: Resources, spot: list[Offer], od: list[Offer], uses: Mapping[str, int],
              penalty: float) -> tuple[Offer | None, Offer | None]:
@@ -200,6 +201,17 @@ class Market:
         hit = self._best.get(key)
         if hit is None:
             hit = self._best[key] = (pick(spot, uses, penalty), pick(od, uses, penalty))
+        return hit
+
+    def safest(self, res: Resources, spot: list[Offer]) -> Offer | None:
+        """Of these spot offers for `res`, the one whose pool states the lowest reclaim rate (the
+        cheapest among equals); None if none states one. For a task that would lose too much at
+        the cheapest pool's rate. Cached per shape like `best`."""
+        key = (res.gpus, res.gpu_type, res.cpus, res.memory_mb, len(spot))
+        if key in self._safe:
+            return self._safe[key]
+        stated = [o for o in spot if o.reclaim_per_h is not None]
+        hit = self._safe[key] = min(stated, key=lambda o: (o.reclaim_per_h, o.price_hourly, o.pool)) if stated else None
         return hit
 
     def moved(self) -> None:

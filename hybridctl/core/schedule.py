@@ -64,15 +64,21 @@ class _Shape:
         "skip_cache",
         "preempt_fail",
         "avoid",
+        "lacks",
     )
     # Backfill (core/backfill.py) reads res, num_nodes, sites, kinds and keeps its per-shape
     # caches here: short, held_end/held_reason, skip_cache, preempt_fail.
 
     def __init__(self, fleet: FreeFleet, res: Resources, num_nodes: int, placement: str,
-                 avoid: frozenset[int] | None = None) -> None:
+                 avoid: frozenset[int] | None = None, lacks: frozenset[int] | None = None,
+                 requires: frozenset[str] = frozenset()) -> None:
         self.res = res
         self.avoid = avoid
-        """Spot nodes a task that may not use spot passes over (None: none)."""
+        """Nodes the shape passes over (None: none): spot nodes for a task that may not use spot,
+        and the nodes in `lacks`."""
+        self.lacks = lacks
+        """Nodes without a feature the task requires (PendingTask.requires): passed over even
+        where spot nodes are looked at."""
         self.num_nodes = max(num_nodes, 1)
         self.gpus_total = res.gpus * self.num_nodes
         self.sites = _SITES.get(placement, ())
@@ -100,6 +106,8 @@ class _Shape:
             self.reason = f"placement: '{placement}' is not one of onprem, cloud, any"
         elif not any(site in fleet.site_nodes for site in self.sites):
             self.reason = f"no {_SITE_WORDS[self.sites[0]]} nodes yet"
+        elif requires and lacks and all(i in lacks for site in self.sites for i in fleet.site_nodes.get(site, ())):
+            self.reason = requires_reason(requires, self.sites)
         for site in self.sites:
             if site not in fleet.site_nodes:
                 continue
@@ -118,6 +126,8 @@ class _Shape:
         Spot nodes the shape must avoid are passed over unless `spot`."""
         if self.avoid and not spot:
             skip = (skip or set()) | self.avoid
+        elif self.lacks:
+            skip = (skip or set()) | self.lacks
         g, c, m, want = self.res.gpus, self.res.cpus, self.res.memory_mb, self.num_nodes
         cpus, mem = fleet.cpus, fleet.mem
         for phase in self.phases:
@@ -183,6 +193,7 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
     occupied = {node_ix[n] for n in view.busy_nodes if n in node_ix}
     spot_nodes = frozenset(i for i, n in enumerate(fleet.nodes) if n.market == "spot") or None
     seen: dict[_ShapeKey, tuple[dict[int, bool], set[int]]] = {}  # per shape: nodes it may use, nodes full for it
+    lacking: dict[frozenset[str], frozenset[int]] = {}  # per requirement set: the nodes that lack it
 
     for t in ordered:
         if t.deps_unmet:
@@ -198,12 +209,20 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
         # Spot nodes are off limits to a task that may not use spot (use_spot: false, or the
         # burst policy's `no_spot`): its own shape, which passes over them.
         avoid = spot_nodes if spot_nodes and (t.no_spot or not res.use_spot) else None
-        avoid_tag = "no-spot" if not res.use_spot else "spot-averse"
+        avoid_tag = ("no-spot" if not res.use_spot else "spot-averse") if avoid is not None else ""
+        lacks = None
+        if t.requires:  # e.g. podman for an image job: nodes that do not offer it are passed over
+            lacks = lacking.get(t.requires)
+            if lacks is None:
+                lacks = lacking[t.requires] = frozenset(
+                    i for i, n in enumerate(fleet.nodes) if not t.requires <= n.features)
+            avoid = avoid | lacks if avoid is not None else lacks
         for cand in fit.candidates(res) if res.alternatives else ():  # the first candidate that fits now
             k = (cand.gpus, cand.gpu_type, cand.cpus, cand.memory_mb, t.num_nodes, t.placement)
             if avoid is not None:
-                k = (*k, avoid_tag)  # type: ignore[assignment]
-            s = shapes.get(k) or shapes.setdefault(k, _Shape(fleet, cand, t.num_nodes, t.placement, avoid))
+                k = (*k, avoid_tag, t.requires)  # type: ignore[assignment]
+            s = shapes.get(k) or shapes.setdefault(
+                k, _Shape(fleet, cand, t.num_nodes, t.placement, avoid, lacks, t.requires))
             if k not in full and s.reason is None and s.find(fleet, Misses()) is not None:
                 res = cand
                 break
@@ -215,10 +234,10 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
         if t.exclusive:  # its own shape: its reasons are not those of a sharing task
             key = (*key, "exclusive")  # type: ignore[assignment]
         if avoid is not None:
-            key = (*key, avoid_tag)  # type: ignore[assignment]
+            key = (*key, avoid_tag, t.requires)  # type: ignore[assignment]
         shape = shapes.get(key)
         if shape is None:
-            shape = shapes[key] = _Shape(fleet, res, t.num_nodes, t.placement, avoid)
+            shape = shapes[key] = _Shape(fleet, res, t.num_nodes, t.placement, avoid, lacks, t.requires)
         need = shape.gpus_total
         if need:
             limit = user_quota.get(t.user, user_default)
@@ -390,7 +409,8 @@ def _warm_choice(
         return i is None or not alive[i] or (g > 0 and not any(free[i].values()))
 
     assert t.need is not None
-    d = loc.place(t.need, fleet.nodes[cold[0]].name, fits, gone, g > 0, max(0.0, now - t.submitted_at))
+    d = loc.place(t.need, fleet.nodes[cold[0]].name, fits, gone, g > 0, max(0.0, now - t.submitted_at),
+                  t.job_id, t.runtime_s)
     if d.node is None:
         return None, d.reason
     if hit and fleet.nodes[hit[0][0]].name == d.node:
@@ -555,6 +575,16 @@ def _down_reason(fleet: FreeFleet, sites: list[str], shape: _Shape, usable: int)
             f" the others that fit are drained or unhealthy: {names}"
         )
     return f"all nodes that fit are drained or unhealthy: {names}"
+
+
+REQUIRES_WORDS = {"podman": "podman (image_id: docker:)"}
+
+
+def requires_reason(requires: frozenset[str], sites: Sequence[str] = ("onprem", "cloud")) -> str:
+    """Why a task waits when no node of its sites offers what it requires."""
+    what = ", ".join(REQUIRES_WORDS.get(r, r) for r in sorted(requires))
+    where = " or ".join(_SITE_WORDS[s] for s in sites)
+    return f"requires: it needs {what} on its node, and no {where} node offers it (`hybridctl nodes`)"
 
 
 def _spot_reason(t: PendingTask) -> str:

@@ -5,6 +5,7 @@ Pure; `yaml` is imported only when YAML text is parsed, since `hybridctl submit`
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -54,7 +55,7 @@ TOP_KEYS = frozenset(
     {"name", "resources", "num_nodes", "envs", "setup", "run", "workdir", "priority",
      "time_limit", "max_restarts", "recover_on_exit_codes", "checkpoint_dir", "placement", "array",
      "depends_on", "secrets", "slurm", "environment", "setup_every_attempt", "file_mounts", "preemptible",
-     "deadline"}
+     "deadline", "spot_insist"}
 )  # fmt: skip
 RESOURCE_KEYS = frozenset(
     {"accelerators", "gpus", "cpus", "memory", "use_spot", "job_recovery", "spot_recovery", "any_of", "ordered"}
@@ -79,7 +80,7 @@ SKYPILOT_RESOURCE_KEYS: Mapping[str, str] = {
                      "labels", "priority_class", "priority"), _PLACES),
     **dict.fromkeys(("disk_size", "disk_tier", "local_disk", "ephemeral_storage", "network_tier",
                      "volumes"), "the node's own disks and network are used"),
-    "image_id": "no machine image is booted; a docker: image needs a node with podman, apptainer or singularity",
+    "image_id": "no machine image is booted; only a docker:IMAGE is used (the job runs in it under podman)",
     "ports": "not opened: the job's ports are reachable as far as its node's network allows",
     "accelerator_args": "not used", "autostop": "not used: idle cloud nodes follow cloud.burst.idle_timeout",
 }  # fmt: skip
@@ -283,6 +284,8 @@ def parse_spec(
 
     res = _section(data, "resources", source)
     ignored += _check_keys(res, RESOURCE_KEYS, SKYPILOT_RESOURCE_KEYS, "resources.", source)
+    if isinstance(res.get("image_id"), str) and res["image_id"].startswith("docker:"):
+        ignored.remove("resources.image_id")  # a container image is used, not ignored
     recovery: dict[str, Any] = {}
     for key in ("job_recovery", "spot_recovery"):  # spot_recovery: SkyPilot's deprecated name
         if isinstance(res.get(key), str):  # a bare strategy name ('EAGER_NEXT_REGION'): not ours
@@ -294,7 +297,8 @@ def parse_spec(
     if res.get("job_recovery") is not None and res.get("spot_recovery") is not None:
         raise SpecError("resources.spot_recovery", res["spot_recovery"],
                         "give job_recovery only (spot_recovery is its old name)", source)
-    resources, more = _resources(res, source, default_use_spot)
+    # `spot_insist: true` asks for spot: it allows spot where the config's default market would not.
+    resources, more = _resources(res, source, default_use_spot or data.get("spot_insist") is True)
     ignored += more
     warnings = _ignored_warnings(ignored, source)
     mounts, notes = parse_file_mounts(data["file_mounts"], source=source) if data.get("file_mounts") is not None \
@@ -315,7 +319,7 @@ def parse_spec(
         setup_every_attempt=opt(data, "setup_every_attempt", _bool, False),
         environment=opt(data, "environment", parse_environment, None),
         file_mounts=mounts,
-        image=image if isinstance(image := res.get("image_id"), str) and image.startswith("docker:") else None,
+        image=parse_image(res.get("image_id"), source),
         workdir=opt(data, "workdir", _text, None),
         priority=opt(data, "priority", _ranged(*PRIORITY_RANGE), 0),
         time_limit=opt(data, "time_limit", parse_time_limit, None),
@@ -333,7 +337,11 @@ def parse_spec(
         slurm=check_slurm_section(data.get("slurm"), source),
         preemptible=opt(data, "preemptible", _bool, False),
         deadline=opt(data, "deadline", lambda v, **kw: parse_deadline(v, now=now, **kw), None),
+        spot_insist=opt(data, "spot_insist", _bool, False),
     )
+    if spec.spot_insist and not spec.resources.use_spot:
+        raise SpecError("spot_insist", True, "spot_insist: true needs spot allowed; drop it or resources.use_spot: false",
+                        source, problem="true contradicts resources.use_spot: false")
     if spec.singleton and not spec.name:
         raise SpecError("depends_on", "singleton", "a job name too (`name:` or --name): singleton means one job of"
                         " this name and user at a time", source, problem="'singleton' needs a job name")
@@ -436,6 +444,28 @@ def apply_flags(
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+# The Docker reference grammar (distribution/reference); agents/hybridctl_agent/container.py checks
+# the same on the node. No part can start with '-', so no image reads as a podman option.
+_IMAGE_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?\Z"
+)
+
+
+def parse_image(value: Any, source: str = "") -> str | None:
+    """resources.image_id: `docker:IMAGE` (a container image, run under podman on a node that has
+    it) checked against the image reference grammar; any other image_id (a machine image) is
+    ignored with a warning, as before. Exit 2 on `docker:--privileged` and the like."""
+    if not isinstance(value, str) or not value.startswith("docker:"):
+        return None
+    ref = value[len("docker:"):]
+    if len(ref) > 512 or not _IMAGE_RE.match(ref):
+        raise SpecError("resources.image_id", value, "expected docker:[registry[:port]/]name[:tag][@sha256:digest], "
+                        "e.g. docker:nvcr.io/nvidia/pytorch:24.05-py3", source)
+    return value
 
 
 def _resources(res: Mapping[str, Any], source: str, default_use_spot: bool) -> tuple[Resources, list[str]]:

@@ -322,6 +322,7 @@ def hello(answer: object, problems: list[Problem]) -> Hello:
         ("history_s", lambda v: number(v, 0.0, 86400.0 * 366), "seconds"),
         ("runtimes", runtimes, "{uv|podman|apptainer|singularity: an absolute path}"),
         ("shared_paths", shared_paths, "a list of at most 64 absolute paths"),
+        ("env_offline", flag, "true or false"),  # no package index: ship wheels (control/wheels.py)
     ):
         value = c.get(answer, name, check, accepted)
         if value is not None:

@@ -103,7 +103,8 @@ async def serve(args: argparse.Namespace) -> None:
     agent = subprocess.Popen(
         [sys.executable, "-m", "hybridctl_agent.cli", "serve", "--socket", str(sock), "--state-dir", str(state),
          "--simulate-gpus", args.gpus, "--name", args.name, "--interval", str(args.interval)]
-        + (["--orphan-timeout", str(args.orphan_timeout)] if args.orphan_timeout > 0 else []),
+        + (["--orphan-timeout", str(args.orphan_timeout)] if args.orphan_timeout > 0 else [])
+        + (["--config", str(Path(args.agent_config).resolve())] if args.agent_config else []),
         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
@@ -149,20 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0, help="agent telemetry interval (s)")
     p.add_argument("--orphan-timeout", type=float, default=0.0,
                    help="the agent exits (and so the machine ends) after this long without a request")
+    p.add_argument("--agent-config", default="", help="the agent's config file (its other settings: uv_path, ...)")
     asyncio.run(serve(p.parse_args(argv)))
     return 0
 
 
 def start(base: Path, name: str, gpus: str, authorized_keys: Path, interval: float = 1.0,
-          timeout: float = 60.0, orphan_timeout: float = 0.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start a simulated machine as a child process; return it and its node.json once ready."""
+          timeout: float = 60.0, orphan_timeout: float = 0.0,
+          agent_config: Path | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a simulated machine as a child process; return it and its node.json once ready.
+    `agent_config`: a config file for its agent (the machine sets socket, state dir, name, GPUs)."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "node.json").unlink(missing_ok=True)
     log = open(base / "node.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybridctl.sim.node", "--dir", str(base), "--name", name, "--gpus", gpus,
          "--authorized-keys", str(authorized_keys), "--interval", str(interval),
-         "--orphan-timeout", str(orphan_timeout)],
+         "--orphan-timeout", str(orphan_timeout)] + (["--agent-config", str(agent_config)] if agent_config else []),
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()

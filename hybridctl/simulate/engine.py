@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from hybridctl.core import burst
+from hybridctl.core.forecast import limit_use
 from hybridctl.core.model import (
     ClusterView,
     GpuSlot,
@@ -154,6 +155,27 @@ class Result:
         }
 
 
+class LimitUse:
+    """The share of their time limit that finished runs used (`World.limit_use`), as the
+    controller learns it (`forecast.limit_use`): the median over runs that ended by themselves,
+    from 20 runs on; before that, 1.0 (the limit)."""
+
+    def __init__(self) -> None:
+        self.shares: list[float] = []
+        self._value: float | None = 1.0
+
+    def add(self, ran: float, limit: float) -> None:
+        if limit > 0:
+            self.shares.append(ran / limit)
+            self._value = None
+
+    @property
+    def value(self) -> float:
+        if self._value is None:
+            self._value = limit_use(self.shares)
+        return self._value
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (0 for no values)."""
     if not values:
@@ -195,6 +217,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     lost_by: dict[str, float] = {}
     decide_s = 0.0
     no_spot: frozenset[tuple[int, int]] = frozenset()  # the last decision's, as the controller's scheduler keeps it
+    shares = LimitUse()
 
     def release(node: _Node, job_id: int, now: float) -> None:
         g, c, m = node.jobs.pop(job_id)
@@ -243,6 +266,8 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             if job.run != run_no or job.start is None:
                 continue
             job.end = job.start + job.tj.duration - job.saved
+            if job.tj.time_limit:
+                shares.add(job.end - job.start, job.tj.time_limit)
             for name in job.nodes:
                 release(nodes[name], job_id, t)
             job.nodes = ()
@@ -306,7 +331,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
         if limits is not None and (pending or cloud_nodes):
             c0 = time.perf_counter()
             world = _world(pending, nodes, cloud_nodes, market, strategy, t, origin, backoff,
-                           spend.get(burst.period_start(origin + t, period), 0.0), jobs, limits)
+                           spend.get(burst.period_start(origin + t, period), 0.0), jobs, limits, shares.value)
             dec = burst.decide(world, limits, policy, origin + t)
             decide_s += time.perf_counter() - c0
             no_spot = dec.no_spot
@@ -401,7 +426,7 @@ def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job],
 
 def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[_Node], market: Market,
            strategy: Strategy, t: float, origin: float, backoff: dict[str, float], spent: float,
-           jobs: dict[int, _Job], limits: burst.Limits) -> burst.World:
+           jobs: dict[int, _Job], limits: burst.Limits, limit_use: float = 1.0) -> burst.World:
     visible = [n for n in nodes.values() if n.ready <= t and not n.draining and not n.retiring]
     held = [burst.CloudNode(n.name, replace(n.offer, price_hourly=market.price(n.offer, t)), origin + n.launched,  # type: ignore[arg-type]
                             up=n.ready <= t, idle_since=(origin + n.idle_since) if n.idle_since is not None and n.ready <= t else None,
@@ -414,7 +439,7 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         for job_id, (g, c, m) in n.jobs.items():
             j = jobs[job_id]
             if j.tj.time_limit and j.start is not None:
-                freeing.append(burst.Freeing(n.name, g, c, m, origin + j.start + j.tj.time_limit))
+                freeing.append(burst.Freeing(n.name, g, c, m, origin + j.start + j.tj.time_limit, origin + j.start))
     runtime = {}
     ckpt = {}
     deadlines = {}
@@ -433,5 +458,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         [_task(j, origin) for j in pending.values()], _cluster(visible, nodes.values(), jobs, origin, t), held, offers,
         {(j.tj.id, 0): origin + j.pending_since for j in pending.values()},
         {p: until for p, until in backoff.items() if until > origin + t}, spent, freeing,
-        runtime, ckpt, deadlines, frozenset(insist),
+        runtime, ckpt, deadlines, frozenset(insist), limit_use=limit_use,
     )

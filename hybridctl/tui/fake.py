@@ -159,8 +159,10 @@ class FakeApi:
     def op_ping(self) -> dict[str, Any]:
         return {"user": self.user, "uid": 1001, "admin": self.admin, "schema": 1}
 
-    def op_nodes(self) -> list[dict[str, Any]]:
-        return self.nodes
+    def op_nodes(self, cache: bool = False) -> list[dict[str, Any]]:
+        if cache:  # `nodes --cache`: a node's items are its `cache_items` key, when a test sets one
+            return [{**n, "cache_items": n.get("cache_items", [])} for n in self.nodes]
+        return [{k: v for k, v in n.items() if k != "cache_items"} for n in self.nodes]
 
     def op_queue(self, all: bool = False, user: str | None = None, states: list[str] = (),  # type: ignore[assignment]
                  finished: bool = False) -> list[dict[str, Any]]:

@@ -13,18 +13,13 @@ from pathlib import Path
 import pytest
 
 from hybridctl.control import checkpoints as ck
+from hybridctl.control.restore import restore_to
 from hybridctl.core import wire
 from hybridctl_agent import stage
+from tests.agent.chunks_kit import StagingAgent, write as _write
 
 CH = ck.CHUNK_SIZE
 SIZE = 16 * CH + 12345  # 17 chunks, the last one short
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # as torch.save + rename would: a new inode
 
 
 def _agent_pull(tmp: Path, have: dict, hashes: dict, cached: dict | None = None,
@@ -192,41 +187,6 @@ def test_a_node_naming_chunks_the_store_does_not_hold_is_refused(tmp_path: Path)
 # ---- restore onto a node holding an older copy ----------------------------------------------------
 
 
-class StagingAgent:
-    """The agent's side of the transfer ops, as ops.py calls them: a real Staging (its stage.py
-    processes, its hash cache) in `state`, running as the current user."""
-
-    def __init__(self, state: Path, after_hashing=None) -> None:
-        from hybridctl_agent.staging import Staging
-        from hybridctl_agent import ops
-
-        self.staging = Staging(str(state), None)
-        self.ops = ops
-        self.after_hashing = after_hashing
-        self.calls: list[dict] = []
-
-    async def call(self, op: str, timeout: float = 0, **req):
-        self.calls.append(dict(req, op=op))
-        if op == "stage_pull":
-            chunks = self.ops._chunks(req)
-            res = await self.staging.pull(req["kind"], req["key"], req.get("have") or {}, req.get("copy", True),
-                                          None, chunks)
-            if chunks is not None and not req.get("copy", True) and self.after_hashing:
-                self.after_hashing()
-            return res
-        if op == "stage_open":
-            token, path = self.staging.open()
-            return {"token": token, "path": str(path)}
-        if op == "stage_done":
-            self.staging.close(req["token"])
-            return {}
-        if op == "stage_push":
-            who = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
-            return await self.staging.push(req["kind"], req["key"], who, req["token"], req["files"],
-                                           self.ops._patch(req, req["files"]), self.ops._chunks(req))
-        raise AssertionError(op)
-
-
 def _stored(tmp: Path, files: dict[str, bytes]) -> Path:
     """The controller's copy of job 9's checkpoint, pulled from node A with chunk hashes."""
     a = StagingAgent(tmp / "A")
@@ -245,12 +205,12 @@ def test_a_restore_sends_only_the_chunks_the_node_lacks_and_the_result_is_exact(
     for rel, data in old.items():
         _write(tmp_path / "B" / "checkpoints" / "9" / rel, data)
     b = StagingAgent(tmp_path / "B")
-    sent, kept, moved = asyncio.run(ck.restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
+    sent, kept, moved = asyncio.run(restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
     assert sent == ["opt/state", "w.bin"] and kept == []
     assert moved == CH + (2 * CH + 7)  # chunk 1, and chunks 8-10 that B lacks; opt/state: nothing
     for rel, data in new.items():
         assert (tmp_path / "B" / "checkpoints" / "9" / rel).read_bytes() == data
-    again = asyncio.run(ck.restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
+    again = asyncio.run(restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
     # now held exactly as the store last saw it there: nothing moves
     assert (again[0], sorted(again[1]), again[2]) == ([], ["opt/state", "w.bin"], 0)
 
@@ -266,7 +226,7 @@ def test_a_copy_changed_after_hashing_gets_the_whole_file_not_a_wrong_patch(tmp_
             f.write(b"\0" * 100)
 
     b = StagingAgent(tmp_path / "B", after_hashing=scribble)
-    sent, _kept, moved = asyncio.run(ck.restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
+    sent, _kept, moved = asyncio.run(restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
     assert sent == ["w.bin"] and moved == CH + 4 * CH  # the patch refused, then the whole file
     assert path.read_bytes() == new["w.bin"]
 
@@ -295,7 +255,7 @@ def test_a_pushed_copy_is_not_read_again_to_be_hashed(tmp_path: Path) -> None:
     store = _stored(tmp_path, new)
     (tmp_path / "B").mkdir()
     b = StagingAgent(tmp_path / "B")
-    asyncio.run(ck.restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
+    asyncio.run(restore_to(b, ck.LocalFiles(), "9.a0.r0", store, "B", {}))
     where = str(tmp_path / "B" / "checkpoints") + "/9"
     cached = b.staging.hashes[where]["w.bin"]
     assert cached[4] == ck._hashes(ck._manifest(store)["w.bin"])

@@ -10,55 +10,22 @@ import pwd
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Callable
 
 import pytest
 
-from hybridctl_agent import envs
 from hybridctl_agent.client import AgentCallError
-from hybridctl_agent.slurmjob import runnable_by_all
 from tests.conftest import require
 
 from tests.agent.agent_harness import AgentProc
 from tests.agent.world_kit import launch, log, no_orphan_preparations  # noqa: F401 - autouse
 from tests.agent.tiny_wheel import make_wheel
-
-UV = envs.find_uv(None, os.environ.get("PATH", ""))
+from tests.agent.env_kit import PY, UV, uv_for_all, world  # noqa: F401 - fixture
 
 
 @pytest.fixture(autouse=True)
 def _uv() -> None:
     require(UV is not None, "uv is not installed (pip install uv; the dev extra has it)")
-
-PY = "import hctiny, os, sys; print(hctiny.VERSION, os.environ['VIRTUAL_ENV'] == sys.prefix)"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Path:
-    """A world-readable directory with a wheelhouse (hctiny 1.0) and a requirements file."""
-    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"hcenv-{os.getpid()}-{tmp_path.name}"
-    base.mkdir(mode=0o755)
-    make_wheel(base / "wheels")
-    (base / "requirements.txt").write_text("hctiny==1.0\n")
-    for p in (base, base / "wheels", *base.rglob("*")):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def uv_for_all(world: Path) -> str:
-    """uv where every job's user may run it: the test's own (in a venv under a checkout that
-    may be private, as CI's is) or a copy in the world-readable `world`."""
-    assert UV is not None
-    if runnable_by_all(os.path.realpath(UV)):
-        return UV
-    copy = world / "bin" / "uv"
-    if copy.exists():
-        return str(copy)
-    copy.parent.mkdir(mode=0o755)
-    shutil.copy2(UV, copy)
-    os.chmod(copy, 0o755)
-    return str(copy)
 
 
 @pytest.fixture

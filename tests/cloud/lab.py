@@ -27,14 +27,21 @@ class CloudLab:
 
     def __init__(self, base: Path, burst: dict[str, Any], simulated: dict[str, Any] | None = None,
                  cloud: dict[str, Any] | None = None, fleet: dict[str, Any] | None = None,
-                 recovery: dict[str, Any] | None = None) -> None:
+                 recovery: dict[str, Any] | None = None, agent: dict[str, Any] | None = None) -> None:
+        """`agent`: settings of every machine's agent, prem1's and the cloud's (uv_path, ...)."""
         self.base = base
         self.key = client_key(base / "keys")
         self.cloud_dir = base / "sim"
         catalog = base / "offers.yaml"
         catalog.write_text(yaml.safe_dump(CATALOG))
+        agent_file = None
+        if agent:
+            agent_file = base / "agent.json"
+            agent_file.write_text(json.dumps(agent))
+            simulated = {"agent_config": agent, **(simulated or {})}
         self.prem: subprocess.Popen[bytes] | None = None
-        self.prem, info = simnode.start(base / "prem1", "prem1", "1:A100", Path(f"{self.key}.pub"), interval=0.5)
+        self.prem, info = simnode.start(base / "prem1", "prem1", "1:A100", Path(f"{self.key}.pub"), interval=0.5,
+                                        agent_config=agent_file)
         config = {
             "scheduler": {"tick_seconds": 0.5},
             "fleet": {"poll_interval": 0.5, "unreachable_after": 10.0, "lost_after": 60.0, **(fleet or {})},

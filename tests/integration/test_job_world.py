@@ -5,32 +5,19 @@ same job file on the same node builds nothing, runs no setup and moves no byte."
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import require
-from tests.integration.harness import ControllerProc, make_controller
-from tests.integration.nodes import LabNode
+from tests.integration.world_lab import CREDS, ended, lab
 from tests.waiting import wait_for
-
-AGENTS = str(Path(__file__).resolve().parents[2] / "agents")
-if AGENTS not in sys.path:
-    sys.path.insert(0, AGENTS)
 
 from hybridctl_agent.envs import find_uv  # noqa: E402
 from tests.agent.tiny_wheel import make_wheel  # noqa: E402
 
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-         "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-2"}
 UV = find_uv(None, os.environ.get("PATH", ""))
 pytestmark = pytest.mark.needs_sshd
 
@@ -38,55 +25,6 @@ pytestmark = pytest.mark.needs_sshd
 @pytest.fixture(autouse=True)
 def _uv() -> None:
     require(UV is not None, "uv is not installed (pip install uv; the dev extra has it)")
-
-
-class WorldNode(LabNode):
-    """A lab node whose agent has a wheelhouse, uv and an S3 endpoint configured."""
-
-    config: dict[str, Any] = {}
-
-    def start_agent(self) -> None:
-        cfg = self.base / "agent.json"
-        cfg.write_text(json.dumps(self.config))
-        log = open(self.base / "agent.log", "ab")
-        self.agent = subprocess.Popen(
-            [sys.executable, "-m", "hybridctl_agent.cli", "serve", "--socket", str(self.socket), "--state-dir",
-             str(self.state_dir), "--simulate-gpus", self.gpus, "--name", self.name, "--interval", "0.5",
-             "--config", str(cfg)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **CREDS, "PYTHONPATH": AGENTS},
-        )
-        log.close()
-        wait_for(self.socket.exists, 30, what=f"agent socket of {self.name}")
-
-
-@contextlib.contextmanager
-def lab(tmp_path: Path, agent_config: dict[str, Any]) -> Iterator[tuple[ControllerProc, WorldNode]]:
-    """A controller and one 1-GPU node (`solo`: real sshd, a real agent with `agent_config`), added."""
-    from tests.integration.sshd import Sshd, keygen, require_sshd
-
-    require_sshd()
-    key = keygen(tmp_path / "id_ed25519")
-    node = WorldNode("solo", tmp_path / "solo", "1:T4", Sshd(tmp_path / "solo" / "sshd", key))
-    node.config = agent_config
-    ctl = make_controller(tmp_path / "ctl", {"scheduler": {"tick_seconds": 1.0}, "fleet": {"poll_interval": 0.5}})
-    try:
-        node.sshd.start()
-        node.start_agent()
-        ctl.start()
-        assert ctl.cli(*node.add_args(key), timeout=120).returncode == 0
-        yield ctl, node
-    finally:
-        ctl.stop()
-        node.stop()
-
-
-def ended(ctl: ControllerProc, job: str) -> dict[str, Any]:
-    def probe() -> Any:
-        t = ctl.cli_json("show", job)["tasks"][0]
-        return t if t["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None
-
-    return wait_for(probe, 120, what=f"job {job} to end")
 
 
 def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, moto_server: str) -> None:
@@ -159,21 +97,108 @@ def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, moto_server: 
 
 
 def test_an_image_job_is_refused_at_submit_when_no_node_has_a_container_runtime(tmp_path: Path) -> None:
-    """This machine has neither podman nor apptainer: the node's hello says so, and a SkyPilot
-    task with `image_id: docker:...` is refused with the reason instead of waiting forever."""
-    import shutil
-
-    if any(shutil.which(r, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-           for r in ("podman", "apptainer", "singularity")):
-        pytest.skip("this machine has a container runtime: the refusal cannot happen here")
+    """The node's jobs see no podman, apptainer or singularity (its job_path is an empty directory,
+    whatever this machine has installed): its hello says so, and a SkyPilot task with
+    `image_id: docker:...` is refused with the reason instead of waiting forever."""
     job = tmp_path / "task.yaml"
     job.write_text("resources:\n  image_id: docker:nvcr.io/nvidia/pytorch:24.01-py3\nrun: nvidia-smi\n")
-    with lab(tmp_path, {}) as (ctl, _node):
+    (tmp_path / "nobin").mkdir()
+    with lab(tmp_path, {"job_path": str(tmp_path / "nobin")}) as (ctl, _node):
         # the fleet's session has said hello once telemetry shows (before that nothing is refused)
         wait_for(lambda: ctl.cli_json("nodes")[0]["telemetry"], 30, what="the node's session")
         res = ctl.cli("submit", str(job))
         assert res.returncode != 0 and res.stdout == ""
-        assert ("job refused: image_id docker:nvcr.io/nvidia/pytorch:24.01-py3 needs podman, apptainer or "
-                "singularity on a node, and none of the 1 node(s) has one") in res.stderr, res.stderr
+        assert ("job refused: image_id docker:nvcr.io/nvidia/pytorch:24.01-py3 needs podman on a node, and "
+                "none of the 1 node(s) has it") in res.stderr, res.stderr
         plain = ctl.cli("submit", "--", "true")
         assert plain.returncode == 0, plain.stderr
+
+
+def test_an_offline_node_builds_from_the_wheels_the_controller_ships(tmp_path: Path) -> None:
+    """The node says it has no package index (`env_offline`) and has no wheelhouse of its own; the
+    controller's wheelhouse (`environments.wheelhouse`) ships it the wheels the job's environment
+    needs, and only those, into its data cache; uv builds offline from them. A second run sends
+    nothing."""
+    house = tmp_path / "house"  # the controller's: the node never sees this path
+    top = make_wheel(house, "hctiny", "1.0", body="import hcdep\n", requires=("hcdep>=2",))
+    dep = make_wheel(house, "hcdep", "2.0")
+    other = make_wheel(house, "hcother", "1.0")
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "requirements.txt").write_text("hctiny==1.0\n")
+    (world / "job.yaml").write_text(
+        "environment:\n  requirements: requirements.txt\n"
+        "run: python -c 'import hctiny, hcdep, os, sys; print(hctiny.VERSION, sys.prefix == os.environ[\"VIRTUAL_ENV\"])'\n")
+    with lab(tmp_path, {"env_offline": True, "uv_path": UV},
+             {"environments": {"wheelhouse": str(house)}}) as (ctl, node):
+        stderr = []
+        for _ in range(2):
+            job = ctl.cli("submit", str(world / "job.yaml"), check=True).stdout.strip()
+            t = ended(ctl, job)
+            err = ctl.cli("logs", job, "--stderr").stdout
+            assert t["state"] == "SUCCEEDED", (t, err)
+            assert ctl.cli("logs", job, check=True).stdout.split("\n")[0] == "1.0 True"
+            stderr.append(err)
+        assert "--offline --no-index --find-links" in stderr[0] and "built in" in stderr[0]
+        assert "reused" in stderr[1]
+        objects = {p.name for p in (node.state_dir / "cache" / "objects").iterdir()}
+        sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (top, dep, other)}
+        assert sha[top] in objects and sha[dep] in objects and sha[other] not in objects
+        lines = [ln.split("wheels for its environment on ")[1] for p in (tmp_path / "ctl").rglob("*.log")
+                 for ln in p.read_text(errors="replace").splitlines() if "wheels for its environment" in ln]
+        assert lines == [f"solo (offline), sent {top.stat().st_size + dep.stat().st_size} bytes",
+                         "solo (offline), sent 0 bytes"], lines
+
+
+def test_an_online_node_gets_no_wheels(tmp_path: Path) -> None:
+    """Without env_offline the node uses its own index or wheelhouse: the controller sends nothing."""
+    house = tmp_path / "house"
+    make_wheel(house, "hctiny", "1.0")
+    node_house = tmp_path / "nodehouse"
+    make_wheel(node_house, "hctiny", "1.0")
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "requirements.txt").write_text("hctiny==1.0\n")
+    (world / "job.yaml").write_text("environment:\n  requirements: requirements.txt\nrun: python -c 'import hctiny'\n")
+    with lab(tmp_path, {"env_wheelhouse": str(node_house), "uv_path": UV},
+             {"environments": {"wheelhouse": str(house)}}) as (ctl, node):
+        job = ctl.cli("submit", str(world / "job.yaml"), check=True).stdout.strip()
+        assert ended(ctl, job)["state"] == "SUCCEEDED"
+        sha = hashlib.sha256((house / "hctiny-1.0-py3-none-any.whl").read_bytes()).hexdigest()
+        assert not (node.state_dir / "cache" / "objects" / sha).exists()
+        assert os.path.isdir(node.state_dir / "envs")
+
+
+def test_wheels_the_controller_downloaded_once_build_an_offline_node(tmp_path: Path) -> None:
+    """`environments.download`: with no wheelhouse, the controller fetches the wheels an offline
+    node's environment names (and their dependencies) from an index, here a real HTTP index on
+    127.0.0.1, once; the next run asks the index nothing and sends nothing."""
+    from tests.agent.tiny_wheel import WheelIndex
+
+    pypi = tmp_path / "pypi"
+    make_wheel(pypi, "hctiny", "1.0", body="import hcdep\n", requires=("hcdep",))
+    make_wheel(pypi, "hcdep", "2.0")
+    index = WheelIndex(pypi)
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "requirements.txt").write_text("hctiny==1.0\n")
+    (world / "job.yaml").write_text("environment:\n  requirements: requirements.txt\n"
+                                    "run: python -c 'import hctiny; print(hctiny.VERSION)'\n")
+    try:
+        with lab(tmp_path, {"env_offline": True, "uv_path": UV},
+                 {"environments": {"download": True, "index_url": index.url}}) as (ctl, node):
+            asked = []
+            for _ in range(2):
+                job = ctl.cli("submit", str(world / "job.yaml"), check=True).stdout.strip()
+                t = ended(ctl, job)
+                assert t["state"] == "SUCCEEDED", (t, ctl.cli("logs", job, "--stderr").stdout)
+                assert ctl.cli("logs", job, check=True).stdout.split("\n")[0] == "1.0"
+                asked.append(len(index.requests))
+            assert asked[0] > 0 and asked[1] == asked[0], index.requests  # downloaded once
+            got = sorted(p.name for p in (tmp_path / "ctl" / "home" / "wheels").iterdir())
+            assert got == ["hcdep-2.0-py3-none-any.whl", "hctiny-1.0-py3-none-any.whl"]
+            lines = [ln.split("wheels for its environment on ")[1] for p in (tmp_path / "ctl").rglob("*.log")
+                     for ln in p.read_text(errors="replace").splitlines() if "wheels for its environment on" in ln]
+            assert lines[1] == "solo (offline), sent 0 bytes", lines
+    finally:
+        index.close()

@@ -183,3 +183,105 @@ def test_a_paced_budget_running_out_drains_busy_nodes_without_killing_them() -> 
     d = decide(World([task()], ClusterView((busy(),)), [busy_node], [SPOT, OD], spent=90.0), lim, Policy(), NOW)
     assert [s.node for s in d.drain] == ["c1"] and d.scale_down == () and d.launches == ()
     assert "given back when its jobs end" in d.drain[0].reason
+
+
+def test_expected_end_puts_a_time_limited_run_at_its_median_share_of_the_limit() -> None:
+    from hybridctl.core.forecast import expected_end
+
+    start, end = NOW - 3600, NOW - 3600 + 10 * 3600  # started 1 h ago, 10 h limit
+    assert expected_end(start, end, 1.0, NOW) == end
+    assert expected_end(start, end, 0.2, NOW) == start + 2 * 3600
+    # Outlived its expected end: halfway from now to its limit, never before now.
+    assert expected_end(start, end, 0.05, NOW) == (NOW + end) / 2
+    assert expected_end(start, NOW - 60, 0.5, NOW) == NOW
+
+
+def _limited_run(use: float, reserve: bool) -> World:
+    """The only on-prem node runs an 8-GPU job started 1 h ago with a 10 h limit; runs of that
+    kind use `use` of their limit. `reserve`: the scheduler sees the run too (reservation start)."""
+    from hybridctl.core.model import RunningTask
+
+    key = (1, 0)
+    free = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 9 * 3600, start=NOW - 3600)]
+    run = (RunningTask(9, 0, "v", 0, "a1", tuple(range(8)), 16, 0, NOW - 3600, NOW + 9 * 3600),)
+    cluster = ClusterView((busy(),), running=run if reserve else ())
+    return World([task()], cluster, offers=[SPOT, OD], freeing=free, runtime={key: 2 * 3600.0},
+                 checkpoint_every={key: 600.0}, limit_use=use)
+
+
+@pytest.mark.parametrize("reserve", [False, True])
+def test_limit_use_puts_limited_runs_at_their_expected_end_in_wait_or_pay(reserve: bool) -> None:
+    lim = replace(NEW, wait_value_usd=2.0, limit_use_forecast=True)
+    # At its limit the node frees in 9 h: waiting (9 h x 8 GPUs x $2) costs more than spot does.
+    assert len(decide(_limited_run(1.0, reserve), lim, Policy(), NOW).launches) == 1
+    # Such runs use a fifth of their limit: it frees in 1 h, and the task waits for it.
+    d = decide(_limited_run(0.2, reserve), lim, Policy(), NOW)
+    assert d.launches == () and any("wait on-prem" in n for n in d.notes)
+    # Off (the default): runs are put at their limit whatever the world says.
+    off = replace(lim, limit_use_forecast=False)
+    assert len(decide(_limited_run(0.2, reserve), off, Policy(), NOW).launches) == 1
+
+
+SAFE = Offer("sim", "a100x8", "r2", "r2c", "A100", 8, 96, 1 << 20, True, 14.0, 0.005)
+
+
+def test_a_job_that_would_lose_much_goes_to_the_spot_pool_with_the_lowest_stated_rate() -> None:
+    from hybridctl.core.offers import Market
+
+    key = (1, 0)
+    res = task().resources
+    market = Market([SPOT, SAFE, OD], {}, NOW)
+    spot, _od, _ = market.fitting(res)
+    assert market.safest(res, spot) == SAFE
+    assert market.safest(res, [SPOT]) == SPOT
+    assert market.safest(res, []) is None
+    # 12 h without checkpoints: at the cheapest pool's 0.06/h it would lose too much (on-demand
+    # before), at the safest pool's 0.005/h about 3 %, for less than on-demand.
+    d = decide(world(task(), offers=(SPOT, SAFE, OD), runtime={key: 12 * 3600.0}), NEW, Policy(), NOW)
+    assert [r.offer for r in d.launches] == [SAFE] and d.launches[0].why.startswith("spot: expected loss")
+    assert key not in d.no_spot
+    # Without a safe pool it still goes on-demand.
+    d = decide(world(task(), offers=(SPOT, OD), runtime={key: 12 * 3600.0}), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [False] and key in d.no_spot
+
+
+def test_a_bending_pace_raises_the_bar_for_non_deadline_launches_as_spend_runs_ahead() -> None:
+    """Wednesday noon of a $7000 week (pace_ahead 0.5, 20 % kept for deadlines): on pace is $2000
+    committed, the hard cap $4800. Between them a launch must save waiting worth 1/(1 - x) times
+    its price, x the share of that band used; the hard cap still refuses at the top."""
+    key = (1, 0)
+    late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
+    kw = dict(runtime={key: 3600.0}, checkpoint_every={key: 600.0}, freeing=late)
+    lim = replace(NEW, budget_usd=7000.0, budget_period="week", pace_budget=True, pace_ahead=0.5,
+                  deadline_reserve=0.2, wait_value_usd=0.15)  # 20 h x 8 GPUs: waiting costs $24, ~2x spot's $12
+    bend = replace(lim, pace_bend=True)
+    assert len(decide(world(task(), spent=3500.0, **kw), lim, Policy(), NOW).launches) == 1  # the hard wall only
+    d = decide(world(task(), spent=3500.0, **kw), bend, Policy(), NOW)  # x ~ 0.54: the bar is ~2.2x
+    assert d.launches == () and any("budget pacing" in n for n in d.notes)
+    assert len(decide(world(task(), spent=1900.0, **kw), bend, Policy(), NOW).launches) == 1  # on pace: no bar
+    dear_wait = replace(bend, wait_value_usd=0.75)  # waiting costs ~10x the price: still worth it
+    assert len(decide(world(task(), spent=3500.0, **kw), dear_wait, Policy(), NOW).launches) == 1
+    # A deadline is never held back by the bar.
+    d = decide(world(task(), spent=3500.0, deadlines={key: NOW + 2 * 3600}, **kw), bend, Policy(), NOW)  # type: ignore[arg-type]
+    assert len(d.launches) == 1
+
+
+def test_what_starts_now_is_what_the_scheduler_starts_at_the_limits() -> None:
+    """Runs put at their expected ends move reservation starts earlier; the pass must not take a
+    task the scheduler backfills now (it holds to the limits) for one that cannot start and rent
+    for it. Half the node runs 1 h into a 10 h limit; the 8-GPU job A is reserved for when it
+    ends, and the 4-GPU, 3 h job B starts beside it now (at the limit A's start is 9 h away)."""
+    from hybridctl.core.model import RunningTask
+
+    half = NodeView("a1", tuple(GpuSlot(i, "NVIDIA A100-SXM4-80GB", free=i >= 4) for i in range(8)), 128, 64,
+                    1 << 20, 1 << 19, NodeState.UP)
+    run = (RunningTask(9, 0, "v", 0, "a1", (0, 1, 2, 3), 8, 0, NOW - 3600, NOW + 9 * 3600),)
+    free = [Freeing("a1", (0, 1, 2, 3), 8, 0, NOW + 9 * 3600, start=NOW - 3600)]
+    a = replace(task(1), priority=10)
+    b = replace(task(2, gpus=4), runtime_s=3 * 3600.0)
+    w = World([a, b], ClusterView((half,), running=run, now=NOW), offers=[SPOT, OD, SMALL], freeing=free,
+              runtime={(1, 0): 3600.0, (2, 0): 3 * 3600.0}, checkpoint_every={(1, 0): 600.0, (2, 0): 600.0},
+              limit_use=0.2)
+    d = decide(w, replace(NEW, wait_value_usd=2.0, limit_use_forecast=True), Policy(), NOW)
+    assert all((2, 0) not in r.tasks for r in d.launches)
+    assert not any("wait on-prem" in n for n in d.notes)  # B is not a candidate at all: it starts now

@@ -83,25 +83,27 @@ def test_bad_file_mounts_name_the_field(given: object, words: str) -> None:
 # ---- image_id (core/environment.image_refusal) -----------------------------------------------------
 
 
-def test_a_docker_image_id_is_kept_and_still_warned_about() -> None:
+def test_a_docker_image_id_is_kept_and_used_and_a_machine_image_is_warned_about() -> None:
     spec, warnings = parse_spec({"run": "x", "resources": {"image_id": "docker:nvcr.io/nvidia/pytorch:24.01"}}, "j.yaml")
     assert spec.image == "docker:nvcr.io/nvidia/pytorch:24.01" and spec_from_dict(spec.to_dict()) == spec
-    assert "resources.image_id" in warnings[0]
-    assert parse_spec({"run": "x", "resources": {"image_id": "ami-123"}})[0].image is None
+    assert not any("image_id" in w for w in warnings)  # it runs in that image: nothing is ignored
+    spec, warnings = parse_spec({"run": "x", "resources": {"image_id": "ami-123"}})
+    assert spec.image is None and "resources.image_id" in warnings[0] and "no machine image is booted" in warnings[0]
 
 
-@pytest.mark.parametrize("runtimes, refused", [
-    ({}, False),  # no node heard from yet: nothing to judge by
-    ({"n1": {"uv": "/usr/bin/uv"}, "n2": {}}, True),
-    ({"n1": {"uv": "/usr/bin/uv"}, "n2": {"apptainer": "/usr/bin/apptainer"}}, False),
-    ({"n1": {"podman": "/usr/bin/podman"}}, False),
+@pytest.mark.parametrize("runtimes, cloud, refused", [
+    ({}, (), False),  # no node heard from yet: nothing to judge by
+    ({"n1": {"uv": "/usr/bin/uv"}, "n2": {}}, (), True),
+    # apptainer is advertised but the agent runs images with podman only: such a job would wait forever
+    ({"n1": {"uv": "/usr/bin/uv"}, "n2": {"apptainer": "/usr/bin/apptainer"}}, (), True),
+    ({"n1": {"podman": "/usr/bin/podman"}}, (), False),
+    ({"n1": {"uv": "/usr/bin/uv"}, "n2": {}}, ("podman",), False),  # it can burst to a node that has it
 ])
-def test_an_image_job_is_refused_only_where_no_node_has_a_runtime(runtimes: dict, refused: bool) -> None:
+def test_an_image_job_is_refused_only_where_no_node_can_run_it(runtimes: dict, cloud: tuple, refused: bool) -> None:
     from hybridctl.core.environment import image_refusal
 
-    why = image_refusal("docker:x", runtimes)
+    why = image_refusal("docker:x", runtimes, cloud)
     assert (why is not None) == refused
     if refused:
-        assert why == ("image_id docker:x needs podman, apptainer or singularity on a node, and none of the 2 "
-                       "node(s) has one (see `hybridctl nodes`); install one there, or drop image_id to run on "
-                       "the nodes' own OS")
+        assert why.startswith("image_id docker:x needs podman on a node, and none of the 2 node(s) has it")
+        assert "list it in cloud.runtimes" in why

@@ -189,3 +189,16 @@ def test_cli_replays_a_csv_and_rejects_bad_input(tmp_path, capsys) -> None:  # t
     fleet.write_text("nodes:\n  - {name: a, count: 1, gpus: eight, model: X}\n")
     assert main(["simulate", str(csv_path), "--fleet", str(fleet)]) == 2
     assert "nodes[0]" in capsys.readouterr().err
+
+
+def test_limit_use_is_the_median_share_of_their_limit_finished_runs_used() -> None:
+    from hybridctl.simulate.engine import LimitUse
+
+    use = LimitUse()
+    for i in range(19):
+        use.add(0.1 + 0.01 * i, 1.0)
+    assert use.value == 1.0  # fewer than 20 finished runs: the limit itself
+    use.add(0.9, 2.0)  # 45 % of its limit
+    assert use.value == pytest.approx((0.19 + 0.2) / 2)
+    use.add(5.0, 2.0)  # ran past its limit (a grace): counts as the whole limit
+    assert use.value == pytest.approx(0.2)

@@ -117,7 +117,7 @@ def test_gpus_flag_with_file_candidates() -> None:
 
 def test_skypilot_keys_are_accepted_with_what_hybridctl_does() -> None:
     data = {"run": "x", "volume_mounts": [], "service": {"readiness_probe": "/"}, "_metadata": {"a": 1},
-            "resources": {"image_id": "docker:x", "spot_recovery": "FAILOVER", "_requires_fuse": True}}
+            "resources": {"image_id": "ami-0123456789abcdef0", "spot_recovery": "FAILOVER", "_requires_fuse": True}}
     spec, warnings = parse_spec(data, "t.yaml")
     (line,) = warnings
     assert "volume_mounts (not mounted" in line and "`sky serve up`" in line

@@ -357,7 +357,7 @@ def test_skypilot_keys_give_one_warning() -> None:
         "job.yaml: ignoring SkyPilot keys hybridctl does not act on: "
         "volumes (not mounted: the job sees its node's own filesystem); "
         "resources.ports (not opened: the job's ports are reachable as far as its node's network allows); "
-        "resources.image_id (no machine image is booted; a docker: image needs a node with podman, apptainer or singularity)"
+        "resources.image_id (no machine image is booted; only a docker:IMAGE is used (the job runs in it under podman))"
     ]
     assert parse_spec(data)[1][0].startswith("ignoring SkyPilot keys")
 

@@ -1,6 +1,7 @@
 """Node: one row per GPU (util, memory, heat, power, health, holder), the highlighted GPU's history
-charts, and nvitop's process table with foreign processes flagged. Enter on a GPU opens it, Enter
-on a process opens its job."""
+charts, nvitop's process table with foreign processes flagged, and what the node's content cache
+holds (environments, data; what cache-aware placement reads). Enter on a GPU opens it, Enter on a
+process opens its job."""
 
 from __future__ import annotations
 
@@ -81,6 +82,41 @@ def active_allocations(state: State) -> dict[tuple[str, int], list[dict]]:
     return allocations(active if isinstance(active, list) else None)
 
 
+CACHE_QUERY = Request.of("cache", "nodes", every=5, cache=True)
+"""Every node's cache items (`nodes --cache`), for the node screen: read every 5th refresh (the
+largest 200 per node; they change only when a job brings new data or an env is built)."""
+CACHE_LINES = 4
+"""Cache items the node screen lists (largest first); `hybridctl nodes --cache` lists them all."""
+
+
+def cache_text(n: dict, items: list[dict] | None) -> Text | None:
+    """'cache 1.3 GB of 53.7 GB: 1 env 1.0 GB, 3 data objects 300 MB' and the largest items,
+    one a line (kind, content id, size); None when the node's agent reports no cache."""
+    c = n.get("cache")
+    if not isinstance(c, dict):
+        return None
+    from hybridctl.core.locality import size_text
+
+    used = (c.get("object_bytes") or 0) + (c.get("env_bytes") or 0)
+    t = Text()
+    t.append("cache ", "bold")
+    t.append(size_text(used))
+    t.append(f" of {size_text(c['max_bytes'])}" if c.get("max_bytes") else " (no cap)")
+    parts = []
+    if c.get("envs"):
+        parts.append(f"{c['envs']} env{'s' if c['envs'] != 1 else ''} {size_text(c.get('env_bytes') or 0)}")
+    if c.get("objects"):
+        parts.append(f"{c['objects']} data object{'s' if c['objects'] != 1 else ''} "
+                     f"{size_text(c.get('object_bytes') or 0)}")
+    t.append(": " + ", ".join(parts) if parts else ": empty")
+    shown = sorted(items or [], key=lambda i: -(i.get("bytes") or 0))
+    for i in shown[:CACHE_LINES]:
+        t.append(f"\n  {i.get('kind', '?'):<10} {str(i.get('id', ''))[:16]:<16} {size_text(i.get('bytes') or 0):>8}")
+    if len(shown) > CACHE_LINES:
+        t.append(f"\n  … {len(shown) - CACHE_LINES} more (hybridctl nodes --cache)", "dim")
+    return t
+
+
 def node_info(n: dict, state: State, now: float) -> Text:
     t = Text()
     t.append(n["name"], "bold")
@@ -116,12 +152,14 @@ class NodeScreen(ViewScreen):
 
     def body(self) -> Iterable[Widget]:
         yield Static("loading…", id="info", classes="summary")
+        yield Static("", id="cache", classes="summary")
         yield RowTable(GPU_COLUMNS, gpu_cells, key=lambda r: str(r.index), empty="no GPUs reported", id="gpus")
         yield charts()
         yield procs_table("no GPU processes, no jobs placed")
 
     def requests(self) -> list[Request]:
-        return [ACTIVE_QUEUE]
+        n = self.host.state.node(self.node)  # its cache items only where its agent reports a cache
+        return [ACTIVE_QUEUE, CACHE_QUERY] if n is not None and n.get("cache") else [ACTIVE_QUEUE]
 
     def update_view(self, state: State) -> None:
         super().update_view(state)
@@ -131,6 +169,14 @@ class NodeScreen(ViewScreen):
             self.query_one("#info", Static).update(gone)
             return
         self.query_one("#info", Static).update(node_info(n, state, self.now()))
+        listed = state.get(CACHE_QUERY.key)
+        mine = next((x.get("cache_items") for x in listed if x.get("name") == self.node), None) \
+            if isinstance(listed, list) else None
+        cache = cache_text(n, mine)
+        box = self.query_one("#cache", Static)
+        box.display = cache is not None
+        if cache is not None:
+            box.update(cache)
         allocs = active_allocations(state)
         gpus = self.query_one("#gpus", RowTable)
         gpus.set_rows(gpu_rows(n, state.history, allocs))

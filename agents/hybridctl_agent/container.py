@@ -1,0 +1,378 @@
+"""Image jobs (`image_id: docker:IMAGE`) under rootful podman, driven by the job's supervisor.
+
+The supervisor stays root and execs `podman run --rm` in the job's cgroup instead of switching
+to the job's user and exec'ing bash; the container then runs the same job.sh as that user:
+
+- `--user uid:gid` plus `--group-add` for each supplementary group, `--security-opt
+  no-new-privileges`, `--cap-drop all`: an image whose /etc/passwd says uid N is root, or a
+  setuid-root binary in the image, gives the job no power it lacks on the host.
+- `--network host`; only the job's GPUs (CDI names `nvidia.com/gpu=N` where NVIDIA's CDI spec
+  exists, else the `/dev/nvidiaN` nodes plus nvidiactl and uvm).
+- The job's variables go through a memfd `--env-file`, never argv (`ps` shows argv to everyone).
+- `--cgroup-parent` is the job's cgroup, so its limits hold for the container and the
+  supervisor's kill-all (which walks child cgroups) reaches every process.
+- Host paths reach the container only through binds.bind_root (the job's user can reach them, no
+  link on the way, no home); just before exec each still names the directory checked. Left: a
+  swap in the ~0.1 s before runc's mount (runc cannot bind a `/proc/<pid>/fd/N` source). The
+  agent makes no host mounts: podman's binds exist only in the container's mount namespace.
+- Images are pulled once per node, under a per-image flock in `<state_dir>/images/`.
+
+Stdlib only: the supervisor (`python -S`) imports this module.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import resource
+import subprocess
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from hybridctl_agent import jobfiles as jf
+from hybridctl_agent.binds import BindRefused, bind_root, cgroup_parent, remove_leftovers
+
+# The Docker reference grammar (distribution/reference), the same as hybridctl/core/spec.py's:
+# [domain[:port]/]path-component(/path-component)*[:tag][@algo:hex]. No component starts with
+# '-', so nothing here can be read by podman as an option.
+_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+REF_RE = re.compile(_DOMAIN + _PATH + r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?\Z")
+
+IN_SCRIPT = "/hybridctl/job.sh"
+"""Where the job script is bound in the container (read-only)."""
+_ENTRY = 'if command -v bash >/dev/null 2>&1; then exec bash "$0"; else exec sh "$0"; fi'
+"""The container's command (fixed text, never the user's): bash where the image has it, else sh."""
+NVIDIA_EXTRA = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+_NPROC_CAP = 32768
+"""podman lowers its own (conmon's) RLIMIT_NPROC to this; runc cannot raise the container's above."""
+
+
+class ContainerError(Exception):
+    """The image job cannot start; the message says why (the job's launch_failed reason)."""
+
+
+def valid_ref(ref: str) -> bool:
+    return isinstance(ref, str) and 0 < len(ref) <= 512 and bool(REF_RE.match(ref))
+
+
+def image_ref(value: str) -> str:
+    """`docker:IMAGE` (or IMAGE) -> IMAGE, checked; ContainerError if it is no image reference."""
+    ref = value[len("docker:"):] if value.startswith("docker:") else value
+    if not valid_ref(ref):
+        raise ContainerError(f"image_id {value!r} is not an image reference "
+                             "(docker:[registry[:port]/]name[:tag][@sha256:...])")
+    return ref
+
+
+def container_name(state_dir: str, key: str) -> str:
+    """`hybridctl-<agent id>-<key>`: unique per agent (as its cgroups are) and per job."""
+    digest = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:10]
+    return f"hybridctl-{digest}-{key}"
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def env_file(env: Mapping[str, str]) -> int:
+    """A memfd holding `NAME=value` lines (podman's --env-file); the caller makes it inheritable.
+    PATH is left to the image. A value with a newline cannot be carried: refused, by name."""
+    lines = []
+    for name, value in env.items():
+        if name == "PATH":
+            continue
+        if "\n" in value or "\r" in value:
+            raise ContainerError(f"envs.{name} holds a line break, which podman's env-file cannot carry")
+        lines.append(f"{name}={value}\n")
+    fd = os.memfd_create("hybridctl-env")
+    os.write(fd, "".join(lines).encode())
+    return fd
+
+
+def _cdi() -> bool:
+    for d in CDI_DIRS:
+        try:
+            for name in os.listdir(d):
+                with open(os.path.join(d, name), "rb") as fh:
+                    if b"nvidia.com" in fh.read(1 << 20):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def gpu_args(gpus: Sequence[int], cdi: Optional[bool] = None) -> List[str]:
+    """Only the job's GPUs: CDI names where NVIDIA's spec is installed, else the device nodes
+    that exist (a simulated GPU has none)."""
+    if not gpus:
+        return []
+    if _cdi() if cdi is None else cdi:
+        return [a for g in gpus for a in ("--device", f"nvidia.com/gpu={g}")]
+    nodes = [f"/dev/nvidia{g}" for g in gpus] + list(NVIDIA_EXTRA)
+    return [a for n in nodes if os.path.exists(n) for a in ("--device", n)]
+
+
+def _ulimits() -> List[str]:
+    """The job's rlimits as on the host (podman's defaults are higher than runc may set here)."""
+    out = []
+    for name, which, cap in (("nofile", resource.RLIMIT_NOFILE, None),
+                             ("nproc", resource.RLIMIT_NPROC, _NPROC_CAP)):
+        soft, hard = resource.getrlimit(which)
+        vals = [-1 if v == resource.RLIM_INFINITY else v for v in (soft, hard)]
+        if cap is not None:
+            vals = [cap if v < 0 or v > cap else v for v in vals]
+        out += ["--ulimit", f"{name}={vals[0]}:{vals[1]}"]
+    return out
+
+
+def podman_env() -> Dict[str, str]:
+    """podman's own environment: a plain PATH plus the admin's CONTAINERS_* settings."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CONTAINERS_") or k == "REGISTRY_AUTH_FILE"})
+    return env
+
+
+def pull(podman: str, ref: str, state_dir: str, log_fd: int) -> None:
+    """The image on this node, pulled once: under `<state_dir>/images/<hash>.lock`, a second job
+    naming it waits for the first pull and then finds it; `<hash>.pulled` then skips even the
+    lock (an image removed since is pulled again by `podman run --pull missing`). A failed pull
+    names the image; podman's words go to the job's stderr log."""
+    locks = os.path.join(state_dir, "images")
+    base = os.path.join(locks, hashlib.sha256(ref.encode()).hexdigest()[:32])
+    if os.path.exists(base + ".pulled"):
+        return
+    os.makedirs(locks, mode=0o700, exist_ok=True)
+    lock = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        env = podman_env()
+        if subprocess.run([podman, "image", "exists", "--", ref], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            os.close(os.open(base + ".pulled", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            return
+        started = time.monotonic()
+        done = subprocess.run([podman, "pull", "--quiet", "--", ref], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=3600)
+        if done.returncode != 0:
+            text = done.stderr.decode(errors="replace").strip()
+            os.write(log_fd, f"hybridctl: podman pull {ref} failed:\n{text}\n".encode())
+            last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
+            raise ContainerError(f"image_pull_failed: cannot pull image {ref}: {last[-500:]}")
+        os.close(os.open(base + ".pulled", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.write(log_fd, f"hybridctl: pulled image {ref} onto this node in {time.monotonic() - started:.1f} s\n".encode())
+    except subprocess.TimeoutExpired:
+        raise ContainerError(f"image_pull_failed: pulling image {ref} took over an hour") from None
+    finally:
+        os.close(lock)
+
+
+def groups_of(user: str, gid: int) -> List[int]:
+    try:
+        return sorted(set(os.getgrouplist(user, gid)))
+    except (OSError, KeyError):
+        return [gid]
+
+
+def build_argv(*, podman: str, ref: str, name: str, uid: int, gid: int, groups: Sequence[int],
+               gpus: Sequence[int], env_path: str, parent: Optional[str], script: str,
+               binds: Sequence[Tuple[str, str, bool]], workdir: str, runtime: Optional[str],
+               cdi: Optional[bool] = None) -> List[str]:
+    """The `podman run` argv, one list item per argument (never a shell string). `binds`:
+    (source, target, read-only) with sources already checked by `bind_root`."""
+    # cgroupfs: --cgroup-parent names a cgroup path (the job's), not a systemd slice
+    argv = [podman, *(["--cgroup-manager", "cgroupfs"] if parent else []), "run", "--rm", "--name", name,
+            "--label", "hybridctl.job=1",
+            "--user", f"{uid}:{gid}"]
+    for g in groups:
+        if g != gid:
+            argv += ["--group-add", str(g)]
+    argv += ["--security-opt", "no-new-privileges", "--cap-drop", "all", "--network", "host",
+             "--env-file", env_path, "--pull", "missing", "--workdir", workdir, *_ulimits()]
+    if runtime:
+        argv += ["--runtime", runtime]
+    if parent:
+        argv += ["--cgroup-parent", parent]
+    argv += gpu_args(gpus, cdi)
+    argv += ["-v", f"{script}:{IN_SCRIPT}:ro"]
+    for src, dst, ro in binds:
+        argv += ["-v", f"{src}:{dst}:{'ro' if ro else 'rw'}"]
+    argv += ["--", ref, "/bin/sh", "-c", _ENTRY, IN_SCRIPT]
+    return argv
+
+
+class Launch:
+    """What the supervisor's child execs: argv, environment, and the fds it must keep open."""
+
+    def __init__(self, argv: List[str], env: Dict[str, str], env_fd: int, keep: List[int],
+                 name: str, parent: Optional[str], podman: str) -> None:
+        self.argv, self.env, self.env_fd, self.keep = argv, env, env_fd, keep
+        self.name, self.parent, self.podman = name, parent, podman
+        self.paths: List[str] = []
+        """The bound host paths, in the order of `keep`."""
+
+    def exec(self) -> None:
+        """In the supervisor's child, as root: check the bound paths, then exec podman."""
+        why = self.same_dirs()
+        if why:
+            raise ContainerError(why)
+        os.set_inheritable(self.env_fd, True)
+        os.execve(self.argv[0], self.argv, self.env)
+
+    def same_dirs(self) -> Optional[str]:
+        """None if every bound path still names the directory that was checked, else which not."""
+        for fd, path in zip(self.keep, self.paths):
+            try:
+                a, b = os.fstat(fd), os.stat(path)
+            except OSError as exc:
+                return f"{path}: {exc.strerror}"
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                return f"{path} was replaced after it was checked"
+        return None
+
+    def close(self) -> None:
+        """Close our fds (once: a number closed twice may be another file's by then)."""
+        fds, self.keep, self.env_fd = [self.env_fd, *self.keep], [], -1
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def cleanup(self) -> None:
+        """After the job: remove its container if podman's --rm did not (podman killed), and the
+        cgroups podman left under the job's."""
+        remove_container(self.podman, self.name)
+        if self.parent:
+            remove_leftovers(self.parent)
+        self.close()
+
+
+def prepare(spec: Mapping[str, Any], jobdir: Any, cg: Any, open_log: Callable[[str], int]) -> Launch:
+    """Everything the supervisor needs to exec podman for this job (see the module docstring):
+    pull the image (its words to the job's stderr log, opened with `open_log`), check the binds,
+    write the env memfd; `cg` (the job's cgroup, or None) then also counts its child cgroups.
+    Raises ContainerError."""
+    log_fd = open_log(jf.STDERR)
+    try:
+        launch = _prepare(spec, str(jobdir), cg.paths if cg is not None else None, log_fd)
+    except BindRefused as exc:
+        raise ContainerError(str(exc)) from None
+    finally:
+        os.close(log_fd)
+    if cg is not None:
+        cg.nested = True
+        if cg.mode == "cgroup-v2":  # untested here (hybrid v1 host): the job's processes in a leaf
+            os.makedirs(os.path.join(cg.path, "client"), mode=0o755, exist_ok=True)
+    return launch
+
+
+def _prepare(spec: Mapping[str, Any], jobdir: str, cg_paths: Optional[Mapping[str, str]], log_fd: int) -> Launch:
+    env = {str(k): str(v) for k, v in spec["env"].items()}
+    if spec.get("gpus"):  # the container sees only its GPUs, numbered from 0 (HYBRIDCTL_GPUS: the node's)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(spec["gpus"])))
+    script = os.path.join(jobdir, jf.SCRIPT)
+    image = spec["image"]
+    podman, ref = image["podman"], image_ref(image["ref"])
+    run_as = spec.get("run_as")
+    if not run_as:
+        raise ContainerError("image jobs need an agent running as root (rootful podman)")
+    uid, gid, user = run_as["uid"], run_as["gid"], run_as["user"]
+    groups = groups_of(user, gid)
+    state_dir = os.path.dirname(os.path.dirname(jobdir))
+    pull(podman, ref, state_dir, log_fd)
+    parent = cgroup_parent(cg_paths) if cg_paths else None
+    keep: List[int] = []
+    binds: List[Tuple[str, str, bool]] = []
+    env_fd = -1
+    try:
+        cwd = spec.get("cwd") or os.path.join(jobdir, "work")
+        # (path, checked): the job's and checkpoint directories sit in the agent's own (no link
+        # can stand in for them); a workdir or output dir named from outside must pass bind_root.
+        wanted = [(jobdir, False)]  # job.sh, logs, work/, the metrics file
+        ckpt = env.get("HYBRIDCTL_CHECKPOINT_DIR")
+        if ckpt:
+            wanted.append((ckpt, False))
+        if spec.get("cwd"):
+            wanted.append((cwd, True))
+        out = env.get("HYBRIDCTL_OUTPUT_DIR")  # a cloud node's output dir (or a job's own variable)
+        for path, checked in wanted + ([(out, True)] if out and out not in (jobdir, ckpt, cwd) else []):
+            try:
+                fd = bind_root(path, uid, groups) if checked else \
+                    os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except BindRefused as exc:
+                if path != out:
+                    raise
+                os.write(log_fd, f"hybridctl: HYBRIDCTL_OUTPUT_DIR is not bound into the container: {exc}\n".encode())
+                continue
+            keep.append(fd)
+            binds.append((path, path, False))
+        env_fd = env_file(env)
+        argv = build_argv(podman=podman, ref=ref, name=container_name(state_dir, os.path.basename(jobdir)),
+                          uid=uid, gid=gid, groups=groups, gpus=spec.get("gpus") or (),
+                          env_path=f"/proc/self/fd/{env_fd}", parent=parent, script=script,
+                          binds=binds, workdir=cwd, runtime=image.get("runtime"))
+    except BaseException:
+        for fd in keep + ([env_fd] if env_fd >= 0 else []):
+            os.close(fd)
+        raise
+    launch = Launch(argv, podman_env(), env_fd, keep, container_name(state_dir, os.path.basename(jobdir)),
+                    parent, podman)
+    launch.paths = [src for src, _, _ in binds]
+    return launch
+
+
+def plan_image(value: Any, *, rootless: bool, job_path: str, cgroup_v1: bool) -> Dict[str, Any]:
+    """The launch request's `image` (SkyPilot's `docker:IMAGE`) checked on this node: the
+    supervisor's `spec["image"]`, {"ref", "podman", "runtime"}. runc where the node uses cgroup
+    v1 (crun refuses hybrid hosts). ContainerError(bad_request?, message)."""
+    import shutil
+
+    if not isinstance(value, str):
+        raise ContainerError(f"job.image must be a string (docker:IMAGE), got {value!r}")
+    ref = image_ref(value)
+    if rootless:
+        raise ContainerError(f"image {ref}: image jobs need the agent to run as root (rootful podman); "
+                             "this agent is rootless")
+    podman = shutil.which("podman", path=job_path)
+    if not podman:
+        raise ContainerError(f"image {ref}: podman is not installed on this node (searched {job_path})")
+    runc = shutil.which("runc", path=job_path + ":/usr/sbin:/sbin") if cgroup_v1 else None
+    return {"ref": ref, "podman": podman, "runtime": runc}
+
+
+def remove_container(podman: str, name: str, tries: int = 5) -> Optional[str]:
+    """`podman rm --force` until the container is gone (a podman process killed with the job may
+    leave it 'Stopping' for a moment); None once gone, else podman's last words."""
+    import time
+
+    env, last = podman_env(), None
+    if subprocess.run([podman, "container", "exists", "--", name], env=env, stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 1:
+        return None  # the usual case: `run --rm` removed it
+    for i in range(tries):
+        done = subprocess.run([podman, "rm", "--force", "--ignore", "--time", "0", "--", name], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if subprocess.run([podman, "container", "exists", "--", name], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 1:
+            return None
+        last = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+        time.sleep(0.2 * (i + 1))
+    return last
+
+
+def forget(spec: Mapping[str, Any], jobdir: str, paths: Optional[Mapping[str, str]]) -> None:
+    """What a dead supervisor's image job left (called once its cgroup was killed): its
+    container, and the cgroups podman made under the job's."""
+    image = spec.get("image") or {}
+    podman = image.get("podman")
+    if podman:
+        remove_container(podman, container_name(os.path.dirname(os.path.dirname(jobdir)), os.path.basename(jobdir)))
+    if paths:
+        try:
+            remove_leftovers(cgroup_parent(paths))
+        except (BindRefused, OSError):
+            pass
