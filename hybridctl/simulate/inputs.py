@@ -44,7 +44,7 @@ def parse_fleet(data: Any, source: str) -> list[NodeGroup]:
             mem = int(float(g.get("memory_gb", 128 * max(gpus, 1))) * 1024)
         except KeyError:
             raise ConfigError(f"{where}.gpus: missing (GPUs per node, an integer)") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"{where}: count, gpus, cpus and memory_gb must be numbers ({exc})") from None
         if count < 0 or gpus < 0:
             raise ConfigError(f"{where}: count {count} / gpus {gpus}: must be >= 0")

@@ -68,14 +68,24 @@ class TraceJob:
 
 
 SIZE_CLASSES = ("1 GPU", "2-4 GPUs", "8 GPUs", "multi-node")
+MAX_TIME_S = 1e10
+"""Trace times in seconds: at most this far from 0 (about 317 years)."""
+MAX_RUN_S = 366 * 86400.0
+MAX_GPUS = 1024
+"""GPUs per node a trace row may ask for."""
+MAX_NODES = 10_000
 
 
 def _time(value: str, where: str) -> float | dt.datetime:
     v = value.strip()
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         pass
+    else:
+        if not (math.isfinite(x) and abs(x) <= MAX_TIME_S):
+            raise ConfigError(f"{where}: {value!r}; accepted: seconds from -{MAX_TIME_S:g} to {MAX_TIME_S:g}, or an ISO time")
+        return x
     try:
         t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
@@ -83,13 +93,14 @@ def _time(value: str, where: str) -> float | dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
-def _num(value: str, where: str, integer: bool = False, minimum: float = 0.0) -> float:
+def _num(value: str, where: str, integer: bool = False, minimum: float = 0.0, maximum: float = MAX_TIME_S) -> float:
     try:
         x = int(value) if integer else float(value)
     except ValueError:
         raise ConfigError(f"{where}: {value!r} is not {'an integer' if integer else 'a number'}") from None
-    if x < minimum or (not integer and not math.isfinite(x)):
-        raise ConfigError(f"{where}: {value!r} must be >= {minimum:g}")
+    if not (minimum <= x <= maximum) or (not integer and not math.isfinite(x)):
+        raise ConfigError(f"{where}: {value!r}; accepted: {'an integer' if integer else 'a number'} from {minimum:g}"
+                          f" to {maximum:g}")
     return x
 
 
@@ -135,14 +146,15 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
         tl = r.get("time_limit")
         jobs.append(TraceJob(
             id=len(jobs) + 1, user=r.get("user") or "user", submit=t,
-            gpus=int(_num(r["gpus"], f"{where}: gpus", integer=True)),
+            gpus=int(_num(r["gpus"], f"{where}: gpus", integer=True, maximum=MAX_GPUS)),
             gpu_type=r.get("gpu_type") or None,
-            duration=_num(r["duration"], f"{where}: duration", minimum=1.0),
-            nodes=int(_num(r.get("nodes") or "1", f"{where}: nodes", integer=True, minimum=1)),
+            duration=_num(r["duration"], f"{where}: duration", minimum=1.0, maximum=MAX_RUN_S),
+            nodes=int(_num(r.get("nodes") or "1", f"{where}: nodes", integer=True, minimum=1, maximum=MAX_NODES)),
             checkpoint=_num(r.get("checkpoint") or "0", f"{where}: checkpoint"),
             deadline=deadline,
             time_limit=_num(tl, f"{where}: time_limit", minimum=1.0) if tl else None,
-            priority=int(_num(r.get("priority") or "0", f"{where}: priority", integer=True, minimum=-10**9)),
+            priority=int(_num(r.get("priority") or "0", f"{where}: priority", integer=True, minimum=-10**9,
+                              maximum=10**9)),
             spot="always" if spot == "yes" else spot,
         ))
     return _rebase(jobs), origin
@@ -160,6 +172,16 @@ def _rebase(jobs: list[TraceJob]) -> list[TraceJob]:
                    for j in jobs), key=lambda j: (j.submit, j.id))
 
 
+def _slurm_limit(value: str) -> float | None:
+    """A Slurm time limit; one longer than MAX_RUN_S (an admin's 'forever') counts as none."""
+    try:
+        return _slurm_seconds(value)
+    except ValueError:
+        if value.strip().split("-", 1)[0].isdigit() and int(value.strip().split("-", 1)[0]) > 366:
+            return None
+        raise
+
+
 def _slurm_seconds(value: str) -> float | None:
     """Slurm durations: [D-]HH:MM:SS, MM:SS, or minutes; 'UNLIMITED' / empty = None."""
     v = value.strip()
@@ -171,11 +193,18 @@ def _slurm_seconds(value: str) -> float | None:
         days = int(d)
     parts = [float(p) for p in v.split(":")]
     if len(parts) == 1:
-        return days * 86400 + parts[0] * 60
+        return _bounded(days * 86400 + parts[0] * 60, 0, MAX_RUN_S)
     while len(parts) < 3:
         parts.insert(0, 0.0)
     h, m, s = parts
-    return days * 86400 + h * 3600 + m * 60 + s
+    return _bounded(days * 86400 + h * 3600 + m * 60 + s, 0, MAX_RUN_S)
+
+
+def _bounded(x: float, lo: float, hi: float) -> float:
+    """`x` if finite and in [lo, hi], else ValueError."""
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise ValueError(x)
+    return x
 
 
 def _tres_gpus(tres: str) -> tuple[int, str | None]:
@@ -184,9 +213,9 @@ def _tres_gpus(tres: str) -> tuple[int, str | None]:
     for item in tres.split(","):
         k, _, v = item.partition("=")
         if k == "gres/gpu" and v:
-            count = max(count, int(float(v)))
+            count = max(count, int(_bounded(float(v), 0, MAX_GPUS * MAX_NODES)))
         elif k.startswith("gres/gpu:") and v:
-            count = max(count, int(float(v)))
+            count = max(count, int(_bounded(float(v), 0, MAX_GPUS * MAX_NODES)))
             model = k.split(":", 1)[1]
     return count, model
 
@@ -199,7 +228,8 @@ def read_sacct(f: TextIO, source: str = "sacct") -> tuple[list[TraceJob], float 
     lines = [ln.rstrip("\n") for ln in f if ln.strip()]
     if not lines:
         raise ConfigError(f"{source}: empty file")
-    head = [h.strip().lower() for h in lines[0].split("|")]
+    head_raw = [h.strip() for h in lines[0].split("|")]
+    head = [h.lower() for h in head_raw]
     col = {h: i for i, h in enumerate(head)}
     tres_col = col.get("alloctres", col.get("reqtres"))
     for need in ("jobid", "submit", "elapsed"):
@@ -216,17 +246,26 @@ def read_sacct(f: TextIO, source: str = "sacct") -> tuple[list[TraceJob], float 
             raise ConfigError(f"{source}:{n}: {len(cells)} fields, the header has {len(head)}")
         if "." in cells[col["jobid"]]:
             continue
-        try:
-            elapsed = _slurm_seconds(cells[col["elapsed"]]) or 0.0
-            submit = dt.datetime.fromisoformat(cells[col["submit"]]).replace(tzinfo=dt.timezone.utc).timestamp()
-        except ValueError:
-            raise ConfigError(f"{source}:{n}: Submit {cells[col['submit']]!r} or Elapsed {cells[col['elapsed']]!r}"
-                              " is not a Slurm time") from None
+
+        def field(name: str, parse, accepted: str):  # type: ignore[no-untyped-def]
+            """A cell parsed, else a ConfigError naming the line, the column and the value."""
+            v = cells[col[name]] if name in col else cells[tres_col]
+            try:
+                return parse(v)
+            except (ValueError, OverflowError):
+                raise ConfigError(f"{source}:{n}: {head_raw[col[name]] if name in col else head_raw[tres_col]}:"
+                                  f" {v!r}; accepted: {accepted}") from None
+
+        slurm_time = "a Slurm duration [D-]HH:MM:SS, MM:SS or minutes, at most 366 days"
+        elapsed = field("elapsed", _slurm_seconds, slurm_time) or 0.0
+        submit = field("submit", lambda v: dt.datetime.fromisoformat(v).replace(tzinfo=dt.timezone.utc).timestamp(),
+                       "an ISO time like 2026-11-02T09:00:00")
         if elapsed <= 0:
             continue
-        gpus, model = _tres_gpus(cells[tres_col])
-        nodes = int(cells[col["nnodes"]]) if "nnodes" in col and cells[col["nnodes"]].isdigit() else 1
-        tl = _slurm_seconds(cells[col["timelimit"]]) if "timelimit" in col else None
+        gpus, model = field("tres", _tres_gpus, "cpu=N,gres/gpu[:MODEL]=N, GPUs a whole number")
+        nodes = field("nnodes", lambda v: _bounded(int(v or 1), 1, MAX_NODES), f"an integer from 1 to {MAX_NODES}") \
+            if "nnodes" in col else 1
+        tl = field("timelimit", _slurm_limit, slurm_time + ", UNLIMITED") if "timelimit" in col else None
         prio = cells[col["priority"]] if "priority" in col else ""
         jobs.append(TraceJob(
             id=len(jobs) + 1, user=cells[col["user"]] if "user" in col else "user", submit=submit,
