@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,30 +49,10 @@ from _common import say, wait_for  # noqa: E402
 
 from hybridctl.control.client import Client  # noqa: E402
 from tests.integration.harness import ControllerProc, make_controller  # noqa: E402
-from tests.integration.nodes import LabNode  # noqa: E402
 from tests.integration.sshd import Sshd, keygen, require_sshd  # noqa: E402
+from tests.integration.world_lab import ConfiguredNode  # noqa: E402
 
 SENT = re.compile(r"job (\d+)\S*: file_mounts: sent (\d+) bytes to (\S+)")
-
-
-class CappedNode(LabNode):
-    """A lab node whose agent's file_mounts cache is capped at `cache_gb`."""
-
-    cache_gb: float = 0.0
-
-    def start_agent(self) -> None:
-        cfg = self.base / "agent.json"
-        cfg.write_text(json.dumps({"cache_max_gb": self.cache_gb}))
-        log = open(self.base / "agent.log", "ab")
-        self.agent = subprocess.Popen(
-            [sys.executable, "-m", "hybridctl_agent.cli", "serve", "--socket", str(self.socket), "--state-dir",
-             str(self.state_dir), "--simulate-gpus", self.gpus, "--name", self.name, "--interval", "0.5",
-             "--config", str(cfg)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO / "agents")},
-        )
-        log.close()
-        wait_for(self.socket.exists, 30, what=f"agent socket of {self.name}")
 
 
 def make_data(root: Path, datasets: int, total_mb: int, seed: int) -> list[Path]:
@@ -108,11 +86,11 @@ def pct(xs: list[float], q: float) -> float:
 
 def run_mode(base: Path, weight: float, args: argparse.Namespace, data: list[Path], waves: list[list[int]],
              key: Path) -> dict[str, Any]:
-    nodes = [CappedNode(f"node{i:02d}", base / f"node{i:02d}", "1:T4", Sshd(base / f"node{i:02d}" / "sshd", key))
+    nodes = [ConfiguredNode(f"node{i:02d}", base / f"node{i:02d}", "1:T4", Sshd(base / f"node{i:02d}" / "sshd", key))
              for i in range(args.nodes)]
     total = sum(p.stat().st_size for d in data for p in d.iterdir())
-    for n in nodes:
-        n.cache_gb = total * args.cache_share / 1e9
+    for n in nodes:  # each agent's file_mounts cache capped at a share of all the data
+        n.config = {"cache_max_gb": total * args.cache_share / 1e9}
     ctl: ControllerProc = make_controller(base / "ctl", {
         "scheduler": {"tick_seconds": 1.0}, "fleet": {"poll_interval": 0.5},
         "locality": {"weight": weight, "onprem_bandwidth_mbps": args.bandwidth_mbps}})

@@ -127,22 +127,32 @@ def walk_to(top: int, names: List[str], create: bool, mode: int = 0o755) -> int:
     return fd
 
 
+def temp_for(top: int, rel: str) -> Tuple[int, str, str]:
+    """(directory fd, temp name, final name) of a transfer of `rel` below `top` (directories made
+    on the way): the file is written under the temp name, then renamed over the final one."""
+    names = parts(rel)
+    return walk_to(top, names[:-1], create=True), f".{names[-1]}{PART}", names[-1]
+
+
+def drop_part(dfd: int, tmp: str) -> None:
+    """Remove `tmp` in `dfd`, a leftover of a transfer cut short, if there (unlink never follows)."""
+    try:
+        os.unlink(tmp, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+
+
 def create_file(top: int, rel: str, mode: int) -> Tuple[int, int, str]:
     """Create a fresh temp file for `rel` below `top` (directories made on the way); return
     (directory fd, file fd, final name). The temp file is renamed over the name once whole."""
-    names = parts(rel)
-    dfd = walk_to(top, names[:-1], create=True)
-    tmp = f".{names[-1]}{PART}"
+    dfd, tmp, final = temp_for(top, rel)
     try:
-        try:
-            os.unlink(tmp, dir_fd=dfd)  # a leftover of a transfer cut short (unlink never follows)
-        except FileNotFoundError:
-            pass
+        drop_part(dfd, tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
     except BaseException:
         os.close(dfd)
         raise
-    return dfd, fd, names[-1]
+    return dfd, fd, final
 
 
 RENAME_EXCHANGE = 2

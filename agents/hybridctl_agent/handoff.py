@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hybridctl_agent.chunks import patch_one, send_base
 from hybridctl_agent.fdio import (DIR_FLAGS, PART, READ_FLAGS, Refused, as_job, copy_sparse, create_file,
-                                  ensure_target, open_dir, parts, recv, replace, send, walk_to)
+                                  drop_part, ensure_target, open_dir, parts, recv, replace, send, temp_for, walk_to)
 
 
 def _job_push(sock: socket.socket, top: int, handoff: int) -> None:
@@ -66,16 +66,11 @@ def _take(top: int, handoff: int, rel: str, take: str) -> Dict[str, Any]:
     Across filesystems (EXDEV) the job copies its own file instead. No byte is copied otherwise:
     a gigabyte checkpoint lands in the time of two renames."""
     try:
-        names = parts(rel)
-        dfd = walk_to(top, names[:-1], create=True)
+        dfd, tmp, final = temp_for(top, rel)
     except (OSError, Refused) as exc:
         return {"rel": rel, "error": str(exc)}
-    tmp = f".{names[-1]}{PART}"
     try:
-        try:
-            os.unlink(tmp, dir_fd=dfd)  # a leftover of a transfer cut short (unlink never follows)
-        except FileNotFoundError:
-            pass
+        drop_part(dfd, tmp)
         try:
             os.rename(take, tmp, src_dir_fd=handoff, dst_dir_fd=dfd)
         except OSError as exc:
@@ -87,7 +82,7 @@ def _take(top: int, handoff: int, rel: str, take: str) -> Dict[str, Any]:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
-            replace(dfd, tmp, names[-1])
+            replace(dfd, tmp, final)
             return _written(rel, os.fstat(fd))
         finally:
             os.close(fd)

@@ -209,13 +209,24 @@ async def refresh_cache(session: Any) -> None:
         session.cache = cache
 
 
+def failed_onto(step: str, node: str, exc: Exception, expected: tuple[type[Exception], ...]) -> str:
+    """Why a launch step (`step`: file_mounts, environment wheels) onto `node` failed with `exc`,
+    one of the `expected` errors or the SSH connection's; any other exception is raised again."""
+    from hybridctl.ssh.sftp import is_ssh_error
+
+    if isinstance(exc, expected):
+        return f"{step} onto {node}: {getattr(exc, 'message', None) or exc}"
+    if not is_ssh_error(exc):
+        raise exc
+    return f"{step} onto {node}: {exc}"
+
+
 async def prepare(session: Any, rank: Any, payload: dict[str, Any]) -> str | None:
     """NodeSession.prepare_launch's step for file_mounts: fill `payload["file_mounts"]` for the
     node `session` talks to, sending what its cache lacks; return why it failed, or None."""
     from hybridctl.cloud.transfer import TransferError, owner_of
     from hybridctl.control.checkpoints import TransferMismatch
     from hybridctl.ssh.link import AgentRefused
-    from hybridctl.ssh.sftp import is_ssh_error
 
     info = session.fleet.store.launch_info(rank.job_id, rank.task, rank.attempt, rank.rank)
     wanted = dict(info["spec"].get("file_mounts") or {})
@@ -238,12 +249,9 @@ async def prepare(session: Any, rank: Any, payload: dict[str, Any]) -> str | Non
                                       **({"python": env["python"]} if env.get("python") else {})}
         if wanted:
             payload["file_mounts"] = [m for m in staged if not m["dst"].startswith("\0")]
-    except (MountFailed, TransferError, AgentRefused, TransferMismatch, OSError) as exc:
-        return f"file_mounts onto {session.name}: {getattr(exc, 'message', None) or exc}"
     except Exception as exc:
-        if not is_ssh_error(exc):
-            raise
-        return f"file_mounts onto {session.name}: {exc}"
+        return failed_onto("file_mounts", session.name, exc,
+                           (MountFailed, TransferError, AgentRefused, TransferMismatch, OSError))
     session.cache_at = float("-inf")  # the node's cache changes: list it again at the next poll
     if getattr(session, "cache", None) is not None:  # meanwhile the index knows what it holds now
         from hybridctl.core.locality import NodeCache

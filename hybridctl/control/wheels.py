@@ -323,9 +323,8 @@ async def prepare(session: Any, rank: Any, payload: dict[str, Any]) -> str | Non
     import asyncio
 
     from hybridctl.cloud.transfer import TransferError, owner_of
-    from hybridctl.control.mounts import MountFailed
+    from hybridctl.control.mounts import MountFailed, failed_onto
     from hybridctl.ssh.link import AgentRefused
-    from hybridctl.ssh.sftp import is_ssh_error
 
     global _DOWNLOADING
     conf = session.fleet.settings.environments
@@ -360,12 +359,9 @@ async def prepare(session: Any, rank: Any, payload: dict[str, Any]) -> str | Non
             return None  # nothing of it in the wheelhouse: the node's own env_wheelhouse, or uv says what is missing
         agent, files = await session.files()
         named, sent = await ship(agent, files, chosen)
-    except (WheelsFailed, MountFailed, TransferError, AgentRefused, OSError) as exc:
-        return f"environment wheels onto {session.name}: {getattr(exc, 'message', None) or exc}"
     except Exception as exc:
-        if not is_ssh_error(exc):
-            raise
-        return f"environment wheels onto {session.name}: {exc}"
+        return failed_onto("environment wheels", session.name, exc,
+                           (WheelsFailed, MountFailed, TransferError, AgentRefused, OSError))
     payload["environment"] = {**payload["environment"], "wheels": named}
     session.cache_at = float("-inf")  # the node's cache changed: list it again at the next poll
     log.info("job %s: %d wheels for its environment on %s (offline), sent %d bytes", rank.key, len(named),

@@ -492,15 +492,7 @@ def parse_cache_listing(raw: object) -> tuple[NodeCache | None, list[str]]:
 def free_in_of(running: Iterable[object], now: float) -> dict[str, float]:
     """Per node: seconds until the first task running there is expected to end (`RunningTask`s
     with a known `ends_at`), for `LocalityView.free_in`."""
-    out: dict[str, float] = {}
-    for r in running:
-        ends = getattr(r, "ends_at", None)
-        if ends is not None:
-            node = getattr(r, "node")
-            left = max(0.0, ends - now)
-            if left < out.get(node, float("inf")):
-                out[node] = left
-    return out
+    return free_in_history(running, now, {})
 
 
 # ---- what a node will hold: its report, plus what the controller has sent it since -------------

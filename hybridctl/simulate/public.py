@@ -276,6 +276,19 @@ def _skip(skipped: dict[str, int], why: str) -> None:
     skipped[why] = skipped.get(why, 0) + 1
 
 
+def _span(r: dict[str, str], source: str, w: str, begin: str, end: str,
+          skipped: dict[str, int]) -> tuple[float, float] | None:
+    """(start, run) from the columns `begin` and `end`; None, counted in `skipped`, for a run of 0 s."""
+    start = _float(r[begin], source, w, begin, 0, 1e10)
+    run = _float(r[end], source, w, end, 0, 1e10) - start
+    if run <= 0:
+        _skip(skipped, "with a run of 0 s")
+        return None
+    if run > MAX_RUN_S:
+        raise _bad(source, w, end, r[end], f"at most 366 days after {begin}")
+    return start, run
+
+
 def _pai_2023(rows: Iterable[tuple[int, dict[str, str]]], source: str, skipped: dict[str, int]) -> list[TraceJob]:
     jobs: list[TraceJob] = []
     for n, r in rows:
@@ -290,14 +303,10 @@ def _pai_2023(rows: Iterable[tuple[int, dict[str, str]]], source: str, skipped: 
             _skip(skipped, "never scheduled")
             continue
         created = _float(r["creation_time"], source, w, "creation_time", 0, 1e10)
-        sched = _float(r["scheduled_time"], source, w, "scheduled_time", 0, 1e10)
-        deleted = _float(r["deletion_time"], source, w, "deletion_time", 0, 1e10)
-        run = deleted - sched
-        if run <= 0:
-            _skip(skipped, "with a run of 0 s")
+        span = _span(r, source, w, "scheduled_time", "deletion_time", skipped)
+        if span is None:
             continue
-        if run > MAX_RUN_S:
-            raise _bad(source, w, "deletion_time", r["deletion_time"], "at most 366 days after scheduled_time")
+        run = span[1]
         per, nodes = _spread(int(gpus), 1)
         # The trace names no users: the pod's QoS class stands for one.
         jobs.append(TraceJob(len(jobs) + 1, r.get("qos") or "user", created, per, r.get("gpu_spec") or None, run, nodes))
@@ -317,14 +326,10 @@ def _pai_2020(rows: Iterable[tuple[int, dict[str, str]]], source: str, skipped: 
             _skip(skipped, "without a start and end time")
             continue
         inst = _float(r["inst_num"] or "1", source, w, "inst_num", 1, 100000, "an instance count from 1 to 100000")
-        start = _float(r["start_time"], source, w, "start_time", 0, 1e10)
-        end = _float(r["end_time"], source, w, "end_time", 0, 1e10)
-        run = end - start
-        if run <= 0:
-            _skip(skipped, "with a run of 0 s")
+        span = _span(r, source, w, "start_time", "end_time", skipped)
+        if span is None:
             continue
-        if run > MAX_RUN_S:
-            raise _bad(source, w, "end_time", r["end_time"], "at most 366 days after start_time")
+        start, run = span
         per_inst = math.ceil(plan / 100.0)
         per, nodes = _spread(per_inst * int(inst), 1)
         jobs.append(TraceJob(len(jobs) + 1, r.get("job_name") or "user", start, per, r.get("gpu_type") or None, run,

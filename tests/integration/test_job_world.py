@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.integration.world_lab import CREDS, ended, lab
+from tests.integration.world_lab import CREDS, ended, lab, succeeded
 from tests.waiting import wait_for
 
 from hybridctl_agent.envs import find_uv  # noqa: E402
@@ -56,11 +56,8 @@ def test_an_env_is_built_once_and_mounts_move_once(tmp_path: Path, moto_server: 
                     hashlib.sha256(blob).hexdigest()[:16]]
         stderr = []
         for _ in range(2):
-            job = ctl.cli("submit", str(world / "job.yaml"), check=True).stdout.strip()
-            t = ended(ctl, job)
-            err = ctl.cli("logs", job, "--stderr").stdout
-            assert t["state"] == "SUCCEEDED", (t, err)
-            assert ctl.cli("logs", job, check=True).stdout.split("\n")[:5] == expected
+            out, err = succeeded(ctl, world / "job.yaml")
+            assert out.split("\n")[:5] == expected
             stderr.append(err)
         first, second = stderr
         assert "built in" in first and "reused" in second and "built in" not in second
@@ -133,11 +130,8 @@ def test_an_offline_node_builds_from_the_wheels_the_controller_ships(tmp_path: P
              {"environments": {"wheelhouse": str(house)}}) as (ctl, node):
         stderr = []
         for _ in range(2):
-            job = ctl.cli("submit", str(world / "job.yaml"), check=True).stdout.strip()
-            t = ended(ctl, job)
-            err = ctl.cli("logs", job, "--stderr").stdout
-            assert t["state"] == "SUCCEEDED", (t, err)
-            assert ctl.cli("logs", job, check=True).stdout.split("\n")[0] == "1.0 True"
+            out, err = succeeded(ctl, world / "job.yaml")
+            assert out.split("\n")[0] == "1.0 True"
             stderr.append(err)
         assert "--offline --no-index --find-links" in stderr[0] and "built in" in stderr[0]
         assert "reused" in stderr[1]
@@ -189,10 +183,7 @@ def test_wheels_the_controller_downloaded_once_build_an_offline_node(tmp_path: P
                  {"environments": {"download": True, "index_url": index.url}}) as (ctl, node):
             asked = []
             for _ in range(2):
-                job = ctl.cli("submit", str(world / "job.yaml"), check=True).stdout.strip()
-                t = ended(ctl, job)
-                assert t["state"] == "SUCCEEDED", (t, ctl.cli("logs", job, "--stderr").stdout)
-                assert ctl.cli("logs", job, check=True).stdout.split("\n")[0] == "1.0"
+                assert succeeded(ctl, world / "job.yaml")[0].split("\n")[0] == "1.0"
                 asked.append(len(index.requests))
             assert asked[0] > 0 and asked[1] == asked[0], index.requests  # downloaded once
             got = sorted(p.name for p in (tmp_path / "ctl" / "home" / "wheels").iterdir())

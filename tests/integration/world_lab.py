@@ -24,10 +24,12 @@ CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
          "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-2"}
 
 
-class WorldNode(LabNode):
-    """A lab node whose agent has a wheelhouse, uv and an S3 endpoint configured."""
+class ConfiguredNode(LabNode):
+    """A lab node whose agent reads `config` (as its --config file), with `env` added to its
+    environment (also used by bench/locality.py)."""
 
     config: dict[str, Any] = {}
+    env: dict[str, str] = {}
 
     def start_agent(self) -> None:
         cfg = self.base / "agent.json"
@@ -38,10 +40,16 @@ class WorldNode(LabNode):
              str(self.state_dir), "--simulate-gpus", self.gpus, "--name", self.name, "--interval", "0.5",
              "--config", str(cfg)],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **CREDS, "PYTHONPATH": AGENTS},
+            env={**os.environ, **self.env, "PYTHONPATH": AGENTS},
         )
         log.close()
         wait_for(self.socket.exists, 30, what=f"agent socket of {self.name}")
+
+
+class WorldNode(ConfiguredNode):
+    """A lab node whose agent has a wheelhouse, uv and an S3 endpoint configured."""
+
+    env = CREDS
 
 
 @contextlib.contextmanager
@@ -74,3 +82,12 @@ def ended(ctl: ControllerProc, job: str) -> dict[str, Any]:
         return t if t["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None
 
     return wait_for(probe, 120, what=f"job {job} to end")
+
+
+def succeeded(ctl: ControllerProc, job_file: Path) -> tuple[str, str]:
+    """Submit `job_file`, wait for it to end and check that it SUCCEEDED; its (stdout, stderr)."""
+    job = ctl.cli("submit", str(job_file), check=True).stdout.strip()
+    t = ended(ctl, job)
+    err = ctl.cli("logs", job, "--stderr").stdout
+    assert t["state"] == "SUCCEEDED", (t, err)
+    return ctl.cli("logs", job, check=True).stdout, err

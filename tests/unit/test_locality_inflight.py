@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from hybridctl.config import FleetConfig, LocalityConfig, Settings
 from hybridctl.control import mounts
@@ -19,19 +16,11 @@ from hybridctl.core.locality import (SRC_TRUST_S, CacheIndex, LocalityPolicy, Lo
 from hybridctl.core.model import ClusterView, GpuSlot, JobStatus, NodeView, PendingTask, Policy, Resources, RunningTask
 from hybridctl.core.schedule import plan
 from tests.unit.control.parts import ALICE, Parts, build
+from tests.unit.locality_kit import memo  # noqa: F401 - autouse
 
 SHA = "c" * 64
 SIZE = 40 * 10**9  # 320 s at the default 1 Gbit/s: worth waiting a minute for the node that has it
 SPEC = {"file_mounts": {"/d": "/p/data"}, "time_limit": "60s"}
-
-
-@pytest.fixture(autouse=True)
-def memo() -> Iterator[dict]:
-    saved = dict(mounts._TREES)
-    mounts._TREES.clear()
-    yield mounts._TREES
-    mounts._TREES.clear()
-    mounts._TREES.update(saved)
 
 
 def parts(tmp_path: Path) -> Parts:

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import pytest
-
 from hybridctl.control import mounts
-
-
-@pytest.fixture(autouse=True)
-def memo() -> Iterator[dict]:
-    saved = dict(mounts._TREES)
-    mounts._TREES.clear()
-    yield mounts._TREES
-    mounts._TREES.clear()
-    mounts._TREES.update(saved)
+from tests.unit.locality_kit import memo  # noqa: F401 - autouse
 
 
 def test_a_job_needs_its_env_and_the_local_data_read_before(memo: dict) -> None:
