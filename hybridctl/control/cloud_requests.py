@@ -12,6 +12,7 @@ from hybridctl.cloud.cost import Held, hourly_by_job
 from hybridctl.cloud.providers import catalog
 from hybridctl.config import Settings
 from hybridctl.control.budget import limit_use, limits, utc_day
+from hybridctl.control.checks import request_count, request_flag
 from hybridctl.control.identity import Caller
 from hybridctl.control.ports import CloudView
 from hybridctl.control.scheduler import Scheduler
@@ -52,6 +53,8 @@ class CloudRequests:
     def op_cloud_status(self, caller: Caller, all: bool = False, ended: int = 0) -> dict[str, Any]:
         """Cloud nodes (with `all`, also every one given back; with `ended`, the last that many
         given back), spend against the limits, and why any burst is held back."""
+        all = request_flag("all", all)
+        ended = request_count("ended", ended, "a whole number of nodes given back, 0 or more")
         cfg = self.settings.cloud
         lim = limits(self.settings)
         now = self.clock()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from hybridctl.cloud.bootstrap import AgentInstall, install_over_ssh
 from hybridctl.config import Settings
 from hybridctl.control import outputs
+from hybridctl.control.checks import request_flag, request_list, request_mapping, request_text
 from hybridctl.control.cloud_requests import CloudRequests
 from hybridctl.control.identity import Caller, user_name
 from hybridctl.control.lifecycle import Lifecycle
@@ -54,44 +55,6 @@ def parse_job_ref(ref: object) -> tuple[int, int | None]:
     """'42' -> (42, None): the whole job; '42_7' -> (42, 7): one array task (core/fields: ASCII
     digits below 2**63, else a SpecError naming JOB; a client sends any bytes it likes)."""
     return fields.parse_job_ref(ref)
-
-
-# Request fields arrive raw from the socket: any local user can send a list or a dict where a string
-# was meant, and it reached SQLite or a path join deep in a handler (a traceback in the log). Each
-# is checked here, at the boundary, with core/wire's validators; a bad one is a SpecError (exit 2)
-# naming the field, the value and what is accepted.
-
-def request_text(field: str, value: object, accepted: str, *, optional: bool = False,
-                 limit: int | None = wire.MAX_TEXT, controls: bool = False) -> Any:
-    """`value` if it is a string (of at most `limit` characters; without `controls`, holding no
-    control character, which wire.text would replace); None passes with `optional`."""
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or (limit is not None and len(value) > limit) \
-            or (not controls and wire.text(value, len(value)) != value):
-        raise SpecError(field, value, accepted)
-    return value
-
-
-def request_flag(field: str, value: object) -> bool:
-    """A JSON boolean (wire.flag: not 0/1, not "true", not a list)."""
-    if wire.flag(value) is None:
-        raise SpecError(field, value, "true or false")
-    return bool(value)
-
-
-def request_mapping(field: str, value: object, accepted: str, *, optional: bool = True) -> Any:
-    """A JSON object (None passes with `optional`): a string or a list is not taken apart as one."""
-    if (value is None and optional) or isinstance(value, dict):
-        return value
-    raise SpecError(field, value, accepted)
-
-
-def request_list(field: str, value: object, accepted: str) -> list[Any]:
-    """A JSON array: a string is not read as a list of its characters."""
-    if not isinstance(value, (list, tuple)):
-        raise SpecError(field, value, accepted)
-    return list(value)
 
 
 NODE_NAME = "a node's name, a string (`hybridctl nodes` lists them)"

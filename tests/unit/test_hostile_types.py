@@ -219,3 +219,13 @@ def test_a_qos_priority_is_an_ascii_whole_number(value: str) -> None:
 
     with pytest.raises(ConfigError, match=r"slurm\.qos\.high: .* is not valid; a priority"):
         SlurmConfig(qos={"high": value})
+
+
+@pytest.mark.parametrize("args, field", [({"ended": [1]}, "ended"), ({"ended": -1}, "ended"),
+                                         ({"ended": 2.5}, "ended"), ({"ended": True}, "ended"),
+                                         ({"all": "yes"}, "all"), ({"all": 1}, "all")])
+def test_cloud_status_names_a_bad_field(ctl: Controller, args: dict[str, Any], field: str) -> None:
+    # `ended=[1]` was a TypeError deep in the handler: "bad request", naming nothing.
+    with pytest.raises(SpecError) as err:
+        ctl.op_cloud_status(ALICE, **args)
+    assert err.value.args[0].startswith(f"{field}: ")
