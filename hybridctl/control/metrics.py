@@ -342,6 +342,11 @@ MAX_GAP = 30.0
 """Seconds between two samples of a node above which the time between is not counted in usage."""
 
 
+RELEASE_GRACE_S = 120.0
+"""How long after a rank's allocation on a node ended that node may still report it without being
+logged as a liar (its sample was taken before the release reached it); it is not believed either way."""
+
+
 class Observer:
     """Once per poll interval: hands the fleet's fresh samples to the history writer, tracks idle
     GPUs per job (core.efficiency.IdleTracker) and acts on its decisions, keeps each job's last
@@ -402,7 +407,7 @@ class Observer:
         from hybridctl.store.telemetry import held_keys_by_node
 
         held_keys = cache(lambda: held_keys_by_node(self.store))
-        fresh = {n: self._own_jobs(n, s, held_keys) for n, s in telemetry.items()
+        fresh = {n: self._own_jobs(n, s, held_keys, now) for n, s in telemetry.items()
                  if s.get("time") and s["time"] != self._seen.get(n)}
         held: dict[str, dict[str, list[int]]] = {}
         users: dict[str, str] = {}
@@ -503,7 +508,7 @@ class Observer:
                     self.fleet.kick(node)
             log.warning("job %s: %s", d.job, reason)
 
-    def _own_jobs(self, node: str, sample: dict[str, Any], held_keys: Any) -> dict[str, Any]:
+    def _own_jobs(self, node: str, sample: dict[str, Any], held_keys: Any, now: float) -> dict[str, Any]:
         """The sample with only the `jobs` entries of ranks whose open allocation is on `node`: a
         node is believed only about itself (its lies would reach history, `eff`, `show` and the
         endpoint under another job's name, and make up series without end). `held_keys()` gives
@@ -515,10 +520,15 @@ class Observer:
         foreign = [k for k in jobs if k not in held]
         if not foreign:
             return sample
-        if node not in self._lied:
-            self._lied.add(node)
-            log.warning("node %s reported usage of %d job(s) it holds no allocation for (e.g. %s): not believed",
-                        node, len(foreign), foreign[0])
+        if node not in self._lied:  # once per node: a sample taken just before a release is no lie
+            from hybridctl.store.telemetry import released_since
+
+            ending = released_since(self.store, node, foreign, now - RELEASE_GRACE_S)
+            lies = [k for k in foreign if k not in ending]
+            if lies:
+                self._lied.add(node)
+                log.warning("node %s reported usage of %d job(s) it holds no allocation for (e.g. %s): not believed",
+                            node, len(lies), lies[0])
         return {**sample, "jobs": {k: v for k, v in jobs.items() if k in held}}
 
     def _spawn_notify(self, argv: list[str]) -> None:

@@ -577,6 +577,25 @@ def held_keys_by_node(store: Any) -> dict[str, set[str]]:
     return out
 
 
+def released_since(store: Any, node: str, keys: Any, since: float) -> set[str]:
+    """Those of `keys` (rank keys a node reported) whose allocation on `node` ended at `since` or
+    later: the node's sample was taken before the release reached it, which is not a lie. One
+    indexed look-up per key (the few a node reports that it no longer holds)."""
+    from hybridctl.core.reconcile import parse_key
+
+    out: set[str] = set()
+    for key in keys:
+        parsed = parse_key(key)
+        if parsed is None:
+            continue
+        job_id, task, attempt, rank = parsed
+        if store.conn.execute(
+                "SELECT 1 FROM allocations WHERE job_id=? AND task=? AND attempt=? AND rank=? AND node=? AND end >= ?",
+                (job_id, task, attempt, rank, node, since)).fetchone():
+            out.add(key)
+    return out
+
+
 def count_pending(store: Any) -> int:
     """PENDING tasks in the job database (the endpoint's `hybridctl_queue_pending`), one indexed count."""
     return int(store.conn.execute("SELECT COUNT(*) FROM tasks WHERE state='PENDING'").fetchone()[0])

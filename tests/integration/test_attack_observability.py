@@ -99,6 +99,29 @@ def test_a_node_is_not_believed_about_a_job_it_does_not_run(lab: Any) -> None:
     assert names == {"node:n1", "node:n2", f"job:{key}"}, "series the liar made up were stored"
 
 
+def test_a_sample_taken_just_before_a_release_is_not_called_a_lie(lab: Any,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A cancel releases the job on n1 before n1 hears of it: its next sample still names the job.
+    That is not believed (the job holds nothing there now) but not logged as a lie either: the
+    warning, once per node, must be left for a node that speaks of a job it never held."""
+    key = f"{lab.job}.a0.r0"
+    lab.ctl.op_cancel(ALICE, [str(lab.job)])
+    assert not lab.store.open_allocations()
+    lab.clock.t += 5
+    late = {"seq": 1, "time": lab.clock.t, "gpus": [gpu(0, 90), gpu(1, 90)],
+            "jobs": {key: {"rss_mb": 100, "peak_rss_mb": 100, "metrics": {"loss": 0.5}}}}
+    lab.fleet.samples = {"n1": late}
+    with caplog.at_level("WARNING", logger="hybridctl.observe"):
+        lab.obs.tick(lab.clock.t)
+    assert "holds no allocation" not in caplog.text
+    assert key not in lab.obs.job_metrics  # not believed all the same
+    lab.clock.t += 1
+    lab.fleet.samples = {"n1": {**late, "seq": 2, "time": lab.clock.t, "jobs": {"9000.a0.r0": {"metrics": {"x": 1.0}}}}}
+    with caplog.at_level("WARNING", logger="hybridctl.observe"):
+        lab.obs.tick(lab.clock.t)
+    assert "node n1 reported usage of 1 job(s) it holds no allocation for (e.g. 9000.a0.r0)" in caplog.text
+
+
 def test_a_job_flooding_metric_names_stays_bounded(lab: Any) -> None:
     key = f"{lab.job}.a0.r0"
     for step in range(1, 21):  # a lying or buggy agent: 32 new names every sample
