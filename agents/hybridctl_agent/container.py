@@ -128,10 +128,16 @@ def _ulimits() -> List[str]:
     return out
 
 
+def admin_env(environ: Any) -> Dict[str, str]:
+    """The admin's podman settings in `environ`: CONTAINERS_* (registries, storage) and
+    REGISTRY_AUTH_FILE (a private registry's credentials)."""
+    return {k: v for k, v in environ.items() if k.startswith("CONTAINERS_") or k == "REGISTRY_AUTH_FILE"}
+
+
 def podman_env() -> Dict[str, str]:
-    """podman's own environment: a plain PATH plus the admin's CONTAINERS_* settings."""
+    """podman's own environment: a plain PATH plus the admin's settings (`admin_env`)."""
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-    env.update({k: v for k, v in os.environ.items() if k.startswith("CONTAINERS_") or k == "REGISTRY_AUTH_FILE"})
+    env.update(admin_env(os.environ))
     return env
 
 

@@ -52,8 +52,8 @@ class SupervisorServer:
                 if self._proc is None or self._proc.returncode is not None:
                     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PKG_ROOT,
                            "LANG": os.environ.get("LANG", "C.UTF-8"),
-                           # the admin's podman settings (registries, storage) for image jobs
-                           **{k: v for k, v in os.environ.items() if k.startswith("CONTAINERS_")}}
+                           # the admin's podman settings (registries, storage, credentials) for image jobs
+                           **container.admin_env(os.environ)}
                     try:  # -S: the supervisor needs the stdlib only, and starts faster without site
                         self._proc = await asyncio.create_subprocess_exec(
                             sys.executable, "-S", "-m", "hybridctl_agent.supervise", self.state_dir,

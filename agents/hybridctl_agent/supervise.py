@@ -318,8 +318,6 @@ class Supervisor:
                 self.cgroup.remove()
             self.finish(None, signal.SIGKILL, f"lost: supervisor error: {exc!r}")
             return 1
-        if self.container is not None:
-            self.container.cleanup()
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         reason = self.reason
@@ -333,6 +331,9 @@ class Supervisor:
                 mib = (self.spec["cgroup"]["limits"].get("memory_bytes") or 0) // (1 << 20)
                 reason = (f"out_of_memory: the kernel killed a process of the job at its memory "
                           f"limit of {mib} MiB (resources.memory)")
+        if self.container is not None:  # after the OOM count: it removes podman's cgroups, the job's too
+            self.container.cleanup()
+        if self.cgroup is not None:
             self.cgroup.remove()
         self.finish(code, sig, reason)
         return 0

@@ -217,6 +217,7 @@ def test_a_job_user_who_swaps_a_directory_for_a_link_gets_nothing_written_throug
     for rel in ("sub/m.bin", "top/m.bin", "ok.bin"):
         (staging / rel).write_bytes(b"x" * 1000)
     staging.chmod(0o700)
+    staged_inode = (staging / "ok.bin").stat().st_ino
     res = stage.push({"parent": str(parent), "name": "9", "uid": nobody.pw_uid, "gid": nobody.pw_gid,
                       "groups": [nobody.pw_gid], "staging": str(staging),
                       "files": {"sub/m.bin": 1000, "top/m.bin": 1000, "ok.bin": 1000}})
@@ -227,5 +228,6 @@ def test_a_job_user_who_swaps_a_directory_for_a_link_gets_nothing_written_throug
     st = (job / "ok.bin").stat()
     assert (st.st_uid, st.st_gid, st.st_nlink) == (nobody.pw_uid, nobody.pw_gid, 1)
     assert (job / "ok.bin").read_bytes() == b"x" * 1000
-    # the whole file was moved in, not copied: it is no longer in staging
+    # the whole file was moved in, not copied: the same inode, and no longer in staging
+    assert st.st_ino == staged_inode
     assert not (staging / "ok.bin").exists()
