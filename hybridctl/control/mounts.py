@@ -8,6 +8,7 @@ checks every file's size and hash. A second run on the same node moves nothing."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -254,13 +255,12 @@ async def prepare(session: Any, rank: Any, payload: dict[str, Any]) -> str | Non
                            (MountFailed, TransferError, AgentRefused, TransferMismatch, OSError))
     session.cache_at = float("-inf")  # the node's cache changes: list it again at the next poll
     if getattr(session, "cache", None) is not None:  # meanwhile the index knows what it holds now
-        from hybridctl.core.locality import NodeCache
 
         objects = dict(session.cache.objects)
         for m in staged:
             for sha, size in (m.get("objects") or {}).values():
                 objects[sha] = size
-        session.cache = NodeCache(objects, session.cache.envs, session.cache.max_bytes)
+        session.cache = dataclasses.replace(session.cache, objects=objects)  # keeps `used` (LRU order)
     log.info("job %s: file_mounts: sent %d bytes to %s, read %d here (%d mounts, %d environment files)", rank.key,
              sent, session.name, read, len(wanted), len(ship))
     return None

@@ -203,10 +203,10 @@ def choose(need: Need, free: Sequence[str], busy: Mapping[str, float], sites: Ma
 
 
 MAX_LOOK = 12
-COMING_KEPT = 4
-"""Nodes per data object a pass remembers as receiving it (`LocalityView.hold`), newest kept."""
 """Warm nodes one task looks at past its cursor (the warmest first): bounds a pass's cost when
 most warm nodes are busy; the rest are looked at by the next tasks of the same need and shape."""
+COMING_KEPT = 4
+"""Nodes per data object a pass remembers as receiving it (`LocalityView.hold`), newest kept."""
 
 
 @dataclass
