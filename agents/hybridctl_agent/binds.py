@@ -1,6 +1,7 @@
 """What of the host an image job's container is given (container.py): directories, through
-`bind_root`, which checks a path for the job's user with dir fds, never following a link; and
-its cgroup parent, the job's own cgroup. Stdlib only (the supervisor imports it)."""
+`bind_root`, which checks a path for the job's user with dir fds, never following a link; the
+user's own file_mounts link directory (`cache_links`, never the shared `objects/`); and its
+cgroup parent, the job's own cgroup. Stdlib only (the supervisor imports it)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,33 @@ def bind_root(path: str, uid: int, gids: Sequence[int], homes: Optional[set] = N
         if not _may(os.fstat(fd), uid, gids, 5):
             raise BindRefused(f"{path}: uid {uid} cannot read and search it")
         return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def cache_links(state_dir: str, uid: int) -> Optional[Tuple[str, int]]:
+    """(path, O_PATH fd) of the job user's own cache directory `<state_dir>/cache/users/<uid>`
+    (cache.ContentCache.grant), which an image job with file_mounts needs bound read-only at the
+    same path for its mount links to resolve; None where the user has none. Never `objects/`,
+    which holds every user's data. Walked from the agent's state directory through dir fds
+    without following a link; BindRefused where a component is not the agent's directory."""
+    path = os.path.join(os.path.normpath(state_dir), "cache", "users", str(int(uid)))
+    fd = os.open(os.path.normpath(state_dir), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in ("cache", "users", str(int(uid))):
+            try:
+                nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            except OSError as exc:
+                raise BindRefused(f"{path}: cannot open {part}: {exc.strerror}") from None
+            os.close(fd)
+            fd = nfd
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise BindRefused(f"{path}: {part} is not the agent's")
+        return path, fd
     except BaseException:
         os.close(fd)
         raise

@@ -4,22 +4,50 @@ a size cap and least-recently-used eviction (a job's pinned objects are never ev
 directory is active). Sources (an S3 object at an ETag, a file the controller sent) map to
 objects through `index/`; every object entered is verified by size and SHA-256 first.
 
-Objects are named by their content hash under a directory nobody but the agent may list (0711):
-a job reaches an object only through the links its own mount made, and learns a name only by
-holding the content or having mounted it."""
+An object's id is no capability: `objects/` is the agent's alone (0700), so knowing a full SHA-256
+opens nothing. A job reaches an object through a hard link the agent made (as itself, through dir
+fds, never following a link) in `users/<uid>/`, a directory the agent owns, mode 0700 plus a POSIX
+ACL entry that lets that uid alone search it (not list it, never write it); the job's mount links
+point there. Hard links keep the sharing: one inode serves every user that mounts those bytes,
+and its space comes back once eviction has unlinked every user's link and then the object."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import stat
+import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set
 
 SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 CHUNK = 1 << 20
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ACL_ANY = 0xFFFFFFFF
+
+
+def _search_acl(uid: int) -> bytes:
+    """A POSIX access ACL (the `system.posix_acl_access` xattr, version 2): owner rwx, `uid`
+    search only, owning group and others nothing (the mask, --x, is the mode's group bits)."""
+    entry = lambda tag, perm, who: struct.pack("<HHI", tag, perm, who)  # noqa: E731
+    return (struct.pack("<I", 2) + entry(0x01, 7, _ACL_ANY) + entry(0x02, 1, uid)
+            + entry(0x04, 0, _ACL_ANY) + entry(0x10, 1, _ACL_ANY) + entry(0x20, 0, _ACL_ANY))
+
+
+def _private_group(uid: int, gid: int) -> bool:
+    """Whether `gid` is `uid`'s alone: no other account has it as primary group or member."""
+    import grp
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        members = set(grp.getgrgid(gid).gr_mem)
+        return members <= {name} and all(p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == gid)
+    except (KeyError, OSError):
+        return False
 
 
 class CacheError(Exception):
@@ -32,15 +60,123 @@ class ContentCache:
     def __init__(self, state_dir: str, max_bytes: int = 0) -> None:
         self.root = Path(state_dir) / "cache"
         self.objects = self.root / "objects"
+        self.users = self.root / "users"
         self.index = self.root / "index"
         self.tmp = self.root / "tmp"
         self.max_bytes = max_bytes
 
     def prepare(self) -> None:
-        for d, mode in ((self.root, 0o711), (self.objects, 0o711), (self.index, 0o700),
-                        (self.tmp, 0o700)):
+        for d, mode in ((self.root, 0o711), (self.users, 0o711), (self.index, 0o700), (self.tmp, 0o700)):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, mode)
+        self.objects.mkdir(mode=0o700, exist_ok=True)  # a new one is sealed from the start
+        self.seal(self.root.parent / "jobs")
+
+    def seal(self, jobs_root: Path) -> bool:
+        """`objects/` to 0700 (the agent's alone), unless a job that has not ended mounts through
+        links straight into it (placed by an agent from before `users/`: its mounts.json names no
+        "links"); then it stays 0711 until those jobs end. Returns whether it is sealed."""
+        if stat.S_IMODE(os.lstat(self.objects).st_mode) == 0o700:
+            return True
+        for d in jobs_root.iterdir() if jobs_root.is_dir() else ():
+            try:
+                if "links" not in json.loads((d / "mounts.json").read_text()) \
+                        and not os.path.lexists(d / "exit.json"):
+                    return False
+            except (OSError, ValueError, TypeError):
+                continue
+        os.chmod(self.objects, 0o700)
+        return True
+
+    def grant(self, uid: int, gid: int, shas: Iterable[str]) -> Path:
+        """Hard links in `users/<uid>/` to objects `shas` (each present: CacheError if not), made
+        through dir fds without following a link; return that directory, which the job's mount
+        links name. A name there that is not the object's inode (an older copy) is replaced."""
+        ufd = self._user_dir(int(uid), int(gid))
+        try:
+            ofd = os.open(self.objects, _DIR)
+        except BaseException:
+            os.close(ufd)
+            raise
+        try:
+            for sha in shas:
+                self.path(sha)  # a SHA-256 in hex, or CacheError
+                try:
+                    want = os.stat(sha, dir_fd=ofd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise CacheError(f"object {sha[:12]} left this node's cache") from None
+                for _ in range(2):
+                    try:
+                        os.link(sha, sha, src_dir_fd=ofd, dst_dir_fd=ufd, follow_symlinks=False)
+                        break
+                    except FileExistsError:
+                        have = os.stat(sha, dir_fd=ufd, follow_symlinks=False)
+                        if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
+                            break
+                        os.unlink(sha, dir_fd=ufd)
+        finally:
+            os.close(ofd)
+            os.close(ufd)
+        return self.users / str(int(uid))
+
+    def _user_dir(self, uid: int, gid: int) -> int:
+        """An fd of `users/<uid>/` (made if missing): ours, never writable or listable by the
+        user; searchable by `uid` through an ACL entry, or, where the filesystem has no POSIX
+        ACLs, through its group when that group is the user's alone. CacheError otherwise."""
+        users = os.open(self.users, _DIR)
+        try:
+            try:
+                os.mkdir(str(uid), 0o700, dir_fd=users)
+            except FileExistsError:
+                pass
+            fd = os.open(str(uid), _DIR, dir_fd=users)
+        finally:
+            os.close(users)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                raise CacheError(f"{self.users / str(uid)} is not the agent's")
+            if uid == os.geteuid():
+                os.fchmod(fd, 0o700)
+                return fd
+            try:
+                os.setxattr(fd, "system.posix_acl_access", _search_acl(uid))
+                return fd
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise
+            if not _private_group(uid, gid):
+                raise CacheError(f"cannot give uid {uid} alone access to its cached data: the "
+                                 f"filesystem of {self.root} has no POSIX ACLs and gid {gid} is "
+                                 "shared with other accounts (put state_dir on ext4/xfs/btrfs/tmpfs)")
+            os.fchown(fd, -1, gid)
+            os.fchmod(fd, 0o710)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def drop(self, sha: str) -> None:
+        """Remove object `sha`: first every user's hard link (when its st_nlink says there are
+        any), then the object, so its space comes back. Nothing followed: names under dir fds."""
+        path = self.path(sha)
+        if os.lstat(path).st_nlink > 1:
+            users = os.open(self.users, _DIR)
+            try:
+                for name in os.listdir(users):
+                    try:
+                        ufd = os.open(name, _DIR, dir_fd=users)
+                    except OSError:
+                        continue
+                    try:
+                        os.unlink(sha, dir_fd=ufd)
+                    except FileNotFoundError:
+                        pass
+                    finally:
+                        os.close(ufd)
+            finally:
+                os.close(users)
+        os.unlink(path)
 
     def path(self, sha: str) -> Path:
         if not SHA_RE.match(sha):
@@ -86,7 +222,11 @@ class ContentCache:
             os.fchmod(fd, 0o444)
         finally:
             os.close(fd)
-        os.rename(tmp, self.path(sha))
+        try:  # never over a present copy: users' hard links name its inode (same bytes anyway)
+            os.link(tmp, self.path(sha), follow_symlinks=False)
+        except FileExistsError:
+            pass
+        os.unlink(tmp)
 
     def source(self, source_id: str) -> Optional[Dict[str, Any]]:
         """The object a source (e.g. `s3://b/k@etag`) was stored as, if it is still cached."""
@@ -134,7 +274,7 @@ class ContentCache:
             if o["sha256"] in keep:
                 continue
             try:
-                os.unlink(self.objects / o["sha256"])
+                self.drop(o["sha256"])
             except OSError:
                 continue
             total -= o["size"]

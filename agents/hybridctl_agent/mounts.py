@@ -12,7 +12,8 @@ A launch's `job.file_mounts` is a list of `{"dst": PATH, <source>}`, the source 
 `dst` is absolute, `~`/`~/x` (the job user's home) or relative (to the job's working directory).
 
 `python -m hybridctl_agent.mounts` (site on: boto3) does one job's mounts: fetch as the agent,
-then fork a child that drops to the job's user and makes the destination: a link to the object
+hard-link the objects into the user's own `cache/users/<uid>/` (cache.ContentCache.grant), then
+fork a child that drops to the job's user and makes the destination: a link to that hard link
 for a file, a directory of links for a tree, a link to the shared path. The links are made with
 the job's rights, so a mount lands only where the job itself could write."""
 
@@ -211,7 +212,8 @@ def destination(dst: str, home: str, cwd: str) -> str:
 def place(plans: Sequence[Tuple[str, Any]], objects_dir: str) -> None:
     """As the job's user: make each destination. (dst, Tree) -> a link to the object for a single
     file, else a directory of links; (dst, str) -> a link to a shared path. An existing link is
-    replaced; an existing file or directory at a single-file destination is an error."""
+    replaced; an existing file or directory at a single-file destination is an error.
+    `objects_dir`: the user's own `cache/users/<uid>/` (ContentCache.grant), never `objects/`."""
     for dst, what in plans:
         os.makedirs(os.path.dirname(dst) or "/", exist_ok=True)
         if isinstance(what, str) or "" in what:
@@ -269,7 +271,15 @@ def run(req: Mapping[str, Any]) -> Dict[str, Any]:
         return {"ok": False, "step": "fetch file_mounts", "error": str(exc)}
     objects = sorted({sha for _d, t in plans if not isinstance(t, str) for sha, _ in t.values()})
     with open(os.path.join(req["job_dir"], "mounts.json"), "w") as fh:  # pins them (cache.pinned_by)
-        json.dump({"objects": objects}, fh)
+        json.dump({"objects": objects, "links": "users"}, fh)  # "links": not into objects/ (seal)
+    try:  # the objects, hard-linked where this user alone may reach them; the mounts link there
+        links_dir = str(cache.grant(int(req["uid"]), int(req["gid"]), objects)) if objects else ""
+        cache.seal(Path(req["jobs_root"]))
+    except (OSError, CacheError) as exc:
+        err = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+        note(f"file_mounts failed: {err}")
+        os.close(log)
+        return {"ok": False, "step": "link file_mounts for the job's user", "error": err}
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the job's side: its rights, its umask
@@ -278,7 +288,7 @@ def run(req: Mapping[str, Any]) -> Dict[str, Any]:
             os.close(rfd)
             if req["as_root"]:
                 drop_to(int(req["uid"]), int(req["gid"]), [int(g) for g in req["groups"]])
-            place(plans, str(cache.objects))
+            place(plans, links_dir)
             code = 0
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised here
             os.write(wfd, (exc.strerror if isinstance(exc, OSError) and exc.strerror and

@@ -55,7 +55,7 @@ def ctl(tmp_path: Path) -> Iterator[Controller]:
 
 
 def test_a_user_sees_cache_ids_cut_to_16_hex_digits_and_an_admin_sees_them_whole(ctl: Controller) -> None:
-    # A node's cache objects are 0444 files in a 0711 directory: the full id opens the file.
+    # Ids are cut for non-admins; on the node objects/ is 0700 and a full id opens nothing (agent cache.py).
     (mine,) = ctl.op_nodes(ALICE, cache=True)
     assert sorted(i["id"] for i in mine["cache_items"]) == sorted([SHA[:16], ENV[:16]])
     assert SHA not in repr(mine) and ENV not in repr(mine)

@@ -1,0 +1,237 @@
+"""A cache id is no capability: a node's file_mount objects are shared (one copy per content),
+yet a user who learns another user's object id (its full SHA-256) cannot open it. Objects sit
+in `cache/objects/` (0700, the agent's); a job reaches them through hard links the agent made in
+`cache/users/<uid>/` (the agent's, searchable by that uid alone)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+from hybridctl_agent.binds import BindRefused, cache_links
+from hybridctl_agent.cache import CacheError, ContentCache
+from tests.agent.agent_harness import AgentProc
+from tests.agent.world_kit import launch, log, no_orphan_preparations  # noqa: F401 - autouse
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run jobs and opens as nobody")
+
+
+def open_as(uid: int, gid: int, paths: List[str]) -> List[int]:
+    """The errno of opening each path for reading as `uid` (0: it opened). A forked child drops
+    to the uid, so no interpreter under /root is needed after the setuid."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            codes = []
+            for p in paths:
+                try:
+                    os.close(os.open(p, os.O_RDONLY))
+                    codes.append(0)
+                except OSError as exc:
+                    codes.append(exc.errno or -1)
+            os.write(wfd, json.dumps(codes).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd) as fh:
+        out = fh.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
+def stage(agent: AgentProc, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    opened = agent.call("stage_open")
+    Path(opened["path"], "f").write_bytes(data)
+    agent.call("cache_add", token=opened["token"], files={"f": [sha, len(data)]})
+    return sha
+
+
+@pytest.fixture
+def agent(make_agent: Callable[..., AgentProc]) -> AgentProc:
+    agent = make_agent("--simulate-gpus", "1:A100")
+    os.chmod(agent.base, 0o711)  # nobody's job must reach its own job directory
+    return agent
+
+
+def test_nobody_cannot_open_roots_object_by_its_full_id_yet_shares_it(agent: AgentProc, tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"root's secret " + os.urandom(16).hex().encode())
+    secret_file.chmod(0o600)
+    secret = secret_file.read_bytes()
+    sha = stage(agent, secret)  # what the controller does with a local file_mount
+    launch(agent, "50.1", "sha256sum < s", file_mounts=[{"dst": "s", "objects": {"": [sha, len(secret)]}}])
+    done = agent.wait_exited("50.1")
+    assert done["exit_code"] == 0 and log(agent, "50.1").split()[0] == sha, log(agent, "50.1", "stderr")
+    cache = Path(agent.state_dir) / "cache"
+    attack = [str(cache / "objects" / sha), str(cache / "users" / "0" / sha)]
+    assert open_as(nobody.pw_uid, nobody.pw_gid, attack) == [errno.EACCES, errno.EACCES]
+    # nobody's own job mounting the same bytes works, through the one shared copy
+    launch(agent, "51.1", "sha256sum < s", uid=nobody.pw_uid, gid=nobody.pw_gid, user="nobody",
+           file_mounts=[{"dst": "s", "objects": {"": [sha, len(secret)]}}])
+    done = agent.wait_exited("51.1")
+    assert done["exit_code"] == 0 and log(agent, "51.1").split()[0] == sha, log(agent, "51.1", "stderr")
+    mine = Path(os.readlink(agent.job_dir("51.1") / "work" / "s"))
+    assert mine == cache / "users" / str(nobody.pw_uid) / sha
+    roots = Path(os.readlink(agent.job_dir("50.1") / "work" / "s"))
+    inodes = {os.stat(p).st_ino for p in (mine, roots, cache / "objects" / sha)}
+    assert len(inodes) == 1 and os.stat(mine).st_nlink == 3
+    assert open_as(nobody.pw_uid, nobody.pw_gid, [str(mine)]) == [0]
+    # the user can neither list nor write its own link directory (no planted name where root works)
+    udir = cache / "users" / str(nobody.pw_uid)
+    assert udir.stat().st_uid == 0 and udir.stat().st_mode & 0o002 == 0
+    assert agent.call("cache_list")["objects"] == [
+        {"sha256": sha, "size": len(secret), "last_used": os.stat(mine).st_mtime}]
+
+
+def test_eviction_unlinks_every_users_link_before_the_space_comes_back(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    cache = ContentCache(str(tmp_path), max_bytes=150)
+    cache.prepare()
+    shas = []
+    for i, mtime in enumerate((100, 200)):
+        data = bytes([i]) * 100
+        sha = hashlib.sha256(data).hexdigest()
+        (cache.tmp / "t").write_bytes(data)
+        cache.add(str(cache.tmp / "t"), sha, 100)
+        os.utime(cache.path(sha), (mtime, mtime))
+        shas.append(sha)
+    for uid, gid in ((0, 0), (nobody.pw_uid, nobody.pw_gid)):
+        assert cache.grant(uid, gid, shas) == cache.users / str(uid)
+    assert os.stat(cache.path(shas[0])).st_nlink == 3
+    assert cache.used_bytes() == 200  # each object once, however many users link it
+    assert cache.evict(pinned=set()) == [shas[0]]
+    for uid in (0, nobody.pw_uid):
+        assert not os.path.lexists(cache.users / str(uid) / shas[0])
+        assert os.path.exists(cache.users / str(uid) / shas[1])
+    assert [o["sha256"] for o in cache.listing()] == [shas[1]]
+
+
+def one_object(cache: ContentCache, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    (cache.tmp / "t").write_bytes(data)
+    cache.add(str(cache.tmp / "t"), sha, len(data))
+    return sha
+
+
+def private_account() -> pwd.struct_passwd:
+    """An account other than root whose primary group is its alone (daemon, on most hosts)."""
+    import grp
+
+    for p in pwd.getpwall():
+        try:
+            g = grp.getgrgid(p.pw_gid)
+        except KeyError:
+            continue
+        if p.pw_uid != 0 and set(g.gr_mem) <= {p.pw_name} and all(
+                q.pw_uid == p.pw_uid for q in pwd.getpwall() if q.pw_gid == p.pw_gid):
+            return p
+    pytest.skip("no account with a private primary group on this host")
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temp dir other uids can search (pytest's tmp_path sits in a 0700 directory)."""
+    d = Path(tempfile.mkdtemp(prefix="hcc-", dir="/tmp"))
+    os.chmod(d, 0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_without_posix_acls_only_a_private_group_lets_the_user_in(open_tmp: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody, mine = pwd.getpwnam("nobody"), private_account()
+    cache = ContentCache(str(open_tmp), max_bytes=0)
+    cache.prepare()
+    sha = one_object(cache, b"data")
+
+    def no_acls(*_a: object, **_k: object) -> None:  # a fake filesystem without POSIX ACLs, on purpose
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", no_acls)
+    for uid, gid in ((nobody.pw_uid, nobody.pw_gid), (nobody.pw_uid, 0)):  # nogroup, root's: shared
+        with pytest.raises(CacheError, match=f"gid {gid} is shared"):
+            cache.grant(uid, gid, [sha])
+    udir = cache.grant(mine.pw_uid, mine.pw_gid, [sha])
+    st = udir.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, mine.pw_gid, 0o710)
+    assert open_as(mine.pw_uid, mine.pw_gid, [str(udir / sha), str(cache.path(sha))]) == [0, errno.EACCES]
+    assert open_as(nobody.pw_uid, nobody.pw_gid, [str(udir / sha)]) == [errno.EACCES]
+
+
+def test_an_agent_not_root_links_for_itself(open_tmp: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    state = open_tmp / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the agent, as nobody
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            cache = ContentCache(str(state))
+            cache.prepare()
+            sha = one_object(cache, b"mine")
+            udir = cache.grant(nobody.pw_uid, nobody.pw_gid, [sha])
+            os.write(wfd, repr(((udir / sha).read_bytes(), oct(udir.stat().st_mode & 0o777))).encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            os.write(wfd, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd) as fh:
+        out = fh.read()
+    os.waitpid(pid, 0)
+    assert out == repr((b"mine", "0o700"))
+
+
+def test_an_image_job_is_given_its_users_link_directory_never_objects(tmp_path: Path) -> None:
+    cache = ContentCache(str(tmp_path), max_bytes=0)
+    cache.prepare()
+    assert cache_links(str(tmp_path), 4242) is None  # no file_mounts yet: nothing to bind
+    cache.grant(4242, 4242, [one_object(cache, b"x")])
+    path, fd = cache_links(str(tmp_path), 4242)
+    try:
+        assert path == str(cache.users / "4242") and os.path.samestat(os.fstat(fd), os.stat(path))
+    finally:
+        os.close(fd)
+    os.rename(cache.users / "4242", cache.users / "elsewhere")
+    os.symlink(cache.objects, cache.users / "4242")  # a link in its place is refused, not followed
+    with pytest.raises(BindRefused, match="cannot open 4242"):
+        cache_links(str(tmp_path), 4242)
+
+
+def test_objects_stay_searchable_only_while_a_job_from_before_users_links_runs(tmp_path: Path) -> None:
+    (tmp_path / "cache" / "objects").mkdir(parents=True, mode=0o711)  # an older agent's cache
+    os.chmod(tmp_path / "cache" / "objects", 0o711)
+    old = tmp_path / "jobs" / "7.0"
+    old.mkdir(parents=True)
+    (old / "mounts.json").write_text(json.dumps({"objects": ["0" * 64]}))  # its links go into objects/
+    cache = ContentCache(str(tmp_path))
+    cache.prepare()
+    assert (cache.objects.stat().st_mode & 0o777) == 0o711 and not cache.seal(tmp_path / "jobs")
+    (old / "exit.json").write_text("{}")  # it ended: nothing reads through objects/ any more
+    assert cache.seal(tmp_path / "jobs") and (cache.objects.stat().st_mode & 0o777) == 0o700
+    fresh = ContentCache(str(tmp_path / "new"))
+    fresh.prepare()
+    assert (fresh.objects.stat().st_mode & 0o777) == 0o700
