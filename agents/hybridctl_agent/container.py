@@ -1,6 +1,6 @@
 """Image jobs (`image_id: docker:IMAGE`) under rootful podman, driven by the job's supervisor.
 
-The supervisor stays root and execs `podman run --rm` in the job's cgroup instead of switching
+The supervisor stays root and execs `podman run` in the job's cgroup instead of switching
 to the job's user and exec'ing bash; the container then runs the same job.sh as that user:
 
 - `--user uid:gid` plus `--group-add` for each supplementary group, `--security-opt
@@ -16,6 +16,12 @@ to the job's user and exec'ing bash; the container then runs the same job.sh as 
   swap in the ~0.1 s before runc's mount (runc cannot bind a `/proc/<pid>/fd/N` source). The
   agent makes no host mounts: podman's binds exist only in the container's mount namespace.
 - Images are pulled once per node, under a per-image flock in `<state_dir>/images/`.
+- Out of memory: on a cgroup v1 node the kernel counts an OOM kill in podman's libpod-<id>
+  cgroup, not the job's, and runc removes that cgroup when the container ends. conmon, which
+  watches it, marks the kill with an `oom` file in its working directory (podman's), so podman
+  runs in `<jobdir>/conmon/` (root's, 0700: conmon follows a link there); podman 4.3 looks for
+  the mark elsewhere and its OOMKilled stays false, so `Launch.oom_killed` reads the mark first,
+  then `podman inspect`. No `--rm`: the container stays until `Launch.cleanup` removes it.
 
 Stdlib only: the supervisor (`python -S`) imports this module.
 """
@@ -27,12 +33,13 @@ import hashlib
 import os
 import re
 import resource
+import stat
 import subprocess
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hybridctl_agent import jobfiles as jf
-from hybridctl_agent.binds import BindRefused, bind_root, cgroup_parent, remove_leftovers
+from hybridctl_agent.binds import BindRefused, bind_root, cache_links, cgroup_parent, remove_leftovers
 
 # The Docker reference grammar (distribution/reference), the same as hybridctl/core/spec.py's:
 # [domain[:port]/]path-component(/path-component)*[:tag][@algo:hex]. No component starts with
@@ -49,6 +56,10 @@ NVIDIA_EXTRA = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 _NPROC_CAP = 32768
 """podman lowers its own (conmon's) RLIMIT_NPROC to this; runc cannot raise the container's above."""
+CONMON_DIR = "conmon"
+"""`<jobdir>/conmon/`: podman's (so conmon's) working directory, root's and 0700."""
+OOM_MARK = "oom"
+"""What conmon creates in its working directory when the kernel OOM-kills in the container."""
 
 
 class ContainerError(Exception):
@@ -189,7 +200,8 @@ def build_argv(*, podman: str, ref: str, name: str, uid: int, gid: int, groups: 
     """The `podman run` argv, one list item per argument (never a shell string). `binds`:
     (source, target, read-only) with sources already checked by `bind_root`."""
     # cgroupfs: --cgroup-parent names a cgroup path (the job's), not a systemd slice
-    argv = [podman, *(["--cgroup-manager", "cgroupfs"] if parent else []), "run", "--rm", "--name", name,
+    # no --rm: the supervisor reads the container's OOM state before it removes it (Launch)
+    argv = [podman, *(["--cgroup-manager", "cgroupfs"] if parent else []), "run", "--name", name,
             "--label", "hybridctl.job=1",
             "--user", f"{uid}:{gid}"]
     for g in groups:
@@ -213,19 +225,37 @@ class Launch:
     """What the supervisor's child execs: argv, environment, and the fds it must keep open."""
 
     def __init__(self, argv: List[str], env: Dict[str, str], env_fd: int, keep: List[int],
-                 name: str, parent: Optional[str], podman: str) -> None:
+                 name: str, parent: Optional[str], podman: str, run_dir: Optional[str] = None) -> None:
         self.argv, self.env, self.env_fd, self.keep = argv, env, env_fd, keep
         self.name, self.parent, self.podman = name, parent, podman
+        self.run_dir = run_dir
+        """podman's working directory (`CONMON_DIR`), where conmon marks an OOM kill."""
         self.paths: List[str] = []
         """The bound host paths, in the order of `keep`."""
 
     def exec(self) -> None:
-        """In the supervisor's child, as root: check the bound paths, then exec podman."""
+        """In the supervisor's child, as root: check the bound paths, enter `run_dir`, exec podman."""
         why = self.same_dirs()
         if why:
             raise ContainerError(why)
+        if self.run_dir:
+            os.fchdir(os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
         os.set_inheritable(self.env_fd, True)
         os.execve(self.argv[0], self.argv, self.env)
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer struck in the container: conmon's mark in `run_dir`,
+        else podman's own `State.OOMKilled` (podman versions that read the mark where conmon
+        puts it). Once the job has ended and before `cleanup`, which removes both."""
+        if self.run_dir and os.path.lexists(os.path.join(self.run_dir, OOM_MARK)):
+            return True
+        try:
+            done = subprocess.run([self.podman, "container", "inspect", "--format", "{{.State.OOMKilled}}",
+                                   "--", self.name], env=podman_env(), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0 and done.stdout.strip() == b"true"
 
     def same_dirs(self) -> Optional[str]:
         """None if every bound path still names the directory that was checked, else which not."""
@@ -249,12 +279,51 @@ class Launch:
                     pass
 
     def cleanup(self) -> None:
-        """After the job: remove its container if podman's --rm did not (podman killed), and the
-        cgroups podman left under the job's."""
+        """After the job (and `oom_killed`), on every path: remove its container, the cgroups
+        podman left under the job's, and `run_dir`."""
         remove_container(self.podman, self.name)
         if self.parent:
             remove_leftovers(self.parent)
+        if self.run_dir:
+            remove_run_dir(self.run_dir)
         self.close()
+
+
+def make_run_dir(jobdir: str) -> str:
+    """`<jobdir>/conmon/`, empty, a directory of ours with mode 0700 (the job's user cannot put a
+    link where conmon, as root, creates its mark). ContainerError if it cannot be made so."""
+    path = os.path.join(jobdir, CONMON_DIR)
+    try:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            remove_run_dir(path)  # left by an earlier try of this job
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise OSError(0, "not a private directory of the agent's")
+    except OSError as exc:
+        raise ContainerError(f"cannot make podman's working directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def remove_run_dir(path: str) -> None:
+    """Remove `make_run_dir`'s directory and conmon's mark in it; a missing one is fine, a link
+    in its place is not followed (and stays)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.unlink(OOM_MARK, dir_fd=fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def prepare(spec: Mapping[str, Any], jobdir: Any, cg: Any, open_log: Callable[[str], int]) -> Launch:
@@ -316,7 +385,12 @@ def _prepare(spec: Mapping[str, Any], jobdir: str, cg_paths: Optional[Mapping[st
                 continue
             keep.append(fd)
             binds.append((path, path, False))
+        links = cache_links(state_dir, uid)  # its file_mounts' objects (cache.grant), never objects/
+        if links is not None:
+            keep.append(links[1])
+            binds.append((links[0], links[0], True))
         env_fd = env_file(env)
+        run_dir = make_run_dir(jobdir)
         argv = build_argv(podman=podman, ref=ref, name=container_name(state_dir, os.path.basename(jobdir)),
                           uid=uid, gid=gid, groups=groups, gpus=spec.get("gpus") or (),
                           env_path=f"/proc/self/fd/{env_fd}", parent=parent, script=script,
@@ -326,7 +400,7 @@ def _prepare(spec: Mapping[str, Any], jobdir: str, cg_paths: Optional[Mapping[st
             os.close(fd)
         raise
     launch = Launch(argv, podman_env(), env_fd, keep, container_name(state_dir, os.path.basename(jobdir)),
-                    parent, podman)
+                    parent, podman, run_dir)
     launch.paths = [src for src, _, _ in binds]
     return launch
 
@@ -352,13 +426,8 @@ def plan_image(value: Any, *, rootless: bool, job_path: str, cgroup_v1: bool) ->
 
 def remove_container(podman: str, name: str, tries: int = 5) -> Optional[str]:
     """`podman rm --force` until the container is gone (a podman process killed with the job may
-    leave it 'Stopping' for a moment); None once gone, else podman's last words."""
-    import time
-
+    leave it 'Stopping' for a moment); None once gone (or never made), else podman's last words."""
     env, last = podman_env(), None
-    if subprocess.run([podman, "container", "exists", "--", name], env=env, stdin=subprocess.DEVNULL,
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 1:
-        return None  # the usual case: `run --rm` removed it
     for i in range(tries):
         done = subprocess.run([podman, "rm", "--force", "--ignore", "--time", "0", "--", name], env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -372,11 +441,12 @@ def remove_container(podman: str, name: str, tries: int = 5) -> Optional[str]:
 
 def forget(spec: Mapping[str, Any], jobdir: str, paths: Optional[Mapping[str, str]]) -> None:
     """What a dead supervisor's image job left (called once its cgroup was killed): its
-    container, and the cgroups podman made under the job's."""
+    container, the cgroups podman made under the job's, and podman's working directory."""
     image = spec.get("image") or {}
     podman = image.get("podman")
     if podman:
         remove_container(podman, container_name(os.path.dirname(os.path.dirname(jobdir)), os.path.basename(jobdir)))
+        remove_run_dir(os.path.join(jobdir, CONMON_DIR))
     if paths:
         try:
             remove_leftovers(cgroup_parent(paths))

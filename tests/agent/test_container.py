@@ -40,7 +40,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, st
 def image_agent(make_agent: Callable[..., AgentProc], registry: Tuple[str, str]) -> Iterator[AgentProc]:
     agent = make_agent("--simulate-gpus", "2:A100", env={"CONTAINERS_REGISTRIES_CONF": registry[1]})
     yield agent
-    for key in ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"):  # the containers by the names the agent gives them
+    for key in ("c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12"):  # the names the agent gives
         podman("rm", "--force", "--ignore", "--time", "0", container.container_name(agent.state_dir, key),
                check=False)
 
@@ -69,6 +69,12 @@ def out(agent: AgentProc, key: str, stream: str = "stdout") -> str:
     return agent.call("logs", key=key, stream=stream, max_bytes=1 << 20)["data"]
 
 
+def left(agent: AgentProc) -> list:
+    """`podman ps -a`: the containers this agent made that still exist (running or not)."""
+    mine = container.container_name(agent.state_dir, "")  # hybridctl-<this agent>-
+    return [n for n in podman("ps", "-a", "--format", "{{.Names}}").stdout.split() if n.startswith(mine)]
+
+
 def test_image_job_runs_as_its_user_env_hidden_from_argv_and_cancel_kills_it(
         image_agent: AgentProc, registry: Tuple[str, str], workdir: Path) -> None:
     secret = "s3cr3t-" + uuid.uuid4().hex
@@ -93,6 +99,7 @@ def test_image_job_runs_as_its_user_env_hidden_from_argv_and_cancel_kills_it(
     rec = image_agent.wait_exited("c1")
     assert rec["reason"] == "cancelled"
     assert podman("container", "exists", name, check=False).returncode == 1  # removed, not left
+    assert left(image_agent) == []
     assert not [p for p in psutil.process_iter(["cmdline"]) if secret in " ".join(p.info["cmdline"] or [])]
     # Pulled once: a second job finds the node's mark and asks podman nothing before its run.
     assert len(list((Path(image_agent.state_dir) / "images").glob("*.pulled"))) == 1
@@ -100,6 +107,7 @@ def test_image_job_runs_as_its_user_env_hidden_from_argv_and_cancel_kills_it(
     assert image_agent.wait_exited("c2")["exit_code"] == 0
     # the container sees only its GPU, as device 0; HYBRIDCTL_GPUS names the node's
     assert out(image_agent, "c2").split("\n")[:2] == [str(NOBODY.pw_uid), "0 1"]
+    assert left(image_agent) == []  # a normal exit: removed by the supervisor (no --rm)
 
 
 def test_the_time_limit_stops_the_container(image_agent: AgentProc, registry: Tuple[str, str]) -> None:
@@ -127,6 +135,7 @@ def test_a_killed_supervisor_takes_its_container_with_it(image_agent: AgentProc,
     assert done["reason"] == "lost: supervisor died"
     wait_for(lambda: not alive(inside), what="the container's process to be killed")
     assert podman("container", "exists", name, check=False).returncode == 1
+    assert left(image_agent) == [] and not (image_agent.job_dir("c6") / container.CONMON_DIR).exists()
     job = agent_parent("/hybridctl", image_agent.state_dir).strip("/") + "/job-c6"
     assert [m for m in cgroup_mounts() if (m / job).exists()] == []  # podman's libpod-<id> and conmon too
 
@@ -235,6 +244,25 @@ def test_a_failed_pull_names_the_image(image_agent: AgentProc, registry: Tuple[s
     launch(image_agent, "c5", "true", missing)
     rec = image_agent.wait_exited("c5")
     assert "image_pull_failed" in rec["reason"] and missing in rec["reason"], rec
+    assert left(image_agent) == []
+
+
+def test_an_image_job_past_its_memory_limit_ends_out_of_memory(image_agent: AgentProc,
+                                                              registry: Tuple[str, str]) -> None:
+    # busybox tail keeps a line that never ends: 400 MiB of zeros against a 64 MiB limit
+    launch(image_agent, "c10", "busybox head -c 400m /dev/zero | busybox tail", registry[0], memory_mb=64)
+    rec = image_agent.wait_exited("c10")
+    assert rec["exit_code"] == 128 + signal.SIGKILL, (rec, out(image_agent, "c10", "stderr"))
+    # the same words as a job on the node's own OS (tests/agent/test_cgroup.py)
+    assert (rec["reason"] or "").startswith("out_of_memory: the kernel killed a process of the job") \
+        and "64 MiB" in rec["reason"], rec
+    assert left(image_agent) == []
+    assert not (image_agent.job_dir("c10") / container.CONMON_DIR).exists()
+    # Not every failure under a limit is an OOM kill.
+    launch(image_agent, "c11", "exit 3", registry[0], memory_mb=64)
+    rec = image_agent.wait_exited("c11")
+    assert (rec["exit_code"], rec["reason"]) == (3, None), rec
+    assert left(image_agent) == []
 
 
 @pytest.mark.parametrize("image", ["docker:--privileged", "docker:", "docker:a b", "docker:x/UPPER",
@@ -255,13 +283,38 @@ def test_the_podman_argv_keeps_the_job_to_itself() -> None:
                                 parent="/hybridctl/agent-x/job-1", script="/s/jobs/1/job.sh",
                                 binds=[("/data/w", "/data/w", False)], workdir="/data/w", runtime=None, cdi=True)
     joined = " ".join(argv)
-    for part in ("--rm", "--user 1000:1000", "--group-add 27", "--security-opt no-new-privileges",
+    for part in ("--user 1000:1000", "--group-add 27", "--security-opt no-new-privileges",
                  "--cap-drop all", "--network host", "--env-file /proc/self/fd/9",
                  "--cgroup-parent /hybridctl/agent-x/job-1", "--device nvidia.com/gpu=1",
                  "--device nvidia.com/gpu=3", "-v /data/w:/data/w:rw", "-- busybox:1 /bin/sh -c"):
         assert part in joined, part
     assert "--group-add 1000" not in joined and "nvidia.com/gpu=0" not in joined
     assert "--privileged" not in argv and argv.index("--") == len(argv) - 6
+    assert "--rm" not in argv  # kept until the supervisor has read its OOM state, then removed
+
+
+def test_podmans_working_directory_is_private_fresh_and_holds_conmons_oom_mark(tmp_path: Path) -> None:
+    jobdir = tmp_path / "job"
+    jobdir.mkdir()
+    run_dir = container.make_run_dir(str(jobdir))
+    st = os.lstat(run_dir)
+    assert run_dir == str(jobdir / container.CONMON_DIR)
+    assert (st.st_mode & 0o777, st.st_uid) == (0o700, os.geteuid())
+    no_podman = str(tmp_path / "no-podman")  # podman is not asked when the mark is there, else False
+    launch = container.Launch([], {}, -1, [], "hybridctl-x-none", None, no_podman, run_dir)
+    assert launch.oom_killed() is False
+    Path(run_dir, container.OOM_MARK).touch()  # what conmon makes in its working directory
+    assert launch.oom_killed() is True
+    assert container.make_run_dir(str(jobdir)) == run_dir and os.listdir(run_dir) == []  # a stale mark goes
+    container.remove_run_dir(run_dir)
+    assert not os.path.lexists(run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / container.OOM_MARK).touch()
+    os.symlink(elsewhere, run_dir)  # a link in its place is refused and never followed
+    with pytest.raises(container.ContainerError, match="working directory"):
+        container.make_run_dir(str(jobdir))
+    assert (elsewhere / container.OOM_MARK).exists()
 
 
 def test_the_env_file_carries_values_and_refuses_line_breaks() -> None:
@@ -272,3 +325,20 @@ def test_the_env_file_carries_values_and_refuses_line_breaks() -> None:
         os.close(fd)
     with pytest.raises(container.ContainerError, match="envs.K"):
         container.env_file({"K": "line1\nline2"})
+
+
+def test_an_image_jobs_file_mounts_resolve_through_its_users_link_directory(
+        image_agent: AgentProc, registry: Tuple[str, str]) -> None:
+    """The job reads its file_mount through its own user's link directory (bound read-only), and
+    cannot open the shared objects/ directory by id."""
+    import hashlib
+    data = b"mounted into a container " + uuid.uuid4().hex.encode()
+    sha = hashlib.sha256(data).hexdigest()
+    opened = image_agent.call("stage_open")
+    Path(opened["path"], "f").write_bytes(data)
+    image_agent.call("cache_add", token=opened["token"], files={"f": [sha, len(data)]})
+    os.chmod(image_agent.base, 0o711)
+    launch(image_agent, "c12", f"cat m; cat {image_agent.state_dir}/cache/objects/{sha} && echo OPENED",
+           registry[0], file_mounts=[{"dst": "m", "objects": {"": [sha, len(data)]}}])
+    rec = image_agent.wait_exited("c12")
+    assert out(image_agent, "c12") == data.decode(), (rec, out(image_agent, "c12", "stderr"))
