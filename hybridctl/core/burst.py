@@ -34,8 +34,8 @@ from hybridctl.core.offers import Choice, Market, Offer, cheapest, expected_loss
 from hybridctl.core.schedule import plan
 
 __all__ = [
-    "PERIODS", "Blocked", "BurstDecision", "CloudNode", "Freeing", "LaunchRequest", "Limits", "Offer", "Running",
-    "ScaleDown", "TaskKey", "World", "cheapest", "decide", "estimate_wait", "expected_loss_h", "fits",
+    "PERIODS", "Blocked", "BurstDecision", "CloudNode", "Freeing", "LaunchRequest", "Limits", "Offer", "Recall",
+    "Running", "ScaleDown", "TaskKey", "World", "cheapest", "decide", "estimate_wait", "expected_loss_h", "fits",
     "fmt_duration", "label", "period_start", "spot_averse", "wait_or_pay",
 ]
 
@@ -112,6 +112,11 @@ class Limits:
     gone, f of the budget committed, less the deadline reserve) and the hard cap (f + `pace_ahead`),
     a non-deadline launch must save waiting worth 1/(1 - x) times its price, x the share of that
     band committed; the cap still refuses at the top. False: every launch is allowed up to the cap."""
+    commit_expected: bool = True
+    """With `pace_budget`: what the held cloud nodes will still cost is counted to their tasks'
+    expected ends (`World.limit_use` of a time limit, as `forecast.expected_end`), not to the
+    limits themselves. Limits are upper bounds (the generated weeks: 1.2-3x the run); counted at
+    the limits, committed money walled the budget off while it was still unspent."""
     limit_use_forecast: bool = False
     """Put time-limited on-prem runs at their expected end (`World.limit_use`) in the wait forecast
     and the pass's reservation starts, not at their limit. Off: on the generated hard week 23 it
@@ -123,6 +128,15 @@ class Limits:
     fraction of its run time plus the expected spot loss and a boot."""
     boot_s: float = 300.0
     """Launch until a cloud node takes work (provider boot plus bootstrap)."""
+    recall: bool = False
+    """Bring a cloud task back on-prem when the fleet can take it now (`decide` step 5): it is
+    stopped as at a reclaim notice (SIGTERM, the grace, the final checkpoint) and requeued, and
+    its cloud nodes go back once idle."""
+    recall_min_s: float = 3600.0
+    """Only a task with at least this much of its run left (its limit or estimate) is recalled."""
+    recall_max_loss: float = 0.1
+    """Only a task whose stop now throws away at most this fraction of what it has left (the work
+    since its last checkpoint, else since its start) is recalled."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,13 @@ class World:
     cloud_features: frozenset[str] = frozenset()
     """What a rented node would offer jobs (cloud.runtimes: podman): a task that requires more
     (PendingTask.requires) fits no node that could be rented, so none is rented for it."""
+    cloud_tasks: Sequence[PendingTask] = ()
+    """Tasks running on cloud nodes, as `plan` would place them again (resources, num_nodes,
+    placement, priority; `runtime_s` = what is left of their limit or estimate from now, None =
+    unknown): what `Limits.recall` may bring back on-prem. Their checkpoint intervals are in
+    `checkpoint_every`."""
+    last_checkpoint: Mapping[TaskKey, float] = field(default_factory=dict)
+    """When each of `cloud_tasks` last wrote a checkpoint (the controller's copy), where known."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +216,17 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class Recall:
+    """Stop cloud task (job_id, task) and requeue it: the on-prem fleet can take it now."""
+
+    job_id: int
+    task: int
+    nodes: tuple[str, ...]
+    """The cloud nodes it holds (given back once idle)."""
+    reason: str
+
+
+@dataclass(frozen=True)
 class BurstDecision:
     """The outcome of one burst pass."""
 
@@ -213,6 +245,8 @@ class BurstDecision:
     no_spot: frozenset[TaskKey] = frozenset()
     """Tasks the policy keeps off spot (`spot_averse`): the scheduler gives them
     `PendingTask.no_spot`, so they do not land on spot nodes rented for others either."""
+    recall: tuple[Recall, ...] = ()
+    """Cloud tasks to bring back on-prem now (`Limits.recall`), the dearest nodes first."""
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -466,6 +500,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     4. Cloud nodes idle for `idle_timeout` that no pending task is about to use are given back;
        when the budget would otherwise be overrun, all of them (only the idle ones with
        `pace_budget`: running work is never killed for money).
+    5. With `recall`: cloud tasks the on-prem fleet can take now, after every pending task had
+       its turn (`_recall`), are stopped and requeued, so that they run on-prem and their nodes go.
     """
     cluster = world.cluster
     freeing = world.freeing
@@ -549,6 +585,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     planned_cost = 0.0
     node_left: dict[str, float] = {}
     committed = _committed(world, cluster.running, limits, now, node_left) if limits.pace_budget else 0.0
+    period_left = _period_left(now, period)
     paced_out = ""
     if limits.pace_budget:
         p0 = period_start(now, period)
@@ -658,8 +695,10 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         if offer is None:
             blocked.append(Blocked(t.job_id, t.task, choice.why))
             continue
+        # What the run costs within this budget period (the rest is the next period's money).
+        cost_now = min(choice.cost, offer.price_hourly * k * period_left / 3600.0)
         reason = _limit_reason(offer, k, len(world.cloud) + planned_nodes, hourly_now + planned_hourly,
-                               world.spent, limits, now, choice.cost, deadline is not None,
+                               world.spent, limits, now, cost_now, deadline is not None,
                                committed + planned_cost)
         if reason:
             blocked.append(Blocked(t.job_id, t.task, reason))
@@ -679,7 +718,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         market.moved()
         planned_nodes += k
         planned_hourly += k * offer.price_hourly
-        planned_cost += choice.cost
+        planned_cost += cost_now
         accepted.append(replace(t, resources=choice.resources) if res is not None else t)
 
     # A task kept off spot whose alternative a limit refuses (the budget, max_nodes...) may still
@@ -716,7 +755,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             c = held.get(node)
             if c is None:
                 continue
-            run = _runtime(by_key[key], world, limits)
+            run = min(_runtime(by_key[key], world, limits), period_left)
             left = node_left.get(node, 0.0)
             cost = c.offer.price_hourly * max(0.0, run - left) / 3600.0  # beyond what is committed
             node_left[node] = max(left, run)
@@ -779,8 +818,57 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     if quota_held:
         notes.append(f"{quota_held} task{'s' if quota_held != 1 else ''} held by a quota or array throttle:"
                       " renting would not start them")
+    recall = _recall(world, limits, policy, now, onprem_now, local_tasks, held) \
+        if limits.recall and world.cloud_tasks and onprem_now else ()
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
-                         frozenset(no_spot))
+                         frozenset(no_spot), recall)
+
+
+def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Sequence[NodeView],
+            local_tasks: Sequence[PendingTask], held: Mapping[str, CloudNode]) -> tuple[Recall, ...]:
+    """Cloud tasks to bring back on-prem: each alone on cloud nodes that would then go back, with
+    at least `recall_min_s` of its run left, and losing at most `recall_max_loss` of that by
+    stopping now (the work since its last checkpoint, else since its start). `plan` places them
+    on-prem after every pending task (below the lowest priority), so no pending task waits longer
+    and no reservation is delayed; the dearest nodes are offered the room first."""
+    where: dict[TaskKey, list[RunningTask]] = {}
+    on_node: dict[str, set[TaskKey]] = {}
+    for r in world.cluster.running:
+        where.setdefault((r.job_id, r.task), []).append(r)
+        on_node.setdefault(r.node, set()).add((r.job_id, r.task))
+    picks: list[tuple[float, PendingTask, tuple[str, ...]]] = []
+    for t in world.cloud_tasks:
+        key = (t.job_id, t.task)
+        ranks = where.get(key)
+        if t.placement != "any" or not ranks or t.runtime_s is None or t.runtime_s < limits.recall_min_s:
+            continue
+        nodes = tuple(sorted({r.node for r in ranks}))
+        if any(r.stopping for r in ranks) or any(
+                n not in held or on_node.get(n, set()) != {key} for n in nodes):
+            continue
+        start = min(r.started_at for r in ranks)
+        every = world.checkpoint_every.get(key) or 0.0
+        last = world.last_checkpoint.get(key)
+        if every <= 0:
+            lost = now - start
+        elif last is not None and last >= start:
+            lost = now - last
+        else:
+            lost = min(now - start, every)  # at most one interval, as far as we know
+        if lost > limits.recall_max_loss * t.runtime_s:
+            continue
+        picks.append((sum(held[n].offer.price_hourly for n in nodes), t, nodes))
+    if not picks:
+        return ()
+    picks.sort(key=lambda p: (-p[0], p[1].job_id, p[1].task))
+    floor = min([t.priority for t in local_tasks] + [p[1].priority for p in picks]) - 1
+    # Submitted in the order of their savings, all below every pending task.
+    back = [replace(t, placement="onprem", priority=floor, submitted_at=float(i), preemptible=False, no_spot=False)
+            for i, (_h, t, _n) in enumerate(picks)]
+    placed = {(p.job_id, p.task) for p in plan(_view(world.cluster, onprem), [*local_tasks, *back], policy).placements}
+    return tuple(Recall(t.job_id, t.task, nodes, f"recalled: the on-prem fleet can take it now; its cloud node"
+                        f"{'s' if len(nodes) != 1 else ''} (${hourly:.2f}/h) go back")
+                 for hourly, t, nodes in picks if (t.job_id, t.task) in placed)
 
 
 def _pace_bar(committed: float, band: tuple[float, float]) -> float:
@@ -826,13 +914,21 @@ def _limit_reason(offer: Offer, k: int, nodes: int, hourly: float, spent: float,
 
 def _committed(world: World, running: Sequence[RunningTask], limits: Limits, now: float,
                left_by: dict[str, float] | None = None) -> float:
-    """$ the held cloud nodes will still cost: to the expected end of their longest job (limit or
-    estimate; `budget_reserve_h` when unknown or still starting), idle ones to their idle timeout."""
+    """$ the held cloud nodes will still cost in this budget period: to the expected end of their
+    longest job (limit or estimate; `budget_reserve_h` when unknown or still starting), idle ones
+    to their idle timeout; never past the period's end (what falls after it is the next period's).
+    With `commit_expected` a time limit counts at the share `World.limit_use` of it."""
+    horizon = _period_left(now, limits.budget_period)
     ends: dict[str, float | None] = {}
+    use = world.limit_use if limits.commit_expected else 1.0
+    guessed = {(t.job_id, t.task) for t in world.cloud_tasks if t.estimated} if use < 1.0 else set()
     for r in running:
         if r.node in ends and ends[r.node] is None:
             continue
-        ends[r.node] = None if r.ends_at is None else max(r.ends_at, ends.get(r.node) or r.ends_at)
+        end = r.ends_at
+        if end is not None and use < 1.0 and (r.job_id, r.task) not in guessed:
+            end = expected_end(r.started_at, end, use, now)
+        ends[r.node] = None if end is None else max(end, ends.get(r.node) or end)
     total = 0.0
     for c in world.cloud:
         if c.draining and c.name not in ends:
@@ -844,10 +940,17 @@ def _committed(world: World, running: Sequence[RunningTask], limits: Limits, now
             left = limits.budget_reserve_h * 3600.0
         else:
             left = max(0.0, limits.idle_timeout - (now - (c.idle_since if c.idle_since is not None else now)))
+        left = min(left, horizon)
         total += c.offer.price_hourly * left / 3600.0
         if left_by is not None:
             left_by[c.name] = left if c.up else math.inf  # a starting node's work was paid for at launch
     return total
+
+
+def _period_left(now: float, period: str) -> float:
+    """Seconds from `now` to the end of its budget period."""
+    start = period_start(now, period)
+    return max(0.0, start + _period_len(start, period) - now)
 
 
 def _period_len(start: float, period: str) -> float:

@@ -135,6 +135,10 @@ class Result:
     """Cloud $ of nodes while they held jobs, by the jobs' size class (spot, on-demand)."""
     lost_by: dict[str, float] = field(default_factory=dict)
     """Lost GPU-hours by size class, and whether the job checkpoints."""
+    recalls: int = 0
+    """Cloud jobs brought back on-prem (`Limits.recall`)."""
+    recall_lost_gpu_h: float = 0.0
+    """Work those stops threw away (since the last checkpoint)."""
 
     def p(self, q: float, waits: Sequence[float] | None = None) -> float:
         return percentile(self.waits if waits is None else waits, q)
@@ -152,6 +156,7 @@ class Result:
             "cloud_busy_gpu_h": round(self.cloud_busy_gpu_h, 1),
             "dollars_by_class": {k: round(v) for k, v in sorted(self.dollars_by_class.items())},
             "lost_gpu_h_by": {k: round(v, 1) for k, v in sorted(self.lost_by.items())},
+            "recalls": self.recalls, "recall_lost_gpu_h": round(self.recall_lost_gpu_h, 1),
         }
 
 
@@ -212,7 +217,8 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     counter = 0
     dollars = cloud_gpu_s = lost_gpu_s = killed_gpu_s = busy_gpu_s = 0.0
     preemptions = refusals = 0
-    od_dollars = cloud_busy_s = 0.0
+    od_dollars = cloud_busy_s = recall_lost_s = 0.0
+    recalls = 0
     by_class: dict[str, float] = {}
     lost_by: dict[str, float] = {}
     decide_s = 0.0
@@ -227,15 +233,17 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
         if not node.jobs:
             node.idle_since = now
 
-    def stop(job: _Job, at: float, now: float, killed: bool) -> None:
+    def stop(job: _Job, at: float, now: float, killed: bool, recalled: bool = False) -> None:
         """The job loses its nodes at `at`: keep what its checkpoints saved, requeue it."""
-        nonlocal lost_gpu_s, killed_gpu_s
+        nonlocal lost_gpu_s, killed_gpu_s, recall_lost_s
         assert job.start is not None
         worked = max(0.0, at - job.start)
         c = job.tj.checkpoint
         kept = math.floor(worked / c) * c if c > 0 else -job.saved
         lost = (worked - kept) * job.tj.gpus * job.tj.nodes
-        if killed:
+        if recalled:
+            recall_lost_s += lost
+        elif killed:
             killed_gpu_s += lost
         else:
             lost_gpu_s += lost
@@ -247,7 +255,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             if n is not None and job.tj.id in n.jobs:
                 release(n, job.tj.id, now)
         job.start, job.nodes, job.run = None, (), job.run + 1
-        job.restarts += 1
+        job.restarts += 0 if recalled else 1
         job.pending_since = now
         pending[job.tj.id] = job
 
@@ -335,6 +343,11 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             dec = burst.decide(world, limits, policy, origin + t)
             decide_s += time.perf_counter() - c0
             no_spot = dec.no_spot
+            for rc in dec.recall:  # stopped now (its checkpoint kept), requeued: the next pass places it on-prem
+                job = jobs[rc.job_id]
+                if job.start is not None and rc.job_id not in pending:
+                    recalls += 1
+                    stop(job, t, t, killed=False, recalled=True)
             for sd in dec.drain:
                 n = nodes.get(sd.node)
                 if n is not None:
@@ -397,7 +410,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     return Result(strategy.name, len(jobs), waits, classes, util, dollars, cloud_gpu_s / 3600, lost_gpu_s / 3600,
                   killed_gpu_s / 3600, preemptions, refusals, dl, misses, unfinished, max(spend.values(), default=0.0),
                   time.perf_counter() - started, decide_s, od_dollars, cloud_busy_s / 3600,
-                  by_class, lost_by)
+                  by_class, lost_by, recalls, recall_lost_s / 3600)
 
 
 def _task(j: _Job, origin: float) -> PendingTask:
@@ -444,6 +457,18 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
     ckpt = {}
     deadlines = {}
     insist = set()
+    cloud_tasks = []
+    last_ckpt = {}
+    if limits.recall or limits.commit_expected:
+        for j in jobs.values():
+            if j.start is None or not j.cloud or j.tj.id in pending:
+                continue
+            ran = t - j.start
+            left = j.tj.time_limit - j.saved - ran if j.tj.time_limit else None
+            cloud_tasks.append(replace(_task(j, origin), runtime_s=max(0.0, left) if left is not None else None))
+            if j.tj.checkpoint > 0:
+                ckpt[(j.tj.id, 0)] = j.tj.checkpoint
+                last_ckpt[(j.tj.id, 0)] = origin + j.start + math.floor(ran / j.tj.checkpoint) * j.tj.checkpoint
     for j in pending.values():
         key = (j.tj.id, 0)
         if j.tj.time_limit:
@@ -459,4 +484,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         {(j.tj.id, 0): origin + j.pending_since for j in pending.values()},
         {p: until for p, until in backoff.items() if until > origin + t}, spent, freeing,
         runtime, ckpt, deadlines, frozenset(insist), limit_use=limit_use,
+        cloud_tasks=cloud_tasks, last_checkpoint=last_ckpt,
     )

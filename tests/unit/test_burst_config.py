@@ -113,7 +113,10 @@ def test_limit_use_is_learnt_from_the_runs_that_succeeded_with_a_time_limit(tmp_
         run(3000.0, 3600.0)
         assert limit_use(store, parts.clock()) == pytest.approx((1140 + 1200) / 2 / 3600)
         assert scaler.world(parts.clock()).limit_use == pytest.approx((1140 + 1200) / 2 / 3600)
+        # Committed money at expected ends (a paced budget) reads it too; with neither, nobody does.
         scaler.limits = replace(scaler.limits, limit_use_forecast=False)
+        assert scaler.world(parts.clock()).limit_use == pytest.approx((1140 + 1200) / 2 / 3600)
+        scaler.limits = replace(scaler.limits, commit_expected=False)
         assert scaler.world(parts.clock()).limit_use == 1.0
     finally:
         store.close()

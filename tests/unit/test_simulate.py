@@ -202,3 +202,18 @@ def test_limit_use_is_the_median_share_of_their_limit_finished_runs_used() -> No
     assert use.value == pytest.approx((0.19 + 0.2) / 2)
     use.add(5.0, 2.0)  # ran past its limit (a grace): counts as the whole limit
     assert use.value == pytest.approx(0.2)
+
+
+def test_a_recalled_cloud_job_finishes_on_prem_and_its_node_goes_back() -> None:
+    """On-prem is busy for an hour, so the 6 h job bursts; once on-prem frees, `recall` brings it
+    back (from its last checkpoint) and the cloud node is given back: the same job, fewer cloud hours."""
+    jobs = [job(1, duration=3600.0, time_limit=3600.0),
+            replace(job(2, duration=6 * 3600.0, checkpoint=600.0, time_limit=7 * 3600.0), submit=60.0)]
+    stay = run(jobs, FLEET, Strategy("stay", limits=RENT), ScriptedMarket([OD]))  # type: ignore[arg-type]
+    back = run(jobs, FLEET, Strategy("back", limits=replace(RENT, recall=True)), ScriptedMarket([OD]))  # type: ignore[arg-type]
+    assert stay.unfinished == back.unfinished == 0
+    assert (stay.recalls, back.recalls) == (0, 1)
+    assert stay.cloud_gpu_h > 8 * 6.0  # the whole run on the cloud node
+    assert back.cloud_gpu_h < 8 * 1.5  # boot, the first hour, the idle timeout
+    # Stopped just after a checkpoint: at most one 10-minute interval thrown away, never counted as a reclaim.
+    assert back.recall_lost_gpu_h <= 8 * 600 / 3600 and back.lost_gpu_h == 0.0 and back.preemptions == 0
