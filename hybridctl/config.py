@@ -146,6 +146,12 @@ class BurstConfig:
     """Run time (s) assumed for a job with no time limit and no history to estimate from: it decides
     whether waiting or the cloud pays, and what a spot reclaim would cost such a job (a job that
     never checkpoints goes to spot only while this is short enough)."""
+    recall: bool = True
+    """Bring a task running on cloud nodes back on-prem once the fleet can take it now (after
+    every waiting task had its turn) and stopping it loses little (at most 10% of what is left of
+    an hour or more, counted from its last checkpoint): it is stopped as at a reclaim notice
+    (SIGTERM, `preemption_grace`, the final checkpoint), requeued without using `max_restarts`,
+    and its cloud node goes back once idle."""
 
     def __post_init__(self) -> None:
         low, high = UNKNOWN_RUNTIME_RANGE

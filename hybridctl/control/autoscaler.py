@@ -43,7 +43,7 @@ from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
 from hybridctl.core.errors import HybridctlError
-from hybridctl.core.model import JobStatus, NodeState, PendingTask, task_label
+from hybridctl.core.model import ClusterView, JobStatus, NodeState, PendingTask, task_label
 from hybridctl.core.reconcile import ActiveRank, job_key
 from hybridctl.sim.keys import client_key
 from hybridctl.ssh.link import AgentRefused
@@ -294,6 +294,9 @@ class Autoscaler:
         for sd in decision.drain:  # no new work; given back by a later pass once idle
             if sd.node not in self._busy:
                 self.store.set_drain(sd.node, True, sd.reason, now)
+        for rc in decision.recall:
+            if not any(n in self._busy for n in rc.nodes):
+                self.recall(rc)
         for req in decision.launches:
             name = self.new_name()
             self._busy.add(name)
@@ -343,15 +346,52 @@ class Autoscaler:
         # Each task's time limit, else the estimate from its user's history (core/estimate.py), so
         # that wait-or-pay and the reclaim loss price real work, not `default_runtime_s` for all.
         pending = self.scheduler.runtimes.pending(store.pending(), now)
-        # Image jobs need podman on their node: rented nodes offer what cloud.runtimes lists.
-        cluster, pending = self.scheduler.with_requirements(cluster, pending)
+        wanted = self.limits.recall or (self.limits.commit_expected and self.limits.pace_budget)
+        recallable, last_checkpoint = self.cloud_tasks(cluster, now) if wanted else ([], {})
+        # Image jobs need podman on their node: rented nodes offer what cloud.runtimes lists (and a
+        # recalled task must find it on-prem too).
+        cluster, both = self.scheduler.with_requirements(cluster, [*pending, *recallable])
+        pending, recallable = list(both[:len(pending)]), list(both[len(pending):])
         runtime = {(t.job_id, t.task): t.runtime_s for t in pending if t.runtime_s}
-        checkpoint_every, deadlines, insist = self.job_facts(pending)
+        checkpoint_every, deadlines, insist = self.job_facts(pending, recallable)
         return burst.World(pending, cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing,
                            runtime=runtime, checkpoint_every=checkpoint_every, deadlines=deadlines,
                            transfer_s=self.transfer_times(pending), spot_insist=insist,
                            cloud_features=frozenset(self.cfg.runtimes),
-                           limit_use=budget_limit_use(store, now) if self.limits.limit_use_forecast else 1.0)
+                           limit_use=budget_limit_use(store, now) if self.limits.limit_use_forecast or (
+                               self.limits.commit_expected and self.limits.pace_budget) else 1.0,
+                           cloud_tasks=recallable, last_checkpoint=last_checkpoint)
+
+    def cloud_tasks(self, cluster: ClusterView, now: float) -> tuple[list[PendingTask], dict[burst.TaskKey, float]]:
+        """`World.cloud_tasks` and `World.last_checkpoint`: the RUNNING tasks held on cloud nodes
+        only, with placement 'any' (a `placement: cloud` job stays there), each with what is left
+        of its time limit (else its estimate) from `now` as `runtime_s` (None = unknown), and when
+        each last checkpointed where the controller's copy says. A recall is requeued as a
+        preemption, a recovery (core/retry.py: never `max_restarts`): a task is offered only while
+        the recall leaves it at most half of `recovery.max_recoveries` used, so recalls alone can
+        never push a job to that cap. One store query."""
+        ends: dict[burst.TaskKey, float | None] = {}
+        for r in cluster.running:  # one entry per node of a task: it ends with its last rank
+            key = (r.job_id, r.task)
+            old = ends.get(key, r.ends_at)
+            ends[key] = None if old is None or r.ends_at is None else max(old, r.ends_at)
+        cap = self.settings.recovery.max_recoveries
+        tasks: list[PendingTask] = []
+        last: dict[burst.TaskKey, float] = {}
+        rows = self.store.running_on_cloud()
+        facts = self.scheduler.runtimes.facts([t.job_id for t, _ in rows])
+        for t, recovered in rows:
+            key = (t.job_id, t.task)
+            if t.placement != "any" or 2 * (recovered + 1) > cap:
+                continue
+            end = ends.get(key)
+            f = facts.get(t.job_id)
+            tasks.append(replace(t, runtime_s=None if end is None else max(0.0, end - now),
+                                 estimated=end is not None and (f is None or f.time_limit is None)))
+            at = self.scheduler.runtimes.checkpoint_at(t.job_id, t.task)
+            if at is not None:
+                last[key] = at
+        return tasks, last
 
     def transfer_times(self, pending: Sequence[PendingTask]) -> dict[tuple[int, int], float]:
         """Per pending task, the seconds a fresh cloud node would spend receiving its environment
@@ -368,13 +408,14 @@ class Autoscaler:
                 out[(t.job_id, t.task)] = by_job[t.job_id]
         return out
 
-    def job_facts(self, pending: list[PendingTask]) -> tuple[
+    def job_facts(self, pending: list[PendingTask], running: Sequence[PendingTask] = ()) -> tuple[
             dict[burst.TaskKey, float], dict[burst.TaskKey, float], frozenset[burst.TaskKey]]:
-        """Per pending task of a job with `checkpoint_dir`: seconds between its checkpoints (as the
-        checkpoint sync observed them, else `fleet.checkpoint_sync_interval`); per task of a job
-        with a `deadline`: the deadline; the tasks of jobs with `spot_insist: true`. One query per
-        500 jobs (specs are JSON in the store)."""
-        ids = sorted({t.job_id for t in pending})
+        """Per pending task (and per `running` one: `World.cloud_tasks`) of a job with
+        `checkpoint_dir`: seconds between its checkpoints (as the checkpoint sync observed them,
+        else `fleet.checkpoint_sync_interval`); per pending task of a job with a `deadline`: the
+        deadline; the pending tasks of jobs with `spot_insist: true`. One query per 500 jobs
+        (specs are JSON in the store)."""
+        ids = sorted({t.job_id for t in [*pending, *running]})
         facts: dict[int, tuple[bool, float | None, bool]] = {
             job_id: (bool(ckpt), float(deadline) if deadline is not None else None, bool(insist))
             for job_id, (_uid, (ckpt, deadline, insist)) in self.store.spec_fields(
@@ -392,6 +433,10 @@ class Autoscaler:
                 every[key] = self.checkpoints.interval(t.job_id, t.task) or fallback
             if f[1] is not None:
                 deadlines[key] = f[1]
+        for t in running:
+            f = facts.get(t.job_id)
+            if f is not None and f[0]:
+                every[(t.job_id, t.task)] = self.checkpoints.interval(t.job_id, t.task) or fallback
         return every, deadlines, frozenset((t.job_id, t.task) for t in pending if facts.get(t.job_id, (0, 0, 0))[2])
 
     def row(self, node: str) -> dict[str, Any] | None:
@@ -519,8 +564,8 @@ class Autoscaler:
         if row is None:
             return
         held = self.store.cloud_node_activity().get(node, (0, None))[0]
-        if held and not force:
-            return
+        if (held or self.fleet.final_syncs.on(node)) and not force:
+            return  # busy, or a stopped job's final checkpoint is still being pulled from it
         self.store.set_drain(node, True, reason, self.clock())
         self.store.cloud_update_instance(row["instance_id"], self.clock(), state=CloudNodeState.DRAINING, reason=reason)
         log.info("cloud node %s: giving back: %s", node, reason)
@@ -549,6 +594,35 @@ class Autoscaler:
                 with contextlib.suppress(HybridctlError):
                     await link.call("cancel", key=key, grace=self.cfg.preemption_grace if grace is None else grace)
         self.lifecycle.changed()
+
+    def recall(self, rc: burst.Recall) -> None:
+        """Bring a cloud task back on-prem (`BurstDecision.recall`), as a reclaim notice would for
+        it alone: PREEMPTED now with the policy's reason (`show` prints it), SIGTERM and
+        `cloud.preemption_grace` on each of its nodes; once its processes are gone and its final
+        checkpoint is pulled it is requeued as a recovery, never using `max_restarts`
+        (`Lifecycle.release`), the scheduler places it on-prem (placement 'any' tries on-prem
+        first), and its idle cloud nodes go back by the usual `idle_timeout` path."""
+        keys: dict[str, list[str]] = {}
+        for node in rc.nodes:
+            for a in self.store.active_ranks(node):
+                if (a.job_id, a.task) == (rc.job_id, rc.task):
+                    keys.setdefault(node, []).append(job_key(a.job_id, a.task, a.attempt, a.rank))
+        if not keys:
+            return  # ended (or stopped) since the world was read
+        log.info("job %s: %s", task_label(rc.job_id, rc.task), rc.reason)
+        self.lifecycle.preempt(rc.job_id, rc.task, rc.reason)
+        for node, ranks in keys.items():
+            self._spawn(node, self._stop_ranks(node, ranks))
+        self.lifecycle.changed()
+
+    async def _stop_ranks(self, node: str, keys: Sequence[str]) -> None:
+        session = self.fleet.sessions.get(node)
+        link = session.link if session is not None else None
+        if link is None:
+            return  # unreachable: the node is lost in the end, and the task requeued then
+        for key in keys:
+            with contextlib.suppress(HybridctlError):
+                await link.call("cancel", key=key, grace=self.cfg.preemption_grace)
 
     async def give_back(self, iid: str, node: str, reason: str, failed: bool = False) -> None:
         """Terminate the instance, settle its cost, and forget the node."""

@@ -32,6 +32,7 @@ def limits(settings: Settings) -> burst.Limits:
         wait_value_usd=b.wait_value_usd, count_preemption_loss=b.count_preemption_loss,
         max_spot_loss=b.max_spot_loss, reclaim_per_h=b.reclaim_per_h, pace_budget=b.pace_budget,
         pace_ahead=b.pace_ahead, deadline_reserve=b.deadline_reserve, default_runtime_s=b.unknown_runtime,
+        recall=b.recall,
     )
 
 

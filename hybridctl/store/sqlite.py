@@ -478,6 +478,27 @@ class Store(NodeTables, CloudTables, UsageTables, HistoryTables):
             out.append(head if head.task == task else dataclasses.replace(head, task=task))
         return out
 
+    def running_on_cloud(self) -> list[tuple[PendingTask, int]]:
+        """RUNNING tasks whose every held allocation is on a cloud node, each as `pending` would
+        make it (its job's resources, placement, priority), with the recoveries it has used: what
+        the burst policy may recall on-prem. One query."""
+        out = []
+        for (job_id, task, user, grp, prio, sub, gpus, gtype, cpus, mem, nn, place, spot, alt, excl,
+             recovered) in self.conn.execute(
+            "SELECT t.job_id, t.task, j.user, j.grp, j.priority, j.submitted_at, j.gpus, j.gpu_type, j.cpus,"
+            " j.memory_mb, j.num_nodes, j.placement, j.use_spot, j.alternatives, j.exclusive, t.recoveries"
+            " FROM (SELECT a.job_id, a.task FROM allocations a LEFT JOIN nodes n ON n.name = a.node"
+            "       WHERE a.end IS NULL GROUP BY a.job_id, a.task HAVING MIN(COALESCE(n.site, '') = 'cloud') = 1) c"
+            " JOIN tasks t ON t.job_id = c.job_id AND t.task = c.task JOIN jobs j ON j.id = t.job_id"
+            " WHERE t.state = 'RUNNING' ORDER BY t.job_id, t.task"
+        ):
+            res = _with_alternatives(
+                Resources(gpus=gpus, gpu_type=gtype, cpus=cpus, memory_mb=mem, use_spot=bool(spot)), alt
+            )
+            out.append((PendingTask(job_id, task, user, grp, prio, sub, res, nn, place, exclusive=bool(excl)),
+                        int(recovered)))
+        return out
+
     def _blocked(self, job_id: int, user: str, name: str, deps: str, others: str, singleton: int,
                  cache: dict[tuple[str, str], tuple[tuple[int, ...], str]]) -> tuple[tuple[int, ...], str]:
         """(job ids it waits for, the reason when not plain afterok: '' else) of a pending job:
