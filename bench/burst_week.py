@@ -37,7 +37,8 @@ def _summary(base: engine.Result, r: engine.Result) -> dict[str, float]:
     return {
         "p95_min": r.p(0.95) / 60, "p95_x": r.p(0.95) / max(base.p(0.95), 1.0),
         "dollars_pct": 100 * r.dollars / base.dollars if base.dollars else 0.0,
-        "lost_pct": 100 * r.lost_gpu_h / r.cloud_gpu_h if r.cloud_gpu_h else 0.0,
+        # Work thrown away on cloud nodes: reclaims, and recalls (stopped to come back on-prem).
+        "lost_pct": 100 * (r.lost_gpu_h + r.recall_lost_gpu_h) / r.cloud_gpu_h if r.cloud_gpu_h else 0.0,
         "multi_p95_h": percentile(r.classes["multi-node"], 0.95) / 3600,
         "one_gpu_p95_min": small / 60,
         "big_x": max(percentile(r.classes["8 GPUs"], 0.95), percentile(r.classes["multi-node"], 0.95)) / max(small, 1.0),

@@ -94,9 +94,11 @@ class FleetConfig:
 class BurstConfig:
     """When to rent cloud nodes and the limits that are never crossed (`cloud.burst`)."""
 
-    after: float = 60.0
+    after: float = 0.0
     """A job that fits on no on-prem node may burst once it has waited this long (s); with
-    `wait_value_usd` it bursts when waiting would cost more than renting. Jobs with
+    `wait_value_usd` it bursts when waiting would cost more than renting (0: as soon as that says
+    so; a wait of 60 s cost the generated hard week 17 a p95 of 26 vs 25 min and week 23 55 vs 21
+    min, bench/RESULTS.md). Jobs with
     `placement: cloud` go at once; `placement: onprem` never bursts."""
     idle_timeout: float = 600.0
     """A cloud node idle this long (s) is drained and terminated."""

@@ -213,6 +213,9 @@ class Autoscaler:
         self.checkpoints = CheckpointIntervals(lifecycle.checkpoint_path)
         """Observed checkpoint intervals (World.checkpoint_every)."""
         self.leaks: list[dict[str, Any]] = []
+        self.recalled: set[burst.TaskKey] = set()
+        """Tasks recalled on-prem since the controller started: never recalled again (no ping-pong
+        if the room they were recalled for is taken before they are requeued)."""
         self.wake = asyncio.Event()
         self.prepared: dict[str, tuple[str | None, str]] = {}
         """Rank key -> (real workdir, real output dir) on its cloud node, set before its launch."""
@@ -347,7 +350,7 @@ class Autoscaler:
         # that wait-or-pay and the reclaim loss price real work, not `default_runtime_s` for all.
         pending = self.scheduler.runtimes.pending(store.pending(), now)
         wanted = self.limits.recall or (self.limits.commit_expected and self.limits.pace_budget)
-        recallable, last_checkpoint = self.cloud_tasks(cluster, now) if wanted else ([], {})
+        recallable, last_checkpoint, no_recall = self.cloud_tasks(cluster, now) if wanted else ([], {}, frozenset())
         # Image jobs need podman on their node: rented nodes offer what cloud.runtimes lists (and a
         # recalled task must find it on-prem too).
         cluster, both = self.scheduler.with_requirements(cluster, [*pending, *recallable])
@@ -360,16 +363,18 @@ class Autoscaler:
                            cloud_features=frozenset(self.cfg.runtimes),
                            limit_use=budget_limit_use(store, now) if self.limits.limit_use_forecast or (
                                self.limits.commit_expected and self.limits.pace_budget) else 1.0,
-                           cloud_tasks=recallable, last_checkpoint=last_checkpoint)
+                           cloud_tasks=recallable, last_checkpoint=last_checkpoint, no_recall=no_recall)
 
-    def cloud_tasks(self, cluster: ClusterView, now: float) -> tuple[list[PendingTask], dict[burst.TaskKey, float]]:
-        """`World.cloud_tasks` and `World.last_checkpoint`: the RUNNING tasks held on cloud nodes
-        only, with placement 'any' (a `placement: cloud` job stays there), each with what is left
-        of its time limit (else its estimate) from `now` as `runtime_s` (None = unknown), and when
-        each last checkpointed where the controller's copy says. A recall is requeued as a
-        preemption, a recovery (core/retry.py: never `max_restarts`): a task is offered only while
-        the recall leaves it at most half of `recovery.max_recoveries` used, so recalls alone can
-        never push a job to that cap. One store query."""
+    def cloud_tasks(self, cluster: ClusterView, now: float) -> tuple[
+            list[PendingTask], dict[burst.TaskKey, float], frozenset[burst.TaskKey]]:
+        """`World.cloud_tasks`, `World.last_checkpoint` and `World.no_recall`: the RUNNING tasks
+        held on cloud nodes only, each with what is left of its time limit (else its estimate,
+        `estimated`) from `now` as `runtime_s` (None = unknown), and when each last checkpointed
+        where the controller's copy says (the policy recalls placement 'any' only; committed money
+        reads every one). A recall is requeued as a preemption, a recovery (core/retry.py: never
+        `max_restarts`): a task is recalled at most once per controller run, and only while the
+        recall leaves it at most half of `recovery.max_recoveries` used, so recalls alone can never
+        push a job to that cap. One store query."""
         ends: dict[burst.TaskKey, float | None] = {}
         for r in cluster.running:  # one entry per node of a task: it ends with its last rank
             key = (r.job_id, r.task)
@@ -380,10 +385,11 @@ class Autoscaler:
         last: dict[burst.TaskKey, float] = {}
         rows = self.store.running_on_cloud()
         facts = self.scheduler.runtimes.facts([t.job_id for t, _ in rows])
+        never: set[burst.TaskKey] = set()
         for t, recovered in rows:
             key = (t.job_id, t.task)
-            if t.placement != "any" or 2 * (recovered + 1) > cap:
-                continue
+            if key in self.recalled or 2 * (recovered + 1) > cap:
+                never.add(key)
             end = ends.get(key)
             f = facts.get(t.job_id)
             tasks.append(replace(t, runtime_s=None if end is None else max(0.0, end - now),
@@ -391,7 +397,7 @@ class Autoscaler:
             at = self.scheduler.runtimes.checkpoint_at(t.job_id, t.task)
             if at is not None:
                 last[key] = at
-        return tasks, last
+        return tasks, last, frozenset(never)
 
     def transfer_times(self, pending: Sequence[PendingTask]) -> dict[tuple[int, int], float]:
         """Per pending task, the seconds a fresh cloud node would spend receiving its environment
@@ -599,7 +605,7 @@ class Autoscaler:
         """Bring a cloud task back on-prem (`BurstDecision.recall`), as a reclaim notice would for
         it alone: PREEMPTED now with the policy's reason (`show` prints it), SIGTERM and
         `cloud.preemption_grace` on each of its nodes; once its processes are gone and its final
-        checkpoint is pulled it is requeued as a recovery, never using `max_restarts`
+        checkpoint pull has begun it is requeued as a recovery, never using `max_restarts`
         (`Lifecycle.release`), the scheduler places it on-prem (placement 'any' tries on-prem
         first), and its idle cloud nodes go back by the usual `idle_timeout` path."""
         keys: dict[str, list[str]] = {}
@@ -610,6 +616,7 @@ class Autoscaler:
         if not keys:
             return  # ended (or stopped) since the world was read
         log.info("job %s: %s", task_label(rc.job_id, rc.task), rc.reason)
+        self.recalled.add((rc.job_id, rc.task))
         self.lifecycle.preempt(rc.job_id, rc.task, rc.reason)
         for node, ranks in keys.items():
             self._spawn(node, self._stop_ranks(node, ranks))

@@ -101,6 +101,10 @@ class Limits:
     """Time a restart costs besides the lost work (a new node boots, the job sets up again)."""
     default_runtime_s: float = 3600.0
     """Run time assumed for a task without a time limit or estimate (`World.runtime`)."""
+    unknown_risk_s: float = 86400.0
+    """The run time a spot reclaim is priced at for such a task (the share of its work a reclaim
+    throws away grows with the run: one that may run for days and never checkpoints must not look
+    safe because its cost is guessed at `default_runtime_s`). 0 = `default_runtime_s`."""
     pace_budget: bool = False
     """Spread the budget over its period: by a fraction f of the period, at most
     (f + `pace_ahead`) of the budget is committed, less `deadline_reserve` kept for tasks with a
@@ -183,6 +187,9 @@ class World:
     `checkpoint_every`."""
     last_checkpoint: Mapping[TaskKey, float] = field(default_factory=dict)
     """When each of `cloud_tasks` last wrote a checkpoint (the controller's copy), where known."""
+    no_recall: frozenset[TaskKey] = frozenset()
+    """Cloud tasks never to recall: recalled once already (no ping-pong), or too close to their
+    recovery cap."""
 
 
 @dataclass(frozen=True)
@@ -344,13 +351,14 @@ def spot_averse(task: PendingTask, world: World, limits: Limits, now: float, can
             safe = market.safest(res, market.fitting(res)[0])
             if safe is not None and safe.reclaim_per_h is not None:
                 rate = min(rate, safe.reclaim_per_h)
-    loss = expected_loss_h(work_h, k * rate, ckpt_h, limits.restart_overhead_s / 3600.0)
+    share = _loss_share(task, world, limits, work_h, k * rate, ckpt_h)
+    loss = share * work_h
     deadline = world.deadlines.get(key)
     if deadline is not None:  # as `_choose`: spot while the slack allows, else on-demand if there is one
         slack = deadline - now - limits.boot_s - work_h * 3600.0
         short = slack < (loss + limits.deadline_margin * work_h) * 3600.0
-        return limits.allow_on_demand and (short or (work_h > 0 and loss / work_h > limits.max_spot_loss))
-    return work_h > 0 and loss / work_h > limits.max_spot_loss
+        return limits.allow_on_demand and (short or (work_h > 0 and share > limits.max_spot_loss))
+    return work_h > 0 and share > limits.max_spot_loss
 
 
 def _choose(task: PendingTask, market: Market, world: World, limits: Limits, uses: Mapping[str, int],
@@ -378,9 +386,9 @@ def _choose(task: PendingTask, market: Market, world: World, limits: Limits, use
         choice: Choice | None = None
         if s is not None:
             rate = k * (s.reclaim_per_h if s.reclaim_per_h is not None else limits.reclaim_per_h)
-            loss = expected_loss_h(work_h, rate, ckpt_h, limits.restart_overhead_s / 3600.0)
+            frac = _loss_share(task, world, limits, work_h, rate, ckpt_h)
+            loss = frac * work_h
             s_cost = s.price_hourly * k * (work_h + loss)
-            frac = loss / work_h if work_h > 0 else 0.0
             why = f"spot: expected loss {frac:.1%} of {fmt_duration(work_h * 3600)}"
             if not limits.count_preemption_loss or key in world.spot_insist:
                 choice = Choice(s, res, s_cost, loss, why)
@@ -445,6 +453,17 @@ def _safer(cheap: Offer, safe: Offer | None, k: int, work_h: float, ckpt_h: floa
     if at_cheap / work_h <= limits.max_spot_loss:
         return cheap
     return safe if loss(safe) < at_cheap else cheap
+
+
+def _loss_share(t: PendingTask, world: World, limits: Limits, work_h: float, rate: float, ckpt_h: float) -> float:
+    """The expected share of its run a task loses to reclaims at `rate` (k nodes: k x): at its
+    known run time, or at `unknown_risk_s` where it has neither a limit nor an estimate."""
+    risk_h = work_h
+    if limits.unknown_risk_s > 0 and world.runtime.get((t.job_id, t.task)) is None and t.runtime_s is None:
+        risk_h = max(work_h, limits.unknown_risk_s / 3600.0)
+    if risk_h <= 0:
+        return 0.0
+    return expected_loss_h(risk_h, rate, ckpt_h, limits.restart_overhead_s / 3600.0) / risk_h
 
 
 def _runtime(t: PendingTask, world: World, limits: Limits) -> float:
@@ -681,7 +700,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 hold = (choice.offer is not None and limits.wait_value_usd > 0
                         and (wait < move or worth < paid))
                 if not hold and band is not None and choice.offer is not None and limits.wait_value_usd > 0:
-                    bar = _pace_bar(world.spent + committed + planned_cost + choice.cost, band)
+                    in_period = min(choice.cost, choice.offer.price_hourly * k * period_left / 3600.0)
+                    bar = _pace_bar(world.spent + committed + planned_cost + in_period, band)
                     if worth < paid * bar:
                         hold = True
                         bent += 1
@@ -818,19 +838,20 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     if quota_held:
         notes.append(f"{quota_held} task{'s' if quota_held != 1 else ''} held by a quota or array throttle:"
                       " renting would not start them")
-    recall = _recall(world, limits, policy, now, onprem_now, local_tasks, held) \
+    recall = _recall(world, limits, policy, now, onprem_now, ordered, held, wanted_nodes) \
         if limits.recall and world.cloud_tasks and onprem_now else ()
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
                          frozenset(no_spot), recall)
 
 
 def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Sequence[NodeView],
-            local_tasks: Sequence[PendingTask], held: Mapping[str, CloudNode]) -> tuple[Recall, ...]:
-    """Cloud tasks to bring back on-prem: each alone on cloud nodes that would then go back, with
-    at least `recall_min_s` of its run left, and losing at most `recall_max_loss` of that by
-    stopping now (the work since its last checkpoint, else since its start). `plan` places them
-    on-prem after every pending task (below the lowest priority), so no pending task waits longer
-    and no reservation is delayed; the dearest nodes are offered the room first."""
+            ordered: Sequence[PendingTask], held: Mapping[str, CloudNode], wanted: set[str]) -> tuple[Recall, ...]:
+    """Cloud tasks to bring back on-prem: each alone on cloud nodes that would then go back (no
+    pending task is headed there), not in `World.no_recall`, with at least `recall_min_s` of its
+    run left, and losing at most `recall_max_loss` of that by stopping now (the work since its
+    last checkpoint, else since its start). `plan` places them on-prem after every pending task
+    that may run on-prem (below the lowest priority, the dearest nodes first) and as if they
+    never ended (no backfill ahead of a reservation), so no pending task waits longer."""
     where: dict[TaskKey, list[RunningTask]] = {}
     on_node: dict[str, set[TaskKey]] = {}
     for r in world.cluster.running:
@@ -840,32 +861,34 @@ def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Se
     for t in world.cloud_tasks:
         key = (t.job_id, t.task)
         ranks = where.get(key)
-        if t.placement != "any" or not ranks or t.runtime_s is None or t.runtime_s < limits.recall_min_s:
+        if (t.placement != "any" or not ranks or key in world.no_recall or t.runtime_s is None
+                or t.runtime_s < limits.recall_min_s):
             continue
         nodes = tuple(sorted({r.node for r in ranks}))
         if any(r.stopping for r in ranks) or any(
-                n not in held or on_node.get(n, set()) != {key} for n in nodes):
+                n not in held or n in wanted or on_node.get(n, set()) != {key} for n in nodes):
             continue
         start = min(r.started_at for r in ranks)
         every = world.checkpoint_every.get(key) or 0.0
         last = world.last_checkpoint.get(key)
-        if every <= 0:
-            lost = now - start
-        elif last is not None and last >= start:
-            lost = now - last
+        if every > 0 and last is not None and last >= start:
+            lost = now - min(last, now)  # a node clock ahead of ours is no excuse
         else:
-            lost = min(now - start, every)  # at most one interval, as far as we know
+            lost = now - start  # no checkpoint seen since it started
         if lost > limits.recall_max_loss * t.runtime_s:
             continue
         picks.append((sum(held[n].offer.price_hourly for n in nodes), t, nodes))
     if not picks:
         return ()
     picks.sort(key=lambda p: (-p[0], p[1].job_id, p[1].task))
-    floor = min([t.priority for t in local_tasks] + [p[1].priority for p in picks]) - 1
-    # Submitted in the order of their savings, all below every pending task.
-    back = [replace(t, placement="onprem", priority=floor, submitted_at=float(i), preemptible=False, no_spot=False)
-            for i, (_h, t, _n) in enumerate(picks)]
-    placed = {(p.job_id, p.task) for p in plan(_view(world.cluster, onprem), [*local_tasks, *back], policy).placements}
+    local = [replace(t, placement="onprem") for t in ordered if t.placement in ("any", "onprem") and not t.deps_unmet]
+    floor = min([t.priority for t in local] + [p[1].priority for p in picks]) - 1
+    # Below every pending task, each a step below the one before (the dearest nodes first,
+    # whatever their users' fair share); unbounded, as the requeued task will be at its full
+    # limit, so it never backfills ahead of a reservation.
+    back = [replace(t, placement="onprem", priority=floor - i, preemptible=False, no_spot=False, runtime_s=None,
+                    estimated=False) for i, (_h, t, _n) in enumerate(picks)]
+    placed = {(p.job_id, p.task) for p in plan(_view(world.cluster, onprem), [*local, *back], policy).placements}
     return tuple(Recall(t.job_id, t.task, nodes, f"recalled: the on-prem fleet can take it now; its cloud node"
                         f"{'s' if len(nodes) != 1 else ''} (${hourly:.2f}/h) go back")
                  for hourly, t, nodes in picks if (t.job_id, t.task) in placed)

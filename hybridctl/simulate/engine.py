@@ -72,6 +72,8 @@ class _Job:
     end: float | None = None
     restarts: int = 0
     cloud: bool = False
+    recalled: bool = False
+    """Brought back on-prem once: never again (as the controller)."""
 
 
 @dataclass
@@ -256,6 +258,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                 release(n, job.tj.id, now)
         job.start, job.nodes, job.run = None, (), job.run + 1
         job.restarts += 0 if recalled else 1
+        job.recalled = job.recalled or recalled
         job.pending_since = now
         pending[job.tj.id] = job
 
@@ -413,14 +416,16 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                   by_class, lost_by, recalls, recall_lost_s / 3600)
 
 
-def _task(j: _Job, origin: float) -> PendingTask:
+def _task(j: _Job, origin: float, left: float | None = None) -> PendingTask:
+    """The job as the scheduler sees it; `left`: what is left of its limit (a running job's)."""
     tj = j.tj
     cpus = tj.cpus or max(4.0, 8.0 * tj.gpus)
+    if left is None and tj.time_limit:
+        left = max(60.0, tj.time_limit - j.saved)
     return PendingTask(tj.id, 0, tj.user, "lab", tj.priority, origin + tj.submit,
                        Resources(gpus=tj.gpus, gpu_type=tj.gpu_type, cpus=cpus, memory_mb=tj.memory_mb,
                                  use_spot=tj.spot != "no"),
-                       num_nodes=tj.nodes,
-                       runtime_s=max(60.0, tj.time_limit - j.saved) if tj.time_limit else None)
+                       num_nodes=tj.nodes, runtime_s=left)
 
 
 def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job], origin: float,
@@ -459,16 +464,20 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
     insist = set()
     cloud_tasks = []
     last_ckpt = {}
-    if limits.recall or limits.commit_expected:
-        for j in jobs.values():
-            if j.start is None or not j.cloud or j.tj.id in pending:
-                continue
-            ran = t - j.start
-            left = j.tj.time_limit - j.saved - ran if j.tj.time_limit else None
-            cloud_tasks.append(replace(_task(j, origin), runtime_s=max(0.0, left) if left is not None else None))
-            if j.tj.checkpoint > 0:
-                ckpt[(j.tj.id, 0)] = j.tj.checkpoint
-                last_ckpt[(j.tj.id, 0)] = origin + j.start + math.floor(ran / j.tj.checkpoint) * j.tj.checkpoint
+    if limits.recall or (limits.commit_expected and limits.pace_budget):
+        seen: set[int] = set()
+        for n in cloud_nodes:
+            for job_id in n.jobs:
+                j = jobs[job_id]
+                if job_id in seen or j.start is None:
+                    continue
+                seen.add(job_id)
+                ran = t - j.start
+                left = max(0.0, j.tj.time_limit - j.saved - ran) if j.tj.time_limit else None
+                cloud_tasks.append(_task(j, origin, left))
+                if j.tj.checkpoint > 0:
+                    ckpt[(j.tj.id, 0)] = j.tj.checkpoint
+                    last_ckpt[(j.tj.id, 0)] = origin + j.start + math.floor(ran / j.tj.checkpoint) * j.tj.checkpoint
     for j in pending.values():
         key = (j.tj.id, 0)
         if j.tj.time_limit:
@@ -485,4 +494,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         {p: until for p, until in backoff.items() if until > origin + t}, spent, freeing,
         runtime, ckpt, deadlines, frozenset(insist), limit_use=limit_use,
         cloud_tasks=cloud_tasks, last_checkpoint=last_ckpt,
+        no_recall=frozenset((j.tj.id, 0) for j in jobs.values() if j.recalled and j.start is not None),
     )

@@ -25,7 +25,7 @@ def strategies(limits: burst.Limits, legacy: bool = True) -> list[Strategy]:
     if legacy:
         out.append(Strategy("fixed timer (old policy)", limits=replace(
             limits, wait_value_usd=0.0, count_preemption_loss=False, pace_budget=False, allow_on_demand=False,
-            after=120.0)))
+            after=120.0, recall=False)))
     out.append(Strategy("hybridctl", limits=limits))
     return out
 

@@ -37,7 +37,8 @@ def test_a_bad_unknown_runtime_exits_2_naming_key_value_and_range(tmp_path: Path
 
 def test_a_job_without_limit_or_history_is_priced_at_unknown_runtime(tmp_path: Path) -> None:
     """12 h assumed for a never-checkpointing 8-GPU job: too risky for spot, so on-demand; at the
-    shipped hour it goes to spot."""
+    shipped hour it would go to spot, were a reclaim not priced at a day for a job of unknown
+    length (`Limits.unknown_risk_s`, 0 = at the assumed run time)."""
     import datetime as dt
 
     from hybridctl.core.burst import Offer, World, decide
@@ -50,10 +51,12 @@ def test_a_job_without_limit_or_history_is_priced_at_unknown_runtime(tmp_path: P
     spot = Offer("sim", "a100x8", "r1", "r1a", "A100", 8, 96, 1 << 20, True, 12.0, 0.03)
     od = Offer("sim", "a100x8", "r1", "r1a", "A100", 8, 96, 1 << 20, False, 32.0)
     w = World([job], ClusterView((node,)), offers=[spot, od])
-    short = decide(w, limits(config.load(None, env={})), Policy(), now)
-    long = decide(w, limits(_load(tmp_path, 12 * 3600)), Policy(), now)
+    shipped = limits(config.load(None, env={}))
+    short = decide(w, replace(shipped, unknown_risk_s=0.0), Policy(), now)
+    long = decide(w, replace(limits(_load(tmp_path, 12 * 3600)), unknown_risk_s=0.0), Policy(), now)
     assert [r.offer.spot for r in short.launches] == [True]
     assert [r.offer.spot for r in long.launches] == [False] and "no checkpoints" in long.launches[0].why
+    assert [r.offer.spot for r in decide(w, shipped, Policy(), now).launches] == [False]
 
 
 @pytest.mark.parametrize("assumed", [3600.0, 6 * 3600.0])

@@ -129,15 +129,16 @@ def test_paced_budget_never_gives_back_busy_nodes() -> None:
 
 
 def test_small_jobs_rent_small_shapes_and_candidates_pick_the_cheapest() -> None:
-    d = decide(world(task(gpus=1), offers=(SPOT, SMALL)), NEW, Policy(), NOW)
+    hour = {(1, 0): 3600.0}  # an hour-long job: spot is safe enough, the shape is the question
+    d = decide(world(task(gpus=1), offers=(SPOT, SMALL), runtime=hour), NEW, Policy(), NOW)
     assert [r.offer.instance_type for r in d.launches] == ["a100x1"]
     # Any of A100:8 or L40S:8: the cheaper candidate wins and the request says which.
     t = task(gpus=8, alternatives=(("A100", 8), ("L40S", 8)))
-    d = decide(world(t, offers=(replace(SPOT, price_hourly=20.0), L40S)), NEW, Policy(), NOW)
+    d = decide(world(t, offers=(replace(SPOT, price_hourly=20.0), L40S), runtime=hour), NEW, Policy(), NOW)
     assert [r.offer.gpu_type for r in d.launches] == ["L40S"] and d.launches[0].resources.gpu_type == "L40S"  # type: ignore[union-attr]
     # An ordered list: the first candidate with an offer, even when dearer.
     t = task(gpus=8, alternatives=(("A100", 8), ("L40S", 8)), ordered=True)
-    d = decide(world(t, offers=(replace(SPOT, price_hourly=20.0), L40S)), NEW, Policy(), NOW)
+    d = decide(world(t, offers=(replace(SPOT, price_hourly=20.0), L40S), runtime=hour), NEW, Policy(), NOW)
     assert [r.offer.gpu_type for r in d.launches] == ["A100"]
 
 
@@ -285,3 +286,16 @@ def test_what_starts_now_is_what_the_scheduler_starts_at_the_limits() -> None:
     d = decide(w, replace(NEW, wait_value_usd=2.0, limit_use_forecast=True), Policy(), NOW)
     assert all((2, 0) not in r.tasks for r in d.launches)
     assert not any("wait on-prem" in n for n in d.notes)  # B is not a candidate at all: it starts now
+
+
+def test_a_job_of_unknown_length_that_never_checkpoints_is_not_sent_to_spot() -> None:
+    """No limit, no history: its cost is guessed at `default_runtime_s` (1 h), but a reclaim is
+    priced at `unknown_risk_s` (a day), since it may run for days and lose all of it."""
+    d = decide(world(task()), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [False] and "no checkpoints" in d.launches[0].why
+    # Checkpointing, it loses at most an interval per reclaim: spot.
+    d = decide(world(task(), checkpoint_every={(1, 0): 600.0}), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [True]
+    # Known to take an hour, or with the old pricing: spot.
+    assert [r.offer.spot for r in decide(world(task(), runtime={(1, 0): 3600.0}), NEW, Policy(), NOW).launches] == [True]
+    assert [r.offer.spot for r in decide(world(task()), replace(NEW, unknown_risk_s=0.0), Policy(), NOW).launches] == [True]

@@ -125,3 +125,57 @@ def test_committed_money_counts_time_limits_at_their_expected_share() -> None:
     # Runs that end by an estimate (no limit) are counted as they are: the share is of limits.
     guessed = [replace(task(100 + i), estimated=True) for i in range(10)]
     assert decide(replace(w, cloud_tasks=guessed), replace(paced, commit_expected=True), Policy(), NOW).launches == ()
+
+
+def test_committed_money_stops_at_the_end_of_the_budget_period() -> None:
+    """Two hours before the period ends, a held node's 40 h job commits two hours of money to this
+    period, not forty: what falls after the end is the next period's (and so does a launch's)."""
+    for period, at in (("week", dt.datetime(2026, 11, 8, 22, tzinfo=dt.timezone.utc)),  # Sunday 22:00
+                       ("month", dt.datetime(2026, 11, 30, 22, tzinfo=dt.timezone.utc))):
+        now = at.timestamp()
+        lim = Limits(after=0, max_nodes=64, max_hourly_usd=10_000, budget_usd=2_000, budget_period=period,
+                     allow_on_demand=True, pace_budget=True, deadline_reserve=0.0, commit_expected=False)
+        run = (RunningTask(100, 0, "u", 0, "c1", tuple(range(8)), 16, 0, now - 3600, now + 39 * 3600),)
+        views = (node("a1", free=0), node("c1", free=0, site="cloud", market="on-demand"))
+        job = task(1, left=HOUR, submitted=now - 600)
+        w = World([job], ClusterView(views, running=run, now=now), held("c1"), offers=[OD], spent=1_700.0)
+        d = decide(w, lim, Policy(), now)
+        assert len(d.launches) == 1 and d.blocked == (), (period, d.blocked)
+        # The same node with its job ending in 40 h, the period in 6 days: walled.
+        early = now - 5 * 86400
+        run_early = (replace(run[0], started_at=early - 3600, ends_at=early + 39 * 3600),)
+        w = replace(w, cluster=ClusterView(views, running=run_early, now=early),
+                    pending=[replace(job, submitted_at=early - 600)])
+        d = decide(w, replace(lim, pace_ahead=1.0), Policy(), early)
+        assert d.launches == () and "budget" in d.blocked[0].reason, period
+
+
+def test_recall_assumes_the_work_since_the_start_when_no_checkpoint_was_seen() -> None:
+    # Checkpoints every 10 min, none seen since it started 3 h ago: 3 h would be lost (> 10 % of 6 h).
+    w = world((node("a1"),), ("c1",), [task(7)], on_cloud(7, "c1", started=NOW - 3 * HOUR),
+              checkpoint_every={(7, 0): 600.0})
+    assert decide(w, ON, Policy(), NOW).recall == ()
+    # A checkpoint stamped in the future (a node's clock ahead) counts as now, not as a gain.
+    w = replace(w, last_checkpoint={(7, 0): NOW + 7200})
+    assert [r.job_id for r in decide(w, ON, Policy(), NOW).recall] == [7]
+
+
+def test_the_dearest_node_comes_back_first_whoever_its_user_is() -> None:
+    ck = {"checkpoint_every": {(7, 0): 600.0, (9, 0): 600.0}, "last_checkpoint": {(7, 0): NOW - 60, (9, 0): NOW - 60}}
+    heavy = RunningTask(7, 0, "heavy", 0, "c1", tuple(range(8)), 16, 0, NOW - HOUR, NOW + 8 * HOUR)
+    light = RunningTask(9, 0, "light", 0, "s1", tuple(range(8)), 16, 0, NOW - HOUR, NOW + 8 * HOUR)
+    views = (node("a1"), node("c1", 0, "cloud", "on-demand"), node("s1", 0, "cloud", "spot"))
+    # The heavy user (more GPU-hours) runs on the dearer on-demand node: it still comes back first.
+    cluster = ClusterView(views, running=(heavy, light), now=NOW, usage_by_user={"heavy": 1000.0, "light": 0.0})
+    w = World([], cluster, held("c1") + held("s1", offer=SPOT), offers=[OD],
+              cloud_tasks=[replace(task(9), user="light"), replace(task(7), user="heavy")], **ck)  # type: ignore[arg-type]
+    assert [r.job_id for r in decide(w, ON, Policy(), NOW).recall] == [7]
+
+
+def test_recall_leaves_room_an_on_prem_only_task_waits_for_and_skips_no_recall() -> None:
+    ck = {"checkpoint_every": {(7, 0): 600.0}, "last_checkpoint": {(7, 0): NOW - 60}}
+    w = world((node("a1"),), ("c1",), [task(7)], on_cloud(7, "c1"),
+              pending=(task(8, placement="onprem", submitted=NOW),), **ck)  # type: ignore[arg-type]
+    assert decide(w, ON, Policy(), NOW).recall == ()
+    w = world((node("a1"),), ("c1",), [task(7)], on_cloud(7, "c1"), no_recall=frozenset({(7, 0)}), **ck)  # type: ignore[arg-type]
+    assert decide(w, ON, Policy(), NOW).recall == ()

@@ -67,11 +67,11 @@ async def test_no_recall_candidates_without_an_estimate_when_off_or_for_placemen
     parts, scaler, _ = cloud
     try:
         pinned = await running_on_cloud(parts, scaler, 1, time_limit="3h", placement="cloud")
-        assert scaler.world(parts.clock()).cloud_tasks == []  # placement: cloud never comes back
+        # Listed (committed money counts it), but as placement 'cloud', which the policy never recalls.
+        assert [(t.job_id, t.placement) for t in scaler.world(parts.clock()).cloud_tasks] == [(pinned, "cloud")]
         open_ended = await running_on_cloud(parts, scaler, 1)  # no time limit, no history
-        [t] = scaler.world(parts.clock()).cloud_tasks
+        [t] = [t for t in scaler.world(parts.clock()).cloud_tasks if t.job_id != pinned]
         assert (t.job_id, t.runtime_s) == (open_ended, None)
-        assert pinned != open_ended
         scaler.limits = replace(scaler.limits, recall=False, commit_expected=False)  # no one reads them
         assert scaler.world(parts.clock()).cloud_tasks == []
     finally:
@@ -85,10 +85,16 @@ async def test_a_task_being_stopped_or_near_its_recovery_cap_is_not_offered(clou
         cap = parts.settings.recovery.max_recoveries
         with parts.store.tx() as c:  # it has been recovered (cap/2 - 1) times: one recall more reaches half
             c.execute("UPDATE tasks SET recoveries=? WHERE job_id=?", (cap // 2 - 1, job))
-        assert [t.job_id for t in scaler.world(parts.clock()).cloud_tasks] == [job]
+        w = scaler.world(parts.clock())
+        assert [t.job_id for t in w.cloud_tasks] == [job] and w.no_recall == frozenset()
         with parts.store.tx() as c:
             c.execute("UPDATE tasks SET recoveries=? WHERE job_id=?", (cap // 2, job))
-        assert scaler.world(parts.clock()).cloud_tasks == []
+        assert scaler.world(parts.clock()).no_recall == {(job, 0)}
+        with parts.store.tx() as c:
+            c.execute("UPDATE tasks SET recoveries=0 WHERE job_id=?", (job,))
+        scaler.recalled.add((job, 0))  # recalled once already: never again
+        assert scaler.world(parts.clock()).no_recall == {(job, 0)}
+        scaler.recalled.clear()
         with parts.store.tx() as c:
             c.execute("UPDATE tasks SET recoveries=0 WHERE job_id=?", (job,))
         parts.lifecycle.preempt(job, 0, "spot preemption notice")  # PREEMPTED, still holding its GPUs
