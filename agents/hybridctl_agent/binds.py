@@ -81,7 +81,10 @@ def cache_links(state_dir: str, uid: int) -> Optional[Tuple[str, int]]:
     which holds every user's data. Walked from the agent's state directory through dir fds
     without following a link; BindRefused where a component is not the agent's directory."""
     path = os.path.join(os.path.normpath(state_dir), "cache", "users", str(int(uid)))
-    fd = os.open(os.path.normpath(state_dir), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(os.path.normpath(state_dir), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:  # refused (launch_failed), never an error that kills the supervisor
+        raise BindRefused(f"{path}: cannot open the state directory {state_dir}: {exc.strerror}") from None
     try:
         for part in ("cache", "users", str(int(uid))):
             try:
@@ -93,7 +96,11 @@ def cache_links(state_dir: str, uid: int) -> Optional[Tuple[str, int]]:
                 raise BindRefused(f"{path}: cannot open {part}: {exc.strerror}") from None
             os.close(fd)
             fd = nfd
-            if os.fstat(fd).st_uid != os.geteuid():
+            try:
+                owner = os.fstat(fd).st_uid
+            except OSError as exc:
+                raise BindRefused(f"{path}: cannot stat {part}: {exc.strerror}") from None
+            if owner != os.geteuid():
                 raise BindRefused(f"{path}: {part} is not the agent's")
         return path, fd
     except BaseException:

@@ -38,14 +38,19 @@ def _search_acl(uid: int) -> bytes:
 
 
 def _private_group(uid: int, gid: int) -> bool:
-    """Whether `gid` is `uid`'s alone: no other account has it as primary group or member."""
+    """Whether `gid` is `uid`'s alone: a user-private group, i.e. `uid`'s primary group and named
+    as the account (what a name service that does not enumerate, sssd or LDAP, still answers);
+    and no other account seen has it as primary group or lists itself a member."""
     import grp
     import pwd
 
     try:
-        name = pwd.getpwuid(uid).pw_name
-        members = set(grp.getgrgid(gid).gr_mem)
-        return members <= {name} and all(p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == gid)
+        user = pwd.getpwuid(uid)
+        group = grp.getgrgid(gid)
+        if gid != user.pw_gid or group.gr_name != user.pw_name:
+            return False
+        return set(group.gr_mem) <= {user.pw_name} and all(
+            p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == gid)
     except (KeyError, OSError):
         return False
 
@@ -80,8 +85,8 @@ class ContentCache:
             return True
         for d in jobs_root.iterdir() if jobs_root.is_dir() else ():
             try:
-                if "links" not in json.loads((d / "mounts.json").read_text()) \
-                        and not os.path.lexists(d / "exit.json"):
+                m = json.loads((d / "mounts.json").read_text())
+                if "links" not in m and m.get("objects") and not os.path.lexists(d / "exit.json"):
                     return False
             except (OSError, ValueError, TypeError):
                 continue
@@ -109,6 +114,8 @@ class ContentCache:
                     try:
                         os.link(sha, sha, src_dir_fd=ofd, dst_dir_fd=ufd, follow_symlinks=False)
                         break
+                    except FileNotFoundError:  # dropped since the stat (drop renames it first)
+                        raise CacheError(f"object {sha[:12]} left this node's cache") from None
                     except FileExistsError:
                         have = os.stat(sha, dir_fd=ufd, follow_symlinks=False)
                         if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
@@ -157,17 +164,19 @@ class ContentCache:
             raise
 
     def drop(self, sha: str) -> None:
-        """Remove object `sha`: first every user's hard link (when its st_nlink says there are
-        any), then the object, so its space comes back. Nothing followed: names under dir fds."""
+        """Remove object `sha` so its space comes back. First it leaves `objects/` (renamed into
+        `tmp/`): a `grant` from then on finds no object (CacheError) and links nothing more. Then
+        every user's hard link goes, each users/<uid>/ opened through dir fds (nothing followed);
+        one that cannot be opened raises, and the object goes back to `objects/` (still counted,
+        never freed behind a link nobody counts). Last the object's own name."""
         path = self.path(sha)
-        if os.lstat(path).st_nlink > 1:
+        gone = self.tmp / f"{sha}.{os.getpid()}.dropped"
+        os.rename(path, gone)
+        try:
             users = os.open(self.users, _DIR)
             try:
                 for name in os.listdir(users):
-                    try:
-                        ufd = os.open(name, _DIR, dir_fd=users)
-                    except OSError:
-                        continue
+                    ufd = os.open(name, _DIR, dir_fd=users)
                     try:
                         os.unlink(sha, dir_fd=ufd)
                     except FileNotFoundError:
@@ -176,7 +185,14 @@ class ContentCache:
                         os.close(ufd)
             finally:
                 os.close(users)
-        os.unlink(path)
+        except BaseException:
+            try:  # back where listing and evict count it; a newer copy there stays
+                os.link(gone, path, follow_symlinks=False)
+            except OSError:
+                pass
+            os.unlink(gone)
+            raise
+        os.unlink(gone)
 
     def path(self, sha: str) -> Path:
         if not SHA_RE.match(sha):
@@ -224,8 +240,14 @@ class ContentCache:
             os.close(fd)
         try:  # never over a present copy: users' hard links name its inode (same bytes anyway)
             os.link(tmp, self.path(sha), follow_symlinks=False)
-        except FileExistsError:
-            pass
+        except FileExistsError:  # unless that copy is not these bytes (its size says so): replaced
+            if os.lstat(self.path(sha)).st_size != size:
+                try:
+                    self.drop(sha)
+                    os.link(tmp, self.path(sha), follow_symlinks=False)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
         os.unlink(tmp)
 
     def source(self, source_id: str) -> Optional[Dict[str, Any]]:

@@ -20,8 +20,8 @@ to the job's user and exec'ing bash; the container then runs the same job.sh as 
   cgroup, not the job's, and runc removes that cgroup when the container ends. conmon, which
   watches it, marks the kill with an `oom` file in its working directory (podman's), so podman
   runs in `<jobdir>/conmon/` (root's, 0700: conmon follows a link there); podman 4.3 looks for
-  the mark elsewhere and its OOMKilled stays false, so `Launch.oom_killed` reads the mark first,
-  then `podman inspect`. No `--rm`: the container stays until `Launch.cleanup` removes it.
+  the mark elsewhere and its OOMKilled stays false, so `Launch.oom_killed` reads the mark first
+  (believed only for a job that died by SIGKILL), then `podman inspect` (10 s at most). No `--rm`: the container stays until `Launch.cleanup` removes it.
 
 Stdlib only: the supervisor (`python -S`) imports this module.
 """
@@ -33,6 +33,7 @@ import hashlib
 import os
 import re
 import resource
+import signal
 import stat
 import subprocess
 import time
@@ -243,16 +244,20 @@ class Launch:
         os.set_inheritable(self.env_fd, True)
         os.execve(self.argv[0], self.argv, self.env)
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer struck in the container: conmon's mark in `run_dir`,
-        else podman's own `State.OOMKilled` (podman versions that read the mark where conmon
-        puts it). Once the job has ended and before `cleanup`, which removes both."""
-        if self.run_dir and os.path.lexists(os.path.join(self.run_dir, OOM_MARK)):
+    def oom_killed(self, code: Optional[int], sig: Optional[int]) -> bool:
+        """Whether the kernel's OOM killer struck in the container, given how podman run ended
+        (`code` or `sig`): conmon's mark in `run_dir`, trusted only when the job died by SIGKILL
+        (exit 137 or signal 9: a job that ends otherwise was not the OOM killer's, whatever a
+        killed helper left), else podman's own `State.OOMKilled` (podman versions that read the
+        mark where conmon puts it). Once the job has ended and before `cleanup`, which removes
+        both."""
+        killed = code == 128 + signal.SIGKILL or sig == signal.SIGKILL
+        if killed and self.run_dir and os.path.lexists(os.path.join(self.run_dir, OOM_MARK)):
             return True
         try:
             done = subprocess.run([self.podman, "container", "inspect", "--format", "{{.State.OOMKilled}}",
                                    "--", self.name], env=podman_env(), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return done.returncode == 0 and done.stdout.strip() == b"true"

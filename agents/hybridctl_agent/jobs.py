@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 from hybridctl_agent import cgroup as cgroups
 from hybridctl_agent import container, envs, world
 from hybridctl_agent import jobfiles as jf
+from hybridctl_agent.cache import ContentCache
 from hybridctl_agent.containment import open_job, sweep
 from hybridctl_agent.jobspec import LaunchPlan, job_id
 from hybridctl_agent.owners import Owners, kill_orphans
@@ -205,6 +206,16 @@ class JobManager:
                                     "reason": reason}, 0o644)
         self.changed()
 
+    def _seal_cache(self) -> None:
+        """cache.ContentCache.seal at a job's exit (an upgraded node's last old-layout job may be
+        this one); one lstat when already sealed."""
+        try:
+            ContentCache(str(self.state)).seal(self.root)
+        except FileNotFoundError:
+            return  # no data cache on this node (yet): nothing to seal
+        except OSError as exc:
+            log.warning("cannot seal the data cache's objects/: %s", exc)
+
     def record(self, key: str) -> Dict[str, Any]:
         """The job record of `key` (see the protocol), settling lost supervisors on the way."""
         if key in self._final:
@@ -249,6 +260,7 @@ class JobManager:
         }
         if exited:
             world.record_setup(d, spec)
+            self._seal_cache()  # objects/ to 0700 once no job from before users/ links runs
             # Whether it left a checkpoint (its processes are gone: that is final), so the controller
             # skips the `checkpoint_files` round trip for the many jobs that never checkpoint.
             rec["has_checkpoint"] = self._has_checkpoint(key)

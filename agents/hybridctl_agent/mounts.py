@@ -276,7 +276,8 @@ def run(req: Mapping[str, Any]) -> Dict[str, Any]:
         links_dir = str(cache.grant(int(req["uid"]), int(req["gid"]), objects)) if objects else ""
         cache.seal(Path(req["jobs_root"]))
     except (OSError, CacheError) as exc:
-        err = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+        err = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename is not None
+               else str(exc))  # an fd's error (setxattr, fchown) names no file
         note(f"file_mounts failed: {err}")
         os.close(log)
         return {"ok": False, "step": "link file_mounts for the job's user", "error": err}

@@ -328,7 +328,7 @@ class Supervisor:
             reason = f"requeue: stopped after --signal {self.slurm.get('signal')} with --requeue"
         if self.cgroup is not None:
             if reason is None and code != 0 and (self.cgroup.oom_kills() > 0 or (
-                    self.container is not None and self.container.oom_killed())):  # podman's cgroup
+                    self.container is not None and self.container.oom_killed(code, sig))):  # podman's cgroup
                 mib = (self.spec["cgroup"]["limits"].get("memory_bytes") or 0) // (1 << 20)
                 reason = (f"out_of_memory: the kernel killed a process of the job at its memory "
                           f"limit of {mib} MiB (resources.memory)")

@@ -92,8 +92,12 @@ def test_nobody_cannot_open_roots_object_by_its_full_id_yet_shares_it(agent: Age
     inodes = {os.stat(p).st_ino for p in (mine, roots, cache / "objects" / sha)}
     assert len(inodes) == 1 and os.stat(mine).st_nlink == 3
     assert open_as(nobody.pw_uid, nobody.pw_gid, [str(mine)]) == [0]
-    # the user can neither list nor write its own link directory (no planted name where root works)
+    # the ACL lets nobody alone in: another uid, with its own group or the directory's (root's), not
     udir = cache / "users" / str(nobody.pw_uid)
+    for gid in (4242, 0):
+        assert open_as(4242, gid, [str(mine), str(udir)]) == [errno.EACCES, errno.EACCES], gid
+    # the user can neither list nor write its own link directory (no planted name where root works)
+    assert open_as(nobody.pw_uid, nobody.pw_gid, [str(udir), str(mine)]) == [errno.EACCES, 0]
     assert udir.stat().st_uid == 0 and udir.stat().st_mode & 0o002 == 0
     assert agent.call("cache_list")["objects"] == [
         {"sha256": sha, "size": len(secret), "last_used": os.stat(mine).st_mtime}]
@@ -138,7 +142,7 @@ def private_account() -> pwd.struct_passwd:
             g = grp.getgrgid(p.pw_gid)
         except KeyError:
             continue
-        if p.pw_uid != 0 and set(g.gr_mem) <= {p.pw_name} and all(
+        if p.pw_uid != 0 and g.gr_name == p.pw_name and set(g.gr_mem) <= {p.pw_name} and all(
                 q.pw_uid == p.pw_uid for q in pwd.getpwall() if q.pw_gid == p.pw_gid):
             return p
     pytest.skip("no account with a private primary group on this host")
@@ -235,3 +239,141 @@ def test_objects_stay_searchable_only_while_a_job_from_before_users_links_runs(t
     fresh = ContentCache(str(tmp_path / "new"))
     fresh.prepare()
     assert (fresh.objects.stat().st_mode & 0o777) == 0o700
+
+
+def test_an_old_mounts_json_with_no_objects_does_not_keep_objects_searchable(tmp_path: Path) -> None:
+    (tmp_path / "cache" / "objects").mkdir(parents=True)
+    os.chmod(tmp_path / "cache" / "objects", 0o711)
+    old = tmp_path / "jobs" / "8.0"
+    old.mkdir(parents=True)
+    (old / "mounts.json").write_text(json.dumps({"objects": []}))  # an older agent's, shared paths only
+    cache = ContentCache(str(tmp_path))
+    cache.prepare()
+    assert (cache.objects.stat().st_mode & 0o777) == 0o700
+
+
+def test_objects_are_sealed_when_the_last_old_layout_job_exits(agent: AgentProc) -> None:
+    cache = ContentCache(agent.state_dir)
+    launch(agent, "52.1", "while [ ! -e go ]; do sleep 0.05; done")  # the job waits for the test
+    job = agent.job_dir("52.1")
+    (job / "mounts.json").write_text(json.dumps({"objects": ["0" * 64]}))  # placed by an older agent
+    os.chmod(cache.objects, 0o711)  # as an upgraded node keeps it while that job runs
+    assert not cache.seal(Path(agent.state_dir) / "jobs")
+    (job / "work" / "go").touch()
+    assert agent.wait_exited("52.1")["exit_code"] == 0
+    assert (cache.objects.stat().st_mode & 0o777) == 0o700  # at its exit, not at a next file_mounts launch
+
+
+def two_caches(tmp_path: Path) -> ContentCache:
+    """A prepared cache, no cap, in `tmp_path` (the name: one per test, never shared)."""
+    cache = ContentCache(str(tmp_path), max_bytes=0)
+    cache.prepare()
+    return cache
+
+
+def test_a_grant_racing_a_drop_leaves_no_link_the_cache_does_not_count(
+        open_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody = pwd.getpwnam("nobody")
+    cache = two_caches(open_tmp)
+    sha = one_object(cache, b"raced")
+    real_lstat, real_rename = os.lstat, os.rename
+    granted: List[object] = []
+
+    def then_grant() -> None:  # nobody's job placing its mounts at the worst moment, on purpose
+        if not granted:
+            try:
+                granted.append(cache.grant(nobody.pw_uid, nobody.pw_gid, [sha]))
+            except CacheError as exc:
+                granted.append(exc)
+
+    def lstat(path: object, *a: object, **k: object) -> os.stat_result:
+        st = real_lstat(path, *a, **k)  # type: ignore[arg-type]
+        if str(path) == str(cache.path(sha)):
+            then_grant()
+        return st
+
+    def rename(src: object, dst: object, *a: object, **k: object) -> None:
+        real_rename(src, dst, *a, **k)  # type: ignore[arg-type]
+        if str(src) == str(cache.path(sha)):
+            then_grant()
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(os, "rename", rename)
+    cache.drop(sha)
+    monkeypatch.undo()
+    assert granted and isinstance(granted[0], CacheError) and sha[:12] in str(granted[0])
+    assert not os.path.lexists(cache.users / str(nobody.pw_uid) / sha)  # no inode outside the count
+    assert cache.listing() == [] and os.listdir(cache.tmp) == []
+
+
+def test_a_drop_that_cannot_open_a_users_directory_raises_and_keeps_the_object(open_tmp: Path) -> None:
+    cache = two_caches(open_tmp)
+    sha = one_object(cache, b"kept")
+    cache.grant(0, 0, [sha])
+    (cache.users / "4243").write_bytes(b"")  # not a directory: its links (if any) cannot be seen
+    with pytest.raises(NotADirectoryError):
+        cache.drop(sha)
+    assert [o["sha256"] for o in cache.listing()] == [sha] and os.listdir(cache.tmp) == []
+    assert cache.evict(pinned=set(), room=1 << 30) == []  # still counted; evict skips it
+    os.unlink(cache.users / "4243")
+    cache.drop(sha)
+    assert cache.listing() == [] and not os.path.lexists(cache.users / "0" / sha)
+
+
+def test_a_copy_of_the_wrong_size_under_an_objects_name_is_replaced(open_tmp: Path) -> None:
+    cache = two_caches(open_tmp)
+    data = b"the right bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    cache.path(sha).write_bytes(b"short")  # a torn copy from a crash, say
+    assert not cache.has(sha, len(data))
+    assert one_object(cache, data) == sha
+    assert cache.has(sha, len(data)) and cache.path(sha).read_bytes() == data
+
+
+def test_without_posix_acls_a_group_not_the_users_own_primary_is_refused(
+        open_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grp
+
+    mine = private_account()
+    used = {p.pw_gid for p in pwd.getpwall()}
+    lone = next((g for g in grp.getgrall() if not g.gr_mem and g.gr_gid not in used), None)
+    if lone is None:
+        pytest.skip("no group without members that is nobody's primary group on this host")
+    cache = two_caches(open_tmp)
+    sha = one_object(cache, b"data")
+
+    def no_acls(*_a: object, **_k: object) -> None:  # a fake filesystem without POSIX ACLs, on purpose
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", no_acls)
+    # enumeration finds no other member, but a name service need not list them all (sssd, LDAP)
+    with pytest.raises(CacheError, match=f"gid {lone.gr_gid} is shared"):
+        cache.grant(mine.pw_uid, lone.gr_gid, [sha])
+
+
+def test_a_state_directory_that_cannot_be_opened_refuses_the_bind(open_tmp: Path) -> None:
+    (open_tmp / "state").write_bytes(b"")
+    os.symlink(open_tmp, open_tmp / "linked")
+    for bad in ("state", "linked", "missing"):
+        with pytest.raises(BindRefused, match="cannot open the state directory"):
+            cache_links(str(open_tmp / bad), 4242)
+
+
+def test_a_failed_acl_write_names_the_error_not_none(open_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybridctl_agent import mounts
+
+    cache = two_caches(open_tmp)
+    sha = one_object(cache, b"acl")
+    job = open_tmp / "jobs" / "9.0"
+    (job / "work").mkdir(parents=True)
+
+    def broken(*_a: object, **_k: object) -> None:  # a filesystem that fails the xattr write, on purpose
+        raise OSError(errno.EIO, "Input/output error")  # as from an fd: no filename
+
+    monkeypatch.setattr(os, "setxattr", broken)
+    answer = mounts.run({"state_dir": str(open_tmp), "max_bytes": 0, "log": str(job / "stderr"),
+                         "as_root": False, "uid": 4242, "gid": 4242, "jobs_root": str(open_tmp / "jobs"),
+                         "job_dir": str(job), "home": "/", "cwd": str(job / "work"),
+                         "mounts": [{"dst": "s", "objects": {"": [sha, 3]}}]})
+    assert answer["ok"] is False and answer["step"] == "link file_mounts for the job's user"
+    assert answer["error"] == "[Errno 5] Input/output error", answer

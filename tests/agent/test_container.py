@@ -302,9 +302,11 @@ def test_podmans_working_directory_is_private_fresh_and_holds_conmons_oom_mark(t
     assert (st.st_mode & 0o777, st.st_uid) == (0o700, os.geteuid())
     no_podman = str(tmp_path / "no-podman")  # podman is not asked when the mark is there, else False
     launch = container.Launch([], {}, -1, [], "hybridctl-x-none", None, no_podman, run_dir)
-    assert launch.oom_killed() is False
+    assert launch.oom_killed(137, None) is False
     Path(run_dir, container.OOM_MARK).touch()  # what conmon makes in its working directory
-    assert launch.oom_killed() is True
+    assert launch.oom_killed(137, None) is True and launch.oom_killed(None, 9) is True
+    # trusted only for a job killed by SIGKILL: one that failed otherwise was no OOM kill
+    assert launch.oom_killed(1, None) is False and launch.oom_killed(None, 15) is False
     assert container.make_run_dir(str(jobdir)) == run_dir and os.listdir(run_dir) == []  # a stale mark goes
     container.remove_run_dir(run_dir)
     assert not os.path.lexists(run_dir)
