@@ -65,9 +65,12 @@ class Backlog:
         self.work: dict[str, float] = {}
         ends: dict[tuple[str, int], float] = {}
         for r in running:
-            if r.ends_at is not None:
-                for g in r.gpus:
-                    ends[(r.node, g)] = max(0.0, r.ends_at - now)
+            # No limit and no estimate: a run that has gone on for t is taken to go on about as
+            # long again (run times are heavy-tailed), at least half of `default_runtime`. A fixed
+            # guess would call a days-old run "about to end" on every pass, forever.
+            left = max(default_runtime / 2, now - r.started_at) if r.ends_at is None else max(0.0, r.ends_at - now)
+            for g in r.gpus:
+                ends[(r.node, g)] = left
         for f in freeing:
             for g in f.gpus:
                 ends[(f.node, g)] = max(0.0, f.end - now)

@@ -179,3 +179,19 @@ def test_recall_leaves_room_an_on_prem_only_task_waits_for_and_skips_no_recall()
     assert decide(w, ON, Policy(), NOW).recall == ()
     w = world((node("a1"),), ("c1",), [task(7)], on_cloud(7, "c1"), no_recall=frozenset({(7, 0)}), **ck)  # type: ignore[arg-type]
     assert decide(w, ON, Policy(), NOW).recall == ()
+
+
+def test_a_run_of_unknown_length_is_expected_to_go_on_about_as_long_again() -> None:
+    """The wait forecast (forecast.Backlog): a run with no limit and no estimate that has gone on
+    for 10 h frees its GPUs in about 10 h, not in half of `default_runtime` on every pass (which
+    kept 8-GPU jobs of the PAI trace waiting on-prem 28 h at p95 for a node that never freed)."""
+    from hybridctl.core.forecast import Backlog
+
+    busy = (node("a1", free=0),)
+    res = Resources(gpus=8, gpu_type="A100")
+    young = RunningTask(1, 0, "u", 0, "a1", tuple(range(8)), 16, 0, NOW - 600, None)
+    old = replace(young, started_at=NOW - 10 * HOUR)
+    assert Backlog(busy, (), NOW, HOUR, (young,)).wait(res, 1) == HOUR / 2
+    assert Backlog(busy, (), NOW, HOUR, (old,)).wait(res, 1) == 10 * HOUR
+    limited = replace(old, ends_at=NOW + HOUR)  # a limit or an estimate says when: that wins
+    assert Backlog(busy, (), NOW, HOUR, (limited,)).wait(res, 1) == HOUR
