@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -302,6 +303,17 @@ class ContentCache:
             total -= o["size"]
             removed.append(o["sha256"])
         return removed
+
+
+def seal_at_exit(state_dir: str, jobs_root: Path) -> None:
+    """`ContentCache.seal` when the agent records a job's exit (an upgraded node's last old-layout
+    job may be this one): one lstat when already sealed; nothing where there is no cache yet."""
+    try:
+        ContentCache(state_dir).seal(jobs_root)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logging.getLogger(__name__).warning("cannot seal the data cache's objects/: %s", exc)
 
 
 def pinned_by(jobs_root: Path) -> Set[str]:

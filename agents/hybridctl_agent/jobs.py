@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hybridctl_agent import cgroup as cgroups
-from hybridctl_agent import container, envs, world
+from hybridctl_agent import container, envs, images, world
 from hybridctl_agent import jobfiles as jf
-from hybridctl_agent.cache import ContentCache
+from hybridctl_agent.cache import seal_at_exit
 from hybridctl_agent.containment import open_job, sweep
 from hybridctl_agent.jobspec import LaunchPlan, job_id
 from hybridctl_agent.owners import Owners, kill_orphans
@@ -54,7 +54,7 @@ class SupervisorServer:
                     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PKG_ROOT,
                            "LANG": os.environ.get("LANG", "C.UTF-8"),
                            # the admin's podman settings (registries, storage, credentials) for image jobs
-                           **container.admin_env(os.environ)}
+                           **images.admin_env(os.environ)}
                     try:  # -S: the supervisor needs the stdlib only, and starts faster without site
                         self._proc = await asyncio.create_subprocess_exec(
                             sys.executable, "-S", "-m", "hybridctl_agent.supervise", self.state_dir,
@@ -206,16 +206,6 @@ class JobManager:
                                     "reason": reason}, 0o644)
         self.changed()
 
-    def _seal_cache(self) -> None:
-        """cache.ContentCache.seal at a job's exit (an upgraded node's last old-layout job may be
-        this one); one lstat when already sealed."""
-        try:
-            ContentCache(str(self.state)).seal(self.root)
-        except FileNotFoundError:
-            return  # no data cache on this node (yet): nothing to seal
-        except OSError as exc:
-            log.warning("cannot seal the data cache's objects/: %s", exc)
-
     def record(self, key: str) -> Dict[str, Any]:
         """The job record of `key` (see the protocol), settling lost supervisors on the way."""
         if key in self._final:
@@ -260,7 +250,7 @@ class JobManager:
         }
         if exited:
             world.record_setup(d, spec)
-            self._seal_cache()  # objects/ to 0700 once no job from before users/ links runs
+            seal_at_exit(str(self.state), self.root)  # objects/ 0700 once no old-layout job runs
             # Whether it left a checkpoint (its processes are gone: that is final), so the controller
             # skips the `checkpoint_files` round trip for the many jobs that never checkpoint.
             rec["has_checkpoint"] = self._has_checkpoint(key)

@@ -56,7 +56,8 @@ def test_a_job_without_limit_or_history_is_priced_at_unknown_runtime(tmp_path: P
     long = decide(w, replace(limits(_load(tmp_path, 12 * 3600)), unknown_risk_s=0.0), Policy(), now)
     assert [r.offer.spot for r in short.launches] == [True]
     assert [r.offer.spot for r in long.launches] == [False] and "no checkpoints" in long.launches[0].why
-    assert [r.offer.spot for r in decide(w, shipped, Policy(), now).launches] == [False]
+    assert [r.offer.spot for r in decide(w, shipped, Policy(), now).launches] == [True]
+    assert [r.offer.spot for r in decide(w, replace(shipped, unknown_risk_s=86400.0), Policy(), now).launches] == [False]
 
 
 @pytest.mark.parametrize("assumed", [3600.0, 6 * 3600.0])
