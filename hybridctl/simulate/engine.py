@@ -257,7 +257,8 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             if n is not None and job.tj.id in n.jobs:
                 release(n, job.tj.id, now)
         job.start, job.nodes, job.run = None, (), job.run + 1
-        job.restarts += 0 if recalled else 1
+        if not recalled:
+            job.restarts += 1
         job.recalled = job.recalled or recalled
         job.pending_since = now
         pending[job.tj.id] = job

@@ -25,9 +25,9 @@ from tests.agent.world_kit import launch, log, no_orphan_preparations  # noqa: F
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run jobs and opens as nobody")
 
 
-def open_as(uid: int, gid: int, paths: List[str]) -> List[int]:
-    """The errno of opening each path for reading as `uid` (0: it opened). A forked child drops
-    to the uid, so no interpreter under /root is needed after the setuid."""
+def as_uid(uid: int, gid: int, work: Callable[[], str]) -> str:
+    """What `work()` returns, run in a forked child dropped to `uid`/`gid` (so no interpreter
+    under /root is needed after the setuid); an exception it raises comes back as its repr."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -36,21 +36,30 @@ def open_as(uid: int, gid: int, paths: List[str]) -> List[int]:
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
-            codes = []
-            for p in paths:
-                try:
-                    os.close(os.open(p, os.O_RDONLY))
-                    codes.append(0)
-                except OSError as exc:
-                    codes.append(exc.errno or -1)
-            os.write(wfd, json.dumps(codes).encode())
+            os.write(wfd, work().encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            os.write(wfd, repr(exc).encode())
         finally:
             os._exit(0)
     os.close(wfd)
     with os.fdopen(rfd) as fh:
         out = fh.read()
     os.waitpid(pid, 0)
-    return json.loads(out)
+    return out
+
+
+def open_as(uid: int, gid: int, paths: List[str]) -> List[int]:
+    """The errno of opening each path for reading as `uid` (0: it opened)."""
+    def opens() -> str:
+        codes = []
+        for p in paths:
+            try:
+                os.close(os.open(p, os.O_RDONLY))
+                codes.append(0)
+            except OSError as exc:
+                codes.append(exc.errno or -1)
+        return json.dumps(codes)
+    return json.loads(as_uid(uid, gid, opens))
 
 
 def stage(agent: AgentProc, data: bytes) -> str:
@@ -185,27 +194,13 @@ def test_an_agent_not_root_links_for_itself(open_tmp: Path) -> None:
     state = open_tmp / "state"
     state.mkdir()
     os.chown(state, nobody.pw_uid, nobody.pw_gid)
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the agent, as nobody
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            cache = ContentCache(str(state))
-            cache.prepare()
-            sha = one_object(cache, b"mine")
-            udir = cache.grant(nobody.pw_uid, nobody.pw_gid, [sha])
-            os.write(wfd, repr(((udir / sha).read_bytes(), oct(udir.stat().st_mode & 0o777))).encode())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            os.write(wfd, repr(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd) as fh:
-        out = fh.read()
-    os.waitpid(pid, 0)
+    def agent() -> str:  # the agent, as nobody
+        cache = ContentCache(str(state))
+        cache.prepare()
+        sha = one_object(cache, b"mine")
+        udir = cache.grant(nobody.pw_uid, nobody.pw_gid, [sha])
+        return repr(((udir / sha).read_bytes(), oct(udir.stat().st_mode & 0o777)))
+    out = as_uid(nobody.pw_uid, nobody.pw_gid, agent)
     assert out == repr((b"mine", "0o700"))
 
 
