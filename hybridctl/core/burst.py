@@ -101,6 +101,12 @@ class Limits:
     """Time a restart costs besides the lost work (a new node boots, the job sets up again)."""
     default_runtime_s: float = 3600.0
     """Run time assumed for a task without a time limit or estimate (`World.runtime`)."""
+    lindy: float = 2.0
+    """A task without a time limit whose earlier attempt ran X seconds and was stopped before it
+    finished (reclaimed, recalled, preempted: `World.ran`) is expected to run `lindy` x X, where
+    its estimate (or `default_runtime_s`) says less: a run tends to go on about as long as it has
+    gone already (the Lindy rule). Its reclaim risk, its cloud price and its place in the on-prem
+    wait forecast follow. 0 = attempts teach nothing."""
     unknown_risk_s: float = 0.0
     """The run time a spot reclaim is priced at for such a task (the share of its work a reclaim
     throws away grows with the run: one that may run for days and never checkpoints must not look
@@ -193,6 +199,9 @@ class World:
     no_recall: frozenset[TaskKey] = frozenset()
     """Cloud tasks never to recall: recalled once already (no ping-pong), or too close to their
     recovery cap."""
+    ran: Mapping[TaskKey, float] = field(default_factory=dict)
+    """Per pending task, the longest run one of its earlier attempts made before it was stopped
+    without finishing (seconds); missing = none ran. Read with `Limits.lindy`."""
 
 
 @dataclass(frozen=True)
@@ -411,12 +420,13 @@ def _choose(task: PendingTask, market: Market, world: World, limits: Limits, use
                 elif d is not None:
                     choice = Choice(d, res, d.price_hourly * k * work_h, 0.0,
                                     f"on-demand: on spot it would lose ~{frac:.0%} of its work to reclaims"
-                                    f" ({'no checkpoints' if not ckpt_h else 'checkpoints every ' + fmt_duration(ckpt_h * 3600)})")
+                                    f" ({_length(task, world, limits, work_h)}"
+                                    f"{'no checkpoints' if not ckpt_h else 'checkpoints every ' + fmt_duration(ckpt_h * 3600)})")
                 elif not can_wait:
                     choice = Choice(s, res, s_cost, loss, f"{why}; it can never run on-prem")
                 else:
                     first_why = first_why or (
-                        f"cloud: on spot it would lose ~{frac:.0%} of its work to reclaims (burst.max_spot_loss"
+                        f"cloud: on spot it would lose ~{frac:.0%} of its work to reclaims ({_length(task, world, limits, work_h)}burst.max_spot_loss"
                         f" {limits.max_spot_loss:.0%}) and on-demand is off (burst.allow_on_demand): it waits on-prem")
         elif d is not None:
             choice = Choice(d, res, d.price_hourly * k * work_h, 0.0, "on-demand")
@@ -469,12 +479,27 @@ def _loss_share(t: PendingTask, world: World, limits: Limits, work_h: float, rat
     return expected_loss_h(risk_h, rate, ckpt_h, limits.restart_overhead_s / 3600.0) / risk_h
 
 
+def _length(t: PendingTask, world: World, limits: Limits, work_h: float) -> str:
+    """'20.0 h learnt from an earlier attempt; ' where `lindy` set the run time, else ''."""
+    ran = world.ran.get((t.job_id, t.task)) if limits.lindy > 0 else None
+    if ran and work_h * 3600.0 >= limits.lindy * ran - 1e-6 and (t.runtime_s is None or t.estimated):
+        return f"{fmt_duration(work_h * 3600)}: an earlier attempt ran {fmt_duration(ran)} without finishing; "
+    return ""
+
+
 def _runtime(t: PendingTask, world: World, limits: Limits) -> float:
-    """Expected seconds of work left: the world's figure, else the task's limit or estimate."""
-    r = world.runtime.get((t.job_id, t.task))
+    """Expected seconds of work left: the world's figure, else the task's limit or estimate, else
+    `default_runtime_s`; without a limit, at least `lindy` x its longest earlier attempt."""
+    key = (t.job_id, t.task)
+    r = world.runtime.get(key)
     if r is None:
-        r = getattr(t, "runtime_s", None)
-    return r if r is not None else limits.default_runtime_s
+        r = t.runtime_s
+    if r is not None and not t.estimated:
+        return r  # a time limit: a hard end
+    if r is None:
+        r = limits.default_runtime_s
+    ran = world.ran.get(key) if limits.lindy > 0 else None
+    return max(r, limits.lindy * ran) if ran else r
 
 
 def _pack(room: list[list], res: Resources) -> bool:

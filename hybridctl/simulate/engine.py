@@ -74,6 +74,8 @@ class _Job:
     cloud: bool = False
     recalled: bool = False
     """Brought back on-prem once: never again (as the controller)."""
+    longest: float = 0.0
+    """The longest run of its attempts that were stopped (`World.ran`)."""
 
 
 @dataclass
@@ -240,6 +242,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
         nonlocal lost_gpu_s, killed_gpu_s, recall_lost_s
         assert job.start is not None
         worked = max(0.0, at - job.start)
+        job.longest = max(job.longest, worked)
         c = job.tj.checkpoint
         kept = math.floor(worked / c) * c if c > 0 else -job.saved
         lost = (worked - kept) * job.tj.gpus * job.tj.nodes
@@ -496,4 +499,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         runtime, ckpt, deadlines, frozenset(insist), limit_use=limit_use,
         cloud_tasks=cloud_tasks, last_checkpoint=last_ckpt,
         no_recall=frozenset((j.tj.id, 0) for j in jobs.values() if j.recalled and j.start is not None),
+        ran={(j.tj.id, 0): j.longest for j in pending.values() if j.longest > 0},
     )

@@ -300,3 +300,23 @@ def test_a_job_of_unknown_length_that_never_checkpoints_is_not_sent_to_spot() ->
     # Known to take an hour, or with the shipped pricing: spot.
     assert [r.offer.spot for r in decide(world(task(), runtime={(1, 0): 3600.0}), day, Policy(), NOW).launches] == [True]
     assert [r.offer.spot for r in decide(world(task()), NEW, Policy(), NOW).launches] == [True]
+
+
+def test_an_attempt_that_ran_long_teaches_how_long_the_job_runs() -> None:
+    """No limit, no history: the first attempt is priced at `default_runtime_s` and goes to spot.
+    Reclaimed after 10 h without a checkpoint, it is expected to run `lindy` x 10 h: a reclaim
+    would now throw away far more than the discount saves, so it runs on-demand. A time limit is a
+    hard end and stays what it is priced at."""
+    key = (1, 0)
+    assert [r.offer.spot for r in decide(world(task()), NEW, Policy(), NOW).launches] == [True]
+    ran = {key: 10 * 3600.0}
+    d = decide(world(task(), ran=ran), NEW, Policy(), NOW)
+    assert [r.offer.spot for r in d.launches] == [False] and "no checkpoints" in d.launches[0].why
+    assert "20.0 h: an earlier attempt ran 10.0 h without finishing" in d.launches[0].why  # 2 x 10 h
+    # The attempts teach nothing with lindy off, nor where a time limit says how long it runs.
+    assert [r.offer.spot for r in decide(world(task(), ran=ran), replace(NEW, lindy=0.0), Policy(), NOW).launches] == [True]
+    limited = replace(task(), runtime_s=1800.0)
+    assert [r.offer.spot for r in decide(world(limited, ran=ran), NEW, Policy(), NOW).launches] == [True]
+    # A history estimate below what it already ran is overruled.
+    guessed = replace(task(), runtime_s=1800.0, estimated=True)
+    assert [r.offer.spot for r in decide(world(guessed, ran=ran), NEW, Policy(), NOW).launches] == [False]
