@@ -150,20 +150,54 @@ class BurstConfig:
     never checkpoints goes to spot only while this is short enough)."""
     recall: bool = True
     """Bring a task running on cloud nodes back on-prem once the fleet can take it now (after
-    every waiting task had its turn) and stopping it loses little (at most 10% of what is left of
-    an hour or more, counted from its last checkpoint): it is stopped as at a reclaim notice
-    (SIGTERM, `preemption_grace`, the final checkpoint), requeued without using `max_restarts`,
-    and its cloud node goes back once idle."""
+    every waiting task had its turn) and stopping it loses little (at most `recall_max_loss` of
+    what is left, `recall_min` or more, counted from its last checkpoint): it is stopped as at a
+    reclaim notice (SIGTERM, `preemption_grace`, the final checkpoint), requeued without using
+    `max_restarts`, and its cloud node goes back once idle."""
+    recall_min: float = 3600.0
+    """A task is recalled only with at least this much (s) of its run left (time limit or estimate)."""
+    recall_max_loss: float = 0.1
+    """A task is recalled only while stopping it now throws away at most this fraction (0 to 1)
+    of what is left of its run (the work since its last checkpoint; since its start when none
+    was seen)."""
+    lindy: float = 2.0
+    """A job without a time limit whose earlier attempt ran X and was stopped before it finished
+    (spot reclaim, recall, preemption, requeue) is expected to run at least lindy x X, where its
+    history estimate (or `unknown_runtime`) says less: a run tends to go on about as long again as
+    it has gone. Its spot risk, cloud price and wait forecast follow; 0 = attempts teach nothing."""
+    learn_unknown: bool = True
+    """Price the spot risk of a job with no time limit, no history estimate and no earlier attempt
+    as that of a run drawn from the lab's latest 200 runs without a limit (from 20 of them on),
+    each weighted by its length: where those are long and never checkpoint, such jobs are kept off
+    spot (on-demand, or they wait on-prem); where they are short, they go. Before there are 20,
+    `unknown_risk` decides."""
+    unknown_risk: float = 0.0
+    """Run time (s) a spot reclaim is priced at for a job with no time limit and no history
+    estimate (a reclaim throws away more of a longer run); 0 = at the run time assumed for it
+    (`unknown_runtime`, or what `lindy` learnt). A day sends every such job that never
+    checkpoints to on-demand, short ones too."""
 
     def __post_init__(self) -> None:
         low, high = UNKNOWN_RUNTIME_RANGE
         if not (isinstance(self.unknown_runtime, (int, float)) and low <= self.unknown_runtime <= high):
             raise ConfigError(f"cloud.burst.unknown_runtime: {self.unknown_runtime!r} is not valid; seconds from"
                               f" {low:.0f} (1 min) to {high:.0f} (30 days)")
+        for key, (low, high, accepted) in BURST_RANGES.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(f"cloud.burst.{key}: {value!r} is not valid; {accepted}")
 
 
 UNKNOWN_RUNTIME_RANGE = (60.0, 30 * 86400.0)
 """Accepted `cloud.burst.unknown_runtime`, seconds."""
+
+BURST_RANGES: Mapping[str, tuple[float, float, str]] = {
+    "recall_min": (0.0, 30 * 86400.0, "seconds from 0 to 2592000 (30 days)"),
+    "recall_max_loss": (0.0, 1.0, "a fraction from 0 to 1"),
+    "lindy": (0.0, 100.0, "a factor from 0 (off) to 100"),
+    "unknown_risk": (0.0, 365 * 86400.0, "seconds from 0 (off) to 31536000 (365 days)"),
+}
+"""Accepted values of the `cloud.burst` keys checked by range: (lowest, highest, as the error says)."""
 
 
 SIMULATED_MACHINE_OWNS = ("socket", "state_dir", "name", "gpu_source", "simulate", "interval", "orphan_timeout")
@@ -670,7 +704,8 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
         return _coerce(int, value, source, dotted)
     if hint in (int, float) or text in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {dotted}: {value!r} is not a number")
+            known = BURST_RANGES.get(dotted.removeprefix("cloud.burst.")) if dotted.startswith("cloud.burst.") else None
+            raise ConfigError(f"{source}: {dotted}: {value!r} is not a number" + (f"; {known[2]}" if known else ""))
         if hint is int and not float(value).is_integer():  # int(2.5) would quietly make it 2
             raise ConfigError(f"{source}: {dotted}: {value!r} is not a whole number")
         return hint(value) if hint in (int, float) else value

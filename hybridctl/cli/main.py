@@ -340,6 +340,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines.append(_requeues_line(job))
     if job.get("runtime") and not s.get("time_limit"):  # where backfill's runtime estimate came from
         lines.append(f"  runtime    {job['runtime']}")
+    if job.get("earlier_run"):  # what the burst policy learnt from its stopped attempts (cloud.burst.lindy)
+        lines.append(f"  earlier    {job['earlier_run']['text']}")
     if s.get("preemptible"):
         lines.append("  preemptible yes: a higher-priority job may stop and requeue it")
     if s.get("spot_insist"):

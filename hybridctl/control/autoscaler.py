@@ -35,7 +35,7 @@ from hybridctl.cloud.base import (
 from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
 from hybridctl.cloud.transfer import TransferError, download, output_dir, owner_of, upload
 from hybridctl.config import Settings
-from hybridctl.control.budget import limit_use as budget_limit_use
+from hybridctl.control.budget import learnt
 from hybridctl.control.budget import limits, utc_day
 from hybridctl.control.checkpoints import MANIFEST, TransferMismatch
 from hybridctl.control.fleet import Fleet, NodeSession
@@ -357,13 +357,23 @@ class Autoscaler:
         pending, recallable = list(both[:len(pending)]), list(both[len(pending):])
         runtime = {(t.job_id, t.task): t.runtime_s for t in pending if t.runtime_s}
         checkpoint_every, deadlines, insist = self.job_facts(pending, recallable)
+        lim = self.limits
+        use, lengths = 1.0, ()
+        want_use = lim.limit_use_forecast or (lim.commit_expected and lim.pace_budget)
+        want_lengths = lim.learn_unknown and lim.count_preemption_loss
+        if want_use or want_lengths:
+            got_use, got_lengths = learnt(store, now)
+            use = got_use if want_use else 1.0
+            lengths = got_lengths if want_lengths else ()
         return burst.World(pending, cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing,
                            runtime=runtime, checkpoint_every=checkpoint_every, deadlines=deadlines,
                            transfer_s=self.transfer_times(pending), spot_insist=insist,
                            cloud_features=frozenset(self.cfg.runtimes),
-                           limit_use=budget_limit_use(store, now) if self.limits.limit_use_forecast or (
-                               self.limits.commit_expected and self.limits.pace_budget) else 1.0,
-                           cloud_tasks=recallable, last_checkpoint=last_checkpoint, no_recall=no_recall)
+                           limit_use=use, run_lengths=lengths,
+                           cloud_tasks=recallable, last_checkpoint=last_checkpoint, no_recall=no_recall,
+                           # How long earlier attempts ran before a reclaim, recall or requeue
+                           # stopped them: a task without a limit is priced at `lindy` x that.
+                           ran=store.stopped_runs() if self.limits.lindy > 0 else {})
 
     def cloud_tasks(self, cluster: ClusterView, now: float) -> tuple[
             list[PendingTask], dict[burst.TaskKey, float], frozenset[burst.TaskKey]]:

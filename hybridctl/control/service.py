@@ -32,6 +32,7 @@ from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import schedule as sched
 from hybridctl.core import fields, wire
 from hybridctl.core.environment import image_refusal
+from hybridctl.core.estimate import duration
 from hybridctl.core.errors import HybridctlError, NotFound, PermissionDenied, SpecError, Unschedulable
 from hybridctl.core.model import (
     GpuSlot,
@@ -271,13 +272,35 @@ class Controller(CloudRequests):
             out["placed"] = {t: r for t, r in placed.items() if r}
         if any(t["state"] in ("PENDING", "STARTING", "RUNNING") for t in out["tasks"]):
             # What backfill assumes it runs for: 'time limit 2h', 'estimate: p80 of 12 runs ...'.
-            out["runtime"] = self.scheduler.runtimes.estimate(job_id, out["user"], self.clock()).source
+            est = self.scheduler.runtimes.estimate(job_id, out["user"], self.clock())
+            out["runtime"] = est.source
+            if not out["spec"].get("time_limit"):
+                learnt = self._earlier_run(job_id, est.seconds, bool(out["array"]))
+                if learnt is not None:
+                    out["earlier_run"] = learnt
         if self.observer is not None:  # last job.log values and idle flags, per task
             for t in out["tasks"]:
                 lbl = task_label(job_id, t["task"])
                 t["metrics"] = self.observer.job_metrics.get(lbl) if out["uid"] == caller.uid or caller.admin else None
                 t["idle_s"] = self.observer.idle.get(lbl)
         return out
+
+    def _earlier_run(self, job_id: int, estimate_s: float | None, array: bool) -> dict[str, Any] | None:
+        """What the burst policy learnt from a pending job's stopped attempts (`Limits.lindy`,
+        `Store.stopped_runs`), where it says more than the estimate (else `unknown_runtime`): the
+        task that ran longest, how long, and the run time now expected. None: nothing learnt."""
+        lindy = self.settings.cloud.burst.lindy
+        ran = self.store.stopped_runs(job_id) if lindy > 0 else {}
+        if not ran:
+            return None
+        (_job, task), longest = max(ran.items(), key=lambda kv: (kv[1], -kv[0][1]))
+        expected = lindy * longest
+        if expected <= (estimate_s if estimate_s is not None else self.settings.cloud.burst.unknown_runtime):
+            return None
+        who = f"task {task_label(job_id, task)} " if array else ""
+        return {"task": task, "ran_s": longest, "expected_s": expected,
+                "text": f"{who}ran {duration(longest)} in an earlier attempt without finishing: "
+                        f"expected ≥ {duration(expected)}"}
 
     async def op_eff(self, caller: Caller, job: str) -> dict[str, Any]:
         """A task's efficiency (`hybridctl eff`): its owner or an admin."""

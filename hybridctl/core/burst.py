@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 from hybridctl.core.fairshare import priority_key
@@ -107,6 +108,12 @@ class Limits:
     its estimate (or `default_runtime_s`) says less: a run tends to go on about as long as it has
     gone already (the Lindy rule). Its reclaim risk, its cloud price and its place in the on-prem
     wait forecast follow. 0 = attempts teach nothing."""
+    learn_unknown: bool = True
+    """Price a spot reclaim of a task of unknown length (no limit, no estimate, no earlier attempt)
+    as that of a run drawn from the lab's recent runs without a limit (`World.run_lengths`),
+    weighted by their length: where the lab's limitless runs are long and never checkpoint, such
+    a task is kept off spot; where they are short, it goes. Without enough of them (`forecast.
+    RUN_LENGTHS_AFTER`), `unknown_risk_s` decides."""
     unknown_risk_s: float = 0.0
     """The run time a spot reclaim is priced at for such a task (the share of its work a reclaim
     throws away grows with the run: one that may run for days and never checkpoints must not look
@@ -199,6 +206,10 @@ class World:
     no_recall: frozenset[TaskKey] = frozenset()
     """Cloud tasks never to recall: recalled once already (no ping-pong), or too close to their
     recovery cap."""
+    run_lengths: Sequence[float] = ()
+    """Run times (s) of the lab's recent runs without a time limit that finished by themselves, as
+    `forecast.length_sample` boils them down (at most ~40 order statistics; empty until there are
+    `forecast.RUN_LENGTHS_AFTER`): what `Limits.learn_unknown` prices a task of unknown length at."""
     ran: Mapping[TaskKey, float] = field(default_factory=dict)
     """Per pending task, the longest run one of its earlier attempts made before it was stopped
     without finishing (seconds); missing = none ran. Read with `Limits.lindy`."""
@@ -471,8 +482,12 @@ def _safer(cheap: Offer, safe: Offer | None, k: int, work_h: float, ckpt_h: floa
 def _loss_share(t: PendingTask, world: World, limits: Limits, work_h: float, rate: float, ckpt_h: float) -> float:
     """The expected share of its run a task loses to reclaims at `rate` (k nodes: k x): at its
     known run time, or at `unknown_risk_s` where it has neither a limit nor an estimate."""
+    key = (t.job_id, t.task)
+    unknown = world.runtime.get(key) is None and t.runtime_s is None and not (limits.lindy > 0 and world.ran.get(key))
+    if unknown and limits.learn_unknown and world.run_lengths:
+        return _drawn_loss(tuple(world.run_lengths), rate, ckpt_h, limits.restart_overhead_s / 3600.0)
     risk_h = work_h
-    if limits.unknown_risk_s > 0 and world.runtime.get((t.job_id, t.task)) is None and t.runtime_s is None:
+    if limits.unknown_risk_s > 0 and unknown:
         risk_h = max(work_h, limits.unknown_risk_s / 3600.0)
     if risk_h <= 0:
         return 0.0
@@ -485,6 +500,17 @@ def _length(t: PendingTask, world: World, limits: Limits, work_h: float) -> str:
     if ran and work_h * 3600.0 >= limits.lindy * ran - 1e-6 and (t.runtime_s is None or t.estimated):
         return f"{fmt_duration(work_h * 3600)}: an earlier attempt ran {fmt_duration(ran)} without finishing; "
     return ""
+
+
+@lru_cache(maxsize=256)
+def _drawn_loss(lengths: tuple[float, ...], rate: float, ckpt_h: float, overhead_h: float) -> float:
+    """The expected share of its run a task loses to reclaims at `rate` when its length is drawn
+    from `lengths` (s), each weighted by its length: lost GPU-hours over GPU-hours, as the lab
+    counts them."""
+    total = sum(lengths) / 3600.0
+    if total <= 0:
+        return 0.0
+    return sum(expected_loss_h(x / 3600.0, rate, ckpt_h, overhead_h) for x in lengths) / total
 
 
 def _runtime(t: PendingTask, world: World, limits: Limits) -> float:

@@ -44,6 +44,25 @@ def limit_use(shares: Sequence[float]) -> float:
     return statistics.median(min(1.0, max(0.0, x)) for x in shares)
 
 
+RUN_LENGTHS_AFTER = 20
+"""Finished runs without a time limit needed before `length_sample` gives anything."""
+RUN_LENGTHS_KEEP = 40
+RUN_LENGTHS_RECENT = 200
+"""The newest this many such runs count (habits change)."""
+
+
+def length_sample(lengths: Sequence[float], keep: int = RUN_LENGTHS_KEEP) -> tuple[float, ...]:
+    """`World.run_lengths` from the run times of recent finished runs without a limit: at most
+    `keep` evenly spaced order statistics (the shape of the distribution, its tail included: the
+    longest is always kept), or () below `RUN_LENGTHS_AFTER` runs."""
+    if len(lengths) < RUN_LENGTHS_AFTER:
+        return ()
+    s = sorted(max(0.0, float(x)) for x in lengths)
+    if len(s) <= keep:
+        return tuple(s)
+    return tuple(s[round(i * (len(s) - 1) / (keep - 1))] for i in range(keep))
+
+
 def expected_end(start: float, end: float, use: float, now: float) -> float:
     """When a run started at `start` with its time limit ending at `end` is expected to end, if
     runs like it use the share `use` of their limit (`World.limit_use`). One that has outlived

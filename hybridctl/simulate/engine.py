@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from hybridctl.core import burst
-from hybridctl.core.forecast import limit_use
+from hybridctl.core.forecast import RUN_LENGTHS_RECENT, length_sample, limit_use
 from hybridctl.core.model import (
     ClusterView,
     GpuSlot,
@@ -228,6 +228,9 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     decide_s = 0.0
     no_spot: frozenset[tuple[int, int]] = frozenset()  # the last decision's, as the controller's scheduler keeps it
     shares = LimitUse()
+    lengths: list[float] = []
+    sampled, sample = 0, ()
+    """Run times of finished attempts without a limit, as the controller's history has them."""
 
     def release(node: _Node, job_id: int, now: float) -> None:
         g, c, m = node.jobs.pop(job_id)
@@ -283,6 +286,8 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             job.end = job.start + job.tj.duration - job.saved
             if job.tj.time_limit:
                 shares.add(job.end - job.start, job.tj.time_limit)
+            else:
+                lengths.append(job.end - job.start)
             for name in job.nodes:
                 release(nodes[name], job_id, t)
             job.nodes = ()
@@ -344,9 +349,12 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
         # The autoscaler's pass.
         cloud_nodes = [n for n in nodes.values() if n.site == "cloud"]
         if limits is not None and (pending or cloud_nodes):
+            if len(lengths) != sampled:
+                sampled, sample = len(lengths), length_sample(lengths[-RUN_LENGTHS_RECENT:])
             c0 = time.perf_counter()
             world = _world(pending, nodes, cloud_nodes, market, strategy, t, origin, backoff,
-                           spend.get(burst.period_start(origin + t, period), 0.0), jobs, limits, shares.value)
+                           spend.get(burst.period_start(origin + t, period), 0.0), jobs, limits, shares.value,
+                           sample)
             dec = burst.decide(world, limits, policy, origin + t)
             decide_s += time.perf_counter() - c0
             no_spot = dec.no_spot
@@ -448,7 +456,8 @@ def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job],
 
 def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[_Node], market: Market,
            strategy: Strategy, t: float, origin: float, backoff: dict[str, float], spent: float,
-           jobs: dict[int, _Job], limits: burst.Limits, limit_use: float = 1.0) -> burst.World:
+           jobs: dict[int, _Job], limits: burst.Limits, limit_use: float = 1.0,
+           run_lengths: tuple[float, ...] = ()) -> burst.World:
     visible = [n for n in nodes.values() if n.ready <= t and not n.draining and not n.retiring]
     held = [burst.CloudNode(n.name, replace(n.offer, price_hourly=market.price(n.offer, t)), origin + n.launched,  # type: ignore[arg-type]
                             up=n.ready <= t, idle_since=(origin + n.idle_since) if n.idle_since is not None and n.ready <= t else None,
@@ -499,5 +508,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         runtime, ckpt, deadlines, frozenset(insist), limit_use=limit_use,
         cloud_tasks=cloud_tasks, last_checkpoint=last_ckpt,
         no_recall=frozenset((j.tj.id, 0) for j in jobs.values() if j.recalled and j.start is not None),
-        ran={(j.tj.id, 0): j.longest for j in pending.values() if j.longest > 0},
+        ran={(j.tj.id, 0): j.longest for j in pending.values() if j.longest > 0}, run_lengths=run_lengths,
     )

@@ -1,6 +1,6 @@
 """What backfill, runtime estimates and preemption read each pass: the held work with its priority
 and state, jobs' time limits and `preemptible` marks, and the runs that SUCCEEDED (the history
-core/estimate.py learns from)."""
+core/estimate.py learns from), and how long pending tasks' stopped attempts ran (burst `World.ran`)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,27 @@ class HistoryTables(Tables):
                 (since, limit),
             )
         ]
+
+    def stopped_runs(self, job_id: int | None = None) -> dict[tuple[int, int], float]:
+        """Per PENDING task that was placed before (`attempt` > 0: every earlier attempt was stopped
+        without finishing, else it would not be pending): the longest run one of those attempts
+        made, in seconds: its ranks' last end minus their first start, only attempts whose every
+        allocation has ended (burst `World.ran`). Only `job_id`'s tasks when given. One query: the
+        pending tasks through the state index (or the key), their allocations through
+        `allocations_task`."""
+        where, args = ("t.job_id = ? AND ", (job_id,)) if job_id is not None else ("", ())
+        return {
+            (j, t): float(r)
+            for j, t, r in self.conn.execute(
+                "SELECT job_id, task, MAX(ran) FROM ("
+                "  SELECT a.job_id, a.task, MAX(a.end) - MIN(a.start) AS ran FROM tasks t"
+                "  JOIN allocations a ON a.job_id = t.job_id AND a.task = t.task AND a.attempt < t.attempt"
+                f" WHERE {where}t.state = 'PENDING' AND t.attempt > 0"
+                "  GROUP BY a.job_id, a.task, a.attempt HAVING COUNT(a.end) = COUNT(*))"
+                " GROUP BY job_id, task HAVING MAX(ran) > 0",
+                args,
+            )
+        }
 
     def spec_fields(self, job_ids: Sequence[int], paths: Sequence[str],
                     any_set: bool = False) -> dict[int, tuple[int, tuple[Any, ...]]]:
