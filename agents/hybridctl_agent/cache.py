@@ -13,47 +13,20 @@ and its space comes back once eviction has unlinked every user's link and then t
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import stat
-import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set
+
+from hybridctl_agent import useracl
 
 SHA_RE = re.compile(r"[0-9a-f]{64}\Z")
 CHUNK = 1 << 20
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ACL_ANY = 0xFFFFFFFF
-
-
-def _search_acl(uid: int) -> bytes:
-    """A POSIX access ACL (the `system.posix_acl_access` xattr, version 2): owner rwx, `uid`
-    search only, owning group and others nothing (the mask, --x, is the mode's group bits)."""
-    entry = lambda tag, perm, who: struct.pack("<HHI", tag, perm, who)  # noqa: E731
-    return (struct.pack("<I", 2) + entry(0x01, 7, _ACL_ANY) + entry(0x02, 1, uid)
-            + entry(0x04, 0, _ACL_ANY) + entry(0x10, 1, _ACL_ANY) + entry(0x20, 0, _ACL_ANY))
-
-
-def _private_group(uid: int, gid: int) -> bool:
-    """Whether `gid` is `uid`'s alone: a user-private group, i.e. `uid`'s primary group and named
-    as the account (what a name service that does not enumerate, sssd or LDAP, still answers);
-    and no other account seen has it as primary group or lists itself a member."""
-    import grp
-    import pwd
-
-    try:
-        user = pwd.getpwuid(uid)
-        group = grp.getgrgid(gid)
-        if gid != user.pw_gid or group.gr_name != user.pw_name:
-            return False
-        return set(group.gr_mem) <= {user.pw_name} and all(
-            p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == gid)
-    except (KeyError, OSError):
-        return False
 
 
 class CacheError(Exception):
@@ -144,21 +117,10 @@ class ContentCache:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid():
                 raise CacheError(f"{self.users / str(uid)} is not the agent's")
-            if uid == os.geteuid():
-                os.fchmod(fd, 0o700)
-                return fd
-            try:
-                os.setxattr(fd, "system.posix_acl_access", _search_acl(uid))
-                return fd
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
-                    raise
-            if not _private_group(uid, gid):
+            if not useracl.open_to(fd, uid, gid, useracl.SEARCH):
                 raise CacheError(f"cannot give uid {uid} alone access to its cached data: the "
                                  f"filesystem of {self.root} has no POSIX ACLs and gid {gid} is "
                                  "shared with other accounts (put state_dir on ext4/xfs/btrfs/tmpfs)")
-            os.fchown(fd, -1, gid)
-            os.fchmod(fd, 0o710)
             return fd
         except BaseException:
             os.close(fd)

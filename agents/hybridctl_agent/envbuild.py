@@ -1,14 +1,18 @@
 """The environment build process: `python -S -m hybridctl_agent.envbuild`, one per launch that
 names an environment (envs.py decides which env and where). It takes the env's lock, and unless
 the env is marked ready runs each uv step as the job's user, then marks it ready (agent-owned
-marker). Reads one request (JSON) on stdin, writes one answer on stdout."""
+marker). Reads one request (JSON) on stdin, writes one answer on stdout. What a build reads in
+the job directory (`env/`: the definition files, the shipped wheels) is the agent's, opened for
+the build to the job's uid alone (useracl), never to whoever guesses the job key."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -77,7 +81,6 @@ def build(req: Mapping[str, Any]) -> Dict[str, Any]:
             answer = _build_locked(req, log, note)
         finally:
             if req.get("wheels"):  # hard links of cache objects: they must not outlive the build
-                import shutil
                 shutil.rmtree(os.path.join(req["build_dir"], "wheels"), ignore_errors=True)
         if answer.get("built"):
             try:
@@ -110,8 +113,12 @@ def _build_locked(req: Mapping[str, Any], log: int, note: Any) -> Dict[str, Any]
                  + (f" (waited {waited:.1f} s for its build)" if waited > 0.5 else ""))
             return {"ok": True, "built": False}
         os.close(ensure_target(str(root), f"u{uid}", uid, gid))  # theirs, 0700, never a link
-        if req.get("wheels"):
-            _link_wheels(req)
+        bfd = open_build_dir(req)
+        try:
+            if req.get("wheels"):
+                _link_wheels(req, bfd)
+        finally:
+            os.close(bfd)
         note(f"building environment {req['digest'][:12]} with uv")
         started = time.monotonic()
         for name, argv, capture in _steps(req):
@@ -125,8 +132,10 @@ def _build_locked(req: Mapping[str, Any], log: int, note: Any) -> Dict[str, Any]
             if proc.returncode != 0:
                 note(f"step {name} failed with exit code {proc.returncode}")
                 return {"ok": False, "step": name, "exit_code": proc.returncode}
-            if capture:  # written by us into the agent-owned build directory
-                with open(os.path.join(req["build_dir"], "locked-requirements.txt"), "wb") as fh:
+            if capture:  # written by us into the build directory (ours, the job's uid's alone)
+                fd = os.open(os.path.join(req["build_dir"], "locked-requirements.txt"),
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                with os.fdopen(fd, "wb") as fh:
                     fh.write(proc.stdout)
         seconds = round(time.monotonic() - started, 2)
         size = _du(req["env_dir"])
@@ -141,30 +150,63 @@ def _build_locked(req: Mapping[str, Any], log: int, note: Any) -> Dict[str, Any]
         os.close(lock)  # releases the flock
 
 
-def _link_wheels(req: Mapping[str, Any]) -> None:
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_to_job(req: Mapping[str, Any], fd: int, what: str) -> None:
+    """Directory `fd` (ours) listable and searchable by the job's uid alone (useracl: an ACL entry,
+    or its private group); a rootless agent's jobs are its own uid: 0700. Refused, never widened."""
+    from hybridctl_agent import useracl
+
+    uid, gid = (int(req["uid"]), int(req["gid"])) if req["as_root"] else (os.geteuid(), os.getegid())
+    if not useracl.open_to(fd, uid, gid, useracl.READ_SEARCH):
+        raise OSError(errno.EACCES, f"cannot give uid {uid} alone access to {what}: the filesystem "
+                      f"of {req['build_dir']} has no POSIX ACLs and gid {gid} is shared with other "
+                      "accounts (put state_dir on ext4/xfs/btrfs/tmpfs)")
+
+
+def open_build_dir(req: Mapping[str, Any]) -> int:
+    """An fd of `<job>/env`, the build directory (made 0700 by world.write_files, never a link),
+    opened to the job's uid alone for the build: uv reads the definition files there as that uid.
+    Nobody else who knows the job key reads them (a requirements file may name private URLs)."""
+    fd = os.open(req["build_dir"], _DIR)
+    try:
+        _open_to_job(req, fd, "its environment's definition files")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _link_wheels(req: Mapping[str, Any], bfd: int) -> None:
     """The wheels the controller shipped (data cache objects, the agent's, 0444) under their wheel
-    file names in `<build_dir>/wheels` (agent-owned, in the job directory) for uv's --find-links:
-    hard links, or copies across file systems. Names were checked (envs.parse_wheels)."""
-    wdir = os.path.join(req["build_dir"], "wheels")
-    os.makedirs(wdir, mode=0o755, exist_ok=True)
-    for name, src in req["wheels"].items():
-        dst = os.path.join(wdir, name)
-        if os.path.lexists(dst):
-            continue
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except OSError:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    file names in `wheels/` of the build directory `bfd`, for uv's --find-links: ours, and like
+    the build directory listable by the job's uid alone (a wheel can be a lab's private code;
+    the objects themselves are sealed in the cache). Hard links, or copies across file systems,
+    made through dir fds without following a link. Names were checked (envs.parse_wheels)."""
+    try:
+        os.mkdir("wheels", 0o700, dir_fd=bfd)
+    except FileExistsError:
+        pass
+    wfd = os.open("wheels", _DIR, dir_fd=bfd)
+    try:
+        _open_to_job(req, wfd, "its shipped wheels")
+        for name, src in req["wheels"].items():
             try:
-                with open(dst, "xb") as out, os.fdopen(os.dup(fd), "rb") as inp:
-                    while True:
-                        block = inp.read(1 << 20)
-                        if not block:
-                            break
-                        out.write(block)
-                os.chmod(dst, 0o444)
-            finally:
-                os.close(fd)
+                os.link(src, name, dst_dir_fd=wfd, follow_symlinks=False)
+            except FileExistsError:  # linked already (our directory: no one else names things here)
+                continue
+            except OSError:
+                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o444, dir_fd=wfd)
+                    with os.fdopen(out, "wb") as dst, os.fdopen(os.dup(fd), "rb") as inp:
+                        shutil.copyfileobj(inp, dst, 1 << 20)
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(wfd)
 
 
 def _pinned(jobs_root: Path) -> Set[Tuple[int, str]]:
@@ -247,7 +289,6 @@ def evict_dir(root: Path, uid: int, digest: str) -> None:
     link (or any non-directory) is unlinked, never followed; a directory is removed only if it
     belongs to `uid`, by shutil.rmtree on the directory fd (its fd-based walk opens every level
     O_NOFOLLOW and never leaves the tree)."""
-    import shutil
     import stat
 
     from hybridctl_agent.fdio import open_dir

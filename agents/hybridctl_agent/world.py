@@ -39,7 +39,7 @@ def write_files(tmp: Path, plan: LaunchPlan, env_files: Optional[Mapping[str, by
         if plan.run_as:
             os.chown(tmp / SETUP_DONE, uid, gid)
     if env_files:
-        (tmp / "env").mkdir(mode=0o755)
+        (tmp / "env").mkdir(mode=0o700)  # the agent's; opened to the job's uid alone (envbuild)
         for name, data in env_files.items():
             (tmp / "env" / name).write_bytes(data)
             os.chmod(tmp / "env" / name, 0o644)
