@@ -289,6 +289,7 @@ class Autoscaler:
         decision = burst.decide(self.world(now), self.limits, self.scheduler.policy, now)
         self.last, self.last_at = decision, now
         self.scheduler.no_spot = decision.no_spot  # the next pass keeps them off spot nodes too
+        self.scheduler.spot_weighed = decision.weighed  # and deadline tasks it has not weighed yet
         for sd in decision.scale_down:
             if sd.node not in self._busy:
                 # A paced budget never kills running work: only the old stop-everything rule forces.

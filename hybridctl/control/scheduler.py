@@ -48,10 +48,14 @@ class Scheduler:
         self.runtimes = RuntimeFacts(store, settings.home_path, s.preempt_below)
         """Running tasks' expected ends, pending tasks' runtimes (time limits or estimates)."""
         self.stopping: set[str] = set()
+        """Nodes of the tasks the last pass preempted (the daemon kicks them to stop them now)."""
         self.no_spot: frozenset[tuple[int, int]] = frozenset()
         """Tasks the burst policy keeps off spot nodes (BurstDecision.no_spot, set by the
         autoscaler each tick): `plan` passes over spot nodes for them."""
-        """Nodes of the tasks the last pass preempted (the daemon kicks them to stop them now)."""
+        self.spot_weighed: frozenset[tuple[int, int]] | None = None
+        """The pending tasks the burst policy's last decision weighed (BurstDecision.weighed);
+        a task with a deadline outside it is kept off spot nodes until one does. None = no
+        policy weighs spot risk: nothing is held back."""
         loc = settings.locality
         self.locality = LocalityPolicy(
             weight=loc.weight, max_wait_s=loc.max_wait,
@@ -221,6 +225,21 @@ class Scheduler:
                 "file_mounts": json.loads(mounts) if mounts else None}
         return need_of(spec, uid, env_bytes)
 
+    def _off_spot(self, pending: list[PendingTask]) -> list[PendingTask]:
+        """`pending` with `no_spot` set where the burst policy keeps a task off spot nodes: its
+        last decision said so (`no_spot`), or the task has a deadline and became pending after
+        that decision (`spot_weighed`: its slack is weighed before it may take a spot node)."""
+        weighed = self.spot_weighed
+        facts = self.runtimes.facts([t.job_id for t in pending]) if weighed is not None else {}
+        out = []
+        for t in pending:
+            key = (t.job_id, t.task)
+            f = facts.get(t.job_id)
+            off = key in self.no_spot or (weighed is not None and key not in weighed
+                                          and f is not None and f.deadline is not None)
+            out.append(dataclasses.replace(t, no_spot=True) if off and not t.no_spot else t)
+        return out
+
     def transfer_estimate(self, job_id: int, site: str) -> tuple[int, float] | None:
         """(bytes, seconds) a fresh node of `site` would have to receive before job `job_id`
         starts there (the burst policy's "wait or pay" counts it); None if nothing to move."""
@@ -238,9 +257,8 @@ class Scheduler:
         self.lifecycle.cancel_failed_dependencies(CANCEL_PER_PASS)
         view = self.cluster(now)
         pending = self.runtimes.pending(self.store.pending(window=sched.window(view)), now)
-        if self.no_spot:
-            pending = [dataclasses.replace(t, no_spot=True) if (t.job_id, t.task) in self.no_spot else t
-                       for t in pending]
+        if self.no_spot or self.spot_weighed is not None:
+            pending = self._off_spot(pending)
         view, pending = self.with_locality(view, pending)
         view, pending = self.with_requirements(view, pending)
         decision = self._requires_reasons(sched.plan(view, pending, self.policy))

@@ -277,6 +277,14 @@ class BurstDecision:
     `PendingTask.no_spot`, so they do not land on spot nodes rented for others either."""
     recall: tuple[Recall, ...] = ()
     """Cloud tasks to bring back on-prem now (`Limits.recall`), the dearest nodes first."""
+    weighed: frozenset[TaskKey] | None = None
+    """The pending tasks whose spot risk this decision weighed (with `count_preemption_loss`; None
+    = not weighed). A task with a deadline outside it became pending after the decision (a new
+    job, a requeue after a reclaim): until a decision weighs it, the scheduler keeps it off spot
+    nodes like a `no_spot` task, or an idle spot node held for others takes a job whose slack
+    cannot afford a reclaim (the generated week 23 missed two deadlines that way). Tasks without a
+    deadline are not held back: on the generated weeks, holding them sent them to on-demand and
+    walled the budget (bench/RESULTS.md, session 9)."""
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -894,8 +902,9 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                       " renting would not start them")
     recall = _recall(world, limits, policy, now, onprem_now, ordered, held, wanted_nodes) \
         if limits.recall and world.cloud_tasks and onprem_now else ()
+    weighed = frozenset(by_key) if limits.count_preemption_loss else None
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
-                         frozenset(no_spot), recall)
+                         frozenset(no_spot), recall, weighed)
 
 
 def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Sequence[NodeView],

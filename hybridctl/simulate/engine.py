@@ -227,6 +227,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     lost_by: dict[str, float] = {}
     decide_s = 0.0
     no_spot: frozenset[tuple[int, int]] = frozenset()  # the last decision's, as the controller's scheduler keeps it
+    weighed: frozenset[tuple[int, int]] | None = None  # ditto: deadline tasks pending since are kept off spot
     shares = LimitUse()
     lengths: list[float] = []
     sampled, sample = 0, ()
@@ -326,8 +327,10 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
         # The scheduler's pass.
         if pending and up:
             tasks = [_task(j, origin) for j in pending.values()]
-            if no_spot:
-                tasks = [replace(x, no_spot=True) if (x.job_id, x.task) in no_spot else x for x in tasks]
+            if no_spot or weighed is not None:
+                tasks = [replace(x, no_spot=True) if (x.job_id, x.task) in no_spot
+                         or (weighed is not None and jobs[x.job_id].tj.deadline is not None
+                             and (x.job_id, x.task) not in weighed) else x for x in tasks]
             d = plan(_cluster(up, nodes.values(), jobs, origin, t), tasks, policy)
             gang: dict[int, list] = {}
             for p in d.placements:
@@ -357,7 +360,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                            sample)
             dec = burst.decide(world, limits, policy, origin + t)
             decide_s += time.perf_counter() - c0
-            no_spot = dec.no_spot
+            no_spot, weighed = dec.no_spot, dec.weighed
             for rc in dec.recall:  # stopped now (its checkpoint kept), requeued: the next pass places it on-prem
                 job = jobs[rc.job_id]
                 if job.start is not None and rc.job_id not in pending:

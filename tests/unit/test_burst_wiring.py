@@ -237,3 +237,42 @@ def test_a_job_whose_data_takes_longer_to_move_than_its_on_prem_wait_waits_on_pr
     slow = replace(w, transfer_s={(1, 0): 2 * 3600.0})  # 2 h to move its data to the cloud
     d = decide(slow, limits, Policy(), now)
     assert list(d.launches) == []
+
+
+def test_a_deadline_job_waits_for_the_policy_before_it_takes_an_idle_spot_node(tmp_path: Path) -> None:
+    """A job with a deadline that became pending after the burst policy's last decision is kept
+    off spot nodes until a decision weighs its slack (`BurstDecision.weighed`): an idle spot node
+    held for others would otherwise take a job that cannot afford a reclaim. A job without a
+    deadline is not held back; with no policy weighing spot risk (None), neither is."""
+
+    from hybridctl.config import NodeConfig, Settings
+    from hybridctl.control.nodes import config_record
+    from hybridctl.control.service import Controller
+    from hybridctl.store.sqlite import Store
+    from tests.unit.controller_kit import ALICE, Clock, submit
+
+    clock = Clock()
+    store = Store(tmp_path / "ctl.db")
+    store.add_node(config_record(NodeConfig(name="cloud-a", gpus="8xA100", cpus=32, memory="256G", site="cloud",
+                                            simulated=True)), clock())
+    offer = {"provider": "simulated", "instance_type": "p4d", "region": "r", "zone": "r", "gpu_type": "A100",
+             "gpus": 8, "cpus": 32, "memory_mb": 256 << 10, "spot": True, "price_hourly": 10.0}
+    store.cloud_add_instance("i-1", "simulated", "cloud-a", offer, [], clock())
+    ctl = Controller(store, Settings(home=tmp_path), clock)
+    ctl.scheduler.spot_weighed = frozenset()  # a decision was made before these jobs came
+    late = submit(ctl, ALICE, resources={"accelerators": "A100:4", "use_spot": True}, deadline="6h")
+    assert ctl.schedule().placements == ()
+    assert "keeps this job off spot" in ctl.op_show(ALICE, late)["tasks"][0]["reason"]
+    plain = submit(ctl, ALICE, resources={"accelerators": "A100:4", "use_spot": True})
+    assert {p.job_id for p in ctl.schedule().placements} == {plain}
+    ctl.scheduler.spot_weighed = frozenset({(late, 0)})  # weighed, and not kept off spot: it goes
+    assert {p.job_id for p in ctl.schedule().placements} == {late}
+
+
+def test_a_decision_says_which_tasks_it_weighed_for_spot() -> None:
+    from hybridctl.core.burst import Limits, World, decide
+
+    onprem = node("onprem", site="onprem")
+    w = World([task(1), task(2)], ClusterView((onprem,)))
+    assert decide(w, Limits(count_preemption_loss=True), Policy(), 0.0).weighed == {(1, 0), (2, 0)}
+    assert decide(w, Limits(count_preemption_loss=False), Policy(), 0.0).weighed is None
