@@ -236,3 +236,14 @@ def test_hidden_columns_are_left_out_of_the_layout() -> None:
     cols = [Column("a", "A", 3), Column("sm", "SM", 4), Column("b", "B", 3, flex=True)]
     assert [(i, c.key) for i, c, _w in layout(cols, 40, frozenset({"sm"}))] == [(0, "a"), (2, "b")]
     assert [c.key for _i, c, _w in layout(cols, 40)] == ["a", "sm", "b"]
+
+
+def test_the_job_screen_says_what_earlier_attempts_taught() -> None:
+    from hybridctl.tui.screens.job import spec_text
+
+    api = FakeApi()
+    job = api.call("show", {"job": str(api.jobs[0]["job_id"])})
+    assert "earlier attempt" not in spec_text(job, NOW).plain
+    job["earlier_run"] = {"task": 0, "ran_s": 11400.0, "expected_s": 22800.0,
+                          "text": "ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m"}
+    assert "ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m" in spec_text(job, NOW).plain

@@ -91,6 +91,8 @@ def spec_text(job: dict[str, Any], now: float) -> Text:
         t.append(f"recoveries {sum(int(k['recoveries']) for k in recovered)}" + (f" ({why})" if why else ""))
     if job.get("runtime"):
         t.append(f"{' · ' if recovered else ''}runtime estimate: {job['runtime']}")
+    if job.get("earlier_run"):  # what the burst policy learnt from its stopped attempts (cloud.burst.lindy)
+        t.append(f"\n{job['earlier_run']['text']}")
     run = str(s.get("run") or "").strip().replace("\n", " ⏎ ")
     t.append(f"\nrun {run}")
     return t
