@@ -14,6 +14,7 @@ report still counts. Sessions run under `control.supervisor`, so a bug restarts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ from hybridctl.control.checkpoints import LocalFiles, SftpFiles, TransferMismatc
 from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.control.restore import FinalSyncs, restore_to
 from hybridctl.core import wire
+from hybridctl.core.errors import NotFound
 from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.core.reconcile import (
     Action,
@@ -337,7 +339,7 @@ class NodeSession:
             return True
         elif isinstance(action, Stop):
             self._not_ours(action.key, "running")
-            await link.call("cancel", key=action.key, grace=self.fleet.settings.fleet.poll_interval * 10)
+            await link.call("cancel", key=action.key, grace=self._stop_grace(action.key))
         elif isinstance(action, Forget):
             if action.held and self._preempted_rank0(action.key, no_checkpoint):
                 # Released first, so the job is placed while its final checkpoint still arrives;
@@ -362,6 +364,23 @@ class NodeSession:
                 await self._keep_output(action.key, False)  # a straggler of this node: its logs, never a checkpoint
             await link.call("forget", key=action.key)
         return False
+
+    def _stop_grace(self, key: str) -> float:
+        """The grace of a converge's stop: `fleet.poll_interval` x 10, but at least
+        `cloud.preemption_grace` for a task PREEMPTED on a cloud node (a spot notice, a recall).
+        The autoscaler sends that stop itself, with that grace; this converge may reach the node
+        first, and the first stop's grace is the one the job gets (the supervisor acts on one), so
+        a shorter one here would cut the final checkpoint short."""
+        grace = self.fleet.settings.fleet.poll_interval * 10
+        parsed = parse_key(key)
+        if parsed is None:
+            return grace
+        rows = self.fleet.store.task_states(parsed[0], parsed[1])
+        if rows and rows[0].state is JobStatus.PREEMPTED and rows[0].attempt == parsed[2]:
+            with contextlib.suppress(NotFound):
+                if self.fleet.store.node(self.name).site == "cloud":
+                    grace = max(grace, self.fleet.settings.cloud.preemption_grace)
+        return grace
 
     def _preempted_rank0(self, key: str, no_checkpoint: set[str]) -> bool:
         """Whether `key` is rank 0 of a preempted attempt that may hold a checkpoint."""

@@ -155,3 +155,22 @@ async def test_an_idle_node_is_not_given_back_while_a_stopped_jobs_final_checkpo
         assert provider.terminated == [IID]
     finally:
         await stop_sessions(parts.fleet)
+
+
+async def test_a_converge_that_reaches_the_node_before_the_preemptors_stop_keeps_its_grace(
+        cloud: Cloud) -> None:  # noqa: F811
+    """A task PREEMPTED on a cloud node (a spot notice, a recall) is stopped by the autoscaler with
+    `cloud.preemption_grace`; the node's converge sees the same task no longer wanted and stops it
+    too. Whichever reaches the node first sets the grace the job gets, so the converge's stop must
+    not be the shorter one (it was `fleet.poll_interval` x 10: 0.2 s here, and the final
+    checkpoint was cut short whenever the converge came first, as under load)."""
+    parts, scaler, _ = cloud
+    try:
+        job = await running_on_cloud(parts, scaler, time_limit="3h", checkpoint_dir="/tmp/ck")
+        key = job_key(job, 0, 0, 0)
+        parts.lifecycle.preempt(job, 0, "spot preemption notice")  # the autoscaler's stop not sent yet
+        parts.fleet.kick(NODE)
+        await wait_for_async(lambda: parts.agents[NODE].ops("cancel"), what="the converge's stop")
+        assert parts.agents[NODE].ops("cancel")[0] == {"key": key, "grace": 7.0}
+    finally:
+        await stop_sessions(parts.fleet)
