@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[list[engine.Result]] = []
     for ms in seeds:
         market = Market(catalog.load(), None, MarketModel(), ms, horizon)
-        runs.append([engine.run(jobs, fleet, s, market, tick=args.tick) for s in chosen])
+        runs.append([engine.run(jobs, fleet, s, market, policy=inputs.policy(settings), tick=args.tick) for s in chosen])
     summaries = {s.name: [_summary(rs[0], rs[i]) for rs in runs] for i, s in enumerate(chosen) if i}
     if args.json:
         print(json.dumps({"week": args.seed, "market_seeds": seeds,

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" ({demand / (gpus * horizon / 3600):.0%} of {gpus} GPUs' hours)\n")
         for seed in seeds:
             market = Market(catalog.load(), None, MarketModel(), seed, horizon)
-            results = [engine.run(jobs, fleet, s, market, tick=args.tick, drain_s=DRAIN_S)
+            results = [engine.run(jobs, fleet, s, market, policy=inputs.policy(settings), tick=args.tick, drain_s=DRAIN_S)
                        for s in report.strategies(inputs.limits(settings), legacy=False) if s.name in WANTED]
             base, hyb = results[0], results[-1]
             row = {"limit_factor": factor, "seed": seed, "jobs": len(jobs), "gpu_hours": round(demand),

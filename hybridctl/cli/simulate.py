@@ -333,7 +333,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     market = Market(cat, None, MarketModel(), args.seed, horizon)
     wanted = args.strategy or list(STRATEGIES)
     with wall_limit(args.max_wall):
-        results = [engine.run(jobs, fleet, s, market, tick=args.tick, origin=origin, drain_s=DRAIN_S)
+        results = [engine.run(jobs, fleet, s, market, policy=inputs.policy(settings), tick=args.tick, origin=origin,
+                              drain_s=DRAIN_S)
                    for s in report.strategies(lim) if s.name in wanted]
     demand = sum(j.gpu_hours for j in jobs)
     if args.json:

@@ -27,6 +27,19 @@ REQUIRES_IMAGE = frozenset({"podman"})
 """What an `image_id: docker:` job requires of its node: the agent runs images with podman."""
 
 
+def policy(settings: Settings) -> Policy:
+    """The scheduling policy as `scheduler:` sets it (the controller's passes and `hybridctl
+    simulate` alike)."""
+    s = settings.scheduler
+    return Policy(
+        fairshare_half_life_h=s.fairshare_half_life_h,
+        user_gpu_quota=dict(s.user_gpu_quota),
+        group_gpu_quota=dict(s.group_gpu_quota),
+        backfill_depth=s.backfill_depth,
+        preempt_below=s.preempt_below,
+    )
+
+
 class Scheduler:
     """One pass at a time over the store; `clock` is wall time, injectable for tests."""
 
@@ -37,13 +50,7 @@ class Scheduler:
         self.lifecycle = lifecycle
         self.clock = clock
         s = settings.scheduler
-        self.policy = Policy(
-            fairshare_half_life_h=s.fairshare_half_life_h,
-            user_gpu_quota=dict(s.user_gpu_quota),
-            group_gpu_quota=dict(s.group_gpu_quota),
-            backfill_depth=s.backfill_depth,
-            preempt_below=s.preempt_below,
-        )
+        self.policy = policy(settings)
         self._usage_cache: tuple[float, dict[str, float]] = (0.0, {})
         self.runtimes = RuntimeFacts(store, settings.home_path, s.preempt_below)
         """Running tasks' expected ends, pending tasks' runtimes (time limits or estimates)."""

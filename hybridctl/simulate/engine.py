@@ -143,6 +143,10 @@ class Result:
     """Cloud jobs brought back on-prem (`Limits.recall`)."""
     recall_lost_gpu_h: float = 0.0
     """Work those stops threw away (since the last checkpoint)."""
+    preempted: int = 0
+    """Running jobs stopped and requeued for a higher-priority job (the scheduler's `preempt`)."""
+    preempt_lost_gpu_h: float = 0.0
+    """Work those stops threw away (since the last checkpoint); not in `lost_gpu_h` (spot)."""
 
     def p(self, q: float, waits: Sequence[float] | None = None) -> float:
         return percentile(self.waits if waits is None else waits, q)
@@ -161,6 +165,7 @@ class Result:
             "dollars_by_class": {k: round(v) for k, v in sorted(self.dollars_by_class.items())},
             "lost_gpu_h_by": {k: round(v, 1) for k, v in sorted(self.lost_by.items())},
             "recalls": self.recalls, "recall_lost_gpu_h": round(self.recall_lost_gpu_h, 1),
+            "preempted": self.preempted, "preempt_lost_gpu_h": round(self.preempt_lost_gpu_h, 1),
         }
 
 
@@ -221,8 +226,8 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     counter = 0
     dollars = cloud_gpu_s = lost_gpu_s = killed_gpu_s = busy_gpu_s = 0.0
     preemptions = refusals = 0
-    od_dollars = cloud_busy_s = recall_lost_s = 0.0
-    recalls = 0
+    od_dollars = cloud_busy_s = recall_lost_s = preempt_lost_s = 0.0
+    recalls = preempted = 0
     by_class: dict[str, float] = {}
     lost_by: dict[str, float] = {}
     decide_s = 0.0
@@ -241,16 +246,19 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
         if not node.jobs:
             node.idle_since = now
 
-    def stop(job: _Job, at: float, now: float, killed: bool, recalled: bool = False) -> None:
-        """The job loses its nodes at `at`: keep what its checkpoints saved, requeue it."""
-        nonlocal lost_gpu_s, killed_gpu_s, recall_lost_s
+    def stop(job: _Job, at: float, now: float, killed: bool, recalled: bool = False, preempted: bool = False) -> None:
+        """The job loses its nodes at `at`: keep what its checkpoints saved, requeue it. A recall
+        or a priority preemption is a recovery (the controller never counts it as a restart)."""
+        nonlocal lost_gpu_s, killed_gpu_s, recall_lost_s, preempt_lost_s
         assert job.start is not None
         worked = max(0.0, at - job.start)
         job.longest = max(job.longest, worked)
         c = job.tj.checkpoint
         kept = math.floor(worked / c) * c if c > 0 else -job.saved
         lost = (worked - kept) * job.tj.gpus * job.tj.nodes
-        if recalled:
+        if preempted:
+            preempt_lost_s += lost
+        elif recalled:
             recall_lost_s += lost
         elif killed:
             killed_gpu_s += lost
@@ -264,7 +272,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             if n is not None and job.tj.id in n.jobs:
                 release(n, job.tj.id, now)
         job.start, job.nodes, job.run = None, (), job.run + 1
-        if not recalled:
+        if not (recalled or preempted):
             job.restarts += 1
         job.recalled = job.recalled or recalled
         job.pending_since = now
@@ -332,6 +340,11 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                          or (weighed is not None and jobs[x.job_id].tj.deadline is not None
                              and (x.job_id, x.task) not in weighed) else x for x in tasks]
             d = plan(_cluster(up, nodes.values(), jobs, origin, t), tasks, policy)
+            for pr in d.preempt:  # REQUEUE: stopped now (the grace is under a tick), its checkpoints kept
+                job = jobs[pr.job_id]
+                if job.start is not None and pr.job_id not in pending:
+                    preempted += 1
+                    stop(job, t, t, killed=False, preempted=True)
             gang: dict[int, list] = {}
             for p in d.placements:
                 gang.setdefault(p.job_id, []).append(p)
@@ -428,7 +441,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     return Result(strategy.name, len(jobs), waits, classes, util, dollars, cloud_gpu_s / 3600, lost_gpu_s / 3600,
                   killed_gpu_s / 3600, preemptions, refusals, dl, misses, unfinished, max(spend.values(), default=0.0),
                   time.perf_counter() - started, decide_s, od_dollars, cloud_busy_s / 3600,
-                  by_class, lost_by, recalls, recall_lost_s / 3600)
+                  by_class, lost_by, recalls, recall_lost_s / 3600, preempted, preempt_lost_s / 3600)
 
 
 def _task(j: _Job, origin: float, left: float | None = None) -> PendingTask:
@@ -440,20 +453,24 @@ def _task(j: _Job, origin: float, left: float | None = None) -> PendingTask:
     return PendingTask(tj.id, 0, tj.user, "lab", tj.priority, origin + tj.submit,
                        Resources(gpus=tj.gpus, gpu_type=tj.gpu_type, cpus=cpus, memory_mb=tj.memory_mb,
                                  use_spot=tj.spot != "no"),
-                       num_nodes=tj.nodes, runtime_s=left)
+                       num_nodes=tj.nodes, runtime_s=left, preemptible=tj.preemptible)
 
 
 def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job], origin: float,
              t: float) -> ClusterView:
     """The nodes that take work as the scheduler sees them, with what runs on every node and when
-    it is expected to end (start + time limit: what the controller knows)."""
+    it is expected to end (start + time limit: what the controller knows), whether it may be
+    preempted, and its last checkpoint (what a preemption would keep)."""
     running = []
     for n in every:
         for job_id, (g, c, m) in n.jobs.items():
             j = jobs[job_id]
             start = origin + (j.start or 0.0)
             ends = start + j.tj.time_limit if j.tj.time_limit else None
-            running.append(RunningTask(job_id, 0, j.tj.user, j.tj.priority, n.name, g, c, m, start, ends))
+            ck = j.tj.checkpoint
+            last = start + math.floor((t - (j.start or 0.0)) / ck) * ck if ck > 0 and j.start is not None else None
+            running.append(RunningTask(job_id, 0, j.tj.user, j.tj.priority, n.name, g, c, m, start, ends,
+                                       j.tj.preemptible, last))
     return ClusterView(tuple(n.view() for n in up), running=tuple(running), now=origin + t)
 
 

@@ -1,5 +1,5 @@
-"""What `hybridctl simulate` reads besides the trace: the fleet file and the burst limits of a
-hybridctl config."""
+"""What `hybridctl simulate` reads besides the trace: the fleet file, and the burst limits and the
+scheduling policy of a hybridctl config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from hybridctl.config import ConfigError, Settings
 from hybridctl.core import burst
+from hybridctl.core.model import Policy
 from hybridctl.simulate.engine import NodeGroup
 
 FLEET_EXAMPLE = """nodes:
@@ -60,3 +61,11 @@ def limits(settings: Settings) -> burst.Limits:
     from hybridctl.control.budget import limits as controller_limits
 
     return controller_limits(settings)
+
+
+def policy(settings: Settings) -> Policy:
+    """The scheduling policy from `scheduler:` (backfill depth, fair share, quotas, `preempt_below`),
+    exactly as the controller builds it: a replay honours the lab's scheduler settings too."""
+    from hybridctl.control.scheduler import policy as controller_policy
+
+    return controller_policy(settings)

@@ -15,6 +15,8 @@ Generic CSV columns (header row required; names case-insensitive, order free):
     time_limit   optional: the job's time limit in seconds (what the controller knows in advance)
     priority     optional integer (default 0)
     spot         optional: 'no' = must not run on spot, 'always' = spot whatever the risk
+    preemptible  optional: 'yes' = a higher-priority job that would otherwise wait may stop and
+                 requeue it (as `preemptible: true`; `scheduler.preempt_below` marks more)
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class TraceJob:
     memory_mb: int = 0
     spot: str = "auto"
     """'auto', 'no' or 'always'."""
+    preemptible: bool = False
+    """`preemptible: true`: a higher-priority job that would otherwise wait may stop and requeue it
+    (with `scheduler.preempt_below`, jobs below that priority are too)."""
 
     @property
     def gpu_hours(self) -> float:
@@ -144,6 +149,9 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
         if spot not in ("auto", "no", "always", "yes"):
             raise ConfigError(f"{where}: spot: {spot!r}; accepted: auto, no, always")
         tl = r.get("time_limit")
+        pre = (r.get("preemptible") or "no").lower()
+        if pre not in ("yes", "no", "true", "false", "1", "0"):
+            raise ConfigError(f"{where}: preemptible: {pre!r}; accepted: yes, no")
         jobs.append(TraceJob(
             id=len(jobs) + 1, user=r.get("user") or "user", submit=t,
             gpus=int(_num(r["gpus"], f"{where}: gpus", integer=True, maximum=MAX_GPUS)),
@@ -156,6 +164,7 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
             priority=int(_num(r.get("priority") or "0", f"{where}: priority", integer=True, minimum=-10**9,
                               maximum=10**9)),
             spot="always" if spot == "yes" else spot,
+            preemptible=pre in ("yes", "true", "1"),
         ))
     return _rebase(jobs), origin
 
@@ -340,8 +349,8 @@ def write_csv(jobs: Iterable[TraceJob], f: TextIO) -> None:
     """The generic CSV of these jobs (what `read_csv` reads back)."""
     w = csv.writer(f)
     w.writerow(["submit", "user", "gpus", "gpu_type", "nodes", "duration", "checkpoint", "deadline", "time_limit",
-                "priority"])
+                "priority", "spot", "preemptible"])
     for j in jobs:
         w.writerow([f"{j.submit:.0f}", j.user, j.gpus, j.gpu_type or "", j.nodes, f"{j.duration:.0f}",
                     f"{j.checkpoint:.0f}" if j.checkpoint else "", f"+{j.deadline - j.submit:.0f}" if j.deadline is not None else "",
-                    f"{j.time_limit:.0f}" if j.time_limit else "", j.priority])
+                    f"{j.time_limit:.0f}" if j.time_limit else "", j.priority, j.spot, "yes" if j.preemptible else ""])
