@@ -80,34 +80,12 @@ def test_shows_wait_forecast_assumes_unknown_runtime_for_a_run_without_limit_or_
 def test_limit_use_is_learnt_from_the_runs_that_succeeded_with_a_time_limit(tmp_path: Path) -> None:
     """The autoscaler's world carries it: 1.0 until 20 time-limited runs have succeeded, then the
     median share of their limit they used (runs without a limit do not count)."""
-    from hybridctl.config import CloudConfig, Settings
-    from hybridctl.control.autoscaler import Autoscaler
     from hybridctl.control.budget import limit_use
-    from hybridctl.core.model import JobSpec, JobStatus, Placement
-    from hybridctl.store.sqlite import Submitter
-    from tests.unit.control.fakes import FakeProvider
-    from tests.unit.control.parts import build
+    from tests.unit.history_kit import scaler_with_history
 
-    key = tmp_path / "cloud_key"
-    key.write_text("not a real key\n")
-    Path(f"{key}.pub").write_text("ssh-ed25519 AAAA test\n")
-    settings = Settings(home=str(tmp_path), cloud=CloudConfig(enabled=True, identity=str(key)))
-    parts = build(tmp_path, names=(), settings=settings)
+    parts, scaler, run = scaler_with_history(tmp_path, 86400)
     store = parts.store
-    who = Submitter(1000, "alice", 1000, "lab")
-    t = parts.clock() - 86400
-
-    def run(seconds: float, limit: float | None) -> None:
-        nonlocal t
-        job = store.submit(JobSpec(run="x", time_limit=limit), who, t)
-        store.start([Placement(job, 0, "n1", (0,), 1.0, 0)], t)
-        store.transition(job, 0, JobStatus.RUNNING, reason="", actor_uid=None, now=t)
-        store.transition(job, 0, JobStatus.SUCCEEDED, reason="", actor_uid=None, now=t + seconds)
-        t += seconds + 1
-
     try:
-        scaler = Autoscaler(store, settings, parts.lifecycle, parts.fleet, parts.scheduler,
-                            providers={"fake": FakeProvider()}, clock=parts.clock)
         for i in range(19):
             run(600.0 + 60 * i, 3600.0)  # 17 % ... 47 % of their hour
         for _ in range(5):

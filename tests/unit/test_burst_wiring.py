@@ -67,13 +67,13 @@ def test_the_burst_policys_no_spot_keeps_a_spot_allowed_job_off_spot_nodes() -> 
     assert why(d)[1].startswith("spot: it would fit now only on spot nodes, and the burst policy keeps this job off spot")
 
 
-def test_the_controller_keeps_an_on_demand_job_off_a_rented_spot_node(tmp_path: Path) -> None:
-    """Through the controller's pass: the cloud node's market comes from the offer it was rented on."""
+def controller_with_a_spot_node(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A controller whose only node is an idle 8 x A100 cloud node rented on a spot offer."""
     from hybridctl.config import NodeConfig, Settings
     from hybridctl.control.nodes import config_record
     from hybridctl.control.service import Controller
     from hybridctl.store.sqlite import Store
-    from tests.unit.controller_kit import ALICE, Clock, submit
+    from tests.unit.controller_kit import Clock
 
     clock = Clock()
     store = Store(tmp_path / "ctl.db")
@@ -83,6 +83,14 @@ def test_the_controller_keeps_an_on_demand_job_off_a_rented_spot_node(tmp_path: 
              "gpus": 8, "cpus": 32, "memory_mb": 256 << 10, "spot": True, "price_hourly": 10.0}
     store.cloud_add_instance("i-1", "simulated", "cloud-a", offer, [], clock())
     ctl = Controller(store, Settings(home=tmp_path), clock)
+    return ctl
+
+
+def test_the_controller_keeps_an_on_demand_job_off_a_rented_spot_node(tmp_path: Path) -> None:
+    """Through the controller's pass: the cloud node's market comes from the offer it was rented on."""
+    from tests.unit.controller_kit import ALICE, submit
+
+    ctl = controller_with_a_spot_node(tmp_path)
     od = submit(ctl, ALICE, resources={"accelerators": "A100:8", "use_spot": False})
     ctl.schedule()
     row = ctl.op_show(ALICE, od)
@@ -244,21 +252,9 @@ def test_a_deadline_job_waits_for_the_policy_before_it_takes_an_idle_spot_node(t
     off spot nodes until a decision weighs its slack (`BurstDecision.weighed`): an idle spot node
     held for others would otherwise take a job that cannot afford a reclaim. A job without a
     deadline is not held back; with no policy weighing spot risk (None), neither is."""
+    from tests.unit.controller_kit import ALICE, submit
 
-    from hybridctl.config import NodeConfig, Settings
-    from hybridctl.control.nodes import config_record
-    from hybridctl.control.service import Controller
-    from hybridctl.store.sqlite import Store
-    from tests.unit.controller_kit import ALICE, Clock, submit
-
-    clock = Clock()
-    store = Store(tmp_path / "ctl.db")
-    store.add_node(config_record(NodeConfig(name="cloud-a", gpus="8xA100", cpus=32, memory="256G", site="cloud",
-                                            simulated=True)), clock())
-    offer = {"provider": "simulated", "instance_type": "p4d", "region": "r", "zone": "r", "gpu_type": "A100",
-             "gpus": 8, "cpus": 32, "memory_mb": 256 << 10, "spot": True, "price_hourly": 10.0}
-    store.cloud_add_instance("i-1", "simulated", "cloud-a", offer, [], clock())
-    ctl = Controller(store, Settings(home=tmp_path), clock)
+    ctl = controller_with_a_spot_node(tmp_path)
     ctl.scheduler.spot_weighed = frozenset()  # a decision was made before these jobs came
     late = submit(ctl, ALICE, resources={"accelerators": "A100:4", "use_spot": True}, deadline="6h")
     assert ctl.schedule().placements == ()
