@@ -1,8 +1,9 @@
 """The files of one job directory and how they are written: the agent and the per-job supervisor
 share this layout, and every file that records a decision is replaced atomically and fsynced.
 
-Layout of `<state_dir>/jobs/<key>/` (owned by the agent's user, mode 0711): spec.json (agent,
-0600), supervisor.json, started.json and exit.json (supervisor), cancel.json (agent),
+Layout of `<state_dir>/jobs/<key>/` (owned by the agent's user, mode 0711): spec.json (agent),
+supervisor.json, started.json and exit.json (supervisor), cancel.json and mounts.json (agent),
+all 0600: a job key is guessable, and an exit reason can quote a failed build's log;
 supervisor.log (the supervisor's diagnostics); job.sh, stdout.log / stderr.log and work/ (the
 default working directory) are owned by the job's user. Files the agent trusts are never
 writable by the job.

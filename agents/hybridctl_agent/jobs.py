@@ -203,7 +203,7 @@ class JobManager:
                     container.forget(spec, str(d), cg.paths)
                 cg.remove()
         jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None, "ended_at": time.time(),
-                                    "reason": reason}, 0o644)
+                                    "reason": reason})
         self.changed()
 
     def record(self, key: str) -> Dict[str, Any]:
@@ -332,7 +332,7 @@ class JobManager:
         if error is not None:
             jf.write_json(self.root / key / jf.EXIT, {"exit_code": None, "signal": None,
                                                       "ended_at": time.time(),
-                                                      "reason": f"launch_failed: {error}"}, 0o644)
+                                                      "reason": f"launch_failed: {error}"})
         self.changed()
 
     async def _env_then_spawn(self, plan: LaunchPlan) -> None:
@@ -355,7 +355,7 @@ class JobManager:
         if rec["state"] == "exited":
             return rec
         d = self.root / key
-        jf.write_json(d / jf.CANCEL, {"grace": grace, "requested_at": time.time()}, 0o644)
+        jf.write_json(d / jf.CANCEL, {"grace": grace, "requested_at": time.time()})
         build = self._building.get(key)
         if build is not None and build.returncode is None:  # still building its environment
             with contextlib.suppress(ProcessLookupError):

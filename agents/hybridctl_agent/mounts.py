@@ -270,7 +270,9 @@ def run(req: Mapping[str, Any]) -> Dict[str, Any]:
         os.close(log)
         return {"ok": False, "step": "fetch file_mounts", "error": str(exc)}
     objects = sorted({sha for _d, t in plans if not isinstance(t, str) for sha, _ in t.values()})
-    with open(os.path.join(req["job_dir"], "mounts.json"), "w") as fh:  # pins them (cache.pinned_by)
+    fd = os.open(os.path.join(req["job_dir"], "mounts.json"),  # pins them (cache.pinned_by); the agent's alone
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
         json.dump({"objects": objects, "links": "users"}, fh)  # "links": not into objects/ (seal)
     try:  # the objects, hard-linked where this user alone may reach them; the mounts link there
         links_dir = str(cache.grant(int(req["uid"]), int(req["gid"]), objects)) if objects else ""

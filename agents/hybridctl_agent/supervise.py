@@ -256,7 +256,7 @@ class Supervisor:
 
     def finish(self, exit_code: Optional[int], sig: Optional[int], reason: Optional[str]) -> None:
         jf.write_json(self.dir / jf.EXIT, {"exit_code": exit_code, "signal": sig,
-                                           "ended_at": time.time(), "reason": reason}, 0o644)
+                                           "ended_at": time.time(), "reason": reason})
         self.notify()
         _log(f"job ended: exit_code={exit_code} signal={sig} reason={reason}")
 
@@ -300,8 +300,7 @@ class Supervisor:
         jf.write_json(self.dir / jf.STARTED, {"pid": self.pid, "pgid": self.pid,
                                               "start_ticks": jf.start_time(self.pid),
                                               "started_at": time.time(),
-                                              "cgroup": self.cgroup.path if self.cgroup else None},
-                      0o644)
+                                              "cgroup": self.cgroup.path if self.cgroup else None})
         self.notify()
         _log(f"started bash pid {self.pid}")
         if (self.dir / jf.CANCEL).exists():  # a cancel that raced with the start

@@ -62,7 +62,7 @@ def record_setup(d: Path, spec: Mapping[str, Any]) -> None:
 def _end(d: Path, reason: str) -> None:
     if not (d / jf.EXIT).exists():
         jf.write_json(d / jf.EXIT, {"exit_code": None, "signal": None, "ended_at": time.time(),
-                                    "reason": reason}, 0o644)
+                                    "reason": reason})
 
 
 async def _run(module: str, req: Mapping[str, Any], site: bool, state: str,

@@ -308,3 +308,19 @@ def test_a_failed_acl_write_names_the_error_not_none(open_tmp: Path, monkeypatch
                          "mounts": [{"dst": "s", "objects": {"": [sha, 3]}}]})
     assert answer["ok"] is False and answer["step"] == "link file_mounts for the job's user"
     assert answer["error"] == "[Errno 5] Input/output error", answer
+
+
+def test_a_jobs_records_are_the_agents_alone(agent: AgentProc) -> None:
+    """A job key is guessable and its directory searchable (0711): the records the agent keeps
+    there (an exit reason may quote a failed build's log; mounts.json names the job's full object
+    ids) open for no other user."""
+    nobody = pwd.getpwnam("nobody")
+    sha = stage(agent, b"data")
+    launch(agent, "52.1", "cat s; exit 3", file_mounts=[{"dst": "s", "objects": {"": [sha, 4]}}])
+    assert agent.wait_exited("52.1")["exit_code"] == 3
+    d = agent.job_dir("52.1")
+    agent.call("cancel", key="52.1", grace=1.0)  # after the exit: nothing to stop, no record written
+    records = [d / n for n in ("spec.json", "started.json", "exit.json", "mounts.json") if (d / n).exists()]
+    assert {p.name for p in records} == {"spec.json", "started.json", "exit.json", "mounts.json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in records} == {p.name: "0o600" for p in records}
+    assert open_as(nobody.pw_uid, nobody.pw_gid, [str(p) for p in records]) == [errno.EACCES] * len(records)
