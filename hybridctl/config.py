@@ -63,6 +63,14 @@ class SchedulerConfig:
     """Running jobs with a priority below this may be preempted (SIGTERM, the grace, requeue; never
     counted against max_restarts) by a higher-priority job that would otherwise wait. Unset: only
     jobs marked `preemptible: true`."""
+    multi_node_priority: int = 0
+    """Added to the priority of every job that spans several nodes (a gang), waiting or running, as
+    Slurm's job-size factor: it goes first, holds the reservation, and may preempt what is
+    preemptible. 0 = size does not count. (bench/RESULTS.md, session 9: with 10 and
+    `preempt_checkpointing`, gangs on the generated weeks waited 2-3 h at p95 instead of 8-13 h.)"""
+    preempt_checkpointing: bool = False
+    """Running jobs that checkpoint (`checkpoint_dir`) and have no `deadline` may be preempted as
+    if marked `preemptible: true`: they resume from their last checkpoint."""
 
 
 @dataclass(frozen=True)

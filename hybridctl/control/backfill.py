@@ -14,7 +14,7 @@ from typing import Sequence
 
 from hybridctl.control.checkpoints import MANIFEST
 from hybridctl.core.estimate import Estimate, Estimator, Run, command_key, expected_end
-from hybridctl.core.model import JobStatus, PendingTask, RunningTask, task_label
+from hybridctl.core.model import JobStatus, PendingTask, Policy, RunningTask, task_label
 from hybridctl.store.history import JobFacts
 from hybridctl.store.sqlite import Store
 
@@ -26,11 +26,14 @@ REFRESH_S = 60.0
 class RuntimeFacts:
     """Per-pass inputs read from `store`; the history index is rebuilt at most every REFRESH_S."""
 
-    def __init__(self, store: Store, home: Path | None = None, preempt_below: int | None = None) -> None:
+    def __init__(self, store: Store, home: Path | None = None, preempt_below: int | None = None,
+                 policy: Policy | None = None) -> None:
         self.store = store
         self.home = home
-        self.preempt_below = preempt_below
         """Where the controller keeps checkpoint copies (None: no checkpoint times)."""
+        self.preempt_below = preempt_below
+        self.policy = policy or Policy()
+        """`multi_node_priority` and `preempt_checkpointing` are applied here (`marks`)."""
         self._estimator: tuple[float, Estimator] | None = None
         self._seen_until = 0.0
         """The newest end among the runs the estimator has learnt."""
@@ -103,6 +106,18 @@ class RuntimeFacts:
             user=user, job_id=job_id, name=f.name, command=command_key(f.run), time_limit=f.time_limit
         )
 
+    def marks(self, f: JobFacts | None, priority: int, preemptible: bool) -> tuple[int, bool]:
+        """A task's priority and preemptibility under the policy's size and checkpoint rules: a
+        job over several nodes gets `multi_node_priority` more; one that checkpoints and has no
+        deadline is preemptible with `preempt_checkpointing`."""
+        if f is None:
+            return priority, preemptible
+        if f.num_nodes > 1:
+            priority += self.policy.multi_node_priority
+        if self.policy.preempt_checkpointing and f.checkpoints and f.deadline is None:
+            preemptible = True
+        return priority, preemptible
+
     def running(self, now: float) -> tuple[RunningTask, ...]:
         """Every held rank as a RunningTask with its expected end; a task being stopped for a
         preemption (PREEMPTED, still holding its GPUs) is `stopping`."""
@@ -113,9 +128,9 @@ class RuntimeFacts:
         for r in ranks:
             f = facts.get(r.job_id)
             limit = f.time_limit if f else None
-            marked = bool(f and f.preemptible)
+            priority, marked = self.marks(f, r.priority, bool(f and f.preemptible))
             # Only a preemptible task's work lost matters.
-            below = self.preempt_below is not None and r.priority < self.preempt_below
+            below = self.preempt_below is not None and priority < self.preempt_below
             ckpt = self.checkpoint_at(r.job_id, r.task) if marked or below else None
             guess = None
             if f is not None and limit is None:
@@ -124,7 +139,7 @@ class RuntimeFacts:
                 ).seconds
             out.append(
                 RunningTask(
-                    r.job_id, r.task, r.user, r.priority, r.node, tuple(r.gpus), r.cpus, r.memory_mb,
+                    r.job_id, r.task, r.user, priority, r.node, tuple(r.gpus), r.cpus, r.memory_mb,
                     r.start, expected_end(r.start, limit, guess, now), marked,
                     ckpt, r.state == JobStatus.PREEMPTED.value,
                 )
@@ -135,20 +150,21 @@ class RuntimeFacts:
         """`tasks` with their runtimes (limit or estimate) and `preemptible` marks filled in."""
         facts = self.facts([t.job_id for t in tasks])
         est = self.estimator(now)
-        per_job: dict[int, tuple[float | None, bool, bool]] = {}
+        per_job: dict[int, tuple[float | None, bool, bool, int]] = {}
         out = []
         for t in tasks:
             got = per_job.get(t.job_id)
             if got is None:
                 f = facts.get(t.job_id)
                 if f is None:
-                    got = (None, False, False)
+                    got = (None, False, False, t.priority)
                 else:
                     e = est.estimate(user=t.user, job_id=t.job_id, name=f.name,
                                      command=command_key(f.run), time_limit=f.time_limit)
+                    priority, marked = self.marks(f, t.priority, f.preemptible)
                     # Only a time limit lets it start ahead of a reservation (core/schedule.py).
-                    got = (e.seconds, f.preemptible, e.seconds is not None and f.time_limit is None)
+                    got = (e.seconds, marked, e.seconds is not None and f.time_limit is None, priority)
                 per_job[t.job_id] = got
-            out.append(t if got == (None, False, False) else
-                       replace(t, runtime_s=got[0], preemptible=got[1], estimated=got[2]))
+            out.append(t if got == (None, False, False, t.priority) else
+                       replace(t, runtime_s=got[0], preemptible=got[1], estimated=got[2], priority=got[3]))
         return out

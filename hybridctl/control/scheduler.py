@@ -37,6 +37,8 @@ def policy(settings: Settings) -> Policy:
         group_gpu_quota=dict(s.group_gpu_quota),
         backfill_depth=s.backfill_depth,
         preempt_below=s.preempt_below,
+        multi_node_priority=s.multi_node_priority,
+        preempt_checkpointing=s.preempt_checkpointing,
     )
 
 
@@ -52,7 +54,7 @@ class Scheduler:
         s = settings.scheduler
         self.policy = policy(settings)
         self._usage_cache: tuple[float, dict[str, float]] = (0.0, {})
-        self.runtimes = RuntimeFacts(store, settings.home_path, s.preempt_below)
+        self.runtimes = RuntimeFacts(store, settings.home_path, s.preempt_below, self.policy)
         """Running tasks' expected ends, pending tasks' runtimes (time limits or estimates)."""
         self.stopping: set[str] = set()
         """Nodes of the tasks the last pass preempted (the daemon kicks them to stop them now)."""

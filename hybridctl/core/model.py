@@ -461,6 +461,11 @@ class Policy:
     preempt_below: int | None = None
     """Running tasks with a priority below this are preemptible by higher-priority tasks (Slurm
     PreemptMode=REQUEUE); None = only tasks marked `preemptible: true`."""
+    multi_node_priority: int = 0
+    preempt_checkpointing: bool = False
+    """`scheduler.multi_node_priority` and `preempt_checkpointing`: applied where tasks are built
+    from specs (control/backfill.RuntimeFacts, the simulator), since `plan` sees no spec; `plan`
+    itself reads neither."""
 
 
 @dataclass(frozen=True)

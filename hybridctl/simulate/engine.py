@@ -205,7 +205,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     started = time.perf_counter()
     policy = policy or Policy()
     limits = strategy.limits
-    jobs = {j.id: _Job(j) for j in trace}
+    jobs = {j.id: _Job(_marked(j, policy)) for j in trace}
     arrivals = sorted(jobs.values(), key=lambda j: (j.tj.submit, j.tj.id))
     nodes: dict[str, _Node] = {}
     if strategy.onprem:
@@ -442,6 +442,15 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                   killed_gpu_s / 3600, preemptions, refusals, dl, misses, unfinished, max(spend.values(), default=0.0),
                   time.perf_counter() - started, decide_s, od_dollars, cloud_busy_s / 3600,
                   by_class, lost_by, recalls, recall_lost_s / 3600, preempted, preempt_lost_s / 3600)
+
+
+def _marked(tj: TraceJob, policy: Policy) -> TraceJob:
+    """The job under the policy's size and checkpoint rules, as the controller's RuntimeFacts
+    applies them: `multi_node_priority` more for a gang, preemptible with `preempt_checkpointing`
+    when it checkpoints and has no deadline."""
+    boost = policy.multi_node_priority if tj.nodes > 1 else 0
+    pre = tj.preemptible or (policy.preempt_checkpointing and tj.checkpoint > 0 and tj.deadline is None)
+    return replace(tj, priority=tj.priority + boost, preemptible=pre) if boost or pre != tj.preemptible else tj
 
 
 def _task(j: _Job, origin: float, left: float | None = None) -> PendingTask:

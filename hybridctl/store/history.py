@@ -35,6 +35,9 @@ class JobFacts(NamedTuple):
     run: str
     deadline: float | None = None
     """Seconds since the epoch by which it must finish (`deadline:`), None = none."""
+    num_nodes: int = 1
+    checkpoints: bool = False
+    """It names a `checkpoint_dir`."""
 
 
 class FinishedRun(NamedTuple):
@@ -59,19 +62,21 @@ class HistoryTables(Tables):
         ]
 
     def job_facts(self, job_ids: Sequence[int]) -> dict[int, JobFacts]:
-        """job -> its name, time limit, `preemptible` mark, run script and deadline (from its spec)."""
+        """job -> its name, time limit, `preemptible` mark, run script, deadline, node count and whether
+        it checkpoints (from its spec)."""
         out: dict[int, JobFacts] = {}
         ids = sorted(set(job_ids))
         for at in range(0, len(ids), 500):
             part = ids[at : at + 500]
             marks = ",".join("?" * len(part))
-            for j, name, limit, pre, run, deadline in self.conn.execute(
+            for j, name, limit, pre, run, deadline, nodes, ckpt in self.conn.execute(
                 "SELECT id, name, json_extract(spec, '$.time_limit'), json_extract(spec, '$.preemptible'),"
-                f" json_extract(spec, '$.run'), json_extract(spec, '$.deadline') FROM jobs WHERE id IN ({marks})",
+                " json_extract(spec, '$.run'), json_extract(spec, '$.deadline'), num_nodes,"
+                f" json_extract(spec, '$.checkpoint_dir') FROM jobs WHERE id IN ({marks})",
                 part,
             ):
                 out[j] = JobFacts(name, float(limit) if limit else None, bool(pre), str(run or ""),
-                                  float(deadline) if deadline is not None else None)
+                                  float(deadline) if deadline is not None else None, int(nodes or 1), bool(ckpt))
         return out
 
     def finished_runs(self, since: float, limit: int = 20000) -> list[FinishedRun]:

@@ -142,3 +142,25 @@ def test_history_is_learnt_incrementally(store: Store) -> None:
     assert facts.estimate(job, "alice", T0 + 540).seconds == 100.0  # within REFRESH_S: cached
     e = facts.estimate(job, "alice", T0 + 600)
     assert e.seconds == 410.0 and e.source.startswith("estimate: p80 of 2 runs of 'sweep'")
+
+
+def test_the_size_and_checkpoint_rules_mark_pending_and_running_tasks(store: Store) -> None:
+    """`scheduler.multi_node_priority`: a gang's priority, waiting or running, is raised by it;
+    `scheduler.preempt_checkpointing`: a job that checkpoints and has no deadline is preemptible.
+    Off (the defaults), neither changes anything."""
+    from hybridctl.core.model import Policy
+
+    now = T0
+    gang = store.submit(JobSpec(run="x", num_nodes=2, priority=3), ALICE, now)
+    ckpt = store.submit(JobSpec(run="x", checkpoint_dir="/ck"), ALICE, now)
+    due = store.submit(JobSpec(run="x", checkpoint_dir="/ck", deadline=now + 6 * 3600), ALICE, now)
+    plain = store.submit(JobSpec(run="x"), ALICE, now)
+    rules = RuntimeFacts(store, policy=Policy(multi_node_priority=10, preempt_checkpointing=True))
+    got = {t.job_id: (t.priority, t.preemptible) for t in rules.pending(store.pending(), now)}
+    assert got == {gang: (13, False), ckpt: (0, True), due: (0, False), plain: (0, False)}
+    off = {t.job_id: (t.priority, t.preemptible) for t in RuntimeFacts(store).pending(store.pending(), now)}
+    assert off == {gang: (3, False), ckpt: (0, False), due: (0, False), plain: (0, False)}
+    store.start([Placement(ckpt, 0, "n1", (0,), 1.0, 0)], now)
+    store.start([Placement(gang, 0, "n1", (1,), 1.0, 0, rank=0), Placement(gang, 0, "n2", (0,), 1.0, 0, rank=1)], now)
+    running = {(r.job_id, r.node): (r.priority, r.preemptible) for r in rules.running(now)}
+    assert running == {(ckpt, "n1"): (0, True), (gang, "n1"): (13, False), (gang, "n2"): (13, False)}

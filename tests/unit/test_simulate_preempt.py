@@ -61,3 +61,28 @@ def test_the_csv_carries_preemptible_and_spot_both_ways() -> None:
     trace.write_csv(jobs, out)
     back, _ = trace.read_csv(io.StringIO(out.getvalue()))
     assert [(j.preemptible, j.spot, j.priority) for j in back] == [(True, "auto", 0), (False, "auto", 100)]
+
+
+def test_the_size_and_checkpoint_rules_let_a_gang_preempt_checkpointing_jobs(tmp_path: Path) -> None:
+    """Two nodes busy with one checkpointing 8-GPU job each; a 2-node gang arrives. With
+    `scheduler.multi_node_priority: 10` and `preempt_checkpointing: true` it stops both and starts
+    within a tick or two; with neither it waits for them to end (10 h)."""
+    fleet = [NodeGroup("a", 2, 8, "NVIDIA A100-SXM4-80GB")]
+    work = [TraceJob(i, "u", 0.0, 8, None, 10 * HOUR, checkpoint=1800.0, time_limit=20 * HOUR) for i in (1, 2)]
+    gang = TraceJob(3, "v", HOUR + 600.0, 8, None, HOUR, nodes=2, time_limit=2 * HOUR)
+    path = tmp_path / "c.yaml"
+    path.write_text("scheduler:\n  multi_node_priority: 10\n  preempt_checkpointing: true\n")
+    rules = inputs.policy(config.load(path, env={}))
+    assert (rules.multi_node_priority, rules.preempt_checkpointing) == (10, True)
+
+    def gang_wait(policy):  # type: ignore[no-untyped-def]
+        from hybridctl.cloud import catalog
+
+        market = Market(catalog.load(), None, MarketModel(), 1, HOUR + 600.0)
+        r = run([*work, gang], fleet, Strategy("on-prem only"), market, policy=policy)
+        return r.classes["multi-node"][0], r.preempted
+
+    waited, preempted = gang_wait(rules)
+    assert preempted == 2 and waited <= 120.0
+    waited, preempted = gang_wait(inputs.policy(config.load(None, env={})))
+    assert preempted == 0 and waited > 8 * HOUR
