@@ -342,8 +342,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines.append(f"  runtime    {job['runtime']}")
     if job.get("earlier_run"):  # what the burst policy learnt from its stopped attempts (cloud.burst.lindy)
         lines.append(f"  earlier    {job['earlier_run']['text']}")
-    if s.get("preemptible"):
-        lines.append("  preemptible yes: a higher-priority job may stop and requeue it")
+    if s.get("preemptible") or job.get("preemptible_by"):
+        why = f"; {job['preemptible_by']}" if job.get("preemptible_by") else ""
+        lines.append(f"  preemptible yes: a higher-priority job may stop and requeue it{why}")
+    if job.get("priority_boost"):
+        lines.append(f"  priority   +{job['priority_boost']} in the queue: a job over several nodes"
+                     " (scheduler.multi_node_priority)")
     if s.get("spot_insist"):
         lines.append("  spot insist yes: bursts to spot whatever a reclaim may cost it (spot_insist: true)")
     if s.get("deadline") is not None:

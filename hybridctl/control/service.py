@@ -278,11 +278,30 @@ class Controller(CloudRequests):
                 learnt = self._earlier_run(job_id, est.seconds, bool(out["array"]))
                 if learnt is not None:
                     out["earlier_run"] = learnt
+        out.update(self._rule_marks(out))
         if self.observer is not None:  # last job.log values and idle flags, per task
             for t in out["tasks"]:
                 lbl = task_label(job_id, t["task"])
                 t["metrics"] = self.observer.job_metrics.get(lbl) if out["uid"] == caller.uid or caller.admin else None
                 t["idle_s"] = self.observer.idle.get(lbl)
+        return out
+
+    def _rule_marks(self, job: dict[str, Any]) -> dict[str, Any]:
+        """What the scheduler's rules make of the job beyond its spec (shown by `show`, so a user
+        learns it may be stopped before it is): `priority_boost` (`multi_node_priority`) and
+        `preemptible_by` (why a job not marked `preemptible: true` may be preempted)."""
+        rules = self.scheduler.policy
+        spec = job["spec"]
+        out: dict[str, Any] = {}
+        priority = int(job["priority"])
+        if rules.multi_node_priority and int(spec.get("num_nodes") or 1) > 1:
+            out["priority_boost"] = rules.multi_node_priority
+            priority += rules.multi_node_priority
+        if not spec.get("preemptible"):
+            if rules.preempt_checkpointing and spec.get("checkpoint_dir") and spec.get("deadline") is None:
+                out["preemptible_by"] = "it checkpoints and has no deadline (scheduler.preempt_checkpointing)"
+            elif rules.preempt_below is not None and priority < rules.preempt_below:
+                out["preemptible_by"] = f"its priority {priority} is below scheduler.preempt_below {rules.preempt_below}"
         return out
 
     def _earlier_run(self, job_id: int, estimate_s: float | None, array: bool) -> dict[str, Any] | None:

@@ -164,3 +164,49 @@ def test_the_size_and_checkpoint_rules_mark_pending_and_running_tasks(store: Sto
     store.start([Placement(gang, 0, "n1", (1,), 1.0, 0, rank=0), Placement(gang, 0, "n2", (0,), 1.0, 0, rank=1)], now)
     running = {(r.job_id, r.node): (r.priority, r.preemptible) for r in rules.running(now)}
     assert running == {(ckpt, "n1"): (0, True), (gang, "n1"): (13, False), (gang, "n2"): (13, False)}
+
+
+def test_show_says_when_a_rule_makes_a_job_preemptible_or_raises_its_priority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user learns from `show` that their job may be stopped before it is: the rule that says so
+    (`preempt_checkpointing`, `preempt_below`), and a gang's added priority."""
+    from typing import Any
+
+    from hybridctl.cli import common
+    from hybridctl.cli.main import main
+    from hybridctl.config import SchedulerConfig, Settings
+    from hybridctl.control.service import Controller
+    from tests.unit.controller_kit import ALICE, Clock, submit
+
+    clock = Clock()
+    settings = Settings(home=str(tmp_path), scheduler=SchedulerConfig(
+        multi_node_priority=10, preempt_checkpointing=True, preempt_below=5))
+    ctl = Controller(Store(tmp_path / "ctl.db"), settings, clock=clock)
+    ckpt = submit(ctl, ALICE, checkpoint_dir="/tmp/ck", priority=7)
+    gang = submit(ctl, ALICE, num_nodes=2, priority=-3)
+    low = submit(ctl, ALICE, priority=1)
+    due = submit(ctl, ALICE, checkpoint_dir="/tmp/ck", deadline="6h", priority=7)
+    assert ctl.op_show(ALICE, str(ckpt))["preemptible_by"] == \
+        "it checkpoints and has no deadline (scheduler.preempt_checkpointing)"
+    g = ctl.op_show(ALICE, str(gang))
+    assert g["priority_boost"] == 10 and "preemptible_by" not in g  # -3 + 10 is not below 5
+    assert ctl.op_show(ALICE, str(low))["preemptible_by"] == "its priority 1 is below scheduler.preempt_below 5"
+    assert "preemptible_by" not in ctl.op_show(ALICE, str(due))
+
+    class Shown:  # the controller's own show reply, without the socket
+        def __enter__(self) -> Shown:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def call(self, op: str, **kw: Any) -> Any:
+            return ctl.op_show(ALICE, kw["job"])
+
+    monkeypatch.setattr(common, "client", Shown)
+    assert main(["show", str(ckpt)]) == 0
+    assert ("  preemptible yes: a higher-priority job may stop and requeue it; it checkpoints and has no"
+            " deadline (scheduler.preempt_checkpointing)") in capsys.readouterr().out.splitlines()
+    assert main(["show", str(gang)]) == 0
+    assert "  priority   +10 in the queue: a job over several nodes (scheduler.multi_node_priority)" in \
+        capsys.readouterr().out.splitlines()
