@@ -11,6 +11,15 @@ import pytest
 STRICT = os.environ.get("HYBRIDCTL_STRICT") == "1"
 
 
+def ctrl_c_reaches_it() -> None:
+    """`preexec_fn` for a child a test will Ctrl-C (SIGINT): its SIGINT back to the default.
+    A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT
+    ignored, and Python keeps an ignored SIGINT ignored, so the child would never see it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip (or, in strict mode, fail) unless `condition` holds. Use for missing system parts."""
     if condition:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from hybridctl.control.client import Client
+from tests.conftest import ctrl_c_reaches_it
 from tests.waiting import wait_for
 
 
@@ -25,7 +26,7 @@ def demo(*args: str, script: bool = False) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCTL_")}
     cmd = [str(REPO / "scripts" / "demo")] if script else [sys.executable, "-m", "hybridctl.cli.main", "demo"]
     return subprocess.Popen([*cmd, "--headless", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=REPO)
+                            env=env, cwd=REPO, preexec_fn=ctrl_c_reaches_it)
 
 
 def leftovers(base: str) -> list[str]:

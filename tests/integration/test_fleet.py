@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import ctrl_c_reaches_it
 from tests.integration.nodes import SshLab, solo_node
 from tests.waiting import wait_for
 
@@ -147,7 +148,7 @@ def test_ctrl_c_stops_waiting_but_not_the_job(lab: SshLab) -> None:
 
     with subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "submit", "--wait", "--gpus", "A100:1", "--",
                            "sleep 600"], env=lab.controller.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, text=True) as proc:
+                          stdin=subprocess.DEVNULL, text=True, preexec_fn=ctrl_c_reaches_it) as proc:
         try:
             assert proc.stderr is not None and proc.stdout is not None
             lines: list[str] = []  # stderr, read by a thread so that every wait below is bounded

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridctl.control.client import Client
+from tests.conftest import ctrl_c_reaches_it
 from tests.integration.harness import REPO, ControllerProc
 
 SECTION = "Submitting jobs"
@@ -42,7 +43,8 @@ def run_waiting(c: ControllerProc, argv: list[str], cwd: Path) -> str:
     """`submit --wait` blocks until the job ends (never, on simulated nodes): take the job id it
     prints first, then stop waiting with Ctrl-C as a user would."""
     p = subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", *argv[1:]], cwd=cwd, env=c.env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                         preexec_fn=ctrl_c_reaches_it)
     try:
         assert p.stdout is not None and p.stderr is not None
         ready, _, _ = select.select([p.stdout], [], [], 60)
