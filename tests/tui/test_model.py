@@ -238,7 +238,7 @@ def test_hidden_columns_are_left_out_of_the_layout() -> None:
     assert [c.key for _i, c, _w in layout(cols, 40)] == ["a", "sm", "b"]
 
 
-def test_the_job_screen_says_what_earlier_attempts_taught() -> None:
+def test_the_job_screen_says_what_earlier_attempts_taught_and_what_the_scheduler_rules_do() -> None:
     from hybridctl.tui.screens.job import spec_text
 
     api = FakeApi()
@@ -247,3 +247,8 @@ def test_the_job_screen_says_what_earlier_attempts_taught() -> None:
     job["earlier_run"] = {"task": 0, "ran_s": 11400.0, "expected_s": 22800.0,
                           "text": "ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m"}
     assert "ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m" in spec_text(job, NOW).plain
+    job["preemptible_by"] = "it checkpoints and has no deadline (scheduler.preempt_checkpointing)"
+    job["priority_boost"] = 10
+    text = spec_text(job, NOW).plain
+    assert "preemptible: it checkpoints and has no deadline (scheduler.preempt_checkpointing)" in text
+    assert "priority +10: a job over several nodes (scheduler.multi_node_priority)" in text

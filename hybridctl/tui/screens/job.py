@@ -93,6 +93,10 @@ def spec_text(job: dict[str, Any], now: float) -> Text:
         t.append(f"{' · ' if recovered else ''}runtime estimate: {job['runtime']}")
     if job.get("earlier_run"):  # what the burst policy learnt from its stopped attempts (cloud.burst.lindy)
         t.append(f"\n{job['earlier_run']['text']}")
+    if job.get("preemptible_by"):  # a scheduler rule may stop it: say so before it does
+        t.append(f"\npreemptible: {job['preemptible_by']}")
+    if job.get("priority_boost"):
+        t.append(f"\npriority +{job['priority_boost']}: a job over several nodes (scheduler.multi_node_priority)")
     run = str(s.get("run") or "").strip().replace("\n", " ⏎ ")
     t.append(f"\nrun {run}")
     return t
