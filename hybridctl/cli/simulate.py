@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator, MutableMapping, Sequence
 STRATEGIES = ("all on-demand", "spot only", "on-prem only", "fixed timer (old policy)", "hybridctl")
 
 EPILOG = """\
-TRACE is a generic CSV (header: submit,user,gpus,gpu_type,nodes,duration,checkpoint,deadline[,time_limit,priority,spot];
-submit: seconds from the start or an ISO time; duration and checkpoint in seconds, checkpoint empty = never;
-deadline: an ISO time or +SECONDS after submit), Slurm `sacct --parsable2 -o JobID,User,Submit,Elapsed,NNodes,AllocTRES,Timelimit`
+TRACE is a generic CSV (header: submit,user,gpus,gpu_type,nodes,duration,checkpoint,deadline[,time_limit,priority,spot,
+preemptible]; submit: seconds from the start or an ISO time; duration and checkpoint in seconds, checkpoint empty =
+never; deadline: an ISO time or +SECONDS after submit; preemptible: yes/no), Slurm `sacct --parsable2 -o JobID,User,Submit,Elapsed,NNodes,AllocTRES,Timelimit`
 output (detected by its '|' header), or `generate` for a seeded hard week (--seed, --days; --write-trace saves it).
 
 Public GPU-cluster traces (--format): philly (cluster_job_log JSON), pai (Alibaba PAI 2023

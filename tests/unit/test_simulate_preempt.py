@@ -86,3 +86,15 @@ def test_the_size_and_checkpoint_rules_let_a_gang_preempt_checkpointing_jobs(tmp
     assert preempted == 2 and waited <= 120.0
     waited, preempted = gang_wait(inputs.policy(config.load(None, env={})))
     assert preempted == 0 and waited > 8 * HOUR
+
+
+def test_a_bad_preemptible_value_names_line_column_value_and_what_is_accepted() -> None:
+    import io
+
+    import pytest
+
+    from hybridctl.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        trace.read_csv(io.StringIO("submit,gpus,duration,preemptible\n0,1,60,maybe\n"), "t.csv")
+    assert str(e.value) == "t.csv:2: preemptible: 'maybe'; accepted: yes, no"
