@@ -7,6 +7,7 @@ the build to the job's uid alone (useracl), never to whoever guesses the job key
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -198,11 +199,15 @@ def _link_wheels(req: Mapping[str, Any], bfd: int) -> None:
                 continue
             except OSError:
                 fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                try:  # whole or not at all: a copy cut short must not pass for the wheel next time
+                    part = f".{name}.part"
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(part, dir_fd=wfd)
+                    out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                   0o444, dir_fd=wfd)
                     with os.fdopen(out, "wb") as dst, os.fdopen(os.dup(fd), "rb") as inp:
                         shutil.copyfileobj(inp, dst, 1 << 20)
+                    os.rename(part, name, src_dir_fd=wfd, dst_dir_fd=wfd)
                 finally:
                     os.close(fd)
     finally:

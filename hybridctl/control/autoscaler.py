@@ -403,7 +403,8 @@ class Autoscaler:
                 never.add(key)
             end = ends.get(key)
             f = facts.get(t.job_id)
-            tasks.append(replace(t, runtime_s=None if end is None else max(0.0, end - now),
+            priority, _marked = self.scheduler.runtimes.marks(f, t.priority, t.preemptible)  # as the scheduler ranks it
+            tasks.append(replace(t, priority=priority, runtime_s=None if end is None else max(0.0, end - now),
                                  estimated=end is not None and (f is None or f.time_limit is None)))
             at = self.scheduler.runtimes.checkpoint_at(t.job_id, t.task)
             if at is not None:

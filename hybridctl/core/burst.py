@@ -902,7 +902,9 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                       " renting would not start them")
     recall = _recall(world, limits, policy, now, onprem_now, ordered, held, wanted_nodes) \
         if limits.recall and world.cloud_tasks and onprem_now else ()
-    weighed = frozenset(by_key) if limits.count_preemption_loss else None
+    # A task with unmet dependencies was not weighed (the spot-risk loop skips it): once they are
+    # met it must wait for a decision like a new task.
+    weighed = frozenset(k for k, t in by_key.items() if not t.deps_unmet) if limits.count_preemption_loss else None
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
                          frozenset(no_spot), recall, weighed)
 

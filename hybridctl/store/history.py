@@ -93,8 +93,9 @@ class HistoryTables(Tables):
 
     def stopped_runs(self, job_id: int | None = None) -> dict[tuple[int, int], float]:
         """Per PENDING task that was placed before (`attempt` > 0: every earlier attempt was stopped
-        without finishing, else it would not be pending): the longest run one of those attempts
-        made, in seconds: its ranks' last end minus their first start, only attempts whose every
+        without finishing, else it would not be pending; a crash requeued under `max_restarts`
+        counts too, and a run counts from placement, setup included: the figure errs long): the
+        longest run one of those attempts made, in seconds: its ranks' last end minus their first start, only attempts whose every
         allocation has ended (burst `World.ran`). Only `job_id`'s tasks when given. One query: the
         pending tasks through the state index (or the key), their allocations through
         `allocations_task`."""

@@ -252,3 +252,22 @@ def test_a_users_own_job_builds_from_its_shipped_wheels_through_the_acl(
     assert done["exit_code"] == 0, (done, log(offline_agent, "95.1", "stderr"))
     assert log(offline_agent, "95.1").split() == ["1.0", "True"]
     assert not (offline_agent.job_dir("95.1") / "env" / "wheels").exists()
+
+
+def test_a_copy_across_file_systems_is_whole_or_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a hard link cannot be made (another file system), the wheel is copied under a temporary
+    name and renamed into place: a copy cut short by a crash (its `.part` left behind) is
+    replaced, never taken for the wheel by the next build in that job directory."""
+    req = job_request(tmp_path, os.geteuid(), os.getegid(), as_root=False)
+    wheels = Path(req["build_dir"], "wheels")
+    wheels.mkdir(mode=0o700)
+    (wheels / f".{WHEEL}.part").write_bytes(b"half a wh")  # what a killed copy left
+
+    def other_fs(*_a: object, **_k: object) -> None:  # a link across file systems, on purpose
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", other_fs)
+    set_up_build(req)
+    src = Path(req["wheels"][WHEEL])
+    assert (wheels / WHEEL).read_bytes() == src.read_bytes()
+    assert sorted(os.listdir(wheels)) == [WHEEL]

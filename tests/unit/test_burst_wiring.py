@@ -269,6 +269,7 @@ def test_a_decision_says_which_tasks_it_weighed_for_spot() -> None:
     from hybridctl.core.burst import Limits, World, decide
 
     onprem = node("onprem", site="onprem")
-    w = World([task(1), task(2)], ClusterView((onprem,)))
+    waits = replace(task(3), deps_unmet=(1,))  # not weighed: it is weighed once its dependency is met
+    w = World([task(1), task(2), waits], ClusterView((onprem,)))
     assert decide(w, Limits(count_preemption_loss=True), Policy(), 0.0).weighed == {(1, 0), (2, 0)}
     assert decide(w, Limits(count_preemption_loss=False), Policy(), 0.0).weighed is None
