@@ -21,3 +21,24 @@ class Clock:
 def submit(ctl: Controller, who: Caller, **spec: object) -> int:
     spec.setdefault("run", "true")
     return int(ctl.op_submit(who, spec)["id"])
+
+
+def show_client(ctl: Controller, who: Caller) -> type:
+    """A stand-in for `cli.common.client` that answers `show` from `ctl` in-process (no socket),
+    as `who`: `monkeypatch.setattr(common, "client", show_client(ctl, ALICE))`."""
+
+    class Shown:
+        def __init__(self, *_a: object, **_k: object) -> None:
+            pass
+
+        def __enter__(self) -> Shown:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def call(self, op: str, **kw: object) -> object:
+            assert op == "show", op
+            return ctl.op_show(who, str(kw["job"]))
+
+    return Shown

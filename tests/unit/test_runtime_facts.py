@@ -170,13 +170,11 @@ def test_show_says_when_a_rule_makes_a_job_preemptible_or_raises_its_priority(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A user learns from `show` that their job may be stopped before it is: the rule that says so
     (`preempt_checkpointing`, `preempt_below`), and a gang's added priority."""
-    from typing import Any
-
     from hybridctl.cli import common
     from hybridctl.cli.main import main
     from hybridctl.config import SchedulerConfig, Settings
     from hybridctl.control.service import Controller
-    from tests.unit.controller_kit import ALICE, Clock, submit
+    from tests.unit.controller_kit import ALICE, Clock, show_client, submit
 
     clock = Clock()
     settings = Settings(home=str(tmp_path), scheduler=SchedulerConfig(
@@ -193,17 +191,7 @@ def test_show_says_when_a_rule_makes_a_job_preemptible_or_raises_its_priority(
     assert ctl.op_show(ALICE, str(low))["preemptible_by"] == "its priority 1 is below scheduler.preempt_below 5"
     assert "preemptible_by" not in ctl.op_show(ALICE, str(due))
 
-    class Shown:  # the controller's own show reply, without the socket
-        def __enter__(self) -> Shown:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-        def call(self, op: str, **kw: Any) -> Any:
-            return ctl.op_show(ALICE, kw["job"])
-
-    monkeypatch.setattr(common, "client", Shown)
+    monkeypatch.setattr(common, "client", show_client(ctl, ALICE))
     assert main(["show", str(ckpt)]) == 0
     assert ("  preemptible yes: a higher-priority job may stop and requeue it; it checkpoints and has no"
             " deadline (scheduler.preempt_checkpointing)") in capsys.readouterr().out.splitlines()

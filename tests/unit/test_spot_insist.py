@@ -5,7 +5,6 @@ carried to the burst policy by the autoscaler's world."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,6 +42,7 @@ def test_show_says_so_and_the_autoscaler_passes_it_to_the_policy(tmp_path: Path,
     from hybridctl.control.autoscaler import Autoscaler
     from tests.unit.control.fakes import FakeProvider
     from tests.unit.control.parts import ALICE, build
+    from tests.unit.controller_kit import show_client
 
     key = tmp_path / "cloud_key"
     key.write_text("not a real key\n")
@@ -56,22 +56,8 @@ def test_show_says_so_and_the_autoscaler_passes_it_to_the_policy(tmp_path: Path,
         plain = parts.submit()
         assert scaler.world(parts.clock()).spot_insist == frozenset({(insists, 0)})
 
-        class Shown:  # the controller's own show row, without the socket
-            def __init__(self, job: int) -> None:
-                self.job = job
-
-            def __enter__(self) -> Shown:
-                return self
-
-            def __exit__(self, *exc: object) -> None:
-                return None
-
-            def call(self, op: str, **kw: Any) -> Any:
-                assert op == "show"
-                return parts.ctl.op_show(ALICE, self.job)
-
+        monkeypatch.setattr(common, "client", show_client(parts.ctl, ALICE))
         for job, said in ((insists, True), (plain, False)):
-            monkeypatch.setattr(common, "client", lambda job=job: Shown(job))
             assert main(["show", str(job)]) == 0
             assert ("spot insist yes" in capsys.readouterr().out) is said
     finally:

@@ -95,6 +95,7 @@ def test_show_prints_the_earlier_run_line(lindy: float, limit: str | None, shown
     from hybridctl.cli.main import main
     from hybridctl.config import BurstConfig, CloudConfig, Settings
     from tests.unit.control.parts import build
+    from tests.unit.controller_kit import show_client
 
     parts = build(tmp_path, names=("n1",), settings=Settings(
         home=str(tmp_path), cloud=CloudConfig(burst=BurstConfig(lindy=lindy))))
@@ -105,18 +106,7 @@ def test_show_prints_the_earlier_run_line(lindy: float, limit: str | None, shown
         parts.lifecycle.requeue_or_fail(job, 0, "node n1 lost", status=JobStatus.NODE_LOST)
         assert parts.state(job) is JobStatus.PENDING
 
-        class Shown:  # the controller's own show reply, without the socket
-            def __enter__(self) -> Shown:
-                return self
-
-            def __exit__(self, *exc: object) -> None:
-                return None
-
-            def call(self, op: str, **kw: Any) -> Any:
-                assert op == "show"
-                return parts.ctl.op_show(ALICE, kw["job"])
-
-        monkeypatch.setattr(common, "client", Shown)
+        monkeypatch.setattr(common, "client", show_client(parts.ctl, ALICE))
         assert main(["show", str(job)]) == 0
         out = capsys.readouterr().out
         line = "  earlier    ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m"
