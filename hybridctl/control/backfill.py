@@ -26,14 +26,13 @@ REFRESH_S = 60.0
 class RuntimeFacts:
     """Per-pass inputs read from `store`; the history index is rebuilt at most every REFRESH_S."""
 
-    def __init__(self, store: Store, home: Path | None = None, preempt_below: int | None = None,
-                 policy: Policy | None = None) -> None:
+    def __init__(self, store: Store, home: Path | None = None, policy: Policy | None = None) -> None:
         self.store = store
         self.home = home
         """Where the controller keeps checkpoint copies (None: no checkpoint times)."""
-        self.preempt_below = preempt_below
         self.policy = policy or Policy()
-        """`multi_node_priority` and `preempt_checkpointing` are applied here (`marks`)."""
+        """`multi_node_priority` and `preempt_checkpointing` are applied here (`marks`); with
+        `preempt_below`, which running tasks' checkpoint times are worth reading."""
         self._estimator: tuple[float, Estimator] | None = None
         self._seen_until = 0.0
         """The newest end among the runs the estimator has learnt."""
@@ -130,7 +129,8 @@ class RuntimeFacts:
             limit = f.time_limit if f else None
             priority, marked = self.marks(f, r.priority, bool(f and f.preemptible))
             # Only a preemptible task's work lost matters.
-            below = self.preempt_below is not None and priority < self.preempt_below
+            cut = self.policy.preempt_below
+            below = cut is not None and priority < cut
             ckpt = self.checkpoint_at(r.job_id, r.task) if marked or below else None
             guess = None
             if f is not None and limit is None:

@@ -51,10 +51,9 @@ class Scheduler:
         self.store = store
         self.lifecycle = lifecycle
         self.clock = clock
-        s = settings.scheduler
         self.policy = policy(settings)
         self._usage_cache: tuple[float, dict[str, float]] = (0.0, {})
-        self.runtimes = RuntimeFacts(store, settings.home_path, s.preempt_below, self.policy)
+        self.runtimes = RuntimeFacts(store, settings.home_path, self.policy)
         """Running tasks' expected ends, pending tasks' runtimes (time limits or estimates)."""
         self.stopping: set[str] = set()
         """Nodes of the tasks the last pass preempted (the daemon kicks them to stop them now)."""
