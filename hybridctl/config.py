@@ -6,6 +6,7 @@ Only the controller reads it; the submit/queue client never does (it needs just 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -184,6 +185,15 @@ class BurstConfig:
     estimate (a reclaim throws away more of a longer run); 0 = at the run time assumed for it
     (`unknown_runtime`, or what `lindy` learnt). A day sends every such job that never
     checkpoints to on-demand, short ones too."""
+    user_budget_usd: Mapping[str, float] = field(default_factory=dict)
+    """Cloud $ each user may spend per `budget_period`, beside the lab's `budget_usd`: user name ->
+    dollars, '*' for everyone not named (e.g. {'*': 500, alice: 2000}); unset = no budget of their
+    own. What they spent, what their running cloud jobs will still cost this period (to their time
+    limit or estimate) and the launch may not pass it; they pay their share of a node (their GPUs
+    over its GPUs). Running jobs are never stopped for it: their next job waits on-prem, and
+    `show` says why."""
+    group_budget_usd: Mapping[str, float] = field(default_factory=dict)
+    """The same per Unix group (the job's group when it was submitted), beside each user's."""
 
     def __post_init__(self) -> None:
         low, high = UNKNOWN_RUNTIME_RANGE
@@ -726,6 +736,11 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
                                                   for v in value.values()):
             raise ConfigError(f"{source}: {dotted}: expected a mapping of names to values, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
+    if text.startswith("typing.Mapping[str, float]"):
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  and 0 <= v < math.inf for v in value.values()):
+            raise ConfigError(f"{source}: {dotted}: expected a mapping of name: US dollars (≥ 0), got {value!r}")
+        return {str(k): float(v) for k, v in value.items()}
     if text.startswith("typing.Mapping[str, int]"):
         if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
             raise ConfigError(f"{source}: {dotted}: expected a mapping of name: GPU count (≥ 0), got {value!r}")

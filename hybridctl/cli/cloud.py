@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     of.add_argument("--limit", type=int, default=30, metavar="N", help="show the N cheapest (default 30; 0 = all)")
     of.add_argument("--json", action="store_true")
     co = csub.add_parser("cost", help="cloud $ so far and $/h now")
-    co.add_argument("--by", choices=["node", "job", "user"], default="node")
+    co.add_argument("--by", choices=["node", "job", "user", "group"], default="node",
+                    help="one row per cloud node, job, user or Unix group (default node)")
     co.add_argument("--json", action="store_true")
 
 
@@ -64,6 +65,10 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return 0
 
 
+OWNERS_SHOWN = 8
+"""Users and groups with budgets of their own that `cloud status` lists (the most used first)."""
+
+
 def status_text(d: dict[str, Any]) -> str:
     from hybridctl.cli import output as o
 
@@ -81,6 +86,11 @@ def status_text(d: dict[str, Any]) -> str:
         f" give back after {o.duration(d['idle_timeout_s'])} idle"
         f"{', on-demand fallback' if d['allow_on_demand'] else ''})",
     ]
+    owners = d.get("owners") or []
+    for ow in owners[:OWNERS_SHOWN]:
+        lines.append(f"  {ow['kind']:<7} {ow['name']}: ${ow['spent_usd']:.2f} of ${ow['budget_usd']:.2f} this {d['period']}")
+    if len(owners) > OWNERS_SHOWN:
+        lines.append(f"  … {len(owners) - OWNERS_SHOWN} more budgets (--json lists all)")
     for p, err in sorted(d["errors"].items()):
         lines.append(f"  ERROR   {p}: {err}")
     if d["instances"]:

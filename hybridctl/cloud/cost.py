@@ -19,6 +19,7 @@ class Held:
     start: float
     end: float | None
     """None while still held."""
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Charge:
     user: str
     usd: float
     hours: float
+    group: str = ""
 
 
 def split(price_hourly: float, start: float, end: float, node_gpus: int, node_cpus: float,
@@ -50,7 +52,7 @@ def split(price_hourly: float, start: float, end: float, node_gpus: int, node_cp
         share = (h.gpus / node_gpus) if node_gpus else (h.cpus / node_cpus if node_cpus else 1.0)
         share = min(max(share, 0.0), 1.0)
         hours = (b - a) / 3600.0
-        out.append(Charge(h.job_id, h.task, h.user, price_hourly * hours * share, hours * share))
+        out.append(Charge(h.job_id, h.task, h.user, price_hourly * hours * share, hours * share, h.group))
         used_share_h += hours * share
     idle_h = max(0.0, total_h - used_share_h)
     if idle_h > 1e-12:
@@ -66,5 +68,5 @@ def hourly_by_job(price_hourly: float, node_gpus: int, node_cpus: float,
         if h.end is not None:
             continue
         share = (h.gpus / node_gpus) if node_gpus else (h.cpus / node_cpus if node_cpus else 1.0)
-        out.append(Charge(h.job_id, h.task, h.user, price_hourly * min(max(share, 0.0), 1.0), 0.0))
+        out.append(Charge(h.job_id, h.task, h.user, price_hourly * min(max(share, 0.0), 1.0), 0.0, h.group))
     return out

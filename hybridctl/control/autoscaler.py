@@ -290,6 +290,7 @@ class Autoscaler:
         self.last, self.last_at = decision, now
         self.scheduler.no_spot = decision.no_spot  # the next pass keeps them off spot nodes too
         self.scheduler.spot_weighed = decision.weighed  # and deadline tasks it has not weighed yet
+        self.scheduler.cloud_gate = decision.gate  # and owners' tasks off cloud nodes they cannot pay
         for sd in decision.scale_down:
             if sd.node not in self._busy:
                 # A paced budget never kills running work: only the old stop-everything rule forces.
@@ -346,7 +347,9 @@ class Autoscaler:
             if a.time_limit and site.get(a.node) != "cloud"
         ]
         backoff = {p: u for p, (u, _r) in store.cloud_backoffs(now).items()}
-        spent = store.cloud_spent_since(utc_day(burst.period_start(now, self.limits.budget_period)))
+        since = utc_day(burst.period_start(now, self.limits.budget_period))
+        spent = store.cloud_spent_since(since)
+        owners = self.limits.user_budget_usd or self.limits.group_budget_usd
         # Each task's time limit, else the estimate from its user's history (core/estimate.py), so
         # that wait-or-pay and the reclaim loss price real work, not `default_runtime_s` for all.
         pending = self.scheduler.runtimes.pending(store.pending(), now)
@@ -374,7 +377,8 @@ class Autoscaler:
                            cloud_tasks=recallable, last_checkpoint=last_checkpoint, no_recall=no_recall,
                            # How long earlier attempts ran before a reclaim, recall or requeue
                            # stopped them: a task without a limit is priced at `lindy` x that.
-                           ran=store.stopped_runs() if self.limits.lindy > 0 else {})
+                           ran=store.stopped_runs() if self.limits.lindy > 0 else {},
+                           owner_spent=store.cloud_owner_spent_since(since) if owners else {})
 
     def cloud_tasks(self, cluster: ClusterView, now: float) -> tuple[
             list[PendingTask], dict[burst.TaskKey, float], frozenset[burst.TaskKey]]:
@@ -764,6 +768,6 @@ class Autoscaler:
         o = r["offer"]
         held = [costs.Held(**a._asdict()) for a in self.store.cloud_allocations(r["node"], start)]
         charges = costs.split(r["price_hourly"], start, until, int(o.get("gpus") or 0), float(o.get("cpus") or 1), held)
-        self.store.cloud_accrue(r["instance_id"], r["node"], [(c.job_id, c.task, c.user, c.usd, c.hours) for c in charges],
+        self.store.cloud_accrue(r["instance_id"], r["node"], [(c.job_id, c.task, c.user, c.group, c.usd, c.hours) for c in charges],
                                 until, utc_day(until), self.clock())
         r["billed_until"] = until

@@ -141,7 +141,7 @@ class RuntimeFacts:
                 RunningTask(
                     r.job_id, r.task, r.user, priority, r.node, tuple(r.gpus), r.cpus, r.memory_mb,
                     r.start, expected_end(r.start, limit, guess, now), marked,
-                    ckpt, r.state == JobStatus.PREEMPTED.value,
+                    ckpt, r.state == JobStatus.PREEMPTED.value, r.group, guess is not None,
                 )
             )  # fmt: skip
         return tuple(out)

@@ -36,6 +36,7 @@ def limits(settings: Settings) -> burst.Limits:
         pace_ahead=b.pace_ahead, deadline_reserve=b.deadline_reserve, default_runtime_s=b.unknown_runtime,
         recall=b.recall, recall_min_s=b.recall_min, recall_max_loss=b.recall_max_loss, lindy=b.lindy,
         unknown_risk_s=b.unknown_risk, learn_unknown=b.learn_unknown,
+        user_budget_usd=b.user_budget_usd, group_budget_usd=b.group_budget_usd,
     )
 
 

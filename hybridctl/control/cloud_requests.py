@@ -4,6 +4,7 @@ name. They read the store and the autoscaler's last pass (`CloudView`), and chan
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from hybridctl.control.identity import Caller
 from hybridctl.control.ports import CloudView
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
+from hybridctl.core.allowance import budget_of
 from hybridctl.core.errors import HybridctlError, SpecError
 from hybridctl.core.fields import parse_accelerators
 from hybridctl.core.forecast import expected_end
@@ -79,7 +81,8 @@ class CloudRequests:
                 "jobs": held, "idle_s": idle,
                 "spent_usd": round(r["spent_usd"], 4),
             })
-        spent = self.store.cloud_spent_since(utc_day(burst.period_start(now, lim.budget_period)))
+        since = utc_day(burst.period_start(now, lim.budget_period))
+        spent = self.store.cloud_spent_since(since)
         last = scaler.last if scaler is not None else None
         return {
             "enabled": cfg.enabled, "running": scaler is not None, "providers": list(cfg.providers),
@@ -94,7 +97,25 @@ class CloudRequests:
             "last_pass": scaler.last_at if scaler is not None else None,
             "backoffs": [{"pool": p, "until": u, "reason": why} for p, (u, why) in sorted(self.store.cloud_backoffs(now).items())],
             "leaks": list(scaler.leaks) if scaler is not None else [],
+            "owners": self._owner_budgets(lim, since),
         }
+
+    def _owner_budgets(self, lim: burst.Limits, since: str) -> list[dict[str, Any]]:
+        """Each user and group with a cloud budget of their own (named, or by '*' once they spent
+        this period): what they spent this period against it, most used first."""
+        if not (lim.user_budget_usd or lim.group_budget_usd):
+            return []
+        spent = self.store.cloud_owner_spent_since(since)
+        out = []
+        for kind, budgets in (("user", lim.user_budget_usd), ("group", lim.group_budget_usd)):
+            names = {n for n in budgets if n != "*"} | {n for k, n in spent if k == kind and "*" in budgets}
+            for name in names:
+                cap = budget_of(budgets, name)
+                if cap is not None:
+                    out.append({"kind": kind, "name": name, "spent_usd": round(spent.get((kind, name), 0.0), 4),
+                                "budget_usd": cap})
+        return sorted(out, key=lambda o: (-o["spent_usd"] / o["budget_usd"] if o["budget_usd"] else -math.inf,
+                                          o["kind"], o["name"]))
 
     def op_cloud_offers(self, caller: Caller, gpus: str | None = None, spot: bool | None = None) -> list[dict[str, Any]]:
         """Offers, cheapest first; `gpus` ('A100:8', '2') keeps those that can hold that many."""
@@ -110,8 +131,8 @@ class CloudRequests:
 
     def op_cloud_cost(self, caller: Caller, by: str = "node") -> list[dict[str, Any]]:
         """Cloud $ so far and $/h now, per node, job or user (idle node time is its own row)."""
-        if by not in ("node", "job", "user"):
-            raise SpecError("--by", by, "accepted: node, job, user")
+        if by not in ("node", "job", "user", "group"):
+            raise SpecError("--by", by, "accepted: node, job, user, group")
         now_rate: dict[str, float] = {}
         for r in self.store.cloud_instances():
             if r["state"] not in (CloudNodeState.UP, CloudNodeState.DRAINING, CloudNodeState.BOOTSTRAPPING):
@@ -124,7 +145,7 @@ class CloudRequests:
             charges = hourly_by_job(r["price_hourly"], int(o.get("gpus") or 0), float(o.get("cpus") or 1), held)
             idle = r["price_hourly"] - sum(c.usd for c in charges)
             for c in charges:
-                k = f"{c.job_id}_{c.task}" if by == "job" else c.user
+                k = f"{c.job_id}_{c.task}" if by == "job" else c.group if by == "group" else c.user
                 now_rate[k] = now_rate.get(k, 0.0) + c.usd
             idle_key = "0_0" if by == "job" else ""
             now_rate[idle_key] = now_rate.get(idle_key, 0.0) + max(0.0, idle)
@@ -183,6 +204,6 @@ def _cost_label(by: str, key: str) -> str:
     if by == "job":
         job, _, task = str(key).partition("_")
         return "(idle)" if job == "0" else task_label(int(job), int(task or 0))
-    if by == "user":
+    if by in ("user", "group"):
         return key or "(idle)"
     return str(key)

@@ -14,6 +14,7 @@ from hybridctl.config import Settings
 from hybridctl.control.backfill import RuntimeFacts
 from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.core import schedule as sched
+from hybridctl.core.allowance import CloudGate, plan_within
 from hybridctl.core.locality import CacheIndex, LocalityPolicy, LocalityView, Need, WillHold, free_in_history
 from hybridctl.core.model import ClusterView, JobStatus, NodeView, PendingTask, Policy, ScheduleDecision
 from hybridctl.store.sqlite import Store
@@ -64,6 +65,9 @@ class Scheduler:
         """The pending tasks the burst policy's last decision weighed (BurstDecision.weighed);
         a task with a deadline outside it is kept off spot nodes until one does. None = no
         policy weighs spot risk: nothing is held back."""
+        self.cloud_gate: CloudGate | None = None
+        """Under owner budgets: the tasks of budgeted owners the burst policy lets onto cloud nodes
+        (BurstDecision.gate, set by the autoscaler); their other tasks stay off cloud nodes."""
         loc = settings.locality
         self.locality = LocalityPolicy(
             weight=loc.weight, max_wait_s=loc.max_wait,
@@ -269,7 +273,7 @@ class Scheduler:
             pending = self._off_spot(pending)
         view, pending = self.with_locality(view, pending)
         view, pending = self.with_requirements(view, pending)
-        decision = self._requires_reasons(sched.plan(view, pending, self.policy))
+        decision = self._requires_reasons(plan_within(view, pending, self.policy, self.cloud_gate))
         if view.locality is not None:
             self._remember_sources(decision, pending, now)
         if decision.placements:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Mapping, Sequence
 
+from hybridctl.core.allowance import CloudGate, Owner, Purses
 from hybridctl.core.fairshare import priority_key
 from hybridctl.core.fit import candidates, gpu_type_matches, never_fits
 from hybridctl.core.forecast import Backlog, Freeing, Running, TaskKey, estimate_wait, expected_end, wait_or_pay
@@ -157,6 +158,13 @@ class Limits:
     recall_max_loss: float = 0.1
     """Only a task whose stop now throws away at most this fraction of what it has left (the work
     since its last checkpoint, else since its start) is recalled."""
+    user_budget_usd: Mapping[str, float] = field(default_factory=dict)
+    """Cloud $ each user may spend per budget period beside the lab's `budget_usd` ('*': everyone
+    not named; missing: no budget of their own). Spent, plus what their running cloud tasks will
+    still cost this period, plus the launch, may not pass it (core/allowance.py); their share of
+    a node is their GPUs over its GPUs. Running work is never stopped for it."""
+    group_budget_usd: Mapping[str, float] = field(default_factory=dict)
+    """The same per Unix group (the job's group at submit)."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,9 @@ class World:
     ran: Mapping[TaskKey, float] = field(default_factory=dict)
     """Per pending task, the longest run one of its earlier attempts made before it was stopped
     without finishing (seconds); missing = none ran. Read with `Limits.lindy`."""
+    owner_spent: Mapping[Owner, float] = field(default_factory=dict)
+    """$ spent on cloud nodes in the current budget period per ('user', name) and ('group', name):
+    their share of each node they held. Read with `Limits.user_budget_usd`/`group_budget_usd`."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +296,10 @@ class BurstDecision:
     cannot afford a reclaim (the generated week 23 missed two deadlines that way). Tasks without a
     deadline are not held back: on the generated weeks, holding them sent them to on-demand and
     walled the budget (bench/RESULTS.md, session 9)."""
+    gate: CloudGate | None = None
+    """With owner budgets (`Limits.user_budget_usd`/`group_budget_usd`): the tasks of budgeted
+    owners this decision lets onto cloud nodes, and why it refused others; the scheduler keeps
+    the rest of their tasks off cloud nodes (core/allowance.plan_within). None = no such budgets."""
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -536,25 +551,54 @@ def _runtime(t: PendingTask, world: World, limits: Limits) -> float:
     return max(r, limits.lindy * ran) if ran else r
 
 
-def _pack(room: list[list], res: Resources) -> bool:
+def _pack(room: list[list], res: Resources, take: bool = True) -> list | None:
     """Take room for one node of `res` on a node rented earlier in this pass (best fit), if any
-    has it. The final `plan` of the pass decides where tasks land; this only avoids renting a
-    node for a task that fits beside another."""
+    has it, and return that node's entry (`take` False: only find it). The final `plan` of the
+    pass decides where tasks land; this only avoids renting a node for a task that fits beside
+    another."""
     best = None
     for r in room:
-        model, gpus, cpus, mem = r
+        model, gpus, cpus, mem = r[:4]
         if gpus < res.gpus or cpus < res.cpus or mem < res.memory_mb:
             continue
         if res.gpus and res.gpu_type is not None and not gpu_type_matches(res.gpu_type, model):
             continue
         if best is None or gpus < best[1]:
             best = r
-    if best is None:
-        return False
+    if best is None or not take:
+        return best
     best[1] -= res.gpus
     best[2] -= res.cpus
     best[3] -= res.memory_mb
-    return True
+    return best
+
+
+def _share(node_gpus: int, res: Resources) -> float:
+    """The share of a node of `node_gpus` GPUs one rank of `res` pays for (the whole node when it
+    has no GPUs), as `cloud/cost.split` books it."""
+    return min(1.0, res.gpus / node_gpus) if node_gpus else 1.0
+
+
+def _share_hourly(offer: Offer, res: Resources) -> float:
+    return offer.price_hourly * _share(offer.gpus, res)
+
+
+def _purses(world: World, limits: Limits, now: float, held: Mapping[str, CloudNode]) -> Purses:
+    """Owner budgets as a decision starts: each owner's spend this period plus what their running
+    cloud tasks will still cost in it, at their share of each node: to their time limit, and a run
+    without one (an estimate is no bound) to the end of the period, as Slurm counts a job without
+    a limit at its partition's maximum. Only so is a budget never passed."""
+    purses = Purses(limits.user_budget_usd, limits.group_budget_usd, limits.budget_period, dict(world.owner_spent),
+                    limits.deadline_reserve if limits.pace_budget else 0.0)
+    horizon = _period_left(now, limits.budget_period)
+    for r in world.cluster.running:
+        c = held.get(r.node)
+        if c is None:
+            continue
+        left = horizon if r.ends_at is None or r.estimated else max(0.0, r.ends_at - now)
+        share = min(1.0, len(r.gpus) / c.offer.gpus) if c.offer.gpus else 1.0
+        purses.take(r.user, r.group, c.offer.price_hourly * share * min(left, horizon) / 3600.0)
+    return purses
 
 
 # ---- the decision --------------------------------------------------------------------------------
@@ -710,22 +754,53 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 no_spot.add((t.job_id, t.task))
     as_cloud = [replace(t, placement="cloud", no_spot=(t.job_id, t.task) in no_spot) if no_spot
                 else replace(t, placement="cloud") for t in candidates_]
-    held_cover: set[TaskKey] = set()
+    held_cover: dict[TaskKey, list[str]] = {}
     if cloud_views and as_cloud:
-        held_cover = {(p.job_id, p.task) for p in plan(_view(cluster, cloud_views), as_cloud, policy).placements}
-    room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory]
+        for p in plan(_view(cluster, cloud_views), as_cloud, policy).placements:
+            held_cover.setdefault((p.job_id, p.task), []).append(p.node)
+    # Owner budgets: a task of a budgeted owner takes cloud money only where they can pay it.
+    purses = _purses(world, limits, now, held) if limits.user_budget_usd or limits.group_budget_usd else None
+    cloud_ok: set[TaskKey] = set()
+    refused: dict[TaskKey, str] = {}
+
+    def owners_pay(t: PendingTask, hourly: float) -> bool:
+        """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run this
+        period (then it is theirs); else `t` is refused, with the budget in words. A run without
+        a time limit is priced to the period's end (`_purses`)."""
+        if purses is None or not purses.budgeted(t.user, t.group):
+            return True
+        limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
+        usd = hourly * (period_left if limit is None else min(limit, period_left)) / 3600.0
+        why = purses.refusal(t.user, t.group, usd, (t.job_id, t.task) in world.deadlines, limit is None)
+        if why:
+            refused[(t.job_id, t.task)] = why
+            blocked.append(Blocked(t.job_id, t.task, why))
+            return False
+        purses.take(t.user, t.group, usd)
+        cloud_ok.add((t.job_id, t.task))
+        return True
+
+    room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory, $/h, GPUs]
     for t in as_cloud:
         key = (t.job_id, t.task)
         if key in held_cover:
+            if purses is not None and not owners_pay(
+                    t, sum(_share_hourly(held[n].offer, t.resources) for n in held_cover[key] if n in held)):
+                continue
             accepted.append(t)
             continue
         if not t.requires <= world.cloud_features:  # a rented node could never take it
             lack = ", ".join(sorted(t.requires - world.cloud_features))
             blocked.append(Blocked(t.job_id, t.task, f"cloud nodes do not offer {lack} (cloud.runtimes)"))
             continue
-        if t.num_nodes <= 1 and _pack(room, t.resources):
-            accepted.append(t)
-            continue
+        if t.num_nodes <= 1:
+            into = _pack(room, t.resources, take=False)
+            if into is not None:
+                if not owners_pay(t, into[4] * _share(into[5], t.resources)):
+                    continue
+                _pack(room, t.resources)
+                accepted.append(t)
+                continue
         views = cloud_views + new_views
         if gated or t.array_throttle is not None:
             made_for = plan(_view(cluster, views + _virtual(t, "v", world.cloud_features)), [*accepted, t], policy)
@@ -782,8 +857,9 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         reason = _limit_reason(offer, k, len(world.cloud) + planned_nodes, hourly_now + planned_hourly,
                                world.spent, limits, now, cost_now, deadline is not None,
                                committed + planned_cost)
-        if reason:
-            blocked.append(Blocked(t.job_id, t.task, reason))
+        if reason or not owners_pay(t, offer.price_hourly * k * _share(offer.gpus, choice.resources)):
+            if reason:
+                blocked.append(Blocked(t.job_id, t.task, reason))
             if backlog is not None and can_wait:
                 backlog.add(t.resources, k, runtime)
             continue
@@ -795,7 +871,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             new_views.append(replace(offer.view(name), features=world.cloud_features))
             launches.append(LaunchRequest(offer, (key,), group, res, choice.why))
             room.append([offer.gpu_type or "GPU", offer.gpus - use.gpus, offer.cpus - use.cpus,
-                         offer.memory_mb - use.memory_mb])
+                         offer.memory_mb - use.memory_mb, offer.price_hourly, offer.gpus])
         uses[offer.pool] = uses.get(offer.pool, 0) + k
         market.moved()
         planned_nodes += k
@@ -905,8 +981,13 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     # A task with unmet dependencies was not weighed (the spot-risk loop skips it): once they are
     # met it must wait for a decision like a new task.
     weighed = frozenset(k for k, t in by_key.items() if not t.deps_unmet) if limits.count_preemption_loss else None
+    gate = None
+    if purses is not None:
+        up = [c.offer for c in world.cloud if c.up and not c.draining]
+        gate = CloudGate(frozenset(cloud_ok), purses, refused,
+                         max((o.price_hourly / (o.gpus or 1) for o in up), default=0.0), period_left)
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
-                         frozenset(no_spot), recall, weighed)
+                         frozenset(no_spot), recall, weighed, gate)
 
 
 def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Sequence[NodeView],

@@ -444,6 +444,10 @@ class RunningTask:
     """Its last checkpoint, if known: the work lost by preempting it is counted from here."""
     stopping: bool = False
     """Already told to stop (a preemption in its grace period): its resources are coming free."""
+    group: str = ""
+    """Its job's Unix group (what a group's cloud budget counts)."""
+    estimated: bool = False
+    """`ends_at` is a history estimate, not a time limit: no bound on the run."""
 
 
 @dataclass(frozen=True)

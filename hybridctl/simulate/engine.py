@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from hybridctl.core import burst
+from hybridctl.core.allowance import budget_of, plan_within
 from hybridctl.core.forecast import RUN_LENGTHS_RECENT, length_sample, limit_use
 from hybridctl.core.model import (
     ClusterView,
@@ -29,9 +30,11 @@ from hybridctl.core.model import (
     Resources,
     RunningTask,
 )
-from hybridctl.core.schedule import plan
 from hybridctl.simulate.market import Market
 from hybridctl.simulate.trace import SIZE_CLASSES, TraceJob
+
+GROUP = "lab"
+"""The Unix group of every replayed job (traces name users only)."""
 
 ORIGIN = 1793577600.0
 """2026-11-02 00:00 UTC, a Monday: where a trace with relative times starts (budget periods are
@@ -147,6 +150,9 @@ class Result:
     """Running jobs stopped and requeued for a higher-priority job (the scheduler's `preempt`)."""
     preempt_lost_gpu_h: float = 0.0
     """Work those stops threw away (since the last checkpoint); not in `lost_gpu_h` (spot)."""
+    owner_spend: dict[str, float] = field(default_factory=dict)
+    """Under owner budgets: the most each budgeted owner ('user alice', 'group lab') spent in one
+    budget period (their share of the nodes they held, as the controller books it)."""
 
     def p(self, q: float, waits: Sequence[float] | None = None) -> float:
         return percentile(self.waits if waits is None else waits, q)
@@ -166,6 +172,7 @@ class Result:
             "lost_gpu_h_by": {k: round(v, 1) for k, v in sorted(self.lost_by.items())},
             "recalls": self.recalls, "recall_lost_gpu_h": round(self.recall_lost_gpu_h, 1),
             "preempted": self.preempted, "preempt_lost_gpu_h": round(self.preempt_lost_gpu_h, 1),
+            "owner_spend": {k: round(v, 2) for k, v in sorted(self.owner_spend.items())},
         }
 
 
@@ -221,6 +228,9 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     backoff: dict[str, float] = {}
     spend: dict[float, float] = {}
     period = limits.budget_period if limits else "month"
+    owners = bool(limits and (limits.user_budget_usd or limits.group_budget_usd))
+    owner_spend: dict[tuple[float, str, str], float] = {}  # (period start, 'user'/'group', name) -> $
+    gate = None  # the last decision's CloudGate, as the controller's scheduler keeps it
     t = 0.0
     ai = 0
     counter = 0
@@ -319,13 +329,18 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             dollars += cost
             if not n.offer.spot:
                 od_dollars += cost
+            key = burst.period_start(origin + t, period)
             if n.jobs:
                 cloud_busy_s += (n.gpus - len(n.free)) * tick
                 share = cost / len(n.jobs)
-                for job_id in n.jobs:
+                for job_id, (g, _c, _m) in n.jobs.items():
                     c = jobs[job_id].tj.size_class + (" spot" if n.offer.spot else " on-demand")
                     by_class[c] = by_class.get(c, 0.0) + share
-            key = burst.period_start(origin + t, period)
+                    if owners:  # each owner pays their GPUs' share of the node, as cloud/cost.split
+                        paid = cost * min(1.0, len(g) / n.gpus) if n.gpus else cost
+                        for owner in (("user", jobs[job_id].tj.user), ("group", GROUP)):
+                            k = (key, *owner)
+                            owner_spend[k] = owner_spend.get(k, 0.0) + paid
             spend[key] = spend.get(key, 0.0) + cost
             cloud_gpu_s += n.gpus * tick
         for n in list(nodes.values()):
@@ -339,7 +354,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                 tasks = [replace(x, no_spot=True) if (x.job_id, x.task) in no_spot
                          or (weighed is not None and jobs[x.job_id].tj.deadline is not None
                              and (x.job_id, x.task) not in weighed) else x for x in tasks]
-            d = plan(_cluster(up, nodes.values(), jobs, origin, t), tasks, policy)
+            d = plan_within(_cluster(up, nodes.values(), jobs, origin, t), tasks, policy, gate)
             for pr in d.preempt:  # REQUEUE: stopped now (the grace is under a tick), its checkpoints kept
                 job = jobs[pr.job_id]
                 if job.start is not None and pr.job_id not in pending:
@@ -370,10 +385,10 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             c0 = time.perf_counter()
             world = _world(pending, nodes, cloud_nodes, market, strategy, t, origin, backoff,
                            spend.get(burst.period_start(origin + t, period), 0.0), jobs, limits, shares.value,
-                           sample)
+                           sample, _owner_spent(owner_spend, burst.period_start(origin + t, period)) if owners else {})
             dec = burst.decide(world, limits, policy, origin + t)
             decide_s += time.perf_counter() - c0
-            no_spot, weighed = dec.no_spot, dec.weighed
+            no_spot, weighed, gate = dec.no_spot, dec.weighed, dec.gate
             for rc in dec.recall:  # stopped now (its checkpoint kept), requeued: the next pass places it on-prem
                 job = jobs[rc.job_id]
                 if job.start is not None and rc.job_id not in pending:
@@ -441,7 +456,23 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     return Result(strategy.name, len(jobs), waits, classes, util, dollars, cloud_gpu_s / 3600, lost_gpu_s / 3600,
                   killed_gpu_s / 3600, preemptions, refusals, dl, misses, unfinished, max(spend.values(), default=0.0),
                   time.perf_counter() - started, decide_s, od_dollars, cloud_busy_s / 3600,
-                  by_class, lost_by, recalls, recall_lost_s / 3600, preempted, preempt_lost_s / 3600)
+                  by_class, lost_by, recalls, recall_lost_s / 3600, preempted, preempt_lost_s / 3600,
+                  _most_per_period(owner_spend, limits) if owners and limits else {})
+
+
+def _owner_spent(spend: dict[tuple[float, str, str], float], period: float) -> dict[tuple[str, str], float]:
+    """`World.owner_spent`: what each owner spent in the budget period that starts at `period`."""
+    return {(kind, name): usd for (p, kind, name), usd in spend.items() if p == period}
+
+
+def _most_per_period(spend: dict[tuple[float, str, str], float], limits: burst.Limits) -> dict[str, float]:
+    """`Result.owner_spend`: per budgeted owner, the most they spent in one budget period."""
+    out: dict[str, float] = {}
+    for (_p, kind, name), usd in spend.items():
+        budgets = limits.user_budget_usd if kind == "user" else limits.group_budget_usd
+        if budget_of(budgets, name) is not None:
+            out[f"{kind} {name}"] = max(out.get(f"{kind} {name}", 0.0), usd)
+    return out
 
 
 def _marked(tj: TraceJob, policy: Policy) -> TraceJob:
@@ -459,7 +490,7 @@ def _task(j: _Job, origin: float, left: float | None = None) -> PendingTask:
     cpus = tj.cpus or max(4.0, 8.0 * tj.gpus)
     if left is None and tj.time_limit:
         left = max(60.0, tj.time_limit - j.saved)
-    return PendingTask(tj.id, 0, tj.user, "lab", tj.priority, origin + tj.submit,
+    return PendingTask(tj.id, 0, tj.user, GROUP, tj.priority, origin + tj.submit,
                        Resources(gpus=tj.gpus, gpu_type=tj.gpu_type, cpus=cpus, memory_mb=tj.memory_mb,
                                  use_spot=tj.spot != "no"),
                        num_nodes=tj.nodes, runtime_s=left, preemptible=tj.preemptible)
@@ -479,14 +510,14 @@ def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job],
             ck = j.tj.checkpoint
             last = start + math.floor((t - (j.start or 0.0)) / ck) * ck if ck > 0 and j.start is not None else None
             running.append(RunningTask(job_id, 0, j.tj.user, j.tj.priority, n.name, g, c, m, start, ends,
-                                       j.tj.preemptible, last))
+                                       j.tj.preemptible, last, group=GROUP))
     return ClusterView(tuple(n.view() for n in up), running=tuple(running), now=origin + t)
 
 
 def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[_Node], market: Market,
            strategy: Strategy, t: float, origin: float, backoff: dict[str, float], spent: float,
            jobs: dict[int, _Job], limits: burst.Limits, limit_use: float = 1.0,
-           run_lengths: tuple[float, ...] = ()) -> burst.World:
+           run_lengths: tuple[float, ...] = (), owner_spent: dict[tuple[str, str], float] | None = None) -> burst.World:
     visible = [n for n in nodes.values() if n.ready <= t and not n.draining and not n.retiring]
     held = [burst.CloudNode(n.name, replace(n.offer, price_hourly=market.price(n.offer, t)), origin + n.launched,  # type: ignore[arg-type]
                             up=n.ready <= t, idle_since=(origin + n.idle_since) if n.idle_since is not None and n.ready <= t else None,
@@ -538,4 +569,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         cloud_tasks=cloud_tasks, last_checkpoint=last_ckpt,
         no_recall=frozenset((j.tj.id, 0) for j in jobs.values() if j.recalled and j.start is not None),
         ran={(j.tj.id, 0): j.longest for j in pending.values() if j.longest > 0}, run_lengths=run_lengths,
+        owner_spent=owner_spent or {},
     )

@@ -75,28 +75,37 @@ class CloudTables(Tables):
         }
 
     def cloud_allocations(self, node: str, since: float) -> list[CloudAllocation]:
-        """(job, task, user, gpus, cpus, start, end) of allocations on `node` held after `since`."""
+        """(job, task, user, gpus, cpus, start, end, group) of allocations on `node` held after `since`."""
         return [
-            CloudAllocation(j, t, u, len(json.loads(g)), c, s, e)
-            for j, t, u, g, c, s, e in self.conn.execute(
-                "SELECT job_id, task, user, gpus, cpus, start, end FROM allocations"
+            CloudAllocation(j, t, u, len(json.loads(g)), c, s, e, grp)
+            for j, t, u, g, c, s, e, grp in self.conn.execute(
+                "SELECT job_id, task, user, gpus, cpus, start, end, grp FROM allocations"
                 " WHERE node=? AND (end IS NULL OR end > ?)",
                 (node, since),
             )
         ]
 
-    def cloud_accrue(self, instance_id: str, node: str, charges: Sequence[tuple[int, int, str, float, float]],
+    def cloud_accrue(self, instance_id: str, node: str, charges: Sequence[tuple[int, int, str, str, float, float]],
                      until: float, day: str, now: float) -> None:
-        """Add (job, task, user, usd, hours) charges of one instance, move its `billed_until`, and
-        add their sum to the day's spend, in one transaction."""
-        total = sum(ch[3] for ch in charges)
+        """Add (job, task, user, group, usd, hours) charges of one instance, move its
+        `billed_until`, and add their sum to the day's spend (and each to its user's and group's;
+        idle time, user '', to no one's), in one transaction."""
+        total = sum(ch[4] for ch in charges)
+        owners: dict[tuple[str, str], float] = {}
+        for _j, _t, u, g, usd, _h in charges:
+            if u:
+                owners[("user", u)] = owners.get(("user", u), 0.0) + usd
+                owners[("group", g)] = owners.get(("group", g), 0.0) + usd
         with self.tx() as c:
             c.executemany(
-                "INSERT INTO cloud_costs (instance_id, node, job_id, task, user, usd, hours, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(instance_id, job_id, task) DO UPDATE SET"
+                "INSERT INTO cloud_costs (instance_id, node, job_id, task, user, grp, usd, hours, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(instance_id, job_id, task) DO UPDATE SET"
                 " usd=usd+excluded.usd, hours=hours+excluded.hours, updated_at=excluded.updated_at",
-                ((instance_id, node, j, t, u, usd, h, now) for j, t, u, usd, h in charges),
+                ((instance_id, node, j, t, u, g, usd, h, now) for j, t, u, g, usd, h in charges),
             )
+            c.executemany("INSERT INTO cloud_spend_owner (day, kind, name, usd) VALUES (?,?,?,?)"
+                          " ON CONFLICT(day, kind, name) DO UPDATE SET usd=usd+excluded.usd",
+                          ((day, kind, name, usd) for (kind, name), usd in owners.items()))
             c.execute("UPDATE cloud_instances SET spent_usd=spent_usd+?, billed_until=?, updated_at=?"
                       " WHERE instance_id=?", (total, until, now, instance_id))
             c.execute("INSERT INTO cloud_spend (day, usd) VALUES (?, ?) ON CONFLICT(day) DO UPDATE SET"
@@ -107,9 +116,15 @@ class CloudTables(Tables):
         row = self.conn.execute("SELECT COALESCE(SUM(usd), 0) FROM cloud_spend WHERE day >= ?", (day,)).fetchone()
         return float(row[0])
 
+    def cloud_owner_spent_since(self, day: str) -> dict[tuple[str, str], float]:
+        """$ spent on days from `day` on per ('user', name) and ('group', name)."""
+        return {(k, n): float(usd) for k, n, usd in self.conn.execute(
+            "SELECT kind, name, SUM(usd) FROM cloud_spend_owner WHERE day >= ? GROUP BY kind, name", (day,))}
+
     def cloud_costs(self, by: str) -> list[dict[str, Any]]:
-        """Accrued $ and hours grouped by 'node', 'job' or 'user' (idle time is job 0, user '')."""
-        key = {"node": "c.node", "job": "c.job_id || '_' || c.task", "user": "c.user"}[by]
+        """Accrued $ and hours grouped by 'node', 'job', 'user' or 'group' (idle time is job 0,
+        user and group '')."""
+        key = {"node": "c.node", "job": "c.job_id || '_' || c.task", "user": "c.user", "group": "c.grp"}[by]
         rows = self.conn.execute(
             f"SELECT {key}, SUM(c.usd), SUM(c.hours), MAX(i.provider), COUNT(DISTINCT c.instance_id)"
             " FROM cloud_costs c JOIN cloud_instances i ON i.instance_id=c.instance_id"

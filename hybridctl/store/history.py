@@ -24,6 +24,7 @@ class HeldRank(NamedTuple):
     start: float
     state: str
     """The task's state: PREEMPTED while it is being stopped for another task."""
+    group: str = ""
 
 
 class JobFacts(NamedTuple):
@@ -53,10 +54,10 @@ class HistoryTables(Tables):
     def held_ranks_full(self) -> list[HeldRank]:
         """Every held allocation with its job's priority and its task's state."""
         return [
-            HeldRank(j, t, n, json.loads(g), c, m, u, p, s, st)
-            for j, t, n, g, c, m, u, p, s, st in self.conn.execute(
+            HeldRank(j, t, n, json.loads(g), c, m, u, p, s, st, grp)
+            for j, t, n, g, c, m, u, p, s, st, grp in self.conn.execute(
                 "SELECT a.job_id, a.task, a.node, a.gpus, a.cpus, a.memory_mb, a.user, j.priority, a.start,"
-                " t.state FROM allocations a JOIN jobs j ON j.id=a.job_id"
+                " t.state, a.grp FROM allocations a JOIN jobs j ON j.id=a.job_id"
                 " JOIN tasks t ON t.job_id=a.job_id AND t.task=a.task WHERE a.end IS NULL"
             )
         ]

@@ -213,8 +213,18 @@ def m007_slurm_dependencies(db: sqlite3.Connection) -> None:
     _run(db, "CREATE INDEX jobs_user_name ON jobs(user, name);")
 
 
+def m008_owner_spend(db: sqlite3.Connection) -> None:
+    """Cloud spend per user and per group as well as per lab, for their own budgets
+    (`cloud.burst.user_budget_usd`, `group_budget_usd`): `cloud_costs.grp` books each charge to
+    the job's group too (`cloud cost --by group`), and `cloud_spend_owner` sums the charges per UTC
+    day and owner ('user' or 'group'), as `cloud_spend` does for the lab."""
+    _run(db, "ALTER TABLE cloud_costs ADD COLUMN grp TEXT NOT NULL DEFAULT '';")
+    _run(db, "CREATE TABLE cloud_spend_owner (day TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
+             " usd REAL NOT NULL, PRIMARY KEY (day, kind, name)) WITHOUT ROWID;")
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus, m005_recoveries,
-                               m006_candidates, m007_slurm_dependencies]
+                               m006_candidates, m007_slurm_dependencies, m008_owner_spend]
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -100,6 +100,7 @@ class CloudAllocation(NamedTuple):
     cpus: float
     start: float
     end: float | None
+    group: str = ""
 
 
 class RunningAllocation(NamedTuple):

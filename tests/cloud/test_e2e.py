@@ -4,7 +4,10 @@ on-prem machine reached over SSH, and the simulated provider, whose instances ar
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,25 @@ def test_limit_blocks_burst_visibly_and_leaks_are_terminated(make_lab: Any) -> N
     assert [x["instance_id"] for x in leaks] == [leaked.id]
     assert lab.provider().list({TAG_CLUSTER: CLUSTER}) == []
     assert lab.task(job)["state"] == "PENDING"
+    lab.ctl.cli("cancel", hog, job, check=True)
+
+
+def test_a_user_over_their_cloud_budget_waits_on_prem_and_is_told_why(make_lab: Any) -> None:
+    me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    lab: CloudLab = make_lab(burst={"user_budget_usd": {"*": 0.0}, "group_budget_usd": {group: 1000.0}})
+    hog = lab.submit("--gpus", "A100:1", "--", "sleep 300")
+    lab.wait_state(hog, "RUNNING")
+    job = lab.submit("--gpus", "A100:1", "--", "echo never")
+    blocked = wait_for(lambda: lab.status()["blocked"], 30, interval=0.2, what="a burst refused for the budget")
+    assert blocked[0]["job"] == job and blocked[0]["reason"].startswith(
+        f"cloud: user {me}'s budget: $0.00 of $0.00 spent or committed this month; this run needs $")
+    why = wait_for(lambda: "user_budget_usd" in (r := lab.task(job)["reason"] or "") and r, 30, interval=0.2,
+                   what="the budget in the job's reason")
+    assert "cloud.burst.user_budget_usd" in why  # queue and show tell the user, not only cloud status
+    status = lab.status()
+    assert status["owners"] == [{"kind": "group", "name": group, "spent_usd": 0.0, "budget_usd": 1000.0}]
+    assert f"group   {group}: $0.00 of $1000.00 this month" in lab.ctl.cli("cloud", "status", check=True).stdout
+    assert status["instances"] == [] and lab.task(job)["state"] == "PENDING"
     lab.ctl.cli("cancel", hog, job, check=True)
 
 

@@ -1,0 +1,160 @@
+"""Per-user and per-group cloud budgets (`cloud.burst.user_budget_usd`, `group_budget_usd`;
+core/allowance.py) as the burst policy and the scheduler apply them: what an owner spent, what
+their running cloud tasks will still cost and what this pass lets them take, at their share of
+each node, may not pass their budget; refused tasks wait on-prem with the reason. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hybridctl.core import burst
+from hybridctl.core.allowance import CloudGate, Purses, plan_within
+from hybridctl.core.burst import CloudNode, Limits, Offer, World, decide
+from hybridctl.core.model import ClusterView, GpuSlot, NodeView, PendingTask, Policy, Resources, RunningTask
+
+NOW = 1_750_000_000.0  # mid-June 2025: the month has two weeks left
+BASE = Limits(after=0, idle_timeout=600, max_nodes=8, max_hourly_usd=1000, budget_usd=100_000,
+              allow_on_demand=True, count_preemption_loss=False, reclaim_per_h=0.0)
+SPOT1 = Offer("simulated", "a100x1", "r1", "z-a", "A100", 1, 16, 128 * 1024, True, 1.00)
+SPOT8 = Offer("simulated", "a100x8", "r1", "z-a", "A100", 8, 96, 1152 * 1024, True, 8.00)
+FULL = NodeView("prem1", tuple(GpuSlot(i, "NVIDIA A100", free=False) for i in range(8)), 64, 64, 1 << 19, 1 << 19)
+
+
+def task(job: int, user: str = "alice", group: str = "vision", hours: float = 2.0, gpus: int = 1,
+         placement: str = "any") -> PendingTask:
+    return PendingTask(job, 0, user, group, 0, NOW - 600, Resources(gpus=gpus, gpu_type="A100", cpus=1),
+                       placement=placement, runtime_s=hours * 3600.0)
+
+
+def decide_(pending: list[PendingTask], limits: Limits, offers: list[Offer] = [SPOT1], **kw: object) -> burst.BurstDecision:
+    cluster = kw.pop("cluster", ClusterView((FULL,)))
+    return decide(World(pending, cluster, offers=offers, **kw), limits, Policy(), NOW)  # type: ignore[arg-type]
+
+
+def launched_for(d: burst.BurstDecision) -> set[int]:
+    return {k[0] for r in d.launches for k in r.tasks}
+
+
+def test_a_user_over_budget_waits_and_others_still_burst() -> None:
+    d = decide_([task(1, hours=10), task(2, user="bob", hours=10)], replace(BASE, user_budget_usd={"alice": 5.0}))
+    assert launched_for(d) == {2}  # alice's 10 h at $1/h would pass her $5
+    (b,) = d.blocked
+    assert (b.job_id, b.reason) == (1, "cloud: user alice's budget: $0.00 of $5.00 spent or committed this month;"
+                                       " this run needs $10.00 more (cloud.burst.user_budget_usd)")
+    assert d.gate is not None and d.gate.refused == {(1, 0): b.reason} and (1, 0) not in d.gate.cloud_ok
+
+
+def test_no_owner_budget_changes_nothing() -> None:
+    d = decide_([task(1, hours=10)], BASE)
+    assert launched_for(d) == {1} and d.gate is None
+
+
+def test_spent_counts_and_the_default_applies_to_everyone_not_named() -> None:
+    limits = replace(BASE, user_budget_usd={"*": 5.0, "carol": 100.0})
+    ok = decide_([task(1, hours=0.5)], limits, owner_spent={("user", "alice"): 4.4})
+    assert launched_for(ok) == {1}  # 4.40 + 0.50 <= 5
+    over = decide_([task(1, hours=0.5)], limits, owner_spent={("user", "alice"): 4.6})
+    assert launched_for(over) == set() and "$4.60 of $5.00" in over.blocked[0].reason
+    named = decide_([task(1, user="carol", hours=0.5)], limits, owner_spent={("user", "carol"): 50.0})
+    assert launched_for(named) == {1}
+
+
+def test_what_a_pass_lets_one_owner_take_adds_up() -> None:
+    d = decide_([task(1), task(2), task(3)], replace(BASE, user_budget_usd={"alice": 4.5}))
+    assert launched_for(d) == {1, 2}  # $2 + $2; the third would make $6
+    assert [b.job_id for b in d.blocked] == [3]
+
+
+def test_a_group_budget_binds_its_members_together() -> None:
+    limits = replace(BASE, group_budget_usd={"vision": 3.0})
+    d = decide_([task(1, user="alice"), task(2, user="bob"), task(3, user="dan", group="nlp")], limits)
+    assert launched_for(d) == {1, 3}
+    assert d.blocked[0].job_id == 2 and "group vision's budget" in d.blocked[0].reason
+    assert "cloud.burst.group_budget_usd" in d.blocked[0].reason
+
+
+def test_running_cloud_work_is_committed_at_the_owners_share_of_its_node() -> None:
+    # alice holds 2 of an 8-GPU $8/h node for 3 more hours: $6 committed; her budget is $7.
+    held = CloudNode("c1", SPOT8, NOW - 3600, up=True)
+    view = replace(SPOT8.view("c1"), site="cloud")
+    view = replace(view, gpus=tuple(replace(g, free=g.index >= 2) for g in view.gpus))
+    run = RunningTask(9, 0, "alice", 0, "c1", (0, 1), 2, 1024, NOW - 3600, NOW + 3 * 3600, group="vision")
+    cluster = ClusterView((FULL, view), running=(run,))
+    limits = replace(BASE, user_budget_usd={"alice": 7.0})
+    # A 1-GPU task for 2 h fits on the held node: 2 h x $8/8 = $2 more, $8 in all > $7.
+    d = decide_([task(1)], limits, cloud=[held], cluster=cluster)
+    assert d.covered == {} and "$6.00 of $7.00" in d.blocked[0].reason and "needs $2.00" in d.blocked[0].reason
+    # A 1-hour one fits ($7.00), on the held node: no launch.
+    d = decide_([task(1, hours=1.0)], limits, cloud=[held], cluster=cluster)
+    assert d.covered == {(1, 0): "c1"} and not d.launches and d.gate is not None and (1, 0) in d.gate.cloud_ok
+
+
+def test_a_task_packed_beside_another_on_a_node_rented_this_pass_is_counted() -> None:
+    # Two 4-GPU tasks of alice for 2 h share one $8/h 8-GPU node: $8 each; budget $10.
+    d = decide_([task(1, gpus=4), task(2, gpus=4)], replace(BASE, user_budget_usd={"alice": 10.0}), offers=[SPOT8])
+    assert launched_for(d) == {1} and [b.job_id for b in d.blocked] == [2]
+
+
+def test_plan_within_keeps_a_budgeted_owners_other_tasks_off_cloud_nodes() -> None:
+    cloud = replace(SPOT8.view("c1"), site="cloud", market="spot")
+    view = ClusterView((FULL, cloud))
+    refusal = "cloud: user alice's budget: ..."
+
+    def gate() -> CloudGate:  # alice has $1 left; the dearest held GPU costs $1/h
+        return CloudGate(frozenset({(4, 0)}), Purses({"alice": 1.0}, {}, "month"), {(1, 0): refusal},
+                         hourly_per_gpu=1.0, horizon_s=86400.0)
+
+    pending = [task(1), task(2, placement="cloud"), task(3, user="bob"), task(4), task(5, hours=0.5)]
+    d = plan_within(view, pending, Policy(), gate())
+    placed = {p.job_id: p.node for p in d.placements}
+    # bob has no budget; alice's task 4 was let through by the decision, task 5 ($0.50) fits
+    # what she has left; task 1 was refused and task 2 ($2) does not fit.
+    assert placed == {3: "c1", 4: "c1", 5: "c1"}
+    why = {w.job_id: w.reason for w in d.waiting}
+    assert why[1].endswith("; " + refusal)  # kept on-prem, which is full
+    assert why[2] == "cloud: its owner's cloud budget has no room for it until the next burst decision"
+    # What the gate let through is taken from alice's purse until the next decision: a second
+    # $0.50 task fits, a third does not.
+    g = gate()
+    assert [g.lets(task(n, hours=0.5)) for n in (6, 7, 8)] == [True, True, False]
+    # Without a gate the same pass puts every one of them on the cloud node.
+    assert {p.job_id for p in plan_within(view, pending, Policy(), None).placements} == {1, 2, 3, 4, 5}
+
+
+DAY = replace(BASE, budget_period="day")
+DAY_LEFT_H = (86400 - NOW % 86400) / 3600.0  # 8.9 h to midnight UTC
+
+
+def test_a_run_without_a_time_limit_is_priced_to_the_end_of_the_period() -> None:
+    # No limit (or only a history estimate, which bounds nothing): it may run to midnight.
+    for t in (replace(task(1), runtime_s=None), replace(task(1, hours=1.0), estimated=True)):
+        over = decide_([t], replace(DAY, user_budget_usd={"alice": DAY_LEFT_H - 0.1}))
+        assert launched_for(over) == set()
+        assert over.blocked[0].reason.endswith(
+            f"this run needs ${DAY_LEFT_H:.2f} more (cloud.burst.user_budget_usd);"
+            " without a time limit it is priced to the end of the period")
+        assert launched_for(decide_([t], replace(DAY, user_budget_usd={"alice": DAY_LEFT_H + 0.1}))) == {1}
+    # A time limit bounds it: an hour is $1.
+    assert launched_for(decide_([task(1, hours=1.0)], replace(DAY, user_budget_usd={"alice": 1.5}))) == {1}
+
+
+def test_running_cloud_work_without_a_time_limit_is_committed_to_the_end_of_the_period() -> None:
+    held = CloudNode("c1", SPOT1, NOW - 3600, up=True)
+    view = replace(SPOT1.view("c1"), site="cloud")
+    view = replace(view, gpus=tuple(replace(g, free=False) for g in view.gpus))
+    for ends_at, estimated in ((None, False), (NOW + 600, True)):
+        run = RunningTask(9, 0, "alice", 0, "c1", (0,), 1, 1024, NOW - 3600, ends_at, group="vision",
+                          estimated=estimated)
+        d = decide_([task(1, hours=1.0)], replace(DAY, user_budget_usd={"alice": DAY_LEFT_H + 0.5}),
+                    cloud=[held], cluster=ClusterView((FULL, view), running=(run,)))
+        assert launched_for(d) == set() and f"${DAY_LEFT_H:.2f} of $" in d.blocked[0].reason
+
+
+def test_a_share_of_an_owners_budget_is_kept_for_deadlines_with_a_paced_budget() -> None:
+    limits = replace(BASE, user_budget_usd={"alice": 10.0}, pace_budget=True, deadline_reserve=0.2)
+    plain = decide_([task(1, hours=9.0, placement="cloud")], limits)
+    assert launched_for(plain) == set()
+    assert ("$0.00 of $10.00 spent or committed this month, 20% kept for jobs with a deadline;"
+            " this run needs $9.00 more") in plain.blocked[0].reason
+    urgent = decide_([task(1, hours=9.0, placement="cloud")], limits, deadlines={(1, 0): NOW + 86400})
+    assert launched_for(urgent) == {1}
