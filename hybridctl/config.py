@@ -72,6 +72,19 @@ class SchedulerConfig:
     preempt_checkpointing: bool = False
     """Running jobs that checkpoint (`checkpoint_dir`) and have no `deadline` may be preempted as
     if marked `preemptible: true`: they resume from their last checkpoint."""
+    preempt_grace: float = 30.0
+    """A job preempted on an on-prem node gets SIGTERM and this long (s) to write its final
+    checkpoint before SIGKILL (Slurm's GraceTime); its GPUs stay held meanwhile. On a cloud node
+    `cloud.preemption_grace` applies instead (a spot notice allows no more)."""
+
+    def __post_init__(self) -> None:
+        grace = self.preempt_grace
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= PREEMPT_GRACE_MAX:
+            raise ConfigError(f"scheduler.preempt_grace: {grace!r} is not valid; seconds from 0 to "
+                              f"{PREEMPT_GRACE_MAX} (one day)")
+
+
+PREEMPT_GRACE_MAX = 86400
 
 
 @dataclass(frozen=True)

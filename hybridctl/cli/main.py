@@ -344,7 +344,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines.append(f"  earlier    {job['earlier_run']['text']}")
     if s.get("preemptible") or job.get("preemptible_by"):
         why = f"; {job['preemptible_by']}" if job.get("preemptible_by") else ""
-        lines.append(f"  preemptible yes: a higher-priority job may stop and requeue it{why}")
+        grace = f", giving it {job['preempt_grace']:g} s to checkpoint" if job.get("preempt_grace") is not None else ""
+        lines.append(f"  preemptible yes: a higher-priority job may stop and requeue it{grace}{why}")
     if job.get("priority_boost"):
         lines.append(f"  priority   +{job['priority_boost']} in the queue: a job over several nodes"
                      " (scheduler.multi_node_priority)")

@@ -366,20 +366,23 @@ class NodeSession:
         return False
 
     def _stop_grace(self, key: str) -> float:
-        """The grace of a converge's stop: `fleet.poll_interval` x 10, but at least
-        `cloud.preemption_grace` for a task PREEMPTED on a cloud node (a spot notice, a recall).
-        The autoscaler sends that stop itself, with that grace; this converge may reach the node
-        first, and the first stop's grace is the one the job gets (the supervisor acts on one), so
-        a shorter one here would cut the final checkpoint short."""
-        grace = self.fleet.settings.fleet.poll_interval * 10
+        """The grace of a converge's stop: `fleet.poll_interval` x 10, but at least the preemption
+        grace of this node's site for a task PREEMPTED here, so it can write its final checkpoint:
+        `cloud.preemption_grace` on a cloud node (a spot notice, a recall, which the autoscaler
+        also stops with that grace), `scheduler.preempt_grace` on-prem (a priority preemption,
+        which only this stop ends). The first stop's grace is the one the job gets (the supervisor
+        acts on one), so the converge, which may reach a cloud node before the autoscaler, must
+        not send a shorter one."""
+        settings = self.fleet.settings
+        grace = settings.fleet.poll_interval * 10
         parsed = parse_key(key)
         if parsed is None:
             return grace
         rows = self.fleet.store.task_states(parsed[0], parsed[1])
         if rows and rows[0].state is JobStatus.PREEMPTED and rows[0].attempt == parsed[2]:
             with contextlib.suppress(NotFound):
-                if self.fleet.store.node(self.name).site == "cloud":
-                    grace = max(grace, self.fleet.settings.cloud.preemption_grace)
+                cloud = self.fleet.store.node(self.name).site == "cloud"
+                grace = max(grace, settings.cloud.preemption_grace if cloud else settings.scheduler.preempt_grace)
         return grace
 
     def _preempted_rank0(self, key: str, no_checkpoint: set[str]) -> bool:

@@ -288,8 +288,9 @@ class Controller(CloudRequests):
 
     def _rule_marks(self, job: dict[str, Any]) -> dict[str, Any]:
         """What the scheduler's rules make of the job beyond its spec (shown by `show`, so a user
-        learns it may be stopped before it is): `priority_boost` (`multi_node_priority`) and
-        `preemptible_by` (why a job not marked `preemptible: true` may be preempted)."""
+        learns it may be stopped before it is): `priority_boost` (`multi_node_priority`),
+        `preemptible_by` (why a job not marked `preemptible: true` may be preempted) and, for a
+        preemptible job, `preempt_grace` (the seconds a preemption on-prem leaves it to checkpoint)."""
         rules = self.scheduler.policy
         spec = job["spec"]
         out: dict[str, Any] = {}
@@ -302,6 +303,8 @@ class Controller(CloudRequests):
                 out["preemptible_by"] = "it checkpoints and has no deadline (scheduler.preempt_checkpointing)"
             elif rules.preempt_below is not None and priority < rules.preempt_below:
                 out["preemptible_by"] = f"its priority {priority} is below scheduler.preempt_below {rules.preempt_below}"
+        if spec.get("preemptible") or "preemptible_by" in out:
+            out["preempt_grace"] = self.settings.scheduler.preempt_grace
         return out
 
     def _earlier_run(self, job_id: int, estimate_s: float | None, array: bool) -> dict[str, Any] | None:

@@ -190,11 +190,13 @@ def test_show_says_when_a_rule_makes_a_job_preemptible_or_raises_its_priority(
     assert g["priority_boost"] == 10 and "preemptible_by" not in g  # -3 + 10 is not below 5
     assert ctl.op_show(ALICE, str(low))["preemptible_by"] == "its priority 1 is below scheduler.preempt_below 5"
     assert "preemptible_by" not in ctl.op_show(ALICE, str(due))
+    assert ctl.op_show(ALICE, str(ckpt))["preempt_grace"] == 30.0  # scheduler.preempt_grace, what it gets on-prem
+    assert "preempt_grace" not in ctl.op_show(ALICE, str(due))
 
     monkeypatch.setattr(common, "client", show_client(ctl, ALICE))
     assert main(["show", str(ckpt)]) == 0
-    assert ("  preemptible yes: a higher-priority job may stop and requeue it; it checkpoints and has no"
-            " deadline (scheduler.preempt_checkpointing)") in capsys.readouterr().out.splitlines()
+    assert ("  preemptible yes: a higher-priority job may stop and requeue it, giving it 30 s to checkpoint;"
+            " it checkpoints and has no deadline (scheduler.preempt_checkpointing)") in capsys.readouterr().out.splitlines()
     assert main(["show", str(gang)]) == 0
     assert "  priority   +10 in the queue: a job over several nodes (scheduler.multi_node_priority)" in \
         capsys.readouterr().out.splitlines()

@@ -4,13 +4,17 @@ it holds; silence turns into UNREACHABLE, then LOST."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
 import pytest
 
+from hybridctl import config
+from hybridctl.config import FleetConfig
 from hybridctl.core.model import JobStatus, NodeState
 from hybridctl.core.reconcile import job_key
-from tests.unit.control.parts import ALICE, Parts, stop_sessions
+from tests.unit.control.parts import ALICE, Parts, build, stop_sessions
 from tests.waiting import wait_for_async
 
 S = JobStatus
@@ -70,10 +74,34 @@ async def test_cancel_stops_the_processes_and_frees_the_gpus_once_the_node_confi
     assert parts.state(job) is S.CANCELLED
     assert parts.store.task_nodes(job, 0) == [node]  # held until the node says the processes are gone
     await s.poll()
-    assert [c["key"] for c in parts.agents[node].ops("cancel")] == [key]
+    # the fleet's generic stop grace: only a preempted job gets a preemption grace
+    assert parts.agents[node].ops("cancel") == [{"key": key, "grace": parts.settings.fleet.poll_interval * 10}]
     await s.poll()  # the agent now lists it as exited (cancelled): forget it, release the allocation
     assert parts.agents[node].ops("forget") == [{"key": key}]
     assert parts.store.task_nodes(job, 0) == []
+
+
+@pytest.mark.parametrize("env, grace", [({}, 30.0), ({"HYBRIDCTL_SCHEDULER__PREEMPT_GRACE": "45"}, 45.0)])
+async def test_an_on_prem_priority_preemption_stops_the_job_with_scheduler_preempt_grace(
+        tmp_path: Path, env: dict[str, str], grace: float) -> None:
+    """A job preempted on an on-prem node by a higher-priority one gets `scheduler.preempt_grace`
+    to write its final checkpoint, not the fleet's generic stop grace (`fleet.poll_interval` x 10:
+    0.2 s here, which cut the checkpoint of a job preempted for `preempt_checkpointing` short)."""
+    settings = dataclasses.replace(config.load(None, env=env), home=str(tmp_path),
+                                   fleet=FleetConfig(poll_interval=0.02, checkpoint_sync_interval=3600))
+    parts = build(tmp_path, names=("n1",), settings=settings)
+    try:
+        victim, node = parts.place(preemptible=True)
+        s = parts.session(node)
+        await s.poll()
+        assert parts.state(victim) is S.RUNNING
+        parts.submit(priority=50)
+        parts.scheduler.schedule()
+        assert parts.state(victim) is S.PREEMPTED
+        await s.poll()
+        assert parts.agents[node].ops("cancel") == [{"key": job_key(victim, 0, 0, 0), "grace": grace}]
+    finally:
+        parts.store.close()
 
 
 async def test_a_node_reporting_a_rank_it_does_not_hold_is_not_believed(parts: Parts,
