@@ -43,7 +43,8 @@ def register(sub: Any, commands: MutableMapping[str, Callable[[argparse.Namespac
     s = sub.add_parser("simulate", help="replay a trace against a fleet and a burst config, per strategy",
                        description="Replay jobs (a lab's history or a generated week) through hybridctl's own"
                                    " scheduler and burst policy against a simulated cloud market; print waits,"
-                                   " utilisation, dollars, lost GPU-hours and deadline misses per strategy.",
+                                   " utilisation, dollars, lost GPU-hours, preemptions, recalls and deadline"
+                                   " misses per strategy.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("trace", metavar="TRACE", help="CSV or sacct file, a public trace (--format), or 'generate'")
     s.add_argument("--fleet", metavar="FLEET.yaml", help="on-prem nodes (default: 4 x 8 A100, 4 x 8 H100, 4 x 8 L40S)")

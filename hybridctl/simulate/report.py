@@ -38,11 +38,18 @@ def fmt_wait(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def stops(count: int, lost_gpu_h: float) -> str:
+    """Jobs stopped for a reason and the work they threw away: '12 (340)', or '0'."""
+    return f"{count:,} ({lost_gpu_h:,.0f})" if count else "0"
+
+
 def table(results: Sequence[Result]) -> str:
-    """A Markdown table: one row per strategy."""
+    """A Markdown table: one row per strategy. Lost GPU-hours are spot reclaims' (share of cloud
+    GPU-hours); priority preemptions and recalls are counted apart, each with the work it lost."""
     base = next((r for r in results if r.strategy == "all on-demand"), None)
     head = ["strategy", "p50 wait", "p95 wait", *(f"p95 {c}" for c in SIZE_CLASSES), "on-prem util", "$",
-            "$ vs on-demand", "cloud GPU-h", "lost GPU-h", "killed GPU-h", "deadline misses", "unfinished"]
+            "$ vs on-demand", "cloud GPU-h", "lost GPU-h", "killed GPU-h", "preempted (GPU-h lost)",
+            "recalled (GPU-h lost)", "deadline misses", "unfinished"]
     rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
         util = f"{r.onprem_util:.0%}" if r.onprem_util == r.onprem_util else "n/a"
@@ -51,6 +58,7 @@ def table(results: Sequence[Result]) -> str:
         cells = [r.strategy, fmt_wait(r.p(0.5)), fmt_wait(r.p(0.95)),
                  *(fmt_wait(percentile(r.classes[c], 0.95)) if r.classes[c] else "-" for c in SIZE_CLASSES),
                  util, f"${r.dollars:,.0f}", rel, f"{r.cloud_gpu_h:,.0f}", lost, f"{r.killed_gpu_h:,.0f}",
+                 stops(r.preempted, r.preempt_lost_gpu_h), stops(r.recalls, r.recall_lost_gpu_h),
                  f"{r.deadline_misses}/{r.deadline_jobs}", str(r.unfinished)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

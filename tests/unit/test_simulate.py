@@ -14,7 +14,7 @@ from hybridctl.cli.main import main
 from hybridctl.config import ConfigError
 from hybridctl.core import burst
 from hybridctl.core.burst import Offer
-from hybridctl.simulate import engine, trace
+from hybridctl.simulate import engine, report, trace
 from hybridctl.simulate.engine import NodeGroup, Strategy, run
 from hybridctl.simulate.market import MarketModel
 from hybridctl.simulate.trace import TraceJob
@@ -217,3 +217,7 @@ def test_a_recalled_cloud_job_finishes_on_prem_and_its_node_goes_back() -> None:
     assert back.cloud_gpu_h < 8 * 1.5  # boot, the first hour, the idle timeout
     # Stopped just after a checkpoint: at most one 10-minute interval thrown away, never counted as a reclaim.
     assert back.recall_lost_gpu_h <= 8 * 600 / 3600 and back.lost_gpu_h == 0.0 and back.preemptions == 0
+    head, _rule, *rows = report.table([stay, back]).splitlines()
+    recalled = [dict(zip(head.strip("| ").split(" | "), r.strip("| ").split(" | ")))["recalled (GPU-h lost)"]
+                for r in rows]
+    assert recalled == ["0", "1 (1)"]  # 0.9 GPU-h

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hybridctl import config
-from hybridctl.simulate import inputs, trace
+from hybridctl.simulate import inputs, report, trace
 from hybridctl.simulate.engine import NodeGroup, Strategy, run
 from hybridctl.simulate.market import Market, MarketModel
 from hybridctl.simulate.trace import TraceJob
@@ -41,6 +41,15 @@ def test_a_high_priority_job_preempts_a_preemptible_one_which_resumes_from_its_c
     # Not preemptible: the urgent job waits for the whole 10 h run.
     r = replay([low(False), URGENT])
     assert r.preempted == 0 and r.classes["8 GPUs"][1] > 7 * HOUR
+
+
+def test_the_table_shows_how_many_jobs_were_preempted_and_the_work_they_lost() -> None:
+    """What preemption cost is in `simulate`'s table, beside the recalls (an admin trying
+    `scheduler.preempt_checkpointing` compares it with the waits it saved)."""
+    head, _rule, row = report.table([replay([low(True), URGENT])]).splitlines()
+    cells = dict(zip(head.strip("| ").split(" | "), row.strip("| ").split(" | ")))
+    assert cells["preempted (GPU-h lost)"] == "1 (1)"  # 10 min x 8 GPUs since its last checkpoint
+    assert cells["recalled (GPU-h lost)"] == "0"
 
 
 def test_the_configs_scheduler_section_reaches_the_replay(tmp_path: Path) -> None:
