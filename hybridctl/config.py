@@ -201,10 +201,10 @@ class BurstConfig:
     user_budget_usd: Mapping[str, float] = field(default_factory=dict)
     """Cloud $ each user may spend per `budget_period`, beside the lab's `budget_usd`: user name ->
     dollars, '*' for everyone not named (e.g. {'*': 500, alice: 2000}); unset = no budget of their
-    own. What they spent, what their running cloud jobs will still cost this period (to their time
-    limit or estimate) and the launch may not pass it; they pay their share of a node (their GPUs
-    over its GPUs). Running jobs are never stopped for it: their next job waits on-prem, and
-    `show` says why."""
+    own. What they spent this period, what their running cloud jobs will still cost (to their time
+    limit; a whole period without one: an estimate bounds nothing) and the launch may not pass it;
+    they pay their share of a node (their GPUs over its GPUs). Running jobs are never stopped for
+    it: their next job waits on-prem, and `show` says why."""
     group_budget_usd: Mapping[str, float] = field(default_factory=dict)
     """The same per Unix group (the job's group when it was submitted), beside each user's."""
 

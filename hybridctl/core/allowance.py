@@ -2,11 +2,12 @@
 `group_budget_usd`). Pure: the burst policy asks `Purses` before a task of a budgeted owner takes
 cloud money, and `plan_within` applies its answer (`CloudGate`) where the scheduler places tasks.
 
-The rule follows Slurm's GrpTRESMins: what an owner spent this budget period, plus what their
-running cloud tasks will still cost in it (to their time limit or estimate), plus what this
-launch would cost, may not pass their budget. An owner pays their share of each node they hold
-(GPUs held / the node's GPUs, as `cloud cost --by user` books it); a node's idle share is the
-lab's. Running work is never stopped for an owner's budget: their next task waits on-prem."""
+The rule follows Slurm's GrpTRESMins with `safe` enforcement: what an owner spent this budget
+period, plus what their running cloud tasks will still cost (to their time limits; a run without
+one counts as a whole period), plus what this run would cost, may not pass their budget. An owner
+pays their share of each node they hold (GPUs held / the node's GPUs, as `cloud cost --by user`
+books it); a node's idle share is the lab's. Running work is never stopped for an owner's budget:
+their next task waits on-prem."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class Purses:
                 kept = f", {self.reserve:.0%} kept for jobs with a deadline" if room < cap else ""
                 why = (f"cloud: {kind} {name}'s budget: ${used:.2f} of ${cap:.2f} spent or committed this"
                        f" {self.period}{kept}; this run needs ${usd:.2f} more (cloud.burst.{key})")
-                return why + ("; without a time limit it is priced to the end of the period" if unlimited else "")
+                return why + ("; without a time limit a run counts as a whole budget period" if unlimited else "")
         return ""
 
     def take(self, user: str, group: str, usd: float) -> None:
@@ -75,15 +76,16 @@ class CloudGate:
     budgeted owner takes a cloud node if the decision weighed its cost and let it (`cloud_ok`),
     or, where the decision did not weigh it (it waited on-prem, or became pending since), if its
     owners can still pay for it at the dearest GPU of the held nodes (`hourly_per_gpu`), to its
-    time limit within the period's `horizon_s` (to its end without one): then that is taken from
-    `purses` until the next decision. Tasks `refused` stay off cloud nodes."""
+    time limit (a whole `period_s` without one): then that is taken from `purses` until the next
+    decision. Tasks `refused` stay off cloud nodes."""
 
     cloud_ok: frozenset[TaskKey]
     purses: Purses
     """Each owner's use after the decision (mutated by `plan_within`)."""
     refused: Mapping[TaskKey, str] = field(default_factory=dict)
     hourly_per_gpu: float = 0.0
-    horizon_s: float = 0.0
+    period_s: float = 0.0
+    """What a run without a time limit counts as (a whole budget period)."""
 
     def lets(self, t: PendingTask) -> bool:
         """Whether `t` may take a cloud node (see the class)."""
@@ -92,8 +94,8 @@ class CloudGate:
             return True
         if key in self.refused:
             return False
-        run = t.runtime_s if t.runtime_s is not None and not t.estimated else self.horizon_s
-        usd = self.hourly_per_gpu * t.resources.gpus * max(t.num_nodes, 1) * min(run, self.horizon_s) / 3600.0
+        run = t.runtime_s if t.runtime_s is not None and not t.estimated else self.period_s
+        usd = self.hourly_per_gpu * t.resources.gpus * max(t.num_nodes, 1) * run / 3600.0
         if self.purses.refusal(t.user, t.group, usd):
             return False
         self.purses.take(t.user, t.group, usd)

@@ -160,9 +160,10 @@ class Limits:
     since its last checkpoint, else since its start) is recalled."""
     user_budget_usd: Mapping[str, float] = field(default_factory=dict)
     """Cloud $ each user may spend per budget period beside the lab's `budget_usd` ('*': everyone
-    not named; missing: no budget of their own). Spent, plus what their running cloud tasks will
-    still cost this period, plus the launch, may not pass it (core/allowance.py); their share of
-    a node is their GPUs over its GPUs. Running work is never stopped for it."""
+    not named; missing: no budget of their own). Spent this period, plus what their running cloud
+    tasks will still cost (whole, `_owner_run_s`), plus the launch, may not pass it
+    (core/allowance.py); their share of a node is their GPUs over its GPUs. Running work is never
+    stopped for it."""
     group_budget_usd: Mapping[str, float] = field(default_factory=dict)
     """The same per Unix group (the job's group at submit)."""
 
@@ -585,20 +586,29 @@ def _share_hourly(offer: Offer, res: Resources) -> float:
 
 def _purses(world: World, limits: Limits, now: float, held: Mapping[str, CloudNode]) -> Purses:
     """Owner budgets as a decision starts: each owner's spend this period plus what their running
-    cloud tasks will still cost in it, at their share of each node: to their time limit, and a run
-    without one (an estimate is no bound) to the end of the period, as Slurm counts a job without
-    a limit at its partition's maximum. Only so is a budget never passed."""
+    cloud tasks will still cost, at their share of each node, to their time limit, and a run
+    without one (an estimate is no bound) as a whole budget period, as Slurm counts a job without
+    a limit at its partition's maximum (`_owner_run_s`)."""
     purses = Purses(limits.user_budget_usd, limits.group_budget_usd, limits.budget_period, dict(world.owner_spent),
                     limits.deadline_reserve if limits.pace_budget else 0.0)
-    horizon = _period_left(now, limits.budget_period)
     for r in world.cluster.running:
         c = held.get(r.node)
         if c is None:
             continue
-        left = horizon if r.ends_at is None or r.estimated else max(0.0, r.ends_at - now)
+        left = _owner_run_s(None if r.ends_at is None or r.estimated else max(0.0, r.ends_at - now), now, limits)
         share = min(1.0, len(r.gpus) / c.offer.gpus) if c.offer.gpus else 1.0
-        purses.take(r.user, r.group, c.offer.price_hourly * share * min(left, horizon) / 3600.0)
+        purses.take(r.user, r.group, c.offer.price_hourly * share * left / 3600.0)
     return purses
+
+
+def _owner_run_s(limit_s: float | None, now: float, limits: Limits) -> float:
+    """The seconds of a run an owner budget counts: the whole run to its time limit, not only the
+    part in this period, and a whole budget period for a run without a limit. So what an owner's
+    running tasks will still cost never exceeds what they had room for, and when a new period
+    begins what carries over fits in it: a budget is never passed, though runs outlive periods."""
+    if limit_s is not None:
+        return limit_s
+    return _period_len(period_start(now, limits.budget_period), limits.budget_period)
 
 
 # ---- the decision --------------------------------------------------------------------------------
@@ -764,13 +774,12 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     refused: dict[TaskKey, str] = {}
 
     def owners_pay(t: PendingTask, hourly: float) -> bool:
-        """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run this
-        period (then it is theirs); else `t` is refused, with the budget in words. A run without
-        a time limit is priced to the period's end (`_purses`)."""
+        """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run
+        (`_owner_run_s`; then it is theirs); else `t` is refused, with the budget in words."""
         if purses is None or not purses.budgeted(t.user, t.group):
             return True
         limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
-        usd = hourly * (period_left if limit is None else min(limit, period_left)) / 3600.0
+        usd = hourly * _owner_run_s(limit, now, limits) / 3600.0
         why = purses.refusal(t.user, t.group, usd, (t.job_id, t.task) in world.deadlines, limit is None)
         if why:
             refused[(t.job_id, t.task)] = why
@@ -985,7 +994,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     if purses is not None:
         up = [c.offer for c in world.cloud if c.up and not c.draining]
         gate = CloudGate(frozenset(cloud_ok), purses, refused,
-                         max((o.price_hourly / (o.gpus or 1) for o in up), default=0.0), period_left)
+                         max((o.price_hourly / (o.gpus or 1) for o in up), default=0.0),
+                         _owner_run_s(None, now, limits))
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
                          frozenset(no_spot), recall, weighed, gate)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Sequence
 
 from hybridctl.core import burst
+from hybridctl.core.allowance import budget_of
 from hybridctl.simulate.engine import Result, Strategy, percentile
 from hybridctl.simulate.trace import SIZE_CLASSES
 
@@ -62,3 +64,23 @@ def table(results: Sequence[Result]) -> str:
                  f"{r.deadline_misses}/{r.deadline_jobs}", str(r.unfinished)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def owner_lines(results: Sequence[Result], limits: burst.Limits) -> list[str]:
+    """Under owner budgets (`user_budget_usd`, `group_budget_usd`), per strategy: the owner that
+    came nearest their budget in one period, and how many passed theirs."""
+    out = []
+    for r in results:
+        used = []
+        for owner, usd in r.owner_spend.items():
+            kind, name = owner.split(" ", 1)
+            cap = budget_of(limits.user_budget_usd if kind == "user" else limits.group_budget_usd, name)
+            if cap is not None:
+                used.append((usd / cap if cap else math.inf, owner, usd, cap))
+        if not used:
+            continue
+        share, owner, usd, cap = max(used)
+        over = sum(1 for u in used if u[0] > 1.0 + 1e-9)
+        out.append(f"{r.strategy}: owner budgets: {owner} spent the most of theirs, ${usd:,.0f} of ${cap:,.0f}"
+                   f" in one {limits.budget_period}; {over or 'none'} of {len(used)} passed theirs")
+    return out

@@ -102,7 +102,7 @@ def test_plan_within_keeps_a_budgeted_owners_other_tasks_off_cloud_nodes() -> No
 
     def gate() -> CloudGate:  # alice has $1 left; the dearest held GPU costs $1/h
         return CloudGate(frozenset({(4, 0)}), Purses({"alice": 1.0}, {}, "month"), {(1, 0): refusal},
-                         hourly_per_gpu=1.0, horizon_s=86400.0)
+                         hourly_per_gpu=1.0, period_s=86400.0)
 
     pending = [task(1), task(2, placement="cloud"), task(3, user="bob"), task(4), task(5, hours=0.5)]
     d = plan_within(view, pending, Policy(), gate())
@@ -122,32 +122,33 @@ def test_plan_within_keeps_a_budgeted_owners_other_tasks_off_cloud_nodes() -> No
 
 
 DAY = replace(BASE, budget_period="day")
-DAY_LEFT_H = (86400 - NOW % 86400) / 3600.0  # 8.9 h to midnight UTC
 
 
-def test_a_run_without_a_time_limit_is_priced_to_the_end_of_the_period() -> None:
-    # No limit (or only a history estimate, which bounds nothing): it may run to midnight.
+def test_a_run_without_a_time_limit_counts_as_a_whole_budget_period() -> None:
+    # No limit (or only a history estimate, which bounds nothing): it may run a day, into the
+    # next period too; counted whole, what carries over always fits the next period's budget.
     for t in (replace(task(1), runtime_s=None), replace(task(1, hours=1.0), estimated=True)):
-        over = decide_([t], replace(DAY, user_budget_usd={"alice": DAY_LEFT_H - 0.1}))
+        over = decide_([t], replace(DAY, user_budget_usd={"alice": 23.9}))
         assert launched_for(over) == set()
         assert over.blocked[0].reason.endswith(
-            f"this run needs ${DAY_LEFT_H:.2f} more (cloud.burst.user_budget_usd);"
-            " without a time limit it is priced to the end of the period")
-        assert launched_for(decide_([t], replace(DAY, user_budget_usd={"alice": DAY_LEFT_H + 0.1}))) == {1}
-    # A time limit bounds it: an hour is $1.
-    assert launched_for(decide_([task(1, hours=1.0)], replace(DAY, user_budget_usd={"alice": 1.5}))) == {1}
+            "this run needs $24.00 more (cloud.burst.user_budget_usd);"
+            " without a time limit a run counts as a whole budget period")
+        assert launched_for(decide_([t], replace(DAY, user_budget_usd={"alice": 24.1}))) == {1}
+    # A time limit bounds it, whole: 12 h is $12 though the day has 8.9 h left.
+    assert launched_for(decide_([task(1, hours=12.0)], replace(DAY, user_budget_usd={"alice": 11.9}))) == set()
+    assert launched_for(decide_([task(1, hours=12.0)], replace(DAY, user_budget_usd={"alice": 12.1}))) == {1}
 
 
-def test_running_cloud_work_without_a_time_limit_is_committed_to_the_end_of_the_period() -> None:
+def test_running_cloud_work_without_a_time_limit_is_committed_as_a_whole_period() -> None:
     held = CloudNode("c1", SPOT1, NOW - 3600, up=True)
     view = replace(SPOT1.view("c1"), site="cloud")
     view = replace(view, gpus=tuple(replace(g, free=False) for g in view.gpus))
     for ends_at, estimated in ((None, False), (NOW + 600, True)):
         run = RunningTask(9, 0, "alice", 0, "c1", (0,), 1, 1024, NOW - 3600, ends_at, group="vision",
                           estimated=estimated)
-        d = decide_([task(1, hours=1.0)], replace(DAY, user_budget_usd={"alice": DAY_LEFT_H + 0.5}),
+        d = decide_([task(1, hours=1.0)], replace(DAY, user_budget_usd={"alice": 24.5}),
                     cloud=[held], cluster=ClusterView((FULL, view), running=(run,)))
-        assert launched_for(d) == set() and f"${DAY_LEFT_H:.2f} of $" in d.blocked[0].reason
+        assert launched_for(d) == set() and "$24.00 of $24.50" in d.blocked[0].reason
 
 
 def test_a_share_of_an_owners_budget_is_kept_for_deadlines_with_a_paced_budget() -> None:
