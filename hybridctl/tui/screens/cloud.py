@@ -58,7 +58,8 @@ def offer_cells(o: dict[str, Any], pal: Palette) -> Sequence[Cell]:
 
 
 def spend_text(status: dict[str, Any]) -> Text:
-    """'simulated · 2/3 nodes · $2.14/h now (max $40) · spent $0.20 of $25 per day ███··· · burst after 4s…'"""
+    """'simulated · 2/3 nodes · $2.14/h now (max $40) · spent $0.20 of $25 per day ███··· · burst after 4s…',
+    then the user or group budget nearest its end, errors and notes, a line each."""
     spent, budget = float(status["spent_usd"]), float(status["budget_usd"] or 0)
     t = Text()
     t.append(", ".join(status["providers"]), "bold")
@@ -70,6 +71,12 @@ def spend_text(status: dict[str, Any]) -> Text:
         t.append(f" of {cells.money(budget)} per {status['period']} ({frac:.0%}) ")
         t.append(cells.bar(spent, budget, 20).replace(" ", "·"), "bold" if frac < 0.9 else "reverse")
     t.append(f" · burst after {status['after_s']:g}s, idle nodes go after {status['idle_timeout_s']:g}s")
+    owners = status.get("owners") or []
+    if owners:  # the budget of a user or group nearest its end (cloud.burst.user_budget_usd / group_budget_usd)
+        o = owners[0]
+        more = f" (+{len(owners) - 1} more budgets)" if len(owners) > 1 else ""
+        t.append(f"\nnearest its budget: {o['kind']} {o['name']} {cells.money(o['spent_usd'])} of"
+                 f" {cells.money(o['budget_usd'])}{more}")
     for provider, error in sorted((status.get("errors") or {}).items()):
         t.append(f"\n{provider}: {error}", "bold red")
     for note in status.get("notes") or []:
