@@ -42,6 +42,7 @@ from hybridctl.control.fleet import Fleet, NodeSession
 from hybridctl.control.lifecycle import Lifecycle
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
+from hybridctl.core.allowance import closed_gate
 from hybridctl.core.errors import HybridctlError
 from hybridctl.core.model import ClusterView, JobStatus, NodeState, PendingTask, task_label
 from hybridctl.core.reconcile import ActiveRank, job_key
@@ -202,6 +203,8 @@ class Autoscaler:
         self.scheduler = scheduler
         self.cfg = settings.cloud
         self.limits = limits(self.settings)
+        lim = self.limits  # until the first decision, owners with budgets keep off cloud nodes
+        self.scheduler.cloud_gate = closed_gate(lim.user_budget_usd, lim.group_budget_usd, lim.budget_period)
         self.providers = provider_mod.build(self.settings) if providers is None else providers
         self.clock = clock
         self.offers: list[burst.Offer] = []

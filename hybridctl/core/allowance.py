@@ -11,6 +11,7 @@ their next task waits on-prem."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
@@ -84,22 +85,37 @@ class CloudGate:
     """Each owner's use after the decision (mutated by `plan_within`)."""
     refused: Mapping[TaskKey, str] = field(default_factory=dict)
     hourly_per_gpu: float = 0.0
+    """inf before the first decision: no budgeted owner's GPU task takes a cloud node."""
     period_s: float = 0.0
     """What a run without a time limit counts as (a whole budget period)."""
+    let: set[TaskKey] = field(default_factory=set)
+    """The tasks `lets` has charged to their owners: the scheduler passes several times between
+    two decisions, and a task it let but could not place is not charged again."""
 
     def lets(self, t: PendingTask) -> bool:
         """Whether `t` may take a cloud node (see the class)."""
         key = (t.job_id, t.task)
-        if key in self.cloud_ok or not self.purses.budgeted(t.user, t.group):
+        if key in self.cloud_ok or key in self.let or not self.purses.budgeted(t.user, t.group):
             return True
         if key in self.refused:
             return False
-        run = t.runtime_s if t.runtime_s is not None and not t.estimated else self.period_s
-        usd = self.hourly_per_gpu * t.resources.gpus * max(t.num_nodes, 1) * run / 3600.0
+        usd = 0.0  # a task without GPUs pays no share of a node (cloud/cost.split: it is idle time)
+        if t.resources.gpus:
+            run = t.runtime_s if t.runtime_s is not None and not t.estimated else self.period_s
+            usd = self.hourly_per_gpu * t.resources.gpus * max(t.num_nodes, 1) * run / 3600.0
         if self.purses.refusal(t.user, t.group, usd):
             return False
         self.purses.take(t.user, t.group, usd)
+        self.let.add(key)
         return True
+
+
+def closed_gate(users: Mapping[str, float], groups: Mapping[str, float], period: str) -> CloudGate | None:
+    """The gate before the first burst decision (a controller just started): no budgeted owner's
+    GPU task takes a cloud node until a decision has weighed it. None without owner budgets."""
+    if not users and not groups:
+        return None
+    return CloudGate(frozenset(), Purses(users, groups, period), hourly_per_gpu=math.inf)
 
 
 def plan_within(view: ClusterView, tasks: Sequence[PendingTask], policy: Policy,

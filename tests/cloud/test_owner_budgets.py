@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hybridctl.core import burst
-from hybridctl.core.allowance import CloudGate, Purses, plan_within
+from hybridctl.core.allowance import CloudGate, Purses, closed_gate, plan_within
 from hybridctl.core.burst import CloudNode, Limits, Offer, World, decide
 from hybridctl.core.model import ClusterView, GpuSlot, NodeView, PendingTask, Policy, Resources, RunningTask
 
@@ -159,3 +159,14 @@ def test_a_share_of_an_owners_budget_is_kept_for_deadlines_with_a_paced_budget()
             " this run needs $9.00 more") in plain.blocked[0].reason
     urgent = decide_([task(1, hours=9.0, placement="cloud")], limits, deadlines={(1, 0): NOW + 86400})
     assert launched_for(urgent) == {1}
+
+
+def test_a_task_let_through_is_charged_once_and_nothing_passes_before_the_first_decision() -> None:
+    gate = CloudGate(frozenset(), Purses({"alice": 1.0}, {}, "month"), hourly_per_gpu=1.0, period_s=86400.0)
+    t = task(6, hours=0.6)
+    assert [gate.lets(t) for _ in range(3)] == [True, True, True]  # three passes between decisions
+    assert gate.purses.used[("user", "alice")] == 0.6 and not gate.lets(task(7, hours=0.6))
+    closed = closed_gate({"*": 100.0}, {}, "month")
+    assert closed is not None and not closed.lets(task(1, hours=0.1))
+    assert closed.lets(replace(task(2), resources=Resources(gpus=0, cpus=1)))  # no GPU share to pay
+    assert closed_gate({}, {}, "month") is None
