@@ -73,8 +73,9 @@ class SchedulerConfig:
     """Running jobs that checkpoint (`checkpoint_dir`) and have no `deadline` may be preempted as
     if marked `preemptible: true`: they resume from their last checkpoint."""
     preempt_grace: float = 30.0
-    """A job preempted on an on-prem node gets SIGTERM and this long (s) to write its final
-    checkpoint before SIGKILL (Slurm's GraceTime); its GPUs stay held meanwhile. On a cloud node
+    """A job preempted on an on-prem node gets SIGTERM and at least this long (s; the fleet's stop
+    grace, `fleet.poll_interval` x 10, where that is longer) to write its final checkpoint before
+    SIGKILL (Slurm's GraceTime); its GPUs stay held meanwhile. On a cloud node
     `cloud.preemption_grace` applies instead (a spot notice allows no more)."""
 
     def __post_init__(self) -> None:
@@ -749,10 +750,13 @@ def _coerce(hint: Any, value: Any, source: str, dotted: str) -> Any:
                                                   for v in value.values()):
             raise ConfigError(f"{source}: {dotted}: expected a mapping of names to values, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
-    if text.startswith("typing.Mapping[str, float]"):
-        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  and 0 <= v < math.inf for v in value.values()):
-            raise ConfigError(f"{source}: {dotted}: expected a mapping of name: US dollars (≥ 0), got {value!r}")
+    if text.startswith("typing.Mapping[str, float]"):  # name -> US dollars (cloud.burst.*_budget_usd)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {dotted}: expected a mapping of name: US dollars, e.g. {{'*': 500}};"
+                              f" got {value!r}")
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ConfigError(f"{source}: {dotted}.{k}: {v!r} is not valid; US dollars, 0 or more")
         return {str(k): float(v) for k, v in value.items()}
     if text.startswith("typing.Mapping[str, int]"):
         if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):

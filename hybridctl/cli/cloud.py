@@ -88,7 +88,8 @@ def status_text(d: dict[str, Any]) -> str:
     ]
     owners = d.get("owners") or []
     for ow in owners[:OWNERS_SHOWN]:
-        lines.append(f"  {ow['kind']:<7} {ow['name']}: ${ow['spent_usd']:.2f} of ${ow['budget_usd']:.2f} this {d['period']}")
+        lines.append(f"  {ow['kind']:<7} {ow['name']}: ${ow['spent_usd']:.2f} spent, ${ow['used_usd']:.2f} with what"
+                     f" running jobs will still cost, of ${ow['budget_usd']:.2f} this {d['period']}")
     if len(owners) > OWNERS_SHOWN:
         lines.append(f"  … {len(owners) - OWNERS_SHOWN} more budgets (--json lists all)")
     for p, err in sorted(d["errors"].items()):

@@ -656,6 +656,8 @@ class Autoscaler:
         provider = self.providers.get(row["provider"]) if row else None
         if provider is not None and not iid.startswith("launch:"):
             await asyncio.to_thread(provider.terminate, iid)  # idempotent; an error leaves the row to retry
+            # A tick may have billed the node while the provider answered: bill from where it left.
+            row = next((r for r in self.store.cloud_instances() if r["instance_id"] == iid), row)
         now = self.clock()
         if row is not None:
             self.accrue_row(row, now)

@@ -18,7 +18,7 @@ from hybridctl.control.identity import Caller
 from hybridctl.control.ports import CloudView
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
-from hybridctl.core.allowance import budget_of
+from hybridctl.core.allowance import CloudGate, budget_of
 from hybridctl.core.errors import HybridctlError, SpecError
 from hybridctl.core.fields import parse_accelerators
 from hybridctl.core.forecast import expected_end
@@ -97,24 +97,31 @@ class CloudRequests:
             "last_pass": scaler.last_at if scaler is not None else None,
             "backoffs": [{"pool": p, "until": u, "reason": why} for p, (u, why) in sorted(self.store.cloud_backoffs(now).items())],
             "leaks": list(scaler.leaks) if scaler is not None else [],
-            "owners": self._owner_budgets(lim, since),
+            "owners": self._owner_budgets(caller, lim, since, last.gate if last else None),
         }
 
-    def _owner_budgets(self, lim: burst.Limits, since: str) -> list[dict[str, Any]]:
+    def _owner_budgets(self, caller: Caller, lim: burst.Limits, since: str,
+                       gate: CloudGate | None) -> list[dict[str, Any]]:
         """Each user and group with a cloud budget of their own (named, or by '*' once they spent
-        this period): what they spent this period against it, most used first."""
+        this period): what they spent this period and, as the last burst decision saw it, spent
+        or committed (what their running cloud jobs will still cost), against the budget, most
+        used first. A caller who is not an admin sees their own user's and group's only."""
         if not (lim.user_budget_usd or lim.group_budget_usd):
             return []
         spent = self.store.cloud_owner_spent_since(since)
+        used = gate.purses.used if gate is not None else {}
         out = []
         for kind, budgets in (("user", lim.user_budget_usd), ("group", lim.group_budget_usd)):
-            names = {n for n in budgets if n != "*"} | {n for k, n in spent if k == kind and "*" in budgets}
+            names = {n for n in budgets if n != "*"} | {n for k, n in (*spent, *used) if k == kind and "*" in budgets}
+            if not caller.admin:
+                names &= {caller.user if kind == "user" else caller.group}
             for name in names:
                 cap = budget_of(budgets, name)
                 if cap is not None:
                     out.append({"kind": kind, "name": name, "spent_usd": round(spent.get((kind, name), 0.0), 4),
+                                "used_usd": round(max(used.get((kind, name), 0.0), spent.get((kind, name), 0.0)), 4),
                                 "budget_usd": cap})
-        return sorted(out, key=lambda o: (-o["spent_usd"] / o["budget_usd"] if o["budget_usd"] else -math.inf,
+        return sorted(out, key=lambda o: (-o["used_usd"] / o["budget_usd"] if o["budget_usd"] else -math.inf,
                                           o["kind"], o["name"]))
 
     def op_cloud_offers(self, caller: Caller, gpus: str | None = None, spot: bool | None = None) -> list[dict[str, Any]]:

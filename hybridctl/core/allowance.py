@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from hybridctl.core.model import ClusterView, PendingTask, Policy, ScheduleDecision, Waiting
+from hybridctl.core.model import ClusterView, PendingTask, Placement, Policy, ScheduleDecision, Waiting
 from hybridctl.core.schedule import plan
 
 Owner = tuple[str, str]
@@ -71,74 +71,128 @@ class Purses:
             self.used[owner] = self.used.get(owner, 0.0) + usd
 
 
+def share(node_gpus: int, node_cpus: float, gpus: int, cpus: float) -> float:
+    """The share of a node one rank pays for, as `cloud/cost.split` books it: its GPUs over the
+    node's, or on a node without GPUs its CPUs over the node's (a rank without GPUs on a GPU node
+    pays nothing: its time there is the node's idle time, the lab's)."""
+    if node_gpus:
+        return min(1.0, gpus / node_gpus)
+    return min(1.0, cpus / node_cpus) if node_cpus else 1.0
+
+
+@dataclass(frozen=True)
+class NodePrice:
+    """What a cloud node costs and how `share` divides it."""
+
+    price_hourly: float
+    gpus: int
+    cpus: float
+
+
 @dataclass(frozen=True)
 class CloudGate:
     """What the last burst decision lets the scheduler do under owner budgets. A task of a
-    budgeted owner takes a cloud node if the decision weighed its cost and let it (`cloud_ok`),
-    or, where the decision did not weigh it (it waited on-prem, or became pending since), if its
-    owners can still pay for it at the dearest GPU of the held nodes (`hourly_per_gpu`), to its
-    time limit (a whole `period_s` without one): then that is taken from `purses` until the next
-    decision. Tasks `refused` stay off cloud nodes."""
+    budgeted owner the decision weighed and let through (`cloud_ok`) takes a cloud node as the
+    plan places it; one it `refused` is kept off cloud nodes. Any other (it waited on-prem, or
+    became pending since) is planned, and where the plan puts it on cloud nodes, charged for them
+    (their price in `nodes`; a node rented since, at the dearest offer, `unknown_hourly`) to its
+    time limit, a whole `period_s` without one: if its owners cannot pay, it is taken off them and
+    waits (`check`). What it is charged is kept in `purses` until the next decision."""
 
     cloud_ok: frozenset[TaskKey]
     purses: Purses
-    """Each owner's use after the decision (mutated by `plan_within`)."""
+    """Each owner's use after the decision (added to by `check`)."""
     refused: Mapping[TaskKey, str] = field(default_factory=dict)
-    hourly_per_gpu: float = 0.0
-    """inf before the first decision: no budgeted owner's GPU task takes a cloud node."""
+    nodes: Mapping[str, NodePrice] = field(default_factory=dict)
+    unknown_hourly: float = math.inf
+    """$/h of a cloud node the decision did not know (inf before the first decision: no budgeted
+    owner's task takes one)."""
     period_s: float = 0.0
     """What a run without a time limit counts as (a whole budget period)."""
-    let: set[TaskKey] = field(default_factory=set)
-    """The tasks `lets` has charged to their owners: the scheduler passes several times between
-    two decisions, and a task it let but could not place is not charged again."""
+    deadlines: frozenset[TaskKey] = frozenset()
+    """Tasks with a deadline: they may use the budgets' deadline reserve."""
+    charged: set[TaskKey] = field(default_factory=set)
+    """Tasks `check` charged to their owners (the scheduler passes several times between two
+    decisions: a task is charged once)."""
+    held: dict[TaskKey, str] = field(default_factory=dict)
+    """Tasks `check` took off cloud nodes, with why: kept off them until the next decision."""
 
-    def lets(self, t: PendingTask) -> bool:
-        """Whether `t` may take a cloud node (see the class)."""
+    def why_not(self, key: TaskKey) -> str | None:
+        """Why a task stays off cloud nodes until the next decision (None: it may go)."""
+        return self.refused.get(key) or self.held.get(key)
+
+    def check(self, t: PendingTask, on: Sequence[Placement]) -> str:
+        """Charge `t` for the cloud placements `on` if its owners can pay ('' = charged or free
+        to go), else say why not (and hold it off cloud nodes until the next decision)."""
         key = (t.job_id, t.task)
-        if key in self.cloud_ok or key in self.let or not self.purses.budgeted(t.user, t.group):
-            return True
-        if key in self.refused:
-            return False
-        usd = 0.0  # a task without GPUs pays no share of a node (cloud/cost.split: it is idle time)
-        if t.resources.gpus:
-            run = t.runtime_s if t.runtime_s is not None and not t.estimated else self.period_s
-            usd = self.hourly_per_gpu * t.resources.gpus * max(t.num_nodes, 1) * run / 3600.0
-        if self.purses.refusal(t.user, t.group, usd):
-            return False
+        if key in self.cloud_ok or key in self.charged or not self.purses.budgeted(t.user, t.group):
+            return ""
+        hourly = 0.0
+        for p in on:
+            n = self.nodes.get(p.node)
+            hourly += self.unknown_hourly if n is None else n.price_hourly * share(n.gpus, n.cpus, len(p.gpus), p.cpus)
+        if math.isinf(hourly):
+            why = self.held[key] = ("cloud: its owner has a cloud budget of their own, and the burst policy has not"
+                                    " priced this cloud node yet")
+            return why
+        limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
+        usd = hourly * (self.period_s if limit is None else limit) / 3600.0 if hourly else 0.0
+        why = self.purses.refusal(t.user, t.group, usd, key in self.deadlines, limit is None)
+        if why:
+            self.held[key] = why
+            return why
         self.purses.take(t.user, t.group, usd)
-        self.let.add(key)
-        return True
+        self.charged.add(key)
+        return ""
 
 
 def closed_gate(users: Mapping[str, float], groups: Mapping[str, float], period: str) -> CloudGate | None:
     """The gate before the first burst decision (a controller just started): no budgeted owner's
-    GPU task takes a cloud node until a decision has weighed it. None without owner budgets."""
+    task that would pay a share of a cloud node takes one until a decision has weighed it. None
+    without owner budgets."""
     if not users and not groups:
         return None
-    return CloudGate(frozenset(), Purses(users, groups, period), hourly_per_gpu=math.inf)
+    return CloudGate(frozenset(), Purses(users, groups, period))
 
 
 def plan_within(view: ClusterView, tasks: Sequence[PendingTask], policy: Policy,
                 gate: CloudGate | None) -> ScheduleDecision:
-    """`schedule.plan` under the owner budgets of `gate` (None: none set). A task the gate does
-    not let onto cloud nodes is kept on-prem (placement 'any': its reason gains the refusal, if
-    any) or waits (placement 'cloud'). Others are planned unchanged."""
+    """`schedule.plan` under the owner budgets of `gate` (None: none set). A task the gate holds
+    off cloud nodes is kept on-prem (placement 'any': its reason gains why) or waits (placement
+    'cloud'). Then each task of a budgeted owner the plan puts on cloud nodes is checked
+    (`CloudGate.check`); one its owners cannot pay loses its placements and waits with the
+    reason: the plan gave it cloud nodes because nothing on-prem had room for it, so it would
+    not have started on-prem either, and the next pass keeps it on-prem."""
     if gate is None:
         return plan(view, tasks, policy)
     out: list[PendingTask] = []
     waiting: list[Waiting] = []
     for t in tasks:
-        if t.placement == "onprem" or gate.lets(t):
+        why = gate.why_not((t.job_id, t.task)) if t.placement != "onprem" else None
+        if why is None:
             out.append(t)
         elif t.placement == "any":
             out.append(replace(t, placement="onprem"))
         else:
-            waiting.append(Waiting(t.job_id, t.task, gate.refused.get((t.job_id, t.task)) or
-                                   "cloud: its owner's cloud budget has no room for it until the next burst decision"))
+            waiting.append(Waiting(t.job_id, t.task, why))
     d = plan(view, out, policy)
-    if gate.refused:
-        waiting += [replace(w, reason=f"{w.reason}; {gate.refused[(w.job_id, w.task)]}")
-                    if (w.job_id, w.task) in gate.refused else w for w in d.waiting]
-    else:
-        waiting += d.waiting
-    return replace(d, waiting=tuple(waiting))
+    cloud = {n.name for n in view.nodes if n.site == "cloud"}
+    by_task: dict[TaskKey, list[Placement]] = {}
+    for p in d.placements:
+        by_task.setdefault((p.job_id, p.task), []).append(p)
+    tasks_by = {(t.job_id, t.task): t for t in out}
+    dropped: dict[TaskKey, str] = {}
+    for key, ps in by_task.items():  # in the plan's (priority) order
+        on = [p for p in ps if p.node in cloud]
+        if on:
+            why = gate.check(tasks_by[key], on)
+            if why:
+                dropped[key] = why
+    placements = d.placements
+    if dropped:
+        placements = tuple(p for p in placements if (p.job_id, p.task) not in dropped)
+        waiting += [Waiting(k[0], k[1], why) for k, why in dropped.items()]
+    for w in d.waiting:
+        why = gate.why_not((w.job_id, w.task))
+        waiting.append(replace(w, reason=f"{w.reason}; {why}") if why else w)
+    return replace(d, placements=placements, waiting=tuple(waiting))

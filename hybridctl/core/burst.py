@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Mapping, Sequence
 
-from hybridctl.core.allowance import CloudGate, Owner, Purses
+from hybridctl.core.allowance import CloudGate, NodePrice, Owner, Purses, share
 from hybridctl.core.fairshare import priority_key
 from hybridctl.core.fit import candidates, gpu_type_matches, never_fits
 from hybridctl.core.forecast import Backlog, Freeing, Running, TaskKey, estimate_wait, expected_end, wait_or_pay
@@ -27,6 +27,7 @@ from hybridctl.core.model import (
     NodeState,
     NodeView,
     PendingTask,
+    Placement,
     Policy,
     Resources,
     RunningTask,
@@ -574,14 +575,9 @@ def _pack(room: list[list], res: Resources, take: bool = True) -> list | None:
     return best
 
 
-def _share(node_gpus: int, res: Resources) -> float:
-    """The share of a node of `node_gpus` GPUs one rank of `res` pays for (the whole node when it
-    has no GPUs), as `cloud/cost.split` books it."""
-    return min(1.0, res.gpus / node_gpus) if node_gpus else 1.0
-
-
-def _share_hourly(offer: Offer, res: Resources) -> float:
-    return offer.price_hourly * _share(offer.gpus, res)
+def _share_hourly(offer: Offer, gpus: int, cpus: float) -> float:
+    """$/h one rank of `gpus` GPUs and `cpus` CPUs pays of a node of `offer` (allowance.share)."""
+    return offer.price_hourly * share(offer.gpus, offer.cpus, gpus, cpus)
 
 
 def _purses(world: World, limits: Limits, now: float, held: Mapping[str, CloudNode]) -> Purses:
@@ -596,8 +592,7 @@ def _purses(world: World, limits: Limits, now: float, held: Mapping[str, CloudNo
         if c is None:
             continue
         left = _owner_run_s(None if r.ends_at is None or r.estimated else max(0.0, r.ends_at - now), now, limits)
-        share = min(1.0, len(r.gpus) / c.offer.gpus) if c.offer.gpus else 1.0
-        purses.take(r.user, r.group, c.offer.price_hourly * share * left / 3600.0)
+        purses.take(r.user, r.group, _share_hourly(c.offer, len(r.gpus), r.cpus) * left / 3600.0)
     return purses
 
 
@@ -764,10 +759,10 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 no_spot.add((t.job_id, t.task))
     as_cloud = [replace(t, placement="cloud", no_spot=(t.job_id, t.task) in no_spot) if no_spot
                 else replace(t, placement="cloud") for t in candidates_]
-    held_cover: dict[TaskKey, list[str]] = {}
+    held_cover: dict[TaskKey, list[Placement]] = {}
     if cloud_views and as_cloud:
         for p in plan(_view(cluster, cloud_views), as_cloud, policy).placements:
-            held_cover.setdefault((p.job_id, p.task), []).append(p.node)
+            held_cover.setdefault((p.job_id, p.task), []).append(p)
     # Owner budgets: a task of a budgeted owner takes cloud money only where they can pay it.
     purses = _purses(world, limits, now, held) if limits.user_budget_usd or limits.group_budget_usd else None
     cloud_ok: set[TaskKey] = set()
@@ -789,12 +784,12 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         cloud_ok.add((t.job_id, t.task))
         return True
 
-    room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory, $/h, GPUs]
+    room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory, $/h, GPUs, CPUs]
     for t in as_cloud:
         key = (t.job_id, t.task)
         if key in held_cover:
-            if purses is not None and not owners_pay(
-                    t, sum(_share_hourly(held[n].offer, t.resources) for n in held_cover[key] if n in held)):
+            if purses is not None and not owners_pay(t, sum(  # by the GPUs (candidate) it was placed with
+                    _share_hourly(held[p.node].offer, len(p.gpus), p.cpus) for p in held_cover[key] if p.node in held)):
                 continue
             accepted.append(t)
             continue
@@ -805,7 +800,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         if t.num_nodes <= 1:
             into = _pack(room, t.resources, take=False)
             if into is not None:
-                if not owners_pay(t, into[4] * _share(into[5], t.resources)):
+                if not owners_pay(t, into[4] * share(into[5], into[6], t.resources.gpus, t.resources.cpus)):
                     continue
                 _pack(room, t.resources)
                 accepted.append(t)
@@ -866,7 +861,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         reason = _limit_reason(offer, k, len(world.cloud) + planned_nodes, hourly_now + planned_hourly,
                                world.spent, limits, now, cost_now, deadline is not None,
                                committed + planned_cost)
-        if reason or not owners_pay(t, offer.price_hourly * k * _share(offer.gpus, choice.resources)):
+        if reason or not owners_pay(t, k * _share_hourly(offer, choice.resources.gpus, choice.resources.cpus)):
             if reason:
                 blocked.append(Blocked(t.job_id, t.task, reason))
             if backlog is not None and can_wait:
@@ -880,7 +875,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             new_views.append(replace(offer.view(name), features=world.cloud_features))
             launches.append(LaunchRequest(offer, (key,), group, res, choice.why))
             room.append([offer.gpu_type or "GPU", offer.gpus - use.gpus, offer.cpus - use.cpus,
-                         offer.memory_mb - use.memory_mb, offer.price_hourly, offer.gpus])
+                         offer.memory_mb - use.memory_mb, offer.price_hourly, offer.gpus, offer.cpus])
         uses[offer.pool] = uses.get(offer.pool, 0) + k
         market.moved()
         planned_nodes += k
@@ -991,11 +986,12 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     # met it must wait for a decision like a new task.
     weighed = frozenset(k for k, t in by_key.items() if not t.deps_unmet) if limits.count_preemption_loss else None
     gate = None
-    if purses is not None:
-        up = [c.offer for c in world.cloud if c.up and not c.draining]
-        gate = CloudGate(frozenset(cloud_ok), purses, refused,
-                         max((o.price_hourly / (o.gpus or 1) for o in up), default=0.0),
-                         _owner_run_s(None, now, limits))
+    if purses is not None:  # held nodes booting too: the scheduler may place on them once up
+        nodes = {c.name: NodePrice(c.offer.price_hourly, c.offer.gpus, c.offer.cpus) for c in world.cloud
+                 if not c.draining}
+        gate = CloudGate(frozenset(cloud_ok), purses, refused, nodes,
+                         max((o.price_hourly for o in world.offers), default=math.inf),
+                         _owner_run_s(None, now, limits), frozenset(world.deadlines))
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
                          frozenset(no_spot), recall, weighed, gate)
 

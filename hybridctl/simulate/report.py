@@ -41,8 +41,10 @@ def fmt_wait(s: float) -> str:
 
 
 def stops(count: int, lost_gpu_h: float) -> str:
-    """Jobs stopped for a reason and the work they threw away: '12 (340)', or '0'."""
-    return f"{count:,} ({lost_gpu_h:,.0f})" if count else "0"
+    """Jobs stopped for a reason and the work they threw away: '12 (340)', '1 (0.4)', or '0'."""
+    if not count:
+        return "0"
+    return f"{count:,} ({lost_gpu_h:,.0f})" if lost_gpu_h >= 10 else f"{count:,} ({lost_gpu_h:.1f})"
 
 
 def table(results: Sequence[Result]) -> str:

@@ -217,8 +217,12 @@ def m008_owner_spend(db: sqlite3.Connection) -> None:
     """Cloud spend per user and per group as well as per lab, for their own budgets
     (`cloud.burst.user_budget_usd`, `group_budget_usd`): `cloud_costs.grp` books each charge to
     the job's group too (`cloud cost --by group`), and `cloud_spend_owner` sums the charges per UTC
-    day and owner ('user' or 'group'), as `cloud_spend` does for the lab."""
+    day and owner ('user' or 'group'), as `cloud_spend` does for the lab. Charges booked before
+    take their job's group, so `--by group` does not file them as idle time; `cloud_spend_owner`
+    starts empty (owner budgets count what is spent from the upgrade on)."""
     _run(db, "ALTER TABLE cloud_costs ADD COLUMN grp TEXT NOT NULL DEFAULT '';")
+    _run(db, "UPDATE cloud_costs SET grp=COALESCE((SELECT grp FROM jobs WHERE jobs.id=cloud_costs.job_id), '')"
+             " WHERE job_id<>0;")
     _run(db, "CREATE TABLE cloud_spend_owner (day TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
              " usd REAL NOT NULL, PRIMARY KEY (day, kind, name)) WITHOUT ROWID;")
 

@@ -49,6 +49,12 @@ def test_env_overrides_nest_and_lists_parse(tmp_path: Path) -> None:
         ("cloud: {burst: {max_nodes: many}}", "cloud.burst.max_nodes: 'many' is not a number"),
         ("cloud: {burst: {idle_timout: 5}}", "did you mean 'idle_timeout'"),
         ("cloud: {providers: [1, 2]}", "cloud.providers: expected a list of strings"),
+        ("cloud: {burst: {user_budget_usd: {alice: -5}}}",
+         "cloud.burst.user_budget_usd.alice: -5 is not valid; US dollars, 0 or more"),
+        ("cloud: {burst: {group_budget_usd: {lab: .inf}}}", "cloud.burst.group_budget_usd.lab: inf is not valid"),
+        ("cloud: {burst: {user_budget_usd: {bob: lots}}}", "cloud.burst.user_budget_usd.bob: 'lots' is not valid"),
+        ("cloud: {burst: {user_budget_usd: 500}}",
+         "cloud.burst.user_budget_usd: expected a mapping of name: US dollars, e.g. {'*': 500}; got 500"),
     ],
 )
 def test_bad_cloud_settings_name_the_key(tmp_path: Path, text: str, message: str) -> None:

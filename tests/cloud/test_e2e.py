@@ -114,8 +114,9 @@ def test_a_user_over_their_cloud_budget_waits_on_prem_and_is_told_why(make_lab: 
                    what="the budget in the job's reason")
     assert "cloud.burst.user_budget_usd" in why  # queue and show tell the user, not only cloud status
     status = lab.status()
-    assert status["owners"] == [{"kind": "group", "name": group, "spent_usd": 0.0, "budget_usd": 1000.0}]
-    assert f"group   {group}: $0.00 of $1000.00 this month" in lab.ctl.cli("cloud", "status", check=True).stdout
+    assert status["owners"] == [{"kind": "group", "name": group, "spent_usd": 0.0, "used_usd": 0.0, "budget_usd": 1000.0}]
+    assert (f"group   {group}: $0.00 spent, $0.00 with what running jobs will still cost, of $1000.00 this month"
+            in lab.ctl.cli("cloud", "status", check=True).stdout)
     assert status["instances"] == [] and lab.task(job)["state"] == "PENDING"
     lab.ctl.cli("cancel", hog, job, check=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hybridctl.core import burst
-from hybridctl.core.allowance import CloudGate, Purses, closed_gate, plan_within
+from hybridctl.core.allowance import CloudGate, NodePrice, Purses, closed_gate, plan_within
 from hybridctl.core.burst import CloudNode, Limits, Offer, World, decide
 from hybridctl.core.model import ClusterView, GpuSlot, NodeView, PendingTask, Policy, Resources, RunningTask
 
@@ -95,30 +95,70 @@ def test_a_task_packed_beside_another_on_a_node_rented_this_pass_is_counted() ->
     assert launched_for(d) == {1} and [b.job_id for b in d.blocked] == [2]
 
 
-def test_plan_within_keeps_a_budgeted_owners_other_tasks_off_cloud_nodes() -> None:
-    cloud = replace(SPOT8.view("c1"), site="cloud", market="spot")
-    view = ClusterView((FULL, cloud))
+CLOUD = replace(SPOT8.view("c1"), site="cloud", market="spot")  # $8/h for 8 GPUs
+PRICES = {"c1": NodePrice(8.0, 8, 96)}
+EMPTY = NodeView("prem2", tuple(GpuSlot(i, "NVIDIA A100") for i in range(8)), 64, 64, 1 << 19, 1 << 19)
+
+
+def gate(budget: float, ok: frozenset = frozenset(), refused: dict | None = None) -> CloudGate:
+    return CloudGate(ok, Purses({"alice": budget}, {}, "month"), refused or {}, PRICES, period_s=86400.0)
+
+
+def test_plan_within_keeps_a_budgeted_owners_tasks_off_cloud_nodes_they_cannot_pay() -> None:
+    view = ClusterView((FULL, CLOUD))
     refusal = "cloud: user alice's budget: ..."
-
-    def gate() -> CloudGate:  # alice has $1 left; the dearest held GPU costs $1/h
-        return CloudGate(frozenset({(4, 0)}), Purses({"alice": 1.0}, {}, "month"), {(1, 0): refusal},
-                         hourly_per_gpu=1.0, period_s=86400.0)
-
+    g = gate(1.0, frozenset({(4, 0)}), {(1, 0): refusal})  # alice has $1 left
     pending = [task(1), task(2, placement="cloud"), task(3, user="bob"), task(4), task(5, hours=0.5)]
-    d = plan_within(view, pending, Policy(), gate())
-    placed = {p.job_id: p.node for p in d.placements}
-    # bob has no budget; alice's task 4 was let through by the decision, task 5 ($0.50) fits
-    # what she has left; task 1 was refused and task 2 ($2) does not fit.
-    assert placed == {3: "c1", 4: "c1", 5: "c1"}
+    d = plan_within(view, pending, Policy(), g)
+    # bob has no budget; the decision let task 4 through; task 5 costs $0.50 of a GPU of c1; task
+    # 1 was refused (kept on-prem, which is full), task 2 would cost $2.
+    assert {p.job_id: p.node for p in d.placements} == {3: "c1", 4: "c1", 5: "c1"}
     why = {w.job_id: w.reason for w in d.waiting}
-    assert why[1].endswith("; " + refusal)  # kept on-prem, which is full
-    assert why[2] == "cloud: its owner's cloud budget has no room for it until the next burst decision"
-    # What the gate let through is taken from alice's purse until the next decision: a second
-    # $0.50 task fits, a third does not.
-    g = gate()
-    assert [g.lets(task(n, hours=0.5)) for n in (6, 7, 8)] == [True, True, False]
+    assert why[1].endswith("; " + refusal)
+    assert why[2] == ("cloud: user alice's budget: $0.00 of $1.00 spent or committed this month;"
+                      " this run needs $2.00 more (cloud.burst.user_budget_usd)")
+    assert g.purses.used == {("user", "alice"): 0.5, ("group", "vision"): 0.5}
+    # The next pass keeps task 2 off cloud nodes until the next decision, with the reason.
+    assert {w.job_id: w.reason for w in plan_within(view, pending, Policy(), g).waiting}[2] == why[2]
     # Without a gate the same pass puts every one of them on the cloud node.
     assert {p.job_id for p in plan_within(view, pending, Policy(), None).placements} == {1, 2, 3, 4, 5}
+
+
+def test_only_cloud_placements_are_charged_and_each_task_once() -> None:
+    # Placed on-prem: never charged, however many passes (a tiny budget changes nothing).
+    g = gate(0.01)
+    view = ClusterView((EMPTY, CLOUD))
+    for _ in range(5):
+        assert [p.node for p in plan_within(view, [task(1)], Policy(), g).placements] == ["prem2"]
+    assert g.purses.used == {}
+    # Placed on the cloud node pass after pass (nothing started it): charged once.
+    g = gate(1.0)
+    for _ in range(3):
+        assert [p.node for p in plan_within(ClusterView((FULL, CLOUD)), [task(1, hours=0.6)], Policy(), g).placements] == ["c1"]
+    assert g.purses.used[("user", "alice")] == 0.6
+    # A budget no one reaches places exactly as no budget does.
+    pending = [task(n, user=u, hours=h) for n, u, h in ((1, "alice", 3), (2, "bob", 1), (3, "alice", 9))]
+    for v in (ClusterView((FULL, CLOUD)), ClusterView((EMPTY, CLOUD))):
+        assert plan_within(v, pending, Policy(), gate(1e9)).placements == plan_within(v, pending, Policy(), None).placements
+
+
+def test_what_the_plan_placed_is_charged_by_the_gpus_it_took_and_unknown_nodes_wait() -> None:
+    # [H100:1, A100:4]: no H100 anywhere, so the plan takes 4 A100s of c1: $4/h x 2 h = $8.
+    alt = replace(task(1), resources=Resources(gpus=1, gpu_type="H100", cpus=1,
+                                               alternatives=(("H100", 1), ("A100", 4)), ordered=True))
+    d = plan_within(ClusterView((FULL, CLOUD)), [alt], Policy(), gate(7.0))
+    assert not d.placements and "this run needs $8.00 more" in d.waiting[0].reason
+    # A node the decision did not price (rented since) is not taken; a task without GPUs pays no
+    # share of a GPU node (as cloud/cost.split books it), so it goes.
+    other = replace(CLOUD, name="c9")
+    closed = closed_gate({"*": 100.0}, {}, "month")
+    assert closed is not None
+    d = plan_within(ClusterView((FULL, other)), [task(1), replace(task(2), resources=Resources(gpus=0, cpus=1))],
+                    Policy(), closed)
+    assert [p.job_id for p in d.placements] == [2]
+    assert d.waiting[0].reason == ("cloud: its owner has a cloud budget of their own, and the burst policy has"
+                                   " not priced this cloud node yet")
+    assert closed_gate({}, {}, "month") is None
 
 
 DAY = replace(BASE, budget_period="day")
@@ -161,12 +201,11 @@ def test_a_share_of_an_owners_budget_is_kept_for_deadlines_with_a_paced_budget()
     assert launched_for(urgent) == {1}
 
 
-def test_a_task_let_through_is_charged_once_and_nothing_passes_before_the_first_decision() -> None:
-    gate = CloudGate(frozenset(), Purses({"alice": 1.0}, {}, "month"), hourly_per_gpu=1.0, period_s=86400.0)
-    t = task(6, hours=0.6)
-    assert [gate.lets(t) for _ in range(3)] == [True, True, True]  # three passes between decisions
-    assert gate.purses.used[("user", "alice")] == 0.6 and not gate.lets(task(7, hours=0.6))
-    closed = closed_gate({"*": 100.0}, {}, "month")
-    assert closed is not None and not closed.lets(task(1, hours=0.1))
-    assert closed.lets(replace(task(2), resources=Resources(gpus=0, cpus=1)))  # no GPU share to pay
-    assert closed_gate({}, {}, "month") is None
+def test_a_held_node_is_charged_by_the_candidate_the_plan_takes_on_it() -> None:
+    # [H100:1, A100:4] on an idle 8 x A100 node at $8/h: 4 GPUs for 10 h are $40, not $10.
+    held = CloudNode("c1", SPOT8, NOW - 3600, up=True, idle_since=NOW - 60)
+    alt = replace(task(1, hours=10.0), resources=Resources(gpus=1, gpu_type="H100", cpus=1,
+                                                           alternatives=(("H100", 1), ("A100", 4)), ordered=True))
+    cluster = ClusterView((FULL, replace(SPOT8.view("c1"), site="cloud")))
+    d = decide_([alt], replace(BASE, user_budget_usd={"alice": 20.0}), offers=[SPOT8], cloud=[held], cluster=cluster)
+    assert d.covered == {} and "this run needs $40.00 more" in d.blocked[0].reason

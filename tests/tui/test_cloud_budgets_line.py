@@ -10,7 +10,7 @@ from hybridctl.tui.screens.cloud import spend_text
 def test_the_budget_nearest_its_end_is_on_the_spend_line() -> None:
     status = FakeApi(cloud=True).op_cloud_status()
     assert "budget:" not in spend_text(status).plain  # no owner budgets: no line
-    status["owners"] = [{"kind": "user", "name": "alice", "spent_usd": 412.0, "budget_usd": 500.0},
-                        {"kind": "group", "name": "vision", "spent_usd": 10.0, "budget_usd": 5000.0}]
+    status["owners"] = [{"kind": "user", "name": "alice", "spent_usd": 412.0, "used_usd": 480.0, "budget_usd": 500.0},
+                        {"kind": "group", "name": "vision", "spent_usd": 10.0, "used_usd": 10.0, "budget_usd": 5000.0}]
     lines = spend_text(status).plain.splitlines()
-    assert lines[1] == "nearest its budget: user alice $412.00 of $500.00 (+1 more budgets)"
+    assert lines[1] == "nearest its budget: user alice $412.00 spent ($480.00 with running jobs) of $500.00 (+1 more budgets)"

@@ -220,4 +220,4 @@ def test_a_recalled_cloud_job_finishes_on_prem_and_its_node_goes_back() -> None:
     head, _rule, *rows = report.table([stay, back]).splitlines()
     recalled = [dict(zip(head.strip("| ").split(" | "), r.strip("| ").split(" | ")))["recalled (GPU-h lost)"]
                 for r in rows]
-    assert recalled == ["0", "1 (1)"]  # 0.9 GPU-h
+    assert recalled == ["0", "1 (0.9)"]

@@ -48,7 +48,7 @@ def test_the_table_shows_how_many_jobs_were_preempted_and_the_work_they_lost() -
     `scheduler.preempt_checkpointing` compares it with the waits it saved)."""
     head, _rule, row = report.table([replay([low(True), URGENT])]).splitlines()
     cells = dict(zip(head.strip("| ").split(" | "), row.strip("| ").split(" | ")))
-    assert cells["preempted (GPU-h lost)"] == "1 (1)"  # 10 min x 8 GPUs since its last checkpoint
+    assert cells["preempted (GPU-h lost)"] == "1 (1.3)"  # 10 min x 8 GPUs since its last checkpoint
     assert cells["recalled (GPU-h lost)"] == "0"
 
 

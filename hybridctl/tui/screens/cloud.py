@@ -75,7 +75,8 @@ def spend_text(status: dict[str, Any]) -> Text:
     if owners:  # the budget of a user or group nearest its end (cloud.burst.user_budget_usd / group_budget_usd)
         o = owners[0]
         more = f" (+{len(owners) - 1} more budgets)" if len(owners) > 1 else ""
-        t.append(f"\nnearest its budget: {o['kind']} {o['name']} {cells.money(o['spent_usd'])} of"
+        t.append(f"\nnearest its budget: {o['kind']} {o['name']} {cells.money(o['spent_usd'])} spent"
+                 f" ({cells.money(o.get('used_usd', o['spent_usd']))} with running jobs) of"
                  f" {cells.money(o['budget_usd'])}{more}")
     for provider, error in sorted((status.get("errors") or {}).items()):
         t.append(f"\n{provider}: {error}", "bold red")
