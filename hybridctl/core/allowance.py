@@ -92,14 +92,15 @@ class NodePrice:
 @dataclass(frozen=True)
 class CloudGate:
     """What the last burst decision lets the scheduler do under owner budgets. A task of a
-    budgeted owner the decision weighed and let through (`cloud_ok`) takes a cloud node as the
-    plan places it; one it `refused` is kept off cloud nodes. Any other (it waited on-prem, or
-    became pending since) is planned, and where the plan puts it on cloud nodes, charged for them
-    (their price in `nodes`; a node rented since, at the dearest offer, `unknown_hourly`) to its
-    time limit, a whole `period_s` without one: if its owners cannot pay, it is taken off them and
-    waits (`check`). What it is charged is kept in `purses` until the next decision."""
+    budgeted owner it `refused` is kept off cloud nodes. Any other is planned, and where the plan
+    puts it on cloud nodes, charged for them (their price in `nodes`; a node rented since, at the
+    dearest offer, `unknown_hourly`) to its time limit, a whole `period_s` without one, less what
+    the decision already took for it (`cloud_ok`: it may land on another node than the decision
+    assumed): if its owners cannot pay, it is taken off them and waits (`check`). What it is
+    charged is kept in `purses` until the next decision."""
 
-    cloud_ok: frozenset[TaskKey]
+    cloud_ok: Mapping[TaskKey, float]
+    """The tasks the decision weighed and let through, and what it took from their owners."""
     purses: Purses
     """Each owner's use after the decision (added to by `check`)."""
     refused: Mapping[TaskKey, str] = field(default_factory=dict)
@@ -125,7 +126,7 @@ class CloudGate:
         """Charge `t` for the cloud placements `on` if its owners can pay ('' = charged or free
         to go), else say why not (and hold it off cloud nodes until the next decision)."""
         key = (t.job_id, t.task)
-        if key in self.cloud_ok or key in self.charged or not self.purses.budgeted(t.user, t.group):
+        if key in self.charged or not self.purses.budgeted(t.user, t.group):
             return ""
         hourly = 0.0
         for p in on:
@@ -137,11 +138,13 @@ class CloudGate:
             return why
         limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
         usd = hourly * (self.period_s if limit is None else limit) / 3600.0 if hourly else 0.0
-        why = self.purses.refusal(t.user, t.group, usd, key in self.deadlines, limit is None)
-        if why:
-            self.held[key] = why
-            return why
-        self.purses.take(t.user, t.group, usd)
+        usd -= self.cloud_ok.get(key, 0.0)
+        if usd > 1e-9:
+            why = self.purses.refusal(t.user, t.group, usd, key in self.deadlines, limit is None)
+            if why:
+                self.held[key] = why
+                return why
+            self.purses.take(t.user, t.group, usd)
         self.charged.add(key)
         return ""
 
@@ -152,7 +155,7 @@ def closed_gate(users: Mapping[str, float], groups: Mapping[str, float], period:
     without owner budgets."""
     if not users and not groups:
         return None
-    return CloudGate(frozenset(), Purses(users, groups, period))
+    return CloudGate({}, Purses(users, groups, period))
 
 
 def plan_within(view: ClusterView, tasks: Sequence[PendingTask], policy: Policy,

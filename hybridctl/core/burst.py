@@ -765,7 +765,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             held_cover.setdefault((p.job_id, p.task), []).append(p)
     # Owner budgets: a task of a budgeted owner takes cloud money only where they can pay it.
     purses = _purses(world, limits, now, held) if limits.user_budget_usd or limits.group_budget_usd else None
-    cloud_ok: set[TaskKey] = set()
+    cloud_ok: dict[TaskKey, float] = {}  # what each task let through took from its owners
     refused: dict[TaskKey, str] = {}
 
     def owners_pay(t: PendingTask, hourly: float) -> bool:
@@ -781,7 +781,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             blocked.append(Blocked(t.job_id, t.task, why))
             return False
         purses.take(t.user, t.group, usd)
-        cloud_ok.add((t.job_id, t.task))
+        cloud_ok[(t.job_id, t.task)] = usd
         return True
 
     room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory, $/h, GPUs, CPUs]
@@ -989,7 +989,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     if purses is not None:  # held nodes booting too: the scheduler may place on them once up
         nodes = {c.name: NodePrice(c.offer.price_hourly, c.offer.gpus, c.offer.cpus) for c in world.cloud
                  if not c.draining}
-        gate = CloudGate(frozenset(cloud_ok), purses, refused, nodes,
+        gate = CloudGate(cloud_ok, purses, refused, nodes,
                          max((o.price_hourly for o in world.offers), default=math.inf),
                          _owner_run_s(None, now, limits), frozenset(world.deadlines))
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),

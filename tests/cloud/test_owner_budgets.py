@@ -100,28 +100,31 @@ PRICES = {"c1": NodePrice(8.0, 8, 96)}
 EMPTY = NodeView("prem2", tuple(GpuSlot(i, "NVIDIA A100") for i in range(8)), 64, 64, 1 << 19, 1 << 19)
 
 
-def gate(budget: float, ok: frozenset = frozenset(), refused: dict | None = None) -> CloudGate:
-    return CloudGate(ok, Purses({"alice": budget}, {}, "month"), refused or {}, PRICES, period_s=86400.0)
+def gate(budget: float, ok: dict | None = None, refused: dict | None = None) -> CloudGate:
+    return CloudGate(ok or {}, Purses({"alice": budget}, {}, "month"), refused or {}, PRICES, period_s=86400.0)
 
 
 def test_plan_within_keeps_a_budgeted_owners_tasks_off_cloud_nodes_they_cannot_pay() -> None:
     view = ClusterView((FULL, CLOUD))
     refusal = "cloud: user alice's budget: ..."
-    g = gate(1.0, frozenset({(4, 0)}), {(1, 0): refusal})  # alice has $1 left
-    pending = [task(1), task(2, placement="cloud"), task(3, user="bob"), task(4), task(5, hours=0.5)]
+    # alice has $1 left; the decision let task 4 through at $2 (what c1 costs it) and task 6 at
+    # $0.50 (it assumed a cheaper node).
+    g = gate(1.0, {(4, 0): 2.0, (6, 0): 0.5}, {(1, 0): refusal})
+    pending = [task(1), task(2, placement="cloud"), task(3, user="bob"), task(4), task(5, hours=0.5), task(6)]
     d = plan_within(view, pending, Policy(), g)
-    # bob has no budget; the decision let task 4 through; task 5 costs $0.50 of a GPU of c1; task
-    # 1 was refused (kept on-prem, which is full), task 2 would cost $2.
+    # bob has no budget; task 4 costs what the decision took; task 5 costs $0.50 of a GPU of c1;
+    # task 1 was refused (kept on-prem, which is full), task 2 would cost $2, task 6 $1.50 more.
     assert {p.job_id: p.node for p in d.placements} == {3: "c1", 4: "c1", 5: "c1"}
     why = {w.job_id: w.reason for w in d.waiting}
     assert why[1].endswith("; " + refusal)
     assert why[2] == ("cloud: user alice's budget: $0.00 of $1.00 spent or committed this month;"
                       " this run needs $2.00 more (cloud.burst.user_budget_usd)")
+    assert why[6].startswith("cloud: user alice's budget: $0.50 of $1.00") and "needs $1.50 more" in why[6]
     assert g.purses.used == {("user", "alice"): 0.5, ("group", "vision"): 0.5}
     # The next pass keeps task 2 off cloud nodes until the next decision, with the reason.
     assert {w.job_id: w.reason for w in plan_within(view, pending, Policy(), g).waiting}[2] == why[2]
     # Without a gate the same pass puts every one of them on the cloud node.
-    assert {p.job_id for p in plan_within(view, pending, Policy(), None).placements} == {1, 2, 3, 4, 5}
+    assert {p.job_id for p in plan_within(view, pending, Policy(), None).placements} == {1, 2, 3, 4, 5, 6}
 
 
 def test_only_cloud_placements_are_charged_and_each_task_once() -> None:
