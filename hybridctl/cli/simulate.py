@@ -16,10 +16,12 @@ from typing import Any, Callable, Iterator, MutableMapping, Sequence
 STRATEGIES = ("all on-demand", "spot only", "on-prem only", "fixed timer (old policy)", "hybridctl")
 
 EPILOG = """\
-TRACE is a generic CSV (header: submit,user,gpus,gpu_type,nodes,duration,checkpoint,deadline[,time_limit,priority,spot,
-preemptible]; submit: seconds from the start or an ISO time; duration and checkpoint in seconds, checkpoint empty =
-never; deadline: an ISO time or +SECONDS after submit; preemptible: yes/no), Slurm `sacct --parsable2 -o JobID,User,Submit,Elapsed,NNodes,AllocTRES,Timelimit`
-output (detected by its '|' header), or `generate` for a seeded hard week (--seed, --days; --write-trace saves it).
+TRACE is a generic CSV (header: submit,user,gpus,gpu_type,nodes,duration,checkpoint,deadline[,group,time_limit,
+priority,spot,preemptible]; submit: seconds from the start or an ISO time; duration and checkpoint in seconds,
+checkpoint empty = never; deadline: an ISO time or +SECONDS after submit; group: what group_budget_usd charges,
+empty = lab; preemptible: yes/no), Slurm `sacct --parsable2 -o JobID,User,Account,Submit,Elapsed,NNodes,AllocTRES,Timelimit`
+output (detected by its '|' header; the group is the Account column, else Group), or `generate` for a seeded hard week
+(--seed, --days; --write-trace saves it).
 
 Public GPU-cluster traces (--format): philly (cluster_job_log JSON), pai (Alibaba PAI 2023
 openb_pod_list_*.csv or the 2020 pai_task_table), helios (cluster_log.csv). They record no time

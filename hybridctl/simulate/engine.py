@@ -33,9 +33,6 @@ from hybridctl.core.model import (
 from hybridctl.simulate.market import Market
 from hybridctl.simulate.trace import SIZE_CLASSES, TraceJob
 
-GROUP = "lab"
-"""The Unix group of every replayed job (traces name users only)."""
-
 ORIGIN = 1793577600.0
 """2026-11-02 00:00 UTC, a Monday: where a trace with relative times starts (budget periods are
 calendar periods)."""
@@ -338,7 +335,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                     by_class[c] = by_class.get(c, 0.0) + share
                     if owners:  # each owner pays their GPUs' share of the node, as cloud/cost.split
                         paid = cost * min(1.0, len(g) / n.gpus) if n.gpus else cost
-                        for owner in (("user", jobs[job_id].tj.user), ("group", GROUP)):
+                        for owner in (("user", jobs[job_id].tj.user), ("group", jobs[job_id].tj.group)):
                             k = (key, *owner)
                             owner_spend[k] = owner_spend.get(k, 0.0) + paid
             spend[key] = spend.get(key, 0.0) + cost
@@ -490,7 +487,7 @@ def _task(j: _Job, origin: float, left: float | None = None) -> PendingTask:
     cpus = tj.cpus or max(4.0, 8.0 * tj.gpus)
     if left is None and tj.time_limit:
         left = max(60.0, tj.time_limit - j.saved)
-    return PendingTask(tj.id, 0, tj.user, GROUP, tj.priority, origin + tj.submit,
+    return PendingTask(tj.id, 0, tj.user, tj.group, tj.priority, origin + tj.submit,
                        Resources(gpus=tj.gpus, gpu_type=tj.gpu_type, cpus=cpus, memory_mb=tj.memory_mb,
                                  use_spot=tj.spot != "no"),
                        num_nodes=tj.nodes, runtime_s=left, preemptible=tj.preemptible)
@@ -510,7 +507,7 @@ def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job],
             ck = j.tj.checkpoint
             last = start + math.floor((t - (j.start or 0.0)) / ck) * ck if ck > 0 and j.start is not None else None
             running.append(RunningTask(job_id, 0, j.tj.user, j.tj.priority, n.name, g, c, m, start, ends,
-                                       j.tj.preemptible, last, group=GROUP))
+                                       j.tj.preemptible, last, group=j.tj.group))
     return ClusterView(tuple(n.view() for n in up), running=tuple(running), now=origin + t)
 
 

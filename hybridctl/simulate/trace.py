@@ -6,6 +6,7 @@ Generic CSV columns (header row required; names case-insensitive, order free):
 
     submit       seconds from the trace start, or an ISO time (2026-11-02T09:30:00[Z])
     user         who submitted it
+    group        optional: the job's group, as `cloud.burst.group_budget_usd` names it; empty = lab
     gpus         GPUs per node (integer >= 0)
     gpu_type     GPU model asked for, e.g. A100; empty = any model
     nodes        nodes (default 1)
@@ -29,6 +30,9 @@ from dataclasses import dataclass
 from typing import Iterable, TextIO
 
 from hybridctl.config import ConfigError
+
+GROUP = "lab"
+"""The group of a replayed job whose trace names none (a trace without groups is one lab)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class TraceJob:
     preemptible: bool = False
     """`preemptible: true`: a higher-priority job that would otherwise wait may stop and requeue it
     (with `scheduler.preempt_below`, jobs below that priority are too)."""
+    group: str = GROUP
+    """What `cloud.burst.group_budget_usd` charges: the Unix group, or Slurm's account."""
 
     @property
     def gpu_hours(self) -> float:
@@ -118,8 +124,8 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
     cols = {c.strip().lower(): c for c in reader.fieldnames}
     for need in ("submit", "gpus", "duration"):
         if need not in cols:
-            raise ConfigError(f"{source}: no {need!r} column; columns are submit, user, gpus, gpu_type, nodes,"
-                              " duration, checkpoint, deadline (see `hybridctl simulate --help`)")
+            raise ConfigError(f"{source}: no {need!r} column; columns are submit, user, group, gpus, gpu_type,"
+                              " nodes, duration, checkpoint, deadline (see `hybridctl simulate --help`)")
     raw: list[tuple[int, dict[str, str]]] = []
     for i, row in enumerate(reader, start=2):
         raw.append((i, {k: (row.get(c) or "").strip() for k, c in cols.items()}))
@@ -153,7 +159,7 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
         if pre not in ("yes", "no", "true", "false", "1", "0"):
             raise ConfigError(f"{where}: preemptible: {pre!r}; accepted: yes, no")
         jobs.append(TraceJob(
-            id=len(jobs) + 1, user=r.get("user") or "user", submit=t,
+            id=len(jobs) + 1, user=r.get("user") or "user", group=r.get("group") or GROUP, submit=t,
             gpus=int(_num(r["gpus"], f"{where}: gpus", integer=True, maximum=MAX_GPUS)),
             gpu_type=r.get("gpu_type") or None,
             duration=_num(r["duration"], f"{where}: duration", minimum=1.0, maximum=MAX_RUN_S),
@@ -230,10 +236,13 @@ def _tres_gpus(tres: str) -> tuple[int, str | None]:
 
 
 def read_sacct(f: TextIO, source: str = "sacct") -> tuple[list[TraceJob], float | None]:
-    """Jobs of `sacct --parsable2 --allocations -o JobID,User,Submit,Start,End,Elapsed,NNodes,AllocTRES,Timelimit,State`
-    (any superset of: JobID, Submit, Elapsed, AllocTRES or ReqTRES; User, NNodes, Timelimit,
-    Priority used when present). Job steps (JobID with a '.') and jobs that never started are skipped.
-    Nothing says how often a Slurm job checkpointed: all count as never checkpointing."""
+    """Jobs of `sacct --parsable2 --allocations -o JobID,User,Account,Submit,Start,End,Elapsed,NNodes,AllocTRES,Timelimit,State`
+    (any superset of: JobID, Submit, Elapsed, AllocTRES or ReqTRES; User, Account or Group, NNodes,
+    Timelimit, Priority used when present). The group a group budget charges is the Account column,
+    where Slurm sets group limits (GrpTRESMins), else the Unix Group column, not a mix of the two
+    (one namespace for the budget's names); an empty cell is `GROUP`.
+    Job steps (JobID with a '.') and jobs that never started are skipped. Nothing says how often a
+    Slurm job checkpointed: all count as never checkpointing."""
     lines = [ln.rstrip("\n") for ln in f if ln.strip()]
     if not lines:
         raise ConfigError(f"{source}: empty file")
@@ -241,10 +250,11 @@ def read_sacct(f: TextIO, source: str = "sacct") -> tuple[list[TraceJob], float 
     head = [h.lower() for h in head_raw]
     col = {h: i for i, h in enumerate(head)}
     tres_col = col.get("alloctres", col.get("reqtres"))
+    group_col = col.get("account", col.get("group"))
     for need in ("jobid", "submit", "elapsed"):
         if need not in col:
             raise ConfigError(f"{source}: sacct output without a {need} column; run sacct --parsable2 -o"
-                              " JobID,User,Submit,Elapsed,NNodes,AllocTRES,Timelimit")
+                              " JobID,User,Account,Submit,Elapsed,NNodes,AllocTRES,Timelimit")
     if tres_col is None:
         raise ConfigError(f"{source}: sacct output without AllocTRES or ReqTRES (GPUs come from gres/gpu there)")
     jobs: list[TraceJob] = []
@@ -277,7 +287,8 @@ def read_sacct(f: TextIO, source: str = "sacct") -> tuple[list[TraceJob], float 
         tl = field("timelimit", _slurm_limit, slurm_time + ", UNLIMITED") if "timelimit" in col else None
         prio = cells[col["priority"]] if "priority" in col else ""
         jobs.append(TraceJob(
-            id=len(jobs) + 1, user=cells[col["user"]] if "user" in col else "user", submit=submit,
+            id=len(jobs) + 1, user=cells[col["user"]] if "user" in col else "user",
+            group=(cells[group_col].strip() if group_col is not None else "") or GROUP, submit=submit,
             gpus=gpus // max(nodes, 1) if gpus >= nodes else gpus, gpu_type=model.upper() if model else None,
             duration=elapsed, nodes=nodes, time_limit=tl, priority=int(prio) if prio.lstrip("-").isdigit() else 0,
         ))
@@ -348,9 +359,9 @@ def hard_week(seed: int = 17, days: float = 7.0, gpus: int = 96, load: float = 1
 def write_csv(jobs: Iterable[TraceJob], f: TextIO) -> None:
     """The generic CSV of these jobs (what `read_csv` reads back)."""
     w = csv.writer(f)
-    w.writerow(["submit", "user", "gpus", "gpu_type", "nodes", "duration", "checkpoint", "deadline", "time_limit",
-                "priority", "spot", "preemptible"])
+    w.writerow(["submit", "user", "group", "gpus", "gpu_type", "nodes", "duration", "checkpoint", "deadline",
+                "time_limit", "priority", "spot", "preemptible"])
     for j in jobs:
-        w.writerow([f"{j.submit:.0f}", j.user, j.gpus, j.gpu_type or "", j.nodes, f"{j.duration:.0f}",
+        w.writerow([f"{j.submit:.0f}", j.user, j.group, j.gpus, j.gpu_type or "", j.nodes, f"{j.duration:.0f}",
                     f"{j.checkpoint:.0f}" if j.checkpoint else "", f"+{j.deadline - j.submit:.0f}" if j.deadline is not None else "",
                     f"{j.time_limit:.0f}" if j.time_limit else "", j.priority, j.spot, "yes" if j.preemptible else ""])
