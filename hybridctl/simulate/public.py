@@ -15,9 +15,9 @@ the GPU models of the lab replaying them. Each of those is an `Assumptions` fiel
 Formats (columns as the traces' READMEs describe them):
 
   philly   cluster_job_log (msr-fiddle/philly-traces): a JSON list (or JSON lines) of jobs with
-           `submitted_time`, `user`, `attempts: [{start_time, end_time, detail: [{ip, gpus}]}]`.
-           The last attempt with both times is the run; its servers are the nodes, its GPU count
-           the job's. No GPU type.
+           `submitted_time`, `user`, `vc`, `attempts: [{start_time, end_time, detail: [{ip,
+           gpus}]}]`. The last attempt with both times is the run; its servers are the nodes, its
+           GPU count the job's. No GPU type.
   pai      2023 openb_pod_list_*.csv (alibaba/clusterdata cluster-trace-gpu-v2023): `name,
            cpu_milli, memory_mib, num_gpu, gpu_milli, gpu_spec, qos, pod_phase, creation_time,
            deletion_time, scheduled_time`; run = deletion - scheduled; a GPU-sharing pod
@@ -28,6 +28,9 @@ Formats (columns as the traces' READMEs describe them):
            task's start (the trace keeps the submit time in pai_job_table).
   helios   cluster_log.csv (S-Lab-System-Group/HeliosData): `job_id, user, vc, gpu_num,
            cpu_num, node_num, state, submit_time, start_time, end_time, duration, queue`.
+
+Philly's and Helios's `vc` (virtual cluster: the GPU share a team is given) is each job's group,
+what `cloud.burst.group_budget_usd` charges; PAI records no group (every job is in `trace.GROUP`).
 
 Leading lines starting with '#' are comments. Jobs without GPUs, without a recorded run, or with
 a run of 0 s are skipped and counted. A bad value is a ConfigError naming the file, the line (or
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from hybridctl.config import ConfigError
-from hybridctl.simulate.trace import TraceJob
+from hybridctl.simulate.trace import GROUP, TraceJob
 
 FORMATS = ("philly", "pai", "helios")
 NODE_GPUS = 8
@@ -227,7 +230,8 @@ def read_philly(text: str, source: str, skipped: dict[str, int], skip: int = 0) 
         if run > MAX_RUN_S:
             raise _bad(source, where, "attempts.end_time", last["end_time"], "a run of at most 366 days")
         per, nodes = _spread(total, len(detail))
-        jobs.append(TraceJob(len(jobs) + 1, str(j.get("user") or "user"), submit, per, None, run, nodes))
+        jobs.append(TraceJob(len(jobs) + 1, str(j.get("user") or "user"), submit, per, None, run, nodes,
+                             group=str(j.get("vc") or GROUP)))
     return jobs, len(items)
 
 
@@ -355,7 +359,8 @@ def read_helios(text: str, source: str, skipped: dict[str, int], skip: int = 0) 
             _skip(skipped, "with a run of 0 s")
             continue
         per, k = _spread(int(gpus), int(nodes))
-        jobs.append(TraceJob(len(jobs) + 1, r.get("user") or "user", submit, per, None, run, k))
+        jobs.append(TraceJob(len(jobs) + 1, r.get("user") or "user", submit, per, None, run, k,
+                             group=r.get("vc") or GROUP))
     return jobs, count
 
 

@@ -26,16 +26,16 @@ def test_philly_readme_job_runs_its_last_attempt_on_its_gpus() -> None:
     c = convert("philly_readme.json", "philly")
     (j,) = c.jobs
     # Submitted 01:11:39; the last attempt ran 2017-10-07 01:13:30 -> 10-09 06:53:12 on 8 GPUs of m412.
-    assert (j.user, j.submit, j.gpus, j.nodes, j.gpu_type) == ("ce2f4c", 0.0, 8, 1, None)
+    assert (j.user, j.group, j.submit, j.gpus, j.nodes, j.gpu_type) == ("ce2f4c", "ee9e8c", 0.0, 8, 1, None)
     assert j.duration == 2 * 86400 + 5 * 3600 + 39 * 60 + 42
     assert (j.time_limit, j.checkpoint) == (None, 0.0)
 
 
 def test_helios_readme_rows() -> None:
     c = convert("helios_readme.csv", "helios", limit_factor=2.0)
-    assert [(j.user, j.submit, j.gpus, j.nodes, j.duration, j.time_limit) for j in c.jobs] == [
-        ("uXBbc", 0.0, 1, 1, 36848.0, 73696.0), ("uVMrF", 26.0, 4, 1, 249.0, 498.0),
-        ("uzqls", 27.0, 1, 1, 675233.0, 1350466.0)]
+    assert [(j.user, j.group, j.submit, j.gpus, j.nodes, j.duration, j.time_limit) for j in c.jobs] == [
+        ("uXBbc", "vcJkd", 0.0, 1, 1, 36848.0, 73696.0), ("uVMrF", "vchbv", 26.0, 4, 1, 249.0, 498.0),
+        ("uzqls", "vcpDC", 27.0, 1, 1, 675233.0, 1350466.0)]
 
 
 def test_pai_2020_task_row_rounds_gpu_percent_up_to_whole_gpus() -> None:
@@ -43,6 +43,7 @@ def test_pai_2020_task_row_rounds_gpu_percent_up_to_whole_gpus() -> None:
     assert c.variant.startswith("Alibaba PAI 2020")
     (j,) = c.jobs
     assert (j.gpus, j.nodes, j.duration, j.gpu_type) == (1, 1, 38.0, None)  # 50 % of a GPU; MISC = any
+    assert j.group == "lab"  # PAI records no group
 
 
 def test_pai_2020_instances_pack_onto_8_gpu_nodes() -> None:
