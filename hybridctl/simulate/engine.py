@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from hybridctl.core import burst
-from hybridctl.core.allowance import budget_of, plan_within
+from hybridctl.core.allowance import budget_of, plan_within, share
 from hybridctl.core.forecast import RUN_LENGTHS_RECENT, length_sample, limit_use
 from hybridctl.core.model import (
     ClusterView,
@@ -329,12 +329,12 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
             key = burst.period_start(origin + t, period)
             if n.jobs:
                 cloud_busy_s += (n.gpus - len(n.free)) * tick
-                share = cost / len(n.jobs)
-                for job_id, (g, _c, _m) in n.jobs.items():
+                each = cost / len(n.jobs)
+                for job_id, (g, cpus, _m) in n.jobs.items():
                     c = jobs[job_id].tj.size_class + (" spot" if n.offer.spot else " on-demand")
-                    by_class[c] = by_class.get(c, 0.0) + share
-                    if owners:  # each owner pays their GPUs' share of the node, as cloud/cost.split
-                        paid = cost * min(1.0, len(g) / n.gpus) if n.gpus else cost
+                    by_class[c] = by_class.get(c, 0.0) + each
+                    if owners:  # each owner pays their share of the node, as cloud/cost.split books it
+                        paid = cost * share(n.gpus, n.cpus, len(g), cpus)
                         for owner in (("user", jobs[job_id].tj.user), ("group", jobs[job_id].tj.group)):
                             k = (key, *owner)
                             owner_spend[k] = owner_spend.get(k, 0.0) + paid
