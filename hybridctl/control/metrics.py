@@ -78,6 +78,11 @@ class MetricsSnapshot:
     """Active tasks: `job` (label), `user`, `state`."""
     queue_pending: int = 0
     cloud_spend_usd_total: float = 0.0
+    owner_spend: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """('user'|'group', name) -> cloud $ spent in the current budget period."""
+    owner_budgets: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """('user'|'group', name) -> its own cloud budget (`cloud.burst.user_budget_usd`...), for
+    those named and those '*' covers that spent this period."""
     idle: Mapping[str, float] = field(default_factory=dict)
     """Job label -> seconds its GPUs have been idle (flagged jobs only)."""
     job_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -202,6 +207,18 @@ def _job_families(snap: MetricsSnapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("hybridctl_queue_pending", "Tasks waiting to be placed.", value=float(snap.queue_pending))
     yield CounterMetricFamily("hybridctl_cloud_spend_usd", "Cloud spend accrued since the controller's database began (USD).",
                               value=float(snap.cloud_spend_usd_total))
+    spent = GaugeMetricFamily("hybridctl_cloud_owner_spend_usd",
+                              "Cloud spend of a user or group in the current budget period (USD): their share of the"
+                              " nodes they held.", labels=("kind", "name"))
+    for (kind, name), usd in sorted(snap.owner_spend.items()):
+        spent.add_metric([kind, name], float(usd))
+    yield spent
+    budget = GaugeMetricFamily("hybridctl_cloud_owner_budget_usd",
+                               "A user's or group's own cloud budget per budget period (USD; cloud.burst.user_budget_usd,"
+                               " group_budget_usd).", labels=("kind", "name"))
+    for (kind, name), usd in sorted(snap.owner_budgets.items()):
+        budget.add_metric([kind, name], float(usd))
+    yield budget
     idle = GaugeMetricFamily("hybridctl_job_idle_seconds",
                              "Seconds every GPU of a flagged job has stayed under idle.util_below.",
                              labels=("hpc_job", "user"))
@@ -322,9 +339,28 @@ def snapshot_of(controller: Any, idle: Mapping[str, float] | None = None,
     tasks = [{"job": label((r["job_id"], r["task"])), "user": r["user"], "state": r["state"]}
              for r in store.queue(user=None, states=["STARTING", "RUNNING", "PREEMPTED"], include_finished=False)]
     pending = count_pending(store)
+    owners, budgets = _owners(store, controller.settings, controller.clock())
     return MetricsSnapshot(nodes=nodes, holders=holders, tasks=tasks, queue_pending=pending,
                            cloud_spend_usd_total=store.cloud_spent_since("0000-00-00"),
+                           owner_spend=owners, owner_budgets=budgets,
                            idle=dict(idle or {}), job_metrics=dict(job_metrics or {}))
+
+
+def _owners(store: Any, settings: Any, now: float) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """Each user's and group's cloud spend this budget period, and the budgets of their own."""
+    from hybridctl.control.budget import limits, utc_day
+    from hybridctl.core.allowance import budget_of
+    from hybridctl.core.burst import period_start
+
+    lim = limits(settings)
+    spent = store.cloud_owner_spent_since(utc_day(period_start(now, lim.budget_period)))
+    budgets: dict[tuple[str, str], float] = {}
+    for kind, caps in (("user", lim.user_budget_usd), ("group", lim.group_budget_usd)):
+        for name in {n for n in caps if n != "*"} | {n for k, n in spent if k == kind}:
+            cap = budget_of(caps, name)
+            if cap is not None:
+                budgets[(kind, name)] = cap
+    return spent, budgets
 
 
 

@@ -93,6 +93,25 @@ def test_a_scrape_carries_dcgm_gpu_series_with_the_holding_job_and_user(ctl: Con
     assert families["hybridctl_node_cpu_percent"].samples[0].value == 12.5
 
 
+def test_each_owners_cloud_spend_this_period_and_budget_are_series(ctl: Controller) -> None:
+    import dataclasses
+
+    from hybridctl.control.budget import utc_day
+
+    burst = dataclasses.replace(ctl.settings.cloud.burst, user_budget_usd={"*": 50.0}, group_budget_usd={"ml": 900.0})
+    ctl.settings = dataclasses.replace(ctl.settings, cloud=dataclasses.replace(ctl.settings.cloud, burst=burst))
+    now = ctl.clock()  # 2023-11-14: last month's spend is not this period's
+    ctl.store.cloud_accrue("i-1", "c1", [(1, 0, "alice", "lab", 12.5, 1.0), (0, 0, "", "", 3.0, 1.0)], now,
+                           utc_day(now), now)
+    ctl.store.cloud_accrue("i-1", "c1", [(1, 0, "alice", "lab", 99.0, 1.0)], now, "2023-10-31", now)
+    families = scrape(snapshot_of(ctl))
+    spent = {(s.labels["kind"], s.labels["name"]): s.value for s in families["hybridctl_cloud_owner_spend_usd"].samples}
+    assert spent == {("user", "alice"): 12.5, ("group", "lab"): 12.5}  # idle time is no one's
+    budgets = {(s.labels["kind"], s.labels["name"]): s.value
+               for s in families["hybridctl_cloud_owner_budget_usd"].samples}
+    assert budgets == {("user", "alice"): 50.0, ("group", "ml"): 900.0}
+
+
 def test_a_pending_job_counts_in_the_queue_and_a_node_without_telemetry_has_no_gpu_series(ctl: Controller) -> None:
     ctl.op_submit(ALICE, {"run": "true", "resources": {"accelerators": "A100:2"}})
     ctl.op_submit(ALICE, {"run": "true", "resources": {"accelerators": "A100:2"}})
