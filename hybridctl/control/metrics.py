@@ -207,18 +207,15 @@ def _job_families(snap: MetricsSnapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("hybridctl_queue_pending", "Tasks waiting to be placed.", value=float(snap.queue_pending))
     yield CounterMetricFamily("hybridctl_cloud_spend_usd", "Cloud spend accrued since the controller's database began (USD).",
                               value=float(snap.cloud_spend_usd_total))
-    spent = GaugeMetricFamily("hybridctl_cloud_owner_spend_usd",
-                              "Cloud spend of a user or group in the current budget period (USD): their share of the"
-                              " nodes they held.", labels=("kind", "name"))
-    for (kind, name), usd in sorted(snap.owner_spend.items()):
-        spent.add_metric([kind, name], float(usd))
-    yield spent
-    budget = GaugeMetricFamily("hybridctl_cloud_owner_budget_usd",
-                               "A user's or group's own cloud budget per budget period (USD; cloud.burst.user_budget_usd,"
-                               " group_budget_usd).", labels=("kind", "name"))
-    for (kind, name), usd in sorted(snap.owner_budgets.items()):
-        budget.add_metric([kind, name], float(usd))
-    yield budget
+    for family, doc, values in (
+            ("hybridctl_cloud_owner_spend_usd", "Cloud spend of a user or group in the current budget period (USD):"
+                                                " their share of the nodes they held.", snap.owner_spend),
+            ("hybridctl_cloud_owner_budget_usd", "A user's or group's own cloud budget per budget period (USD;"
+                                                 " cloud.burst.user_budget_usd, group_budget_usd).", snap.owner_budgets)):
+        owners = GaugeMetricFamily(family, doc, labels=("kind", "name"))
+        for (kind, name), usd in sorted(values.items()):
+            owners.add_metric([kind, name], float(usd))
+        yield owners
     idle = GaugeMetricFamily("hybridctl_job_idle_seconds",
                              "Seconds every GPU of a flagged job has stayed under idle.util_below.",
                              labels=("hpc_job", "user"))
