@@ -172,7 +172,10 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
             spot="always" if spot == "yes" else spot,
             preemptible=pre in ("yes", "true", "1"),
         ))
-    return _rebase(jobs), origin
+    # Seconds are "from the trace start" already (ISO times count from the earliest): kept as
+    # written, so a trace written by `--write-trace` replays as the run that wrote it (the market
+    # is seeded by time; moved to start at 0, a generated week replayed with twice the p95).
+    return sorted(jobs, key=lambda j: (j.submit, j.id)), origin
 
 
 def _rebase(jobs: list[TraceJob]) -> list[TraceJob]:

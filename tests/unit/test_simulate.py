@@ -175,6 +175,9 @@ def test_the_generated_week_is_hard_and_reproducible() -> None:
     back, _ = trace.read_csv(io.StringIO(buf.getvalue()))
     assert [(j.user, j.group, j.gpus, j.nodes, j.gpu_type, j.deadline is None) for j in back] == [
         (j.user, j.group, j.gpus, j.nodes, j.gpu_type, j.deadline is None) for j in some]
+    # Seconds from the trace start stay where they were written: the first job is not moved to 0,
+    # so a `--write-trace` file replays against the same (time-seeded) market as the run that wrote it.
+    assert some[0].submit > 60 and [round(j.submit) for j in back] == [round(j.submit) for j in some]
 
 
 def test_cli_replays_a_csv_and_rejects_bad_input(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
