@@ -174,7 +174,7 @@ def read_csv(f: TextIO, source: str = "trace") -> tuple[list[TraceJob], float | 
         ))
     # Seconds are "from the trace start" already (ISO times count from the earliest): kept as
     # written, so a trace written by `--write-trace` replays as the run that wrote it (the market
-    # is seeded by time; moved to start at 0, a generated week replayed with twice the p95).
+    # is seeded by time; moved to start at 0, a generated week replayed with 1.7x the p95).
     return sorted(jobs, key=lambda j: (j.submit, j.id)), origin
 
 
