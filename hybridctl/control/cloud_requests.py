@@ -18,7 +18,7 @@ from hybridctl.control.identity import Caller
 from hybridctl.control.ports import CloudView
 from hybridctl.control.scheduler import Scheduler
 from hybridctl.core import burst
-from hybridctl.core.allowance import CloudGate, budget_of
+from hybridctl.core.allowance import CloudGate, owners_with_budgets
 from hybridctl.core.errors import HybridctlError, SpecError
 from hybridctl.core.fields import parse_accelerators
 from hybridctl.core.forecast import expected_end
@@ -110,17 +110,13 @@ class CloudRequests:
             return []
         spent = self.store.cloud_owner_spent_since(since)
         used = gate.purses.used if gate is not None else {}
-        out = []
-        for kind, budgets in (("user", lim.user_budget_usd), ("group", lim.group_budget_usd)):
-            names = {n for n in budgets if n != "*"} | {n for k, n in (*spent, *used) if k == kind and "*" in budgets}
-            if not caller.admin:
-                names &= {caller.user if kind == "user" else caller.group}
-            for name in names:
-                cap = budget_of(budgets, name)
-                if cap is not None:
-                    out.append({"kind": kind, "name": name, "spent_usd": round(spent.get((kind, name), 0.0), 4),
-                                "used_usd": round(max(used.get((kind, name), 0.0), spent.get((kind, name), 0.0)), 4),
-                                "budget_usd": cap})
+        mine = {("user", caller.user), ("group", caller.group)}
+        out = [{"kind": kind, "name": name, "spent_usd": round(spent.get((kind, name), 0.0), 4),
+                "used_usd": round(max(used.get((kind, name), 0.0), spent.get((kind, name), 0.0)), 4),
+                "budget_usd": cap}
+               for (kind, name), cap in owners_with_budgets(lim.user_budget_usd, lim.group_budget_usd,
+                                                            (*spent, *used)).items()
+               if caller.admin or (kind, name) in mine]
         return sorted(out, key=lambda o: (-o["used_usd"] / o["budget_usd"] if o["budget_usd"] else -math.inf,
                                           o["kind"], o["name"]))
 

@@ -346,18 +346,12 @@ def snapshot_of(controller: Any, idle: Mapping[str, float] | None = None,
 def _owners(store: Any, settings: Any, now: float) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
     """Each user's and group's cloud spend this budget period, and the budgets of their own."""
     from hybridctl.control.budget import limits, utc_day
-    from hybridctl.core.allowance import budget_of
+    from hybridctl.core.allowance import owners_with_budgets
     from hybridctl.core.burst import period_start
 
     lim = limits(settings)
     spent = store.cloud_owner_spent_since(utc_day(period_start(now, lim.budget_period)))
-    budgets: dict[tuple[str, str], float] = {}
-    for kind, caps in (("user", lim.user_budget_usd), ("group", lim.group_budget_usd)):
-        for name in {n for n in caps if n != "*"} | {n for k, n in spent if k == kind}:
-            cap = budget_of(caps, name)
-            if cap is not None:
-                budgets[(kind, name)] = cap
-    return spent, budgets
+    return spent, owners_with_budgets(lim.user_budget_usd, lim.group_budget_usd, spent)
 
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from hybridctl.core.model import ClusterView, PendingTask, Placement, Policy, ScheduleDecision, Waiting
 from hybridctl.core.schedule import plan
@@ -28,6 +28,19 @@ def budget_of(budgets: Mapping[str, float], name: str) -> float | None:
     """The budget `budgets` sets for `name` ('*' for everyone not named); None = none."""
     got = budgets.get(name)
     return budgets.get("*") if got is None else got
+
+
+def owners_with_budgets(users: Mapping[str, float], groups: Mapping[str, float],
+                        seen: Iterable[Owner]) -> dict[Owner, float]:
+    """Each owner with a budget of their own, and that budget: every one named, and those of
+    `seen` (who spent, say) that '*' covers."""
+    out: dict[Owner, float] = {}
+    for kind, budgets in (("user", users), ("group", groups)):
+        for name in {n for n in budgets if n != "*"} | {n for k, n in seen if k == kind}:
+            cap = budget_of(budgets, name)
+            if cap is not None:
+                out[(kind, name)] = cap
+    return out
 
 
 @dataclass
