@@ -345,6 +345,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if s.get("preemptible") or job.get("preemptible_by"):
         why = f"; {job['preemptible_by']}" if job.get("preemptible_by") else ""
         grace = f", giving it {job['preempt_grace']:g} s to checkpoint" if job.get("preempt_grace") is not None else ""
+        if grace and job.get("preempt_grace_cloud") is not None:
+            grace += f" ({job['preempt_grace_cloud']:g} s on a cloud node)"
         lines.append(f"  preemptible yes: a higher-priority job may stop and requeue it{grace}{why}")
     if job.get("priority_boost"):
         lines.append(f"  priority   +{job['priority_boost']} in the queue: a job over several nodes"

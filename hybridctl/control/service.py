@@ -290,7 +290,8 @@ class Controller(CloudRequests):
         """What the scheduler's rules make of the job beyond its spec (shown by `show`, so a user
         learns it may be stopped before it is): `priority_boost` (`multi_node_priority`),
         `preemptible_by` (why a job not marked `preemptible: true` may be preempted) and, for a
-        preemptible job, `preempt_grace` (the seconds a preemption on-prem leaves it to checkpoint)."""
+        preemptible job, `preempt_grace` (the seconds a preemption on-prem leaves it to checkpoint)
+        and `preempt_grace_cloud` (on a cloud node, where that differs)."""
         rules = self.scheduler.policy
         spec = job["spec"]
         out: dict[str, Any] = {}
@@ -304,7 +305,12 @@ class Controller(CloudRequests):
             elif rules.preempt_below is not None and priority < rules.preempt_below:
                 out["preemptible_by"] = f"its priority {priority} is below scheduler.preempt_below {rules.preempt_below}"
         if spec.get("preemptible") or "preemptible_by" in out:
-            out["preempt_grace"] = self.settings.scheduler.preempt_grace
+            # As control/fleet's `_stop_grace` gives it: the site's grace, at least poll_interval x 10.
+            floor = self.settings.fleet.poll_interval * 10
+            out["preempt_grace"] = max(floor, self.settings.scheduler.preempt_grace)
+            on_cloud = max(floor, self.settings.cloud.preemption_grace)
+            if on_cloud != out["preempt_grace"]:
+                out["preempt_grace_cloud"] = on_cloud
         return out
 
     def _earlier_run(self, job_id: int, estimate_s: float | None, array: bool) -> dict[str, Any] | None:

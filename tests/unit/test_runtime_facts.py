@@ -200,3 +200,26 @@ def test_show_says_when_a_rule_makes_a_job_preemptible_or_raises_its_priority(
     assert main(["show", str(gang)]) == 0
     assert "  priority   +10 in the queue: a job over several nodes (scheduler.multi_node_priority)" in \
         capsys.readouterr().out.splitlines()
+
+
+def test_show_gives_the_grace_of_each_site_where_they_differ(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A preemption stops a job with its node's site's grace (`scheduler.preempt_grace` on-prem,
+    `cloud.preemption_grace` on a cloud node, each at least `fleet.poll_interval` x 10, as
+    control/fleet's `_stop_grace`): `show` says both where they differ."""
+    from hybridctl.cli import common
+    from hybridctl.cli.main import main
+    from hybridctl.config import CloudConfig, FleetConfig, SchedulerConfig, Settings
+    from hybridctl.control.service import Controller
+    from tests.unit.controller_kit import ALICE, Clock, show_client, submit
+
+    settings = Settings(home=str(tmp_path), scheduler=SchedulerConfig(preempt_grace=5.0),
+                        cloud=CloudConfig(preemption_grace=120.0), fleet=FleetConfig(poll_interval=1.0))
+    ctl = Controller(Store(tmp_path / "ctl.db"), settings, clock=Clock())
+    job = submit(ctl, ALICE, preemptible=True)
+    shown = ctl.op_show(ALICE, str(job))
+    assert (shown["preempt_grace"], shown["preempt_grace_cloud"]) == (10.0, 120.0)  # 5 s is under 1 s x 10
+    monkeypatch.setattr(common, "client", show_client(ctl, ALICE))
+    assert main(["show", str(job)]) == 0
+    assert ("  preemptible yes: a higher-priority job may stop and requeue it, giving it 10 s to checkpoint"
+            " (120 s on a cloud node)") in capsys.readouterr().out.splitlines()
