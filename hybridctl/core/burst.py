@@ -586,7 +586,7 @@ def _purses(world: World, limits: Limits, now: float, held: Mapping[str, CloudNo
     without one (an estimate is no bound) as a whole budget period, as Slurm counts a job without
     a limit at its partition's maximum (`_owner_run_s`)."""
     purses = Purses(limits.user_budget_usd, limits.group_budget_usd, limits.budget_period, dict(world.owner_spent),
-                    limits.deadline_reserve if limits.pace_budget else 0.0)
+                    _kept(limits, now) if limits.pace_budget else 0.0)
     for r in world.cluster.running:
         c = held.get(r.node)
         if c is None:
@@ -622,9 +622,10 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
        and renting would not help.
     3. Otherwise the offer is chosen across the task's accelerator candidates (`_choose`: spot
        unless the expected reclaim loss says on-demand; pools spread, back-offs skipped). With
-       `wait_value_usd`, a placement-'any' task without a pressing deadline waits on-prem while
-       its expected on-prem wait costs less than that offer would; a task with a deadline waits
-       while the wait fits its slack. `num_nodes` nodes are rented in one pool, unless
+       `wait_value_usd`, a placement-'any' task waits on-prem while its expected on-prem wait
+       costs less than that offer would; a task with a deadline only while the wait also fits its
+       slack (a deadline narrows the wait, it never widens it), and only one whose slack the wait
+       would not fit spends the deadline reserve, unpaced. `num_nodes` nodes are rented in one pool, unless
        `max_nodes`, `max_hourly_usd` or the budget (paced with `pace_budget`) says no: then the
        task is `Blocked` with the limit in words.
     4. Cloud nodes idle for `idle_timeout` that no pending task is about to use are given back;
@@ -717,14 +718,15 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     committed = _committed(world, cluster.running, limits, now, node_left) if limits.pace_budget else 0.0
     period_left = _period_left(now, period)
     paced_out = ""
+    reserve = _kept(limits, now)
     if limits.pace_budget:
         p0 = period_start(now, period)
         cap = limits.budget_usd * min(1.0, (now - p0) / _period_len(p0, period) + limits.pace_ahead) * (
-            1.0 - limits.deadline_reserve)
+            1.0 - reserve)
         if world.spent + committed >= cap:
             paced_out = (f"cloud: budget pacing: ${world.spent:.2f} of ${limits.budget_usd:.2f} spent this {period}"
                          f" and ${committed:.2f} committed; ${cap:.2f} allowed by now"
-                         f" ({limits.deadline_reserve:.0%} kept for deadlines)")
+                         f" ({reserve:.0%} kept for deadlines)")
     group = 0
     quota_held = 0
     waiting = 0
@@ -733,8 +735,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     if limits.pace_budget and limits.pace_bend:
         p0 = period_start(now, period)
         f = (now - p0) / _period_len(p0, period)
-        on_pace = limits.budget_usd * min(1.0, f) * (1.0 - limits.deadline_reserve)
-        cap = limits.budget_usd * min(1.0, f + limits.pace_ahead) * (1.0 - limits.deadline_reserve)
+        on_pace = limits.budget_usd * min(1.0, f) * (1.0 - reserve)
+        cap = limits.budget_usd * min(1.0, f + limits.pace_ahead) * (1.0 - reserve)
         band = (on_pace + limits.pace_bend_from * (cap - on_pace), cap)
     never_cache: dict[tuple[int, str | None, float, int, int], bool] = {}
     # One plan over the held nodes covers what they can take (the scheduler's own order);
@@ -826,27 +828,30 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 backlog.add(t.resources, k, runtime)
             continue
         choice = _choose(t, market, world, limits, uses, now, can_wait)
+        pressing = deadline is not None  # may spend the budget's deadline reserve, unpaced
         if can_wait and backlog is not None:
             wait = forecast[key] - now if key in forecast else backlog.wait(t.resources, k)
-            if deadline is not None:
-                slack = deadline - now - runtime
-                hold = wait + limits.deadline_margin * runtime < slack
-            else:
-                # A cloud node first receives what the job needs (its data lives on-prem): that
-                # time is paid for and comes before the job starts, so waiting less than it on-prem
-                # always wins.
-                move = world.transfer_s.get(key, 0.0)
-                paid = choice.cost + (choice.offer.price_hourly * k * move / 3600.0 if choice.offer else 0.0)
-                worth = wait / 3600.0 * t.resources.gpus * k * limits.wait_value_usd
-                hold = (choice.offer is not None and limits.wait_value_usd > 0
-                        and (wait < move or worth < paid))
-                if not hold and band is not None and choice.offer is not None and limits.wait_value_usd > 0:
-                    in_period = min(choice.cost, choice.offer.price_hourly * k * period_left / 3600.0)
-                    bar = _pace_bar(world.spent + committed + planned_cost + in_period, band)
-                    if worth < paid * bar:
-                        hold = True
-                        bent += 1
-                        waiting -= 1
+            # A cloud node first receives what the job needs (its data lives on-prem): that time
+            # is paid for and comes before the job starts, so waiting less than it on-prem always
+            # wins.
+            move = world.transfer_s.get(key, 0.0)
+            paid = choice.cost + (choice.offer.price_hourly * k * move / 3600.0 if choice.offer else 0.0)
+            worth = wait / 3600.0 * t.resources.gpus * k * limits.wait_value_usd
+            hold = (choice.offer is not None and limits.wait_value_usd > 0
+                    and (wait < move or worth < paid))
+            # A deadline narrows the wait (never past the slack), it does not widen it: the job's
+            # waiting is worth as much as anyone's. While the slack lasts, it is paced like them.
+            fits = deadline is not None and wait + limits.deadline_margin * runtime < deadline - now - runtime
+            pressing = deadline is not None and not fits
+            if not hold and not pressing and band is not None and choice.offer is not None and limits.wait_value_usd > 0:
+                in_period = min(choice.cost, choice.offer.price_hourly * k * period_left / 3600.0)
+                bar = _pace_bar(world.spent + committed + planned_cost + in_period, band)
+                if worth < paid * bar:
+                    hold = True
+                    bent += 1
+                    waiting -= 1
+            if deadline is not None:  # without a wait value, the slack alone
+                hold = fits and (hold or limits.wait_value_usd <= 0)
             if hold or choice.offer is None:
                 backlog.add(t.resources, k, runtime)
             if hold:
@@ -859,8 +864,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         # What the run costs within this budget period (the rest is the next period's money).
         cost_now = min(choice.cost, offer.price_hourly * k * period_left / 3600.0)
         reason = _limit_reason(offer, k, len(world.cloud) + planned_nodes, hourly_now + planned_hourly,
-                               world.spent, limits, now, cost_now, deadline is not None,
-                               committed + planned_cost)
+                               world.spent, limits, now, cost_now, pressing, committed + planned_cost)
         if reason or not owners_pay(t, k * _share_hourly(offer, choice.resources.gpus, choice.resources.cpus)):
             if reason:
                 blocked.append(Blocked(t.job_id, t.task, reason))
@@ -904,7 +908,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         total = world.spent + committed + planned_cost
         start = period_start(now, period)
         frac = min(1.0, (now - start) / _period_len(start, period) + limits.pace_ahead)
-        room_cap = limits.budget_usd * frac * (1.0 - limits.deadline_reserve)
+        room_cap = limits.budget_usd * frac * (1.0 - reserve)
         on_nodes = set(covered.values())
         for c in world.cloud:
             # A busy node that could not afford another `budget_reserve_h` after its current work
@@ -921,7 +925,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             left = node_left.get(node, 0.0)
             cost = c.offer.price_hourly * max(0.0, run - left) / 3600.0  # beyond what is committed
             node_left[node] = max(left, run)
-            cap = limits.budget_usd * (1.0 if key in world.deadlines else frac * (1.0 - limits.deadline_reserve))
+            cap = limits.budget_usd * (1.0 if key in world.deadlines else frac * (1.0 - reserve))
             if node in stop or total + cost > cap + 1e-9:
                 stop.add(node)
                 del covered[key]
@@ -973,7 +977,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                       f" burst.after ({fmt_duration(limits.after)})")
     if waiting:
         notes.append(f"{waiting} task{'s' if waiting != 1 else ''} wait on-prem: the expected wait costs less than"
-                     f" the cloud would (burst.wait_value_usd ${limits.wait_value_usd:g} per GPU-hour) or fits the deadline")
+                     f" the cloud would (burst.wait_value_usd ${limits.wait_value_usd:g} per GPU-hour), within any deadline's slack")
     if bent:
         notes.append(f"{bent} task{'s' if bent != 1 else ''} wait on-prem: budget pacing (burst.pace_ahead) is ahead of"
                      " the calendar, so a launch must save waiting worth more than its price")
@@ -1075,11 +1079,12 @@ def _limit_reason(offer: Offer, k: int, nodes: int, hourly: float, spent: float,
                                extra * limits.budget_reserve_h)
         start = period_start(now, limits.budget_period)
         frac = min(1.0, (now - start) / _period_len(start, limits.budget_period) + limits.pace_ahead)
-        allowed = limits.budget_usd if deadline else limits.budget_usd * frac * (1.0 - limits.deadline_reserve)
+        kept = _kept(limits, now)
+        allowed = limits.budget_usd if deadline else limits.budget_usd * frac * (1.0 - kept)
         if spent + need > allowed + 1e-9:
             return (f"cloud: budget pacing: ${spent:.2f} of ${limits.budget_usd:.2f} spent this {limits.budget_period};"
                     f" {what} (~${cost:.2f} for the job) would pass the ${allowed:.2f} allowed by now"
-                    + ("" if deadline else f" ({limits.deadline_reserve:.0%} kept for deadlines)"))
+                    + ("" if deadline else f" ({kept:.0%} kept for deadlines)"))
         return ""
     if spent + need > limits.budget_usd + 1e-9:
         return (f"cloud: budget: ${spent:.2f} of ${limits.budget_usd:.2f} spent this {limits.budget_period};"
@@ -1120,6 +1125,15 @@ def _committed(world: World, running: Sequence[RunningTask], limits: Limits, now
         if left_by is not None:
             left_by[c.name] = left if c.up else math.inf  # a starting node's work was paid for at launch
     return total
+
+
+def _kept(limits: Limits, now: float) -> float:
+    """The share of the budget still kept for tasks with a deadline: `deadline_reserve` as the
+    period starts, shrinking with what is left of it (deadlines still to come need less as the
+    period runs out; a reserve kept whole to the end walled the generated week 23 on its last day
+    with a fifth of the budget unspent, bench/RESULTS.md, session 11)."""
+    start = period_start(now, limits.budget_period)
+    return limits.deadline_reserve * max(0.0, 1.0 - (now - start) / _period_len(start, limits.budget_period))
 
 
 def _period_left(now: float, period: str) -> float:

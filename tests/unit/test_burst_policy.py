@@ -102,19 +102,74 @@ def test_deadline_spot_while_slack_then_on_demand() -> None:
     assert d.launches == ()
 
 
+def test_a_deadline_narrows_the_wait_and_never_widens_it() -> None:
+    """A job with a deadline waits on-prem only while waiting is both worth less than renting
+    (as anyone's) and within its slack: a far deadline is no reason to wait hours."""
+    key = (1, 0)
+    lim = replace(NEW, wait_value_usd=4.0)
+    late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 6 * 3600)]  # the node frees in 6 h
+    kw = dict(runtime={key: 2 * 3600.0}, checkpoint_every={key: 600.0}, freeing=late)
+    # 6 h x 8 GPUs x $4 = $192 of waiting against ~$24 of spot: it rents, deadline or not.
+    for deadlines in ({}, {key: NOW + 30 * 3600}):
+        d = decide(world(task(), deadlines=deadlines, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+        assert [r.offer.spot for r in d.launches] == [True], deadlines
+    # Waiting 10 minutes is worth less than the rent: it waits, deadline or not.
+    soon = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 600)]
+    for deadlines in ({}, {key: NOW + 30 * 3600}):
+        d = decide(world(task(), deadlines=deadlines, **{**kw, "freeing": soon}), lim, Policy(), NOW)  # type: ignore[arg-type]
+        assert d.launches == (), deadlines
+    # Without a wait value the slack alone decides, as before.
+    d = decide(world(task(), deadlines={key: NOW + 30 * 3600}, **kw), replace(lim, wait_value_usd=0.0), Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == ()
+
+
+def test_a_deadline_job_with_slack_is_paced_and_takes_the_reserve_only_when_pressed() -> None:
+    lim = replace(NEW, budget_usd=7000.0, budget_period="week", pace_budget=True, pace_ahead=0.0,
+                  deadline_reserve=0.2, wait_value_usd=4.0)
+    key = (1, 0)
+    late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
+    kw = dict(runtime={key: 3600.0}, checkpoint_every={key: 600.0}, freeing=late, spent=2175.0)
+    # $2179 allowed by now (see below): a deadline two days out can wait for the pace.
+    d = decide(world(task(), deadlines={key: NOW + 48 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == () and "budget pacing" in d.blocked[0].reason and "kept for deadlines" in d.blocked[0].reason
+    # A deadline the on-prem wait would miss spends the reserve.
+    d = decide(world(task(), deadlines={key: NOW + 3 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert len(d.launches) == 1
+
+
 def test_budget_is_paced_over_the_period_and_deadlines_keep_a_reserve() -> None:
     lim = replace(NEW, budget_usd=7000.0, budget_period="week", pace_budget=True, pace_ahead=0.0,
                   deadline_reserve=0.2)
     key = (1, 0)
     late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
     kw = dict(runtime={key: 3600.0}, checkpoint_every={key: 600.0}, freeing=late)
-    # Wednesday noon: 2.5 of 7 days gone -> 0.357 x 0.8 x $7000 = $2000 allowed so far.
-    d = decide(world(task(), spent=1995.0, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
-    assert d.launches == () and "budget pacing" in d.blocked[0].reason
-    d = decide(world(task(), spent=1995.0, deadlines={key: NOW + 3 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    # Wednesday noon: 2.5 of 7 days gone, so 0.2 x 4.5/7 = 12.9 % is still kept for deadlines
+    # -> 0.357 x 0.871 x $7000 = $2179 allowed so far.
+    d = decide(world(task(), spent=2175.0, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
+    assert d.launches == () and "budget pacing" in d.blocked[0].reason and "(13% kept for deadlines)" in d.blocked[0].reason
+    d = decide(world(task(), spent=2175.0, deadlines={key: NOW + 3 * 3600}, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
     assert len(d.launches) == 1
     d = decide(world(task(), spent=1000.0, **kw), lim, Policy(), NOW)  # type: ignore[arg-type]
     assert len(d.launches) == 1
+
+
+def test_the_deadline_reserve_shrinks_as_the_period_runs_out() -> None:
+    """What is kept for deadlines is `deadline_reserve` of the budget as the period starts and
+    shrinks with what is left of it: on Sunday noon, jobs without a deadline may spend past 80 %."""
+    lim = replace(NEW, budget_usd=7000.0, budget_period="week", pace_budget=True, pace_ahead=0.5,
+                  deadline_reserve=0.2)
+    key = (1, 0)
+    kw = dict(runtime={key: 3600.0}, checkpoint_every={key: 600.0},
+              freeing=[Freeing("a1", tuple(range(8)), 16, 0, NOW + 200 * 3600)])
+    sunday = NOW + 4 * 86400  # 6.5 of 7 days gone: 0.2 x 0.5/7 = 1.4 % kept, $6900 allowed
+    d = decide(world(task(), spent=6500.0, **kw), lim, Policy(), sunday)  # type: ignore[arg-type]
+    assert len(d.launches) == 1
+    d = decide(world(task(), spent=6890.0, **kw), lim, Policy(), sunday)  # type: ignore[arg-type]
+    assert d.launches == () and "(1% kept for deadlines)" in d.blocked[0].reason
+    # On Monday morning the whole reserve is kept again: $5600 of the new week's $7000 at most.
+    monday = NOW + 5 * 86400 - 12 * 3600 + 60
+    d = decide(world(task(), spent=5599.0, **kw), replace(lim, pace_ahead=1.0), Policy(), monday)  # type: ignore[arg-type]
+    assert d.launches == () and "(20% kept for deadlines)" in d.blocked[0].reason
 
 
 def test_paced_budget_never_gives_back_busy_nodes() -> None:
@@ -247,8 +302,8 @@ def test_a_job_that_would_lose_much_goes_to_the_spot_pool_with_the_lowest_stated
 
 
 def test_a_bending_pace_raises_the_bar_for_non_deadline_launches_as_spend_runs_ahead() -> None:
-    """Wednesday noon of a $7000 week (pace_ahead 0.5, 20 % kept for deadlines): on pace is $2000
-    committed, the hard cap $4800. Between them a launch must save waiting worth 1/(1 - x) times
+    """Wednesday noon of a $7000 week (pace_ahead 0.5, 12.9 % still kept for deadlines): on pace
+    is $2179 committed, the hard cap $5229. Between them a launch must save waiting worth 1/(1 - x) times
     its price, x the share of that band used; the hard cap still refuses at the top."""
     key = (1, 0)
     late = [Freeing("a1", tuple(range(8)), 16, 0, NOW + 20 * 3600)]
@@ -256,14 +311,14 @@ def test_a_bending_pace_raises_the_bar_for_non_deadline_launches_as_spend_runs_a
     lim = replace(NEW, budget_usd=7000.0, budget_period="week", pace_budget=True, pace_ahead=0.5,
                   deadline_reserve=0.2, wait_value_usd=0.15)  # 20 h x 8 GPUs: waiting costs $24, ~2x spot's $12
     bend = replace(lim, pace_bend=True)
-    assert len(decide(world(task(), spent=3500.0, **kw), lim, Policy(), NOW).launches) == 1  # the hard wall only
-    d = decide(world(task(), spent=3500.0, **kw), bend, Policy(), NOW)  # x ~ 0.54: the bar is ~2.2x
+    assert len(decide(world(task(), spent=4000.0, **kw), lim, Policy(), NOW).launches) == 1  # the hard wall only
+    d = decide(world(task(), spent=4000.0, **kw), bend, Policy(), NOW)  # x ~ 0.6: the bar is ~2.5x
     assert d.launches == () and any("budget pacing" in n for n in d.notes)
     assert len(decide(world(task(), spent=1900.0, **kw), bend, Policy(), NOW).launches) == 1  # on pace: no bar
     dear_wait = replace(bend, wait_value_usd=0.75)  # waiting costs ~10x the price: still worth it
-    assert len(decide(world(task(), spent=3500.0, **kw), dear_wait, Policy(), NOW).launches) == 1
-    # A deadline is never held back by the bar.
-    d = decide(world(task(), spent=3500.0, deadlines={key: NOW + 2 * 3600}, **kw), bend, Policy(), NOW)  # type: ignore[arg-type]
+    assert len(decide(world(task(), spent=4000.0, **kw), dear_wait, Policy(), NOW).launches) == 1
+    # A deadline the wait would miss is never held back by the bar.
+    d = decide(world(task(), spent=4000.0, deadlines={key: NOW + 2 * 3600}, **kw), bend, Policy(), NOW)  # type: ignore[arg-type]
     assert len(d.launches) == 1
 
 
