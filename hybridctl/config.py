@@ -167,10 +167,11 @@ class BurstConfig:
     """Fraction of the budget that may be committed ahead of the calendar (0.15 held a hard week's
     p95 wait at 5.7 h against 79 min at 0.5, bench/RESULTS.md)."""
     deadline_reserve: float = 0.2
-    """Share of the budget kept for jobs with a deadline as its period starts; it shrinks with what
-    is left of the period (kept whole to the end, it walled the generated week 23 on its last day
-    with a fifth of the budget unspent, bench/RESULTS.md session 11). A job with a deadline uses it
-    only when waiting would miss the deadline; with slack it is paced like any other."""
+    """Share of the budget kept for jobs with a deadline as its period starts; the lab's shrinks
+    with what is left of the period (kept whole to the end, it walled the generated week 23 on its
+    last day with a fifth of the budget unspent), each user's and group's stays whole (bench/
+    RESULTS.md, session 11). A job with a deadline uses it only when waiting on-prem would miss the
+    deadline; with slack it is paced like any other."""
     unknown_runtime: float = 3600.0
     """Run time (s) assumed for a job with no time limit and no history to estimate from: it decides
     whether waiting or the cloud pays, and what a spot reclaim would cost such a job (a job that

@@ -54,8 +54,8 @@ class Purses:
     period: str
     used: dict[Owner, float] = field(default_factory=dict)
     reserve: float = 0.0
-    """The share of each budget kept for tasks with a deadline (`Limits.deadline_reserve` as the
-    period starts, shrinking with what is left of it, with a paced budget): others may use the rest."""
+    """The share of each budget kept for tasks with a deadline (`Limits.deadline_reserve`, with a
+    paced budget, all period long: unlike the lab's, see burst._kept): others may use the rest."""
 
     def budgeted(self, user: str, group: str) -> bool:
         """Whether either owner of a task has a budget of their own."""

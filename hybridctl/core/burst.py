@@ -586,7 +586,7 @@ def _purses(world: World, limits: Limits, now: float, held: Mapping[str, CloudNo
     without one (an estimate is no bound) as a whole budget period, as Slurm counts a job without
     a limit at its partition's maximum (`_owner_run_s`)."""
     purses = Purses(limits.user_budget_usd, limits.group_budget_usd, limits.budget_period, dict(world.owner_spent),
-                    _kept(limits, now) if limits.pace_budget else 0.0)
+                    limits.deadline_reserve if limits.pace_budget else 0.0)
     for r in world.cluster.running:
         c = held.get(r.node)
         if c is None:
@@ -770,14 +770,16 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     cloud_ok: dict[TaskKey, float] = {}  # what each task let through took from its owners
     refused: dict[TaskKey, str] = {}
 
-    def owners_pay(t: PendingTask, hourly: float) -> bool:
+    def owners_pay(t: PendingTask, hourly: float, pressing: bool | None = None) -> bool:
         """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run
-        (`_owner_run_s`; then it is theirs); else `t` is refused, with the budget in words."""
+        (`_owner_run_s`; then it is theirs); else `t` is refused, with the budget in words. The
+        deadline reserve is for a `pressing` task (default: any task with a deadline)."""
         if purses is None or not purses.budgeted(t.user, t.group):
             return True
         limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
         usd = hourly * _owner_run_s(limit, now, limits) / 3600.0
-        why = purses.refusal(t.user, t.group, usd, (t.job_id, t.task) in world.deadlines, limit is None)
+        due = (t.job_id, t.task) in world.deadlines if pressing is None else pressing
+        why = purses.refusal(t.user, t.group, usd, due, limit is None)
         if why:
             refused[(t.job_id, t.task)] = why
             blocked.append(Blocked(t.job_id, t.task, why))
@@ -865,7 +867,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         cost_now = min(choice.cost, offer.price_hourly * k * period_left / 3600.0)
         reason = _limit_reason(offer, k, len(world.cloud) + planned_nodes, hourly_now + planned_hourly,
                                world.spent, limits, now, cost_now, pressing, committed + planned_cost)
-        if reason or not owners_pay(t, k * _share_hourly(offer, choice.resources.gpus, choice.resources.cpus)):
+        if reason or not owners_pay(t, k * _share_hourly(offer, choice.resources.gpus, choice.resources.cpus), pressing):
             if reason:
                 blocked.append(Blocked(t.job_id, t.task, reason))
             if backlog is not None and can_wait:
@@ -1128,10 +1130,11 @@ def _committed(world: World, running: Sequence[RunningTask], limits: Limits, now
 
 
 def _kept(limits: Limits, now: float) -> float:
-    """The share of the budget still kept for tasks with a deadline: `deadline_reserve` as the
-    period starts, shrinking with what is left of it (deadlines still to come need less as the
+    """The share of the lab's budget still kept for tasks with a deadline: `deadline_reserve` as
+    the period starts, shrinking with what is left of it. Deadlines still to come need less as the
     period runs out; a reserve kept whole to the end walled the generated week 23 on its last day
-    with a fifth of the budget unspent, bench/RESULTS.md, session 11)."""
+    with a fifth of the budget unspent. Owners' purses keep theirs whole: shrunk, a $2,000 user
+    budget missed deadlines (bench/RESULTS.md, session 11)."""
     start = period_start(now, limits.budget_period)
     return limits.deadline_reserve * max(0.0, 1.0 - (now - start) / _period_len(start, limits.budget_period))
 

@@ -195,16 +195,27 @@ def test_running_cloud_work_without_a_time_limit_is_committed_as_a_whole_period(
 
 
 def test_a_share_of_an_owners_budget_is_kept_for_deadlines_with_a_paced_budget() -> None:
-    # Half the month is left, so half the 20 % reserve is still kept: $8.97 of $10 for a run
-    # without a deadline (the reserve shrinks with the period, as the lab's does).
     limits = replace(BASE, user_budget_usd={"alice": 10.0}, pace_budget=True, deadline_reserve=0.2)
-    plain = decide_([task(1, hours=9.5, placement="cloud")], limits)
+    plain = decide_([task(1, hours=9.0, placement="cloud")], limits)
     assert launched_for(plain) == set()
-    assert ("$0.00 of $10.00 spent or committed this month, 10% kept for jobs with a deadline;"
-            " this run needs $9.50 more") in plain.blocked[0].reason
-    assert launched_for(decide_([task(1, hours=8.9, placement="cloud")], limits)) == {1}
-    urgent = decide_([task(1, hours=9.5, placement="cloud")], limits, deadlines={(1, 0): NOW + 86400})
+    assert ("$0.00 of $10.00 spent or committed this month, 20% kept for jobs with a deadline;"
+            " this run needs $9.00 more") in plain.blocked[0].reason
+    urgent = decide_([task(1, hours=9.0, placement="cloud")], limits, deadlines={(1, 0): NOW + 86400})
     assert launched_for(urgent) == {1}
+
+
+def test_an_owners_deadline_reserve_is_for_a_deadline_the_wait_would_miss() -> None:
+    """As for the lab's budget: a job whose deadline leaves slack to wait on-prem is paced like any
+    other and may not spend its owner's reserve; one the on-prem wait would make late may."""
+    limits = replace(BASE, user_budget_usd={"alice": 10.0}, pace_budget=True, deadline_reserve=0.2,
+                     wait_value_usd=4.0)
+    prem = NodeView("prem1", tuple(GpuSlot(i, "NVIDIA A100", free=False) for i in range(8)), 64, 64, 1 << 19, 1 << 19)
+    frees = [burst.Freeing("prem1", tuple(range(8)), 8, 0, NOW + 6 * 3600)]  # 6 h of waiting ($24) costs more than $9.50
+    kw = dict(cluster=ClusterView((prem,)), freeing=frees)
+    roomy = decide_([task(1, hours=9.5)], limits, deadlines={(1, 0): NOW + 30 * 86400}, **kw)
+    assert launched_for(roomy) == set() and "20% kept for jobs with a deadline" in roomy.blocked[0].reason
+    late = decide_([task(1, hours=9.5)], limits, deadlines={(1, 0): NOW + 12 * 3600}, **kw)
+    assert launched_for(late) == {1}
 
 
 def test_a_held_node_is_charged_by_the_candidate_the_plan_takes_on_it() -> None:
