@@ -437,8 +437,8 @@ class Autoscaler:
             dict[burst.TaskKey, float], dict[burst.TaskKey, float], frozenset[burst.TaskKey]]:
         """Per pending task (and per `running` one: `World.cloud_tasks`) of a job with
         `checkpoint_dir`: seconds between its checkpoints (as the checkpoint sync observed them,
-        else `fleet.checkpoint_sync_interval`); per pending task of a job with a `deadline`: the
-        deadline; the pending tasks of jobs with `spot_insist: true`. One query per 500 jobs
+        else `fleet.checkpoint_sync_interval`); per pending or running task of a job with a
+        `deadline`: the deadline (a running one's keeps a recall from making it late); the pending tasks of jobs with `spot_insist: true`. One query per 500 jobs
         (specs are JSON in the store)."""
         ids = sorted({t.job_id for t in [*pending, *running]})
         facts: dict[int, tuple[bool, float | None, bool]] = {
@@ -462,6 +462,8 @@ class Autoscaler:
             f = facts.get(t.job_id)
             if f is not None and f[0]:
                 every[(t.job_id, t.task)] = self.checkpoints.interval(t.job_id, t.task) or fallback
+            if f is not None and f[1] is not None:  # a recall must not make it late
+                deadlines[(t.job_id, t.task)] = f[1]
         return every, deadlines, frozenset((t.job_id, t.task) for t in pending if facts.get(t.job_id, (0, 0, 0))[2])
 
     def row(self, node: str) -> dict[str, Any] | None:

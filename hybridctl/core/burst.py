@@ -192,7 +192,8 @@ class World:
     """Seconds between a task's checkpoints (declared or observed); missing or 0 = it never
     checkpoints, so a reclaim restarts it from the beginning."""
     deadlines: Mapping[TaskKey, float] = field(default_factory=dict)
-    """Seconds since the epoch by which a task must have finished."""
+    """Seconds since the epoch by which a task must have finished: pending tasks', and those of
+    `cloud_tasks` (a recall must not make them late)."""
     spot_insist: frozenset[TaskKey] = frozenset()
     """Tasks whose job asks for spot whatever the expected loss."""
     transfer_s: Mapping[TaskKey, float] = field(default_factory=dict)
@@ -1007,7 +1008,8 @@ def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Se
     """Cloud tasks to bring back on-prem: each alone on cloud nodes that would then go back (no
     pending task is headed there), not in `World.no_recall`, with at least `recall_min_s` of its
     run left, and losing at most `recall_max_loss` of that by stopping now (the work since its
-    last checkpoint, else since its start). `plan` places them on-prem after every pending task
+    last checkpoint, else since its start); with a deadline, only while what is left of its run
+    and that lost work, plus `deadline_margin` of both, still end before it. `plan` places them on-prem after every pending task
     that may run on-prem (below the lowest priority, the dearest nodes first) and as if they
     never ended (no backfill ahead of a reservation), so no pending task waits longer."""
     where: dict[TaskKey, list[RunningTask]] = {}
@@ -1035,6 +1037,9 @@ def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Se
             lost = now - start  # no checkpoint seen since it started
         if lost > limits.recall_max_loss * t.runtime_s:
             continue
+        deadline = world.deadlines.get(key)
+        if deadline is not None and now + (t.runtime_s + lost) * (1.0 + limits.deadline_margin) > deadline:
+            continue  # redoing the lost work on-prem could make it late
         picks.append((sum(held[n].offer.price_hourly for n in nodes), t, nodes))
     if not picks:
         return ()

@@ -545,6 +545,8 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
                 ran = t - j.start
                 left = max(0.0, j.tj.time_limit - j.saved - ran) if j.tj.time_limit else None
                 cloud_tasks.append(_task(j, origin, left))
+                if j.tj.deadline is not None:
+                    deadlines[(j.tj.id, 0)] = origin + j.tj.deadline
                 if j.tj.checkpoint > 0:
                     ckpt[(j.tj.id, 0)] = j.tj.checkpoint
                     last_ckpt[(j.tj.id, 0)] = origin + j.start + math.floor(ran / j.tj.checkpoint) * j.tj.checkpoint

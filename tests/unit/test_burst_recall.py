@@ -195,3 +195,17 @@ def test_a_run_of_unknown_length_is_expected_to_go_on_about_as_long_again() -> N
     assert Backlog(busy, (), NOW, HOUR, (old,)).wait(res, 1) == 10 * HOUR
     limited = replace(old, ends_at=NOW + HOUR)  # a limit or an estimate says when: that wins
     assert Backlog(busy, (), NOW, HOUR, (limited,)).wait(res, 1) == HOUR
+
+
+def test_a_recall_never_makes_a_deadline_late() -> None:
+    """Stopping a task to bring it home throws away the work since its last checkpoint and puts it
+    back in the queue: a task with a deadline is recalled only if what is left of its run, that
+    work again, and `deadline_margin` of both still end before the deadline (the generated week 31
+    missed two deadlines of jobs without checkpoints that a recall restarted)."""
+    ck = {"checkpoint_every": {(7, 0): 600.0}, "last_checkpoint": {(7, 0): NOW - 300}}
+    base = dict(onprem=(node("a1"),), cloud=("c1",), running=on_cloud(7, "c1"), cloud_tasks=[task(7)])
+    # 6 h left + 5 min lost, x 1.25: 7.7 h. A deadline in 12 h leaves room; in 7 h it does not.
+    far = decide(world(**base, deadlines={(7, 0): NOW + 12 * HOUR}, **ck), ON, Policy(), NOW)  # type: ignore[arg-type]
+    assert [r.job_id for r in far.recall] == [7]
+    near = decide(world(**base, deadlines={(7, 0): NOW + 7 * HOUR}, **ck), ON, Policy(), NOW)  # type: ignore[arg-type]
+    assert near.recall == ()

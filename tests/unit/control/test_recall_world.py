@@ -174,3 +174,15 @@ async def test_a_converge_that_reaches_the_node_before_the_preemptors_stop_keeps
         assert parts.agents[NODE].ops("cancel")[0] == {"key": key, "grace": 7.0}
     finally:
         await stop_sessions(parts.fleet)
+
+
+async def test_a_running_cloud_task_carries_its_deadline_so_a_recall_cannot_make_it_late(
+        cloud: Cloud) -> None:  # noqa: F811
+    parts, scaler, _ = cloud
+    try:
+        job = await running_on_cloud(parts, scaler, time_limit="3h", deadline="6h")
+        w = scaler.world(parts.clock())
+        assert [t.job_id for t in w.cloud_tasks] == [job]
+        assert set(w.deadlines) == {(job, 0)} and w.deadlines[(job, 0)] > parts.clock()
+    finally:
+        await stop_sessions(parts.fleet)
