@@ -627,6 +627,13 @@ class Settings:
     environments: EnvironmentsConfig = field(default_factory=EnvironmentsConfig)
     """Jobs' Python environments: the wheelhouse offline nodes are built from."""
 
+    def preemption_grace(self, cloud: bool) -> float:
+        """Seconds a preempted task gets to write its final checkpoint on a node of that site:
+        `cloud.preemption_grace` on a cloud node (a spot notice, a recall), `scheduler.preempt_grace`
+        on-prem (a priority preemption), never less than a stop's `fleet.poll_interval` x 10."""
+        site = self.cloud.preemption_grace if cloud else self.scheduler.preempt_grace
+        return max(self.fleet.poll_interval * 10, site)
+
     @property
     def home_path(self) -> Path:
         from hybridctl import paths

@@ -438,8 +438,8 @@ class Autoscaler:
         """Per pending task (and per `running` one: `World.cloud_tasks`) of a job with
         `checkpoint_dir`: seconds between its checkpoints (as the checkpoint sync observed them,
         else `fleet.checkpoint_sync_interval`); per pending or running task of a job with a
-        `deadline`: the deadline (a running one's keeps a recall from making it late); the pending tasks of jobs with `spot_insist: true`. One query per 500 jobs
-        (specs are JSON in the store)."""
+        `deadline`: the deadline (a running one's keeps a recall from making it late); the pending
+        tasks of jobs with `spot_insist: true`. One query per 500 jobs (specs are JSON in the store)."""
         ids = sorted({t.job_id for t in [*pending, *running]})
         facts: dict[int, tuple[bool, float | None, bool]] = {
             job_id: (bool(ckpt), float(deadline) if deadline is not None else None, bool(insist))

@@ -381,8 +381,7 @@ class NodeSession:
         rows = self.fleet.store.task_states(parsed[0], parsed[1])
         if rows and rows[0].state is JobStatus.PREEMPTED and rows[0].attempt == parsed[2]:
             with contextlib.suppress(NotFound):
-                cloud = self.fleet.store.node(self.name).site == "cloud"
-                grace = max(grace, settings.cloud.preemption_grace if cloud else settings.scheduler.preempt_grace)
+                grace = settings.preemption_grace(self.fleet.store.node(self.name).site == "cloud")
         return grace
 
     def _preempted_rank0(self, key: str, no_checkpoint: set[str]) -> bool:

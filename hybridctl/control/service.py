@@ -305,10 +305,8 @@ class Controller(CloudRequests):
             elif rules.preempt_below is not None and priority < rules.preempt_below:
                 out["preemptible_by"] = f"its priority {priority} is below scheduler.preempt_below {rules.preempt_below}"
         if spec.get("preemptible") or "preemptible_by" in out:
-            # As control/fleet's `_stop_grace` gives it: the site's grace, at least poll_interval x 10.
-            floor = self.settings.fleet.poll_interval * 10
-            out["preempt_grace"] = max(floor, self.settings.scheduler.preempt_grace)
-            on_cloud = max(floor, self.settings.cloud.preemption_grace)
+            out["preempt_grace"] = self.settings.preemption_grace(cloud=False)  # as the fleet's stop gives it
+            on_cloud = self.settings.preemption_grace(cloud=True)
             if on_cloud != out["preempt_grace"]:
                 out["preempt_grace_cloud"] = on_cloud
         return out

@@ -626,9 +626,9 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
        `wait_value_usd`, a placement-'any' task waits on-prem while its expected on-prem wait
        costs less than that offer would; a task with a deadline only while the wait also fits its
        slack (a deadline narrows the wait, it never widens it), and only one whose slack the wait
-       would not fit spends the deadline reserve, unpaced. `num_nodes` nodes are rented in one pool, unless
-       `max_nodes`, `max_hourly_usd` or the budget (paced with `pace_budget`) says no: then the
-       task is `Blocked` with the limit in words.
+       would not fit spends the deadline reserve, unpaced. `num_nodes` nodes are rented in one
+       pool, unless `max_nodes`, `max_hourly_usd` or the budget (paced with `pace_budget`) says
+       no: then the task is `Blocked` with the limit in words.
     4. Cloud nodes idle for `idle_timeout` that no pending task is about to use are given back;
        when the budget would otherwise be overrun, all of them (only the idle ones with
        `pace_budget`: running work is never killed for money).
@@ -1009,9 +1009,10 @@ def _recall(world: World, limits: Limits, policy: Policy, now: float, onprem: Se
     pending task is headed there), not in `World.no_recall`, with at least `recall_min_s` of its
     run left, and losing at most `recall_max_loss` of that by stopping now (the work since its
     last checkpoint, else since its start); with a deadline, only while what is left of its run
-    and that lost work, plus `deadline_margin` of both, still end before it. `plan` places them on-prem after every pending task
-    that may run on-prem (below the lowest priority, the dearest nodes first) and as if they
-    never ended (no backfill ahead of a reservation), so no pending task waits longer."""
+    and that lost work, plus `deadline_margin` of both, still end before it. `plan` places them
+    on-prem after every pending task that may run on-prem (below the lowest priority, the dearest
+    nodes first) and as if they never ended (no backfill ahead of a reservation), so no pending
+    task waits longer."""
     where: dict[TaskKey, list[RunningTask]] = {}
     on_node: dict[str, set[TaskKey]] = {}
     for r in world.cluster.running:
