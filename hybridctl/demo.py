@@ -234,28 +234,43 @@ def workload(lab: DemoLab, stop: threading.Event, wave: float, cycle: float, fix
             stop.wait(rng.expovariate(per_min / 60.0))
 
 
-def spot_market(lab: DemoLab, stop: threading.Event, say: Any, every: float, notice: float = 8.0) -> None:
-    """The spot market reclaims a cloud node, with `notice`, once it has run jobs for a few seconds
-    (long enough to have synced a checkpoint); then again every `every` seconds at most."""
+def spot_market(lab: DemoLab, stop: threading.Event, say: Any, every: float, notice: float = 8.0,
+                ran: float = 4.0) -> None:
+    """The spot market reclaims a cloud node, with `notice`, once a job on it has run `ran` seconds
+    (long enough to have written and synced a checkpoint); then again every `every` seconds at most.
+    A reclaim that caught none of those jobs (they ended before the controller acted on the notice,
+    as can happen on a slow machine) does not count: the market reclaims another node, so the demo
+    shows a job that moves and resumes from its checkpoint."""
     from hybridctl.cloud import catalog
     from hybridctl.cloud.simulated import SimulatedProvider
 
     market = SimulatedProvider(lab.cloud_dir, catalog.load())
     last = float("-inf")
-    busy_since: dict[str, float] = {}
+    reclaimed: tuple[str, float, set[tuple[int, int]]] | None = None  # (instance, when, its seasoned tasks)
     try:
         with Client(lab.socket) as c:
             while not stop.wait(1.0):
+                instances = c.call("cloud_status")["instances"]
+                live = {i["instance_id"] for i in instances if i["state"] in ("up", "draining")}
+                if reclaimed is not None and reclaimed[0] not in live:  # given back: did it catch one?
+                    caught = {(e["job_id"], e["task"]) for e in _events(c, reclaimed[1]) if e["to"] == "PREEMPTED"}
+                    if not caught & reclaimed[2]:
+                        last = float("-inf")
+                    reclaimed = None
                 now = time.monotonic()
-                for i in c.call("cloud_status")["instances"]:
-                    if i["state"] != "up" or not i["jobs"]:
-                        busy_since.pop(i["instance_id"], None)
-                        continue
-                    since = busy_since.setdefault(i["instance_id"], now)
-                    if now - since >= 5.0 and now - last >= every:
+                if reclaimed is not None or now - last < every:
+                    continue
+                seasoned: dict[str, set[tuple[int, int]]] = {}  # node -> its tasks that have run `ran` s
+                for r in c.call("queue", all=True, states=["RUNNING"]):
+                    if r["started_at"] and time.time() - r["started_at"] >= ran:
+                        for node in (r["nodes"] or "").split(","):
+                            seasoned.setdefault(node, set()).add((r["job_id"], r["task"]))
+                for i in instances:
+                    if i["state"] == "up" and i["node"] in seasoned:
                         market.preempt(i["instance_id"], time.time() + notice)
                         say(f"  spot market: reclaiming {i['node']} in {notice:.0f}s (its jobs checkpoint and move)")
-                        last = now
+                        last, reclaimed = now, (i["instance_id"], time.time() - 1, seasoned[i["node"]])
+                        break
     except HybridctlError:
         return  # the controller went away: the demo is ending
 
