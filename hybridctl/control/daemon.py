@@ -52,6 +52,8 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self._lock_fd: int | None = None
         self.fleet: Fleet | None = None
+        self._clients: dict[asyncio.Task[None], bool] = {}
+        """Each connection's task, and whether it is answering a request now (see `_hang_up`)."""
         limits = settings.limits
         self.connections = Connections(limits)
         self.bad_requests = LogBudget(limits.bad_request_log_per_minute)
@@ -150,12 +152,13 @@ class Daemon:
         try:
             await self.stop_event.wait()
         finally:
+            server.close()
+            listening.release()  # unlinks the path only if it is still our socket
+            await self._hang_up()
             for t in tasks:
                 t.cancel()
             fleet.stop_all()
             observer.close()
-            server.close()
-            listening.release()  # unlinks the path only if it is still our socket
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self.store.close()
@@ -165,6 +168,22 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    async def _hang_up(self, grace: float = 5.0) -> None:
+        """Close every client connection before the database: a request answered after it would get
+        "internal error" (a TUI shows that as its fleet's rows, and empties its table), and a client
+        that keeps asking would keep the controller from ever stopping (a cancelled wait for its
+        next line can be lost when the line arrives at once, Python < 3.12's `wait_for`). A
+        connection waiting for a request closes now; one answering finishes its answer (within
+        `grace` seconds), so an acknowledged submit is one that was stored. Clients then hear that
+        the controller closed the connection: "unreachable", and they retry."""
+        for task, answering in self._clients.items():
+            if not answering:
+                task.cancel()
+        if self._clients:
+            _done, late = await asyncio.wait(list(self._clients), timeout=grace)
+            for task in late:
+                task.cancel()
 
     async def _schedule_loop(self) -> None:
         assert self.scheduler is not None and self.fleet is not None
@@ -202,6 +221,9 @@ class Daemon:
                 log.warning("refused a connection from uid %d: %s", uid, refusal)
             await _last_word(writer, _error(Refused(refusal)))
             return
+        me = asyncio.current_task()
+        assert me is not None
+        self._clients[me] = False
         try:
             who = make_caller(uid, gid, self.settings.admin_group)
             pending = bytearray()
@@ -211,14 +233,17 @@ class Daemon:
                 except Refused as exc:
                     await _last_word(writer, _error(exc, idle="limits.idle_timeout" in exc.message))
                     return
-                if line is None:
+                if line is None or self.stop_event.is_set():  # stopping: not answered, not acted on
                     return
+                self._clients[me] = True
                 writer.write(await self._answer(who, line))
+                self._clients[me] = False
                 # A client that never reads its replies holds memory: give it as long as an idle one.
                 await asyncio.wait_for(writer.drain(), self.settings.limits.idle_timeout)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
         finally:
+            self._clients.pop(me, None)
             self.connections.release(uid)
             writer.close()
 

@@ -99,3 +99,49 @@ def test_second_controller_on_same_state_refuses(controller: ControllerProc) -> 
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "already running" in p.stderr
     assert controller.cli("queue").returncode == 0  # the first one is unharmed
+
+
+def test_a_client_asking_while_the_controller_stops_is_told_unreachable_never_an_internal_error(
+        controller: ControllerProc) -> None:
+    """A TUI polls on one long-lived connection. While the controller stops it must hear
+    "unreachable" (the banner, the retry), never an error reply: the TUI keeps an error reply as
+    the fleet's rows and empties its table (CI once saw that). The stopping controller answered
+    requests after closing its database ("Cannot operate on a closed database")."""
+    import threading
+
+    from hybridctl.core.errors import ControllerUnavailable, HybridctlError
+    from hybridctl.tui.data import SocketApi
+
+    api = SocketApi(controller.socket)
+    errors: list[str] = []
+    answered = threading.Event()
+    done = threading.Event()
+
+    def poll() -> None:
+        for _ in range(10**6):  # bounded; ends once the controller is gone and a poll is refused
+            if done.is_set():
+                return
+            for op in ("nodes", "queue"):
+                try:
+                    api.call(op, {})
+                    answered.set()
+                except ControllerUnavailable:
+                    pass
+                except HybridctlError as exc:
+                    errors.append(f"{op}: {exc.message}")
+
+    threads = [threading.Thread(target=poll) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        assert answered.wait(30)
+        assert controller.proc is not None
+        controller.proc.terminate()
+        controller.proc.wait(timeout=30)  # it stops by itself while clients keep asking
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=30)
+        api.close()
+    assert errors == [], errors[:3]
+    assert "internal error" not in controller.log.read_text()
