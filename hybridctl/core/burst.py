@@ -771,15 +771,39 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     cloud_ok: dict[TaskKey, float] = {}  # what each task let through took from its owners
     refused: dict[TaskKey, str] = {}
 
+    def waitable(t: PendingTask) -> bool:
+        """Whether `t` may wait for on-prem room: placement `any`, and a shape on-prem nodes take."""
+        if by_key[(t.job_id, t.task)].placement != "any" or not onprem_now:
+            return False
+        k = max(t.num_nodes, 1)
+        shape = (t.resources.gpus, t.resources.gpu_type, t.resources.cpus, t.resources.memory_mb, k)
+        never = never_cache.get(shape)
+        if never is None:
+            never = never_cache[shape] = never_fits(onprem_now, t.resources, k) is not None
+        return not never
+
+    def pressed(t: PendingTask, can_wait: bool) -> tuple[bool, float | None]:
+        """Whether `t`'s deadline presses: the on-prem wait (returned; None where it cannot wait)
+        would miss it. Only a pressing task may spend a deadline reserve, and unpaced."""
+        key = (t.job_id, t.task)
+        deadline = world.deadlines.get(key)
+        if not can_wait or backlog is None:
+            return deadline is not None, None
+        runtime = _runtime(t, world, limits)
+        wait = forecast[key] - now if key in forecast else backlog.wait(t.resources, max(t.num_nodes, 1))
+        fits = deadline is not None and wait + limits.deadline_margin * runtime < deadline - now - runtime
+        return deadline is not None and not fits, wait
+
     def owners_pay(t: PendingTask, hourly: float, pressing: bool | None = None) -> bool:
         """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run
         (`_owner_run_s`; then it is theirs); else `t` is refused, with the budget in words. The
-        deadline reserve is for a `pressing` task (default: any task with a deadline)."""
+        deadline reserve is for a `pressing` task (`pressed`, where the caller has not said)."""
         if purses is None or not purses.budgeted(t.user, t.group):
             return True
         limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
         usd = hourly * _owner_run_s(limit, now, limits) / 3600.0
-        due = (t.job_id, t.task) in world.deadlines if pressing is None else pressing
+        due = pressing if pressing is not None else (
+            (t.job_id, t.task) in world.deadlines and pressed(t, waitable(t))[0])
         why = purses.refusal(t.user, t.group, usd, due, limit is None)
         if why:
             refused[(t.job_id, t.task)] = why
@@ -818,12 +842,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 continue
         k = max(t.num_nodes, 1)
         runtime = _runtime(t, world, limits)
-        shape = (t.resources.gpus, t.resources.gpu_type, t.resources.cpus, t.resources.memory_mb, k)
-        never = never_cache.get(shape)
-        if never is None:
-            never = never_cache[shape] = bool(
-                not onprem_now or never_fits(onprem_now, t.resources, k) is not None)
-        can_wait = by_key[key].placement == "any" and not never
+        can_wait = waitable(t)
         deadline = world.deadlines.get(key)
         if deadline is None and paced_out:
             blocked.append(Blocked(t.job_id, t.task, paced_out))
@@ -831,9 +850,9 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                 backlog.add(t.resources, k, runtime)
             continue
         choice = _choose(t, market, world, limits, uses, now, can_wait)
-        pressing = deadline is not None  # may spend the budget's deadline reserve, unpaced
-        if can_wait and backlog is not None:
-            wait = forecast[key] - now if key in forecast else backlog.wait(t.resources, k)
+        pressing, wait = pressed(t, can_wait)
+        if wait is not None:
+            assert backlog is not None
             # A cloud node first receives what the job needs (its data lives on-prem): that time
             # is paid for and comes before the job starts, so waiting less than it on-prem always
             # wins.
@@ -844,8 +863,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                     and (wait < move or worth < paid))
             # A deadline narrows the wait (never past the slack), it does not widen it: the job's
             # waiting is worth as much as anyone's. While the slack lasts, it is paced like them.
-            fits = deadline is not None and wait + limits.deadline_margin * runtime < deadline - now - runtime
-            pressing = deadline is not None and not fits
+            fits = deadline is not None and not pressing
             if not hold and not pressing and band is not None and choice.offer is not None and limits.wait_value_usd > 0:
                 in_period = min(choice.cost, choice.offer.price_hourly * k * period_left / 3600.0)
                 bar = _pace_bar(world.spent + committed + planned_cost + in_period, band)

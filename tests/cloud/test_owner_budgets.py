@@ -226,3 +226,20 @@ def test_a_held_node_is_charged_by_the_candidate_the_plan_takes_on_it() -> None:
     cluster = ClusterView((FULL, replace(SPOT8.view("c1"), site="cloud")))
     d = decide_([alt], replace(BASE, user_budget_usd={"alice": 20.0}), offers=[SPOT8], cloud=[held], cluster=cluster)
     assert d.covered == {} and "this run needs $40.00 more" in d.blocked[0].reason
+
+
+def test_on_a_held_node_too_an_owners_deadline_reserve_is_for_a_pressing_deadline() -> None:
+    """A task covered by an idle rented node is charged to its owners like a new rental, and the
+    reserve rule is the same: a deadline with slack to wait on-prem does not open it (before, any
+    deadline did on this path, so a far one was a way into the reserve)."""
+    limits = replace(BASE, user_budget_usd={"alice": 10.0}, pace_budget=True, deadline_reserve=0.2,
+                     wait_value_usd=4.0)
+    held = CloudNode("c1", SPOT8, NOW - 3600, up=True, idle_since=NOW - 60)
+    prem = NodeView("prem1", tuple(GpuSlot(i, "NVIDIA A100", free=False) for i in range(8)), 64, 64, 1 << 19, 1 << 19)
+    frees = [burst.Freeing("prem1", tuple(range(8)), 8, 0, NOW + 6 * 3600)]
+    kw = dict(cluster=ClusterView((prem, replace(SPOT8.view("c1"), site="cloud"))), freeing=frees, offers=[SPOT8],
+              cloud=[held])
+    roomy = decide_([task(1, hours=9.5)], limits, deadlines={(1, 0): NOW + 30 * 86400}, **kw)  # $9.50 of 1/8 node
+    assert roomy.covered == {} and "20% kept for jobs with a deadline" in roomy.blocked[0].reason
+    late = decide_([task(1, hours=9.5)], limits, deadlines={(1, 0): NOW + 12 * 3600}, **kw)
+    assert late.covered == {(1, 0): "c1"} and not late.blocked
