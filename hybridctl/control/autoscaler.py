@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence
@@ -305,11 +306,12 @@ class Autoscaler:
         for rc in decision.recall:
             if not any(n in self._busy for n in rc.nodes):
                 self.recall(rc)
+        gangs = Counter(req.group for req in decision.launches)  # a gang of k nodes is k requests, one group
         for req in decision.launches:
             name = self.new_name()
             self._busy.add(name)
             self.store.cloud_add_instance(f"launch:{name}", req.offer.provider, name, req.offer.to_dict(), req.tasks, now)
-            self._spawn(name, self.launch(name, req))
+            self._spawn(name, self.launch(name, req, gangs[req.group]))
         return decision
 
     # ---- reading the world -----------------------------------------------------------------------
@@ -478,7 +480,7 @@ class Autoscaler:
 
     # ---- launching -------------------------------------------------------------------------------
 
-    async def launch(self, name: str, req: burst.LaunchRequest) -> None:
+    async def launch(self, name: str, req: burst.LaunchRequest, gang: int = 1) -> None:
         offer = req.offer
         provider = self.providers[offer.provider]
         placeholder = f"launch:{name}"
@@ -492,7 +494,7 @@ class Autoscaler:
             capacity = isinstance(exc, CapacityError)
             self.store.cloud_update_instance(placeholder, now, state=CloudNodeState.FAILED, ended_at=now,
                                              reason=exc.message)
-            self.backoff(offer.pool, exc.message, now)
+            self.backoff(offer.pool, exc.message, now, gang)
             (log.warning if capacity else log.error)("launch of %s refused (%s); trying another offer", offer.pool, exc.message)
             self.wake.set()
             return
@@ -579,8 +581,13 @@ class Autoscaler:
                 if (n.cpus, n.memory_mb) != (float(o["cpus"]), int(o["memory_mb"])):
                     self.store.set_hardware(n.name, list(n.gpus), float(o["cpus"]), int(o["memory_mb"]), self.clock())
 
-    def backoff(self, pool: str, reason: str, now: float) -> None:
-        self.store.cloud_set_backoff(pool, now + self.cfg.burst.backoff, reason)
+    def backoff(self, pool: str, reason: str, now: float, nodes: int = 1) -> None:
+        """Do not ask `pool` again for `burst.backoff` seconds, times the `nodes` of the gang it
+        refused: room for k nodes at once is scarcer than for one, and a gang that walked its spot
+        pools one by one found the first live again before it was through half of them, so it
+        never reached on-demand (`core/offers.Market.fitting`: spot is skipped once half its pools
+        back off)."""
+        self.store.cloud_set_backoff(pool, now + self.cfg.burst.backoff * max(nodes, 1), reason)
 
     # ---- giving back -----------------------------------------------------------------------------
 

@@ -219,6 +219,12 @@ class Controller(CloudRequests):
         if not nodes:
             return
         msg = sched.never_fits(nodes, resources, num_nodes)
+        if msg and placement != "onprem" and self.cloud is not None:
+            # The cloud nodes up now are not all the cloud: a job that fits an offer's node is
+            # rented for (num_nodes of it); before, one cloud node up refused a 2-node cloud job.
+            offers = self.cloud.offers
+            if not offers or any(sched.never_fits([o.view("offer")], resources, 1) is None for o in offers):
+                return
         if msg:
             raise Unschedulable(f"job refused: {msg}")
 

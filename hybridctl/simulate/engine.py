@@ -411,7 +411,9 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                 why = market.refuse(o, t, held, len(reqs))
                 if why:
                     refusals += 1
-                    backoff[o.pool] = t + backoff_s + origin
+                    # As the controller: a pool that refused k nodes rests k times as long
+                    # (Autoscaler.backoff).
+                    backoff[o.pool] = t + backoff_s * len(reqs) + origin
                     continue
                 for _ in reqs:
                     counter += 1

@@ -225,3 +225,26 @@ def test_a_recalled_cloud_job_finishes_on_prem_and_its_node_goes_back() -> None:
     recalled = [dict(zip(head.strip("| ").split(" | "), r.strip("| ").split(" | ")))["recalled (GPU-h lost)"]
                 for r in rows]
     assert recalled == ["0", "1 (0.9)"]
+
+
+class CappedMarket(ScriptedMarket):
+    """Spot pools that hold 3 nodes at most (as the simulated market's 8-GPU spot pools)."""
+
+    def refuse(self, o: Offer, t: float, held: int, k: int) -> str:
+        if o.spot and held + k > 3:
+            self.refusals.append(o.pool)
+            return "capacity"
+        return ""
+
+
+def test_a_gang_refused_by_every_spot_pool_reaches_on_demand() -> None:
+    """A pool that refuses a gang of k nodes backs off k times as long (`backoff_s` x k): a
+    4-node job facing 12 spot pools of 3 nodes each used to ask them in turn forever, each one
+    live again (300 s) before the walk got through half of them, and never reached on-demand
+    (the 4-node jobs of the lab week waited 1.8-5.2 h at p95)."""
+    spots = [replace(A, zone=f"r1{c}") for c in "abcdefghijkl"]
+    m = CappedMarket([*spots, OD])
+    lim = replace(RENT, reclaim_per_h=0.0)
+    r = run([job(nodes=4)], FLEET, Strategy("hybrid", onprem=False, limits=lim), m, drain_s=6 * 3600)  # type: ignore[arg-type]
+    assert r.unfinished == 0, m.refusals[:20]
+    assert len(m.refusals) <= len(spots) and r.waits[0] <= 3600

@@ -88,3 +88,44 @@ async def test_a_node_gone_under_us_loses_its_jobs_and_is_given_back(cloud: Clou
         await stop_sessions(parts.fleet)
     assert parts.state(job) is S.PENDING
     assert NODE not in {n.name for n in parts.store.nodes()} and provider.terminated == [IID]
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+async def test_a_pool_that_refuses_a_gang_rests_as_many_times_longer(cloud: Cloud, nodes: int) -> None:
+    """A capacity refusal backs the pool off `burst.backoff` seconds times the gang's node count
+    (the launches of one `group`), so a multi-node job walks on through its spot pools to
+    on-demand rather than finding the first pool live again (tests/unit/test_simulate.py has the
+    walk). Through the autoscaler's own pass: the policy rents, the provider refuses."""
+    from hybridctl.cloud.base import CapacityError, LaunchSpec
+
+    parts, scaler, provider = cloud
+    asked: list[str] = []
+
+    def refuse(spec: LaunchSpec) -> Instance:
+        asked.append(spec.name)
+        raise CapacityError("InsufficientInstanceCapacity: no room for that many")
+
+    provider.launch = refuse  # type: ignore[method-assign]
+    now = parts.clock()
+    await scaler.refresh_offers(now)
+    parts.ctl.cloud = scaler  # submit sees the offers (the daemon wires it so)
+    parts.submit(num_nodes=nodes, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    await scaler.tick()
+    await wait_for_async(lambda: len(asked) >= nodes and not scaler._tasks, what="the launches refused")
+    (until, why), = parts.store.cloud_backoffs(now).values()
+    assert until == pytest.approx(now + scaler.cfg.burst.backoff * nodes, abs=5) and "no room" in why
+
+
+async def test_a_multi_node_cloud_job_is_taken_when_offers_hold_its_nodes(cloud: Cloud) -> None:
+    """Submit checks a job against the nodes that exist, and with bursting on, against the offers
+    too: one cloud node up used to refuse a 3-node cloud job ("only 1 node can ever hold")."""
+    from hybridctl.core.errors import Unschedulable
+
+    parts, scaler, _ = cloud
+    with pytest.raises(Unschedulable, match="only 1 node can ever hold"):  # without the autoscaler's view
+        parts.submit(num_nodes=3, placement="cloud")
+    await scaler.refresh_offers(parts.clock())
+    parts.ctl.cloud = scaler
+    assert parts.submit(num_nodes=3, placement="cloud") > 0
+    with pytest.raises(Unschedulable, match="4"):  # no offer's node holds 4 A100s
+        parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:4"})
