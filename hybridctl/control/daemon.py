@@ -240,6 +240,8 @@ class Daemon:
                 self._clients[me] = False
                 # A client that never reads its replies holds memory: give it as long as an idle one.
                 await asyncio.wait_for(writer.drain(), self.settings.limits.idle_timeout)
+                if self.stop_event.is_set():  # answered while stopping: hang up now, not after the grace
+                    return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
         finally:
