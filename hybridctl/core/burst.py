@@ -740,36 +740,6 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         cap = limits.budget_usd * min(1.0, f + limits.pace_ahead) * (1.0 - reserve)
         band = (on_pace + limits.pace_bend_from * (cap - on_pace), cap)
     never_cache: dict[tuple[int, str | None, float, int, int], bool] = {}
-    # One plan over the held nodes covers what they can take (the scheduler's own order);
-    # the rest rent, packing onto nodes rented earlier in this pass where they have room.
-    # Tasks the policy keeps off spot: neither held spot nodes nor new ones take them (and the
-    # scheduler is told, so it does not put them on spot nodes rented for others either).
-    no_spot: set[TaskKey] = set()
-    if limits.count_preemption_loss:
-        fits_here: dict[tuple[int, str | None, float, int, int], bool] = {}
-        for t in ordered:
-            if t.deps_unmet or t.placement not in ("any", "cloud") or not t.resources.use_spot:
-                continue
-            can_wait = False
-            if t.placement == "any" and onprem_now:
-                shape_ = (t.resources.gpus, t.resources.gpu_type, t.resources.cpus, t.resources.memory_mb,
-                          max(t.num_nodes, 1))
-                ok = fits_here.get(shape_)
-                if ok is None:
-                    ok = fits_here[shape_] = never_fits(onprem_now, t.resources, shape_[4]) is None
-                can_wait = ok
-            if spot_averse(t, world, limits, now, can_wait, market):
-                no_spot.add((t.job_id, t.task))
-    as_cloud = [replace(t, placement="cloud", no_spot=(t.job_id, t.task) in no_spot) if no_spot
-                else replace(t, placement="cloud") for t in candidates_]
-    held_cover: dict[TaskKey, list[Placement]] = {}
-    if cloud_views and as_cloud:
-        for p in plan(_view(cluster, cloud_views), as_cloud, policy).placements:
-            held_cover.setdefault((p.job_id, p.task), []).append(p)
-    # Owner budgets: a task of a budgeted owner takes cloud money only where they can pay it.
-    purses = _purses(world, limits, now, held) if limits.user_budget_usd or limits.group_budget_usd else None
-    cloud_ok: dict[TaskKey, float] = {}  # what each task let through took from its owners
-    refused: dict[TaskKey, str] = {}
 
     def waitable(t: PendingTask) -> bool:
         """Whether `t` may wait for on-prem room: placement `any`, and a shape on-prem nodes take."""
@@ -781,6 +751,28 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         if never is None:
             never = never_cache[shape] = never_fits(onprem_now, t.resources, k) is not None
         return not never
+
+    # One plan over the held nodes covers what they can take (the scheduler's own order);
+    # the rest rent, packing onto nodes rented earlier in this pass where they have room.
+    # Tasks the policy keeps off spot: neither held spot nodes nor new ones take them (and the
+    # scheduler is told, so it does not put them on spot nodes rented for others either).
+    no_spot: set[TaskKey] = set()
+    if limits.count_preemption_loss:
+        for t in ordered:
+            if t.deps_unmet or t.placement not in ("any", "cloud") or not t.resources.use_spot:
+                continue
+            if spot_averse(t, world, limits, now, waitable(t), market):
+                no_spot.add((t.job_id, t.task))
+    as_cloud = [replace(t, placement="cloud", no_spot=(t.job_id, t.task) in no_spot) if no_spot
+                else replace(t, placement="cloud") for t in candidates_]
+    held_cover: dict[TaskKey, list[Placement]] = {}
+    if cloud_views and as_cloud:
+        for p in plan(_view(cluster, cloud_views), as_cloud, policy).placements:
+            held_cover.setdefault((p.job_id, p.task), []).append(p)
+    # Owner budgets: a task of a budgeted owner takes cloud money only where they can pay it.
+    purses = _purses(world, limits, now, held) if limits.user_budget_usd or limits.group_budget_usd else None
+    cloud_ok: dict[TaskKey, float] = {}  # what each task let through took from its owners
+    refused: dict[TaskKey, str] = {}
 
     def pressed(t: PendingTask, can_wait: bool) -> tuple[bool, float | None]:
         """Whether `t`'s deadline presses: the on-prem wait (returned; None where it cannot wait)
