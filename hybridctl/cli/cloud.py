@@ -115,7 +115,8 @@ def status_text(d: dict[str, Any]) -> str:
         lines.append("")
         lines.append("backing off (capacity errors):")
         now = time.time()
-        lines += [f"  {b['pool']} for {o.duration(b['until'] - now)}: {b['reason']}" for b in d["backoffs"]]
+        lines += [f"  {b['pool']}{'' if b.get('nodes', 1) <= 1 else ' (for ' + str(b['nodes']) + ' nodes or more)'}"
+                  f" for {o.duration(b['until'] - now)}: {b['reason']}" for b in d["backoffs"]]
     for leak in d["leaks"][-5:]:
         lines.append(f"  leak terminated: {leak['provider']} {leak['instance_id']} ({leak['name'] or 'unnamed'})"
                      f" at {o.when(leak['at'])}")

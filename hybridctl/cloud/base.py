@@ -75,8 +75,8 @@ class CloudError(HybridctlError):
 
 class CapacityError(CloudError):
     """Retryable: the pool has no capacity (or the spot market refused) right now. The autoscaler
-    backs that pool off for `burst.backoff` seconds (times the nodes of the gang it refused) and
-    tries the next offer; nothing is marked failed."""
+    backs that pool off for `burst.backoff` seconds (after a gang of k nodes: k times as long, and
+    only for k nodes or more) and tries the next offer; nothing is marked failed."""
 
 
 class NotReady(CloudError):

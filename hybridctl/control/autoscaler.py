@@ -190,6 +190,27 @@ class CheckpointIntervals:
         return every
 
 
+class _Gang:
+    """The k launches of one multi-node task (one `LaunchRequest.group`): all k nodes stay, or
+    none. Providers rent one node per call, so the k-th can be refused after k-1 are up; those
+    go back at once (as one EC2 RunInstances with MinCount=k refuses them all), rather than idle
+    for `burst.idle_timeout` while the policy rents the task k nodes in another pool. That next
+    pass runs once the whole gang is settled, so it never counts the leftovers as held."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.refused = ""
+        self.asked = 0  # launch calls answered (refused, failed or not)
+        self.settled = 0  # members refused, or given back for a refused sibling
+        self.answered = asyncio.Event()
+
+    def answer(self, refused: str = "") -> None:
+        self.refused = self.refused or refused
+        self.asked += 1
+        if self.asked >= self.k:
+            self.answered.set()
+
+
 class Autoscaler:
     """Runs the burst policy against the providers; see the module docstring. Job state changes
     (preempt, requeue, node lost) go through `lifecycle`; cloud nodes' sessions through `fleet`;
@@ -306,12 +327,14 @@ class Autoscaler:
         for rc in decision.recall:
             if not any(n in self._busy for n in rc.nodes):
                 self.recall(rc)
-        gangs = Counter(req.group for req in decision.launches)  # a gang of k nodes is k requests, one group
+        sizes = Counter(req.group for req in decision.launches)  # a gang of k nodes is k requests, one group
+        gangs: dict[int, _Gang] = {}
         for req in decision.launches:
             name = self.new_name()
             self._busy.add(name)
             self.store.cloud_add_instance(f"launch:{name}", req.offer.provider, name, req.offer.to_dict(), req.tasks, now)
-            self._spawn(name, self.launch(name, req, gangs[req.group]))
+            gang = gangs.setdefault(req.group, _Gang(sizes[req.group]))
+            self._spawn(name, self.launch(name, req, gang))
         return decision
 
     # ---- reading the world -----------------------------------------------------------------------
@@ -351,7 +374,9 @@ class Autoscaler:
             for a in store.running_allocations()
             if a.time_limit and site.get(a.node) != "cloud"
         ]
-        backoff = {p: u for p, (u, _r) in store.cloud_backoffs(now).items()}
+        backoffs = store.cloud_backoffs(now)
+        backoff = {p: u for p, (u, _r, n) in backoffs.items() if n <= 1}
+        gang_backoff = {p: (u, n) for p, (u, _r, n) in backoffs.items() if n > 1}
         since = utc_day(burst.period_start(now, self.limits.budget_period))
         spent = store.cloud_spent_since(since)
         owners = self.limits.user_budget_usd or self.limits.group_budget_usd
@@ -376,7 +401,7 @@ class Autoscaler:
             lengths = got_lengths if want_lengths else ()
         return burst.World(pending, cluster, cloud, self.offers, store.pending_since(), backoff, spent, freeing,
                            runtime=runtime, checkpoint_every=checkpoint_every, deadlines=deadlines,
-                           transfer_s=self.transfer_times(pending), spot_insist=insist,
+                           transfer_s=self.transfer_times(pending), spot_insist=insist, gang_backoff=gang_backoff,
                            cloud_features=frozenset(self.cfg.runtimes),
                            limit_use=use, run_lengths=lengths,
                            cloud_tasks=recallable, last_checkpoint=last_checkpoint, no_recall=no_recall,
@@ -480,7 +505,10 @@ class Autoscaler:
 
     # ---- launching -------------------------------------------------------------------------------
 
-    async def launch(self, name: str, req: burst.LaunchRequest, gang: int = 1) -> None:
+    async def launch(self, name: str, req: burst.LaunchRequest, gang: _Gang | None = None) -> None:
+        """Rent one node for `req` and bootstrap it. One of a gang first waits for the other
+        launches' answers, and goes back if any was refused (`_Gang`)."""
+        gang = gang or _Gang(1)
         offer = req.offer
         provider = self.providers[offer.provider]
         placeholder = f"launch:{name}"
@@ -490,19 +518,41 @@ class Autoscaler:
         try:
             inst = await asyncio.to_thread(provider.launch, spec)
         except HybridctlError as exc:
+            gang.answer(exc.message)
             now = self.clock()
             capacity = isinstance(exc, CapacityError)
             self.store.cloud_update_instance(placeholder, now, state=CloudNodeState.FAILED, ended_at=now,
                                              reason=exc.message)
-            self.backoff(offer.pool, exc.message, now, gang)
+            self.backoff(offer.pool, exc.message, now, gang.k)
             (log.warning if capacity else log.error)("launch of %s refused (%s); trying another offer", offer.pool, exc.message)
-            self.wake.set()
+            self._settled(gang)
             return
+        except BaseException:
+            gang.answer("the launch failed")  # its siblings must not wait for it
+            raise
+        gang.answer()
         now = self.clock()
         offer_row = {**offer.to_dict(), "declared_shape": inst.declared_shape}
         self.store.cloud_update_instance(placeholder, now, new_id=inst.id, state=CloudNodeState.BOOTSTRAPPING,
                                          offer=json.dumps(offer_row))
+        if gang.k > 1:
+            await gang.answered.wait()  # each sibling's launch call answers (or raises) in bounded time
+            if gang.refused:
+                why = f"another node of its {gang.k}-node gang was refused: {gang.refused}"
+                self.store.cloud_update_instance(inst.id, self.clock(), state=CloudNodeState.DRAINING, reason=why)
+                try:
+                    await self.give_back(inst.id, name, why, failed=True)
+                finally:
+                    self._settled(gang)
+                return
         await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout)
+
+    def _settled(self, gang: _Gang) -> None:
+        """A refused member, or one given back for a refused sibling, is done: once all k are,
+        the next pass runs at once (the task rents elsewhere)."""
+        gang.settled += 1
+        if gang.settled >= gang.k:
+            self.wake.set()
 
     async def _resume(self, row: dict[str, Any]) -> None:
         offer = burst.Offer.from_dict(row["offer"])
@@ -582,12 +632,14 @@ class Autoscaler:
                     self.store.set_hardware(n.name, list(n.gpus), float(o["cpus"]), int(o["memory_mb"]), self.clock())
 
     def backoff(self, pool: str, reason: str, now: float, nodes: int = 1) -> None:
-        """Do not ask `pool` again for `burst.backoff` seconds, times the `nodes` of the gang it
-        refused: room for k nodes at once is scarcer than for one, and a gang that walked its spot
-        pools one by one found the first live again before it was through half of them, so it
-        never reached on-demand (`core/offers.Market.fitting`: spot is skipped once half its pools
-        back off)."""
-        self.store.cloud_set_backoff(pool, now + self.cfg.burst.backoff * max(nodes, 1), reason)
+        """Do not ask `pool` again for `burst.backoff` seconds; after refusing a gang of k
+        `nodes`, not for k nodes or more, for k times as long. Room for k nodes at once is scarcer
+        than for one: a gang that walked its spot pools one by one found the first live again
+        before it was through half of them, so it never reached on-demand (`Market.fitting`:
+        spot is skipped once half its pools back off). A pool without room for 4 nodes may still
+        have room for one, so single nodes are still asked there."""
+        k = max(nodes, 1)
+        self.store.cloud_set_backoff(pool, now + self.cfg.burst.backoff * k, reason, k)
 
     # ---- giving back -----------------------------------------------------------------------------
 

@@ -95,7 +95,8 @@ class CloudRequests:
             "covered": [{"job": burst.label(k), "node": n} for k, n in last.covered.items()] if last else [],
             "notes": list(last.notes) if last else [],
             "last_pass": scaler.last_at if scaler is not None else None,
-            "backoffs": [{"pool": p, "until": u, "reason": why} for p, (u, why) in sorted(self.store.cloud_backoffs(now).items())],
+            "backoffs": [{"pool": p, "until": u, "reason": why, "nodes": n}
+                         for p, (u, why, n) in sorted(self.store.cloud_backoffs(now).items())],
             "leaks": list(scaler.leaks) if scaler is not None else [],
             "owners": self._owner_budgets(caller, lim, since, last.gate if last else None),
         }
@@ -187,7 +188,7 @@ class CloudRequests:
             wait, ahead = burst.estimate_wait(task, pending, self.store.node_views(), running, self.scheduler.policy, now,
                                               limits_, default, max_events=200)
             cfg = self.settings.cloud
-            backoff = {p: u for p, (u, _r) in self.store.cloud_backoffs(now).items()}
+            backoff = {p: u for p, (u, _r, n) in self.store.cloud_backoffs(now).items() if n <= max(task.num_nodes, 1)}
             offer, why = burst.cheapest(task.resources, self._cloud_offers(), backoff, now,
                                         cfg.burst.allow_on_demand or not task.resources.use_spot)
             text = burst.wait_or_pay(task, wait, ahead, offer, why, task.num_nodes)

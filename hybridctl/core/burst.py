@@ -227,6 +227,9 @@ class World:
     owner_spent: Mapping[Owner, float] = field(default_factory=dict)
     """$ spent on cloud nodes in the current budget period per ('user', name) and ('group', name):
     their share of each node they held. Read with `Limits.user_budget_usd`/`group_budget_usd`."""
+    gang_backoff: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    """Pool -> (until, k): it refused a gang of k nodes; until then it is not asked for k nodes or
+    more at once (one node still is)."""
 
 
 @dataclass(frozen=True)
@@ -397,7 +400,7 @@ def spot_averse(task: PendingTask, world: World, limits: Limits, now: float, can
     rate = limits.reclaim_per_h
     if market is not None:
         for res in candidates(task.resources):
-            safe = market.safest(res, market.fitting(res)[0])
+            safe = market.safest(res, market.fitting(res, k)[0])
             if safe is not None and safe.reclaim_per_h is not None:
                 rate = min(rate, safe.reclaim_per_h)
     share = _loss_share(task, world, limits, work_h, k * rate, ckpt_h)
@@ -422,7 +425,7 @@ def _choose(task: PendingTask, market: Market, world: World, limits: Limits, use
     best: Choice | None = None
     first_why = ""
     for res in candidates(task.resources):
-        spot, od, scarce = market.fitting(res)
+        spot, od, scarce = market.fitting(res, k)
         if not res.use_spot:
             spot = []
         if not limits.allow_on_demand:
@@ -705,7 +708,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
     for c in world.cloud:
         uses[c.offer.pool] = uses.get(c.offer.pool, 0) + 1
 
-    market = Market(world.offers, world.backoff, now)
+    market = Market(world.offers, world.backoff, now, world.gang_backoff)
     gated = bool(policy.user_gpu_quota or policy.group_gpu_quota)
     accepted: list[PendingTask] = []
     new_views: list[NodeView] = []

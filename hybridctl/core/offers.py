@@ -181,16 +181,19 @@ class Choice:
 class Market:
     """The offers of one pass grouped by shape, so each task shape is matched once per pass."""
 
-    def __init__(self, offers: Sequence[Offer], backoff: Mapping[str, float], now: float) -> None:
+    def __init__(self, offers: Sequence[Offer], backoff: Mapping[str, float], now: float,
+                 gang_backoff: Mapping[str, tuple[float, int]] | None = None) -> None:
         self.offers = offers
         self.backoff = backoff
+        self.gang_backoff = {p: k for p, (until, k) in (gang_backoff or {}).items() if until > now}
+        """Pool -> k: not asked for k nodes or more (it refused a gang that large lately)."""
         self.now = now
         shapes: dict[tuple[str | None, int, float, int], list[Offer]] = {}
         for o in offers:
             shapes.setdefault((o.gpu_type, o.gpus, o.cpus, o.memory_mb), []).append(o)
         self.shapes = shapes
         self._best: dict[tuple[int, str | None, float, int, int, int], tuple[Offer | None, Offer | None]] = {}
-        self._fit: dict[tuple[int, str | None, float, int], tuple[list[Offer], list[Offer], bool]] = {}
+        self._fit: dict[tuple[int, str | None, float, int, int], tuple[list[Offer], list[Offer], bool]] = {}
         self._safe: dict[tuple[int, str | None, float, int, int], Offer | None] = {}
 
     def best(self, res: Resources, spot: list[Offer], od: list[Offer], uses: Mapping[str, int],
@@ -217,20 +220,23 @@ class Market:
     def moved(self) -> None:
         self._best.clear()
 
-    def fitting(self, res: Resources) -> tuple[list[Offer], list[Offer], bool]:
-        """(live spot offers, live on-demand offers) that hold one node of `res`, and whether spot
-        for this shape is scarce: at least half of its fitting spot pools backing off."""
-        key = (res.gpus, res.gpu_type, res.cpus, res.memory_mb)
+    def fitting(self, res: Resources, nodes: int = 1) -> tuple[list[Offer], list[Offer], bool]:
+        """(live spot offers, live on-demand offers) that hold one node of `res`, for a launch of
+        `nodes` nodes, and whether spot for this shape is scarce: at least half of its fitting
+        spot pools backing off (for that many nodes)."""
+        shape = (res.gpus, res.gpu_type, res.cpus, res.memory_mb)
+        gang = self.gang_backoff
+        key = (*shape, nodes if gang else 1)
         hit = self._fit.get(key)
         if hit is None:
             spot: list[Offer] = []
             od: list[Offer] = []
             pools = 0
             for (t, g, c, m), group in self.shapes.items():
-                if _shape_fits(t, g, c, m, *key):
+                if _shape_fits(t, g, c, m, *shape):
                     for o in group:
                         pools += o.spot
-                        if self.backoff.get(o.pool, 0.0) <= self.now:
+                        if self.backoff.get(o.pool, 0.0) <= self.now and nodes < gang.get(o.pool, nodes + 1):
                             (spot if o.spot else od).append(o)
             hit = self._fit[key] = (spot, od, pools > 0 and 2 * len(spot) <= pools)
         return hit

@@ -132,12 +132,16 @@ class CloudTables(Tables):
         )
         return [{"key": k, "usd": usd, "hours": h, "provider": p, "instances": n} for k, usd, h, p, n in rows]
 
-    def cloud_set_backoff(self, pool: str, until: float, reason: str) -> None:
+    def cloud_set_backoff(self, pool: str, until: float, reason: str, nodes: int = 1) -> None:
+        """Do not ask `pool` for `nodes` nodes or more at once until `until` (1: for any); the
+        latest refusal replaces an earlier one."""
         with self.tx() as c:
-            c.execute("INSERT INTO cloud_backoff (pool, until, reason) VALUES (?,?,?) ON CONFLICT(pool) DO UPDATE"
-                      " SET until=excluded.until, reason=excluded.reason", (pool, until, reason))
+            c.execute("INSERT INTO cloud_backoff (pool, until, reason, nodes) VALUES (?,?,?,?) ON CONFLICT(pool)"
+                      " DO UPDATE SET until=excluded.until, reason=excluded.reason, nodes=excluded.nodes",
+                      (pool, until, reason, max(int(nodes), 1)))
 
-    def cloud_backoffs(self, now: float) -> dict[str, tuple[float, str]]:
-        """Pools still backing off at `now`: pool -> (until, reason)."""
-        return {p: (u, r) for p, u, r in self.conn.execute(
-            "SELECT pool, until, reason FROM cloud_backoff WHERE until > ?", (now,))}
+    def cloud_backoffs(self, now: float) -> dict[str, tuple[float, str, int]]:
+        """Pools still backing off at `now`: pool -> (until, reason, the fewest nodes it is not
+        asked for: 1 = any launch)."""
+        return {p: (u, r, n) for p, u, r, n in self.conn.execute(
+            "SELECT pool, until, reason, nodes FROM cloud_backoff WHERE until > ?", (now,))}

@@ -227,8 +227,14 @@ def m008_owner_spend(db: sqlite3.Connection) -> None:
              " usd REAL NOT NULL, PRIMARY KEY (day, kind, name)) WITHOUT ROWID;")
 
 
+def m009_backoff_nodes(db: sqlite3.Connection) -> None:
+    """A pool that refused a gang of k nodes is closed to launches of k nodes or more, not to one
+    node (`cloud_backoff.nodes`; 1 = closed to every launch, as every row before)."""
+    _run(db, "ALTER TABLE cloud_backoff ADD COLUMN nodes INTEGER NOT NULL DEFAULT 1;")
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_cloud, m003_restarts, m004_node_cpus, m005_recoveries,
-                               m006_candidates, m007_slurm_dependencies, m008_owner_spend]
+                               m006_candidates, m007_slurm_dependencies, m008_owner_spend, m009_backoff_nodes]
 
 
 def migrate(db: sqlite3.Connection) -> int:

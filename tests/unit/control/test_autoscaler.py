@@ -112,8 +112,82 @@ async def test_a_pool_that_refuses_a_gang_rests_as_many_times_longer(cloud: Clou
     parts.submit(num_nodes=nodes, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
     await scaler.tick()
     await wait_for_async(lambda: len(asked) >= nodes and not scaler._tasks, what="the launches refused")
-    (until, why), = parts.store.cloud_backoffs(now).values()
+    (until, why, closed_to), = parts.store.cloud_backoffs(now).values()
     assert until == pytest.approx(now + scaler.cfg.burst.backoff * nodes, abs=5) and "no room" in why
+    assert closed_to == nodes
+
+
+async def test_a_pool_that_refused_a_gang_still_rents_one_node(cloud: Cloud) -> None:
+    """A pool that refused 3 nodes at once is closed to 3 nodes or more, not to one: a 1-node job
+    rents there on the next pass, while the gang waits (there is no other pool)."""
+    from hybridctl.cloud.base import CapacityError, LaunchSpec
+
+    parts, scaler, provider = cloud
+    plain = provider.launch
+    refused: list[str] = []
+
+    def refuse_gangs(spec: LaunchSpec) -> Instance:
+        if gangs_only:
+            refused.append(spec.name)
+            raise CapacityError("InsufficientInstanceCapacity: no room for 3")
+        return plain(spec)
+
+    gangs_only = True
+    provider.launch = refuse_gangs  # type: ignore[method-assign]
+    now = parts.clock()
+    await scaler.refresh_offers(now)
+    parts.ctl.cloud = scaler
+    gang = parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    await scaler.tick()
+    await wait_for_async(lambda: len(refused) == 3 and not scaler._tasks, what="the gang refused")
+    gangs_only = False
+    one = parts.submit(placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    decision = await scaler.tick()
+    assert [r.tasks for r in decision.launches] == [((one, 0),)], decision  # the gang waits: no other pool
+    assert any(b.job_id == gang for b in decision.blocked)
+    from hybridctl.cli.cloud import status_text
+    from tests.unit.control.parts import ALICE
+
+    shown = status_text(parts.ctl.op_cloud_status(ALICE))
+    assert f"{OFFER.pool} (for 3 nodes or more) for " in shown and "no room for 3" in shown
+    assert decision.launches[0].offer.pool == OFFER.pool
+
+
+async def test_a_gang_whose_last_node_is_refused_gives_the_others_back_at_once(cloud: Cloud) -> None:
+    """Providers rent one node per call: the 3rd node of a 3-node job refused after 2 were
+    launched. Those 2 go back at once (terminated, FAILED with the reason), not after sitting idle
+    for `burst.idle_timeout` while the job rents 3 nodes elsewhere, and the pool rests 3 times."""
+    import threading
+
+    from hybridctl.cloud.base import CapacityError, LaunchSpec
+
+    parts, scaler, provider = cloud
+    lock = threading.Lock()
+    calls: list[str] = []
+    plain = provider.launch
+
+    def third_refused(spec: LaunchSpec) -> Instance:
+        with lock:
+            calls.append(spec.name)
+            if len(calls) == 3:
+                raise CapacityError("InsufficientInstanceCapacity: 2 of 3 fitted")
+            return plain(spec)
+
+    provider.launch = third_refused  # type: ignore[method-assign]
+    now = parts.clock()
+    await scaler.refresh_offers(now)
+    parts.ctl.cloud = scaler
+    parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    await scaler.tick()
+    await wait_for_async(lambda: len(calls) == 3 and not scaler._tasks, what="the gang's launches settled")
+    launched = [i.id for i in provider.instances.values() if i.name in calls]
+    assert len(launched) == 2 and sorted(provider.terminated) == sorted(launched)
+    rows = {r["node"]: r for r in parts.store.cloud_instances(live=False) if r["node"] in calls}
+    assert all(r["state"] is CloudNodeState.FAILED for r in rows.values()), rows
+    assert sum("2 of 3 fitted" in r["reason"] and "3-node gang" in r["reason"] for r in rows.values()) == 2
+    (until, _, closed_to), = parts.store.cloud_backoffs(now).values()
+    assert until == pytest.approx(now + scaler.cfg.burst.backoff * 3, abs=5) and closed_to == 3
+    assert scaler.wake.is_set()  # the next pass rents the job elsewhere without waiting a poll
 
 
 async def test_a_multi_node_cloud_job_is_taken_when_offers_hold_its_nodes(cloud: Cloud) -> None:
