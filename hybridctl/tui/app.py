@@ -150,8 +150,17 @@ class HybridApp(App[None]):
             st.identity = msg.results["ping"]
         # Log replies are keyed by offset: drop the old ones so a reply is applied once.
         kept = {k: v for k, v in st.results.items() if not k.startswith("logs:")}
-        st.results = {**kept, **msg.results}
-        nodes = msg.results.get("nodes")
+        got = dict(msg.results)
+        nodes = got.get("nodes")
+        if isinstance(nodes, HybridctlError):
+            # Every screen reads the fleet: a refused read keeps the last list on screen, with
+            # the reason in the banner, rather than emptying every table.
+            st.fleet_error = nodes.message
+            if isinstance(kept.get("nodes"), list):
+                del got["nodes"]
+        elif nodes is not None:
+            st.fleet_error, st.fleet_at = "", msg.at
+        st.results = {**kept, **got}
         if isinstance(nodes, list):
             st.history.add(nodes)
             if self.polls % 60 == 0:

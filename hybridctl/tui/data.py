@@ -111,6 +111,11 @@ class State:
     polled_at: float | None = None
     identity: dict[str, Any] = field(default_factory=dict)
     """`ping`'s answer: user, uid, admin."""
+    fleet_error: str = ""
+    """Why the latest `nodes` read was refused while the controller answered (empty once one
+    succeeds). `results['nodes']` keeps the last list read, so the fleet never empties for it."""
+    fleet_at: float | None = None
+    """When that last list was read."""
 
     @property
     def nodes(self) -> list[dict[str, Any]]:

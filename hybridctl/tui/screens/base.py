@@ -133,6 +133,10 @@ class ViewScreen(Screen[None]):
             shown = f" Showing data from {clock(state.polled_at)}." if state.polled_at else ""
             banner = (f"⚠ Controller unreachable since {since}: {state.error} "
                       f"Reconnecting by itself every {self.host.interval:g}s.{shown}")
+        elif state.fleet_error:
+            shown = f"Shown as read at {clock(state.fleet_at)}; retrying" if state.fleet_at else "Retrying"
+            banner = (f"⚠ The controller could not list the fleet: {state.fleet_error.rstrip('.')}."
+                      f" {shown} at every refresh.")
         self.query_one(Banner).show(banner)
 
     def crumbs(self) -> list[str]:
