@@ -21,7 +21,7 @@ class RefusesNodes(FakeApi):
 
     def op_nodes(self, cache: bool = False) -> list[dict[str, Any]]:
         if self.broken:
-            raise HybridctlError("internal controller error: database disk image is malformed")
+            raise HybridctlError("internal controller error: database disk image is malformed [/] [b]")
         return super().op_nodes(cache)
 
 
@@ -33,7 +33,7 @@ async def test_a_refused_fleet_read_keeps_the_last_fleet_and_says_why() -> None:
         api.broken = True
         await pilot.press("ctrl+r")
         text = " ".join((await shows(pilot, "could not list the fleet")).split())
-        assert "database disk image is malformed. Shown as read at " in text, text
+        assert "database disk image is malformed [/] [b]. Shown as read at " in text, text
         assert "gpu01" in text and "aws-g5-1" in text and "connected" in text
         assert isinstance(app.state.results["nodes"], list)
         api.broken = False
@@ -48,4 +48,4 @@ async def test_a_fleet_never_read_shows_the_refusal_and_no_rows() -> None:
     app = HybridApp(api, interval=3600, clock=lambda: NOW, cursor_blink=False)
     async with app.run_test(size=SIZE) as pilot:
         text = " ".join((await shows(pilot, "could not list the fleet")).split())
-        assert "malformed. Retrying at every refresh" in text and "Shown as read" not in text and "gpu01" not in text
+        assert "malformed [/] [b]. Retrying at every refresh" in text and "Shown as read" not in text and "gpu01" not in text

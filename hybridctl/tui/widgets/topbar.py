@@ -39,7 +39,8 @@ class TopBar(Widget):
 
 
 class Banner(Static):
-    """Shown only while the controller does not answer; says since when and that we keep trying."""
+    """Shown only while the controller does not answer (or cannot list the fleet); says since when
+    and that we keep trying. The text is shown as it is: an error may hold square brackets."""
 
     DEFAULT_CSS = """
     Banner { height: auto; display: none; }
@@ -49,4 +50,4 @@ class Banner(Static):
     def show(self, text: str) -> None:
         self.set_class(bool(text), "-shown")
         if text:
-            self.update(text)
+            self.update(Text(text))
