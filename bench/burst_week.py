@@ -40,7 +40,7 @@ def _summary(base: engine.Result, r: engine.Result) -> dict[str, float]:
         # Work thrown away on cloud nodes: reclaims, and recalls (stopped to come back on-prem).
         "lost_pct": 100 * (r.lost_gpu_h + r.recall_lost_gpu_h) / r.cloud_gpu_h if r.cloud_gpu_h else 0.0,
         "multi_p95_h": percentile(r.classes["multi-node"], 0.95) / 3600,
-        "one_gpu_p95_min": small / 60,
+        "one_gpu_p95_min": small / 60, "eight_p95_min": percentile(r.classes["8 GPUs"], 0.95) / 60,
         "big_x": max(percentile(r.classes["8 GPUs"], 0.95), percentile(r.classes["multi-node"], 0.95)) / max(small, 1.0),
         "misses": float(r.deadline_misses), "base_misses": float(base.deadline_misses), "wall_s": r.wall_s,
     }
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line(s: dict[str, float]) -> str:
     return (f"p95 wait {s['p95_min']:.1f} min ({s['p95_x']:.2f}x all-on-demand's), {s['dollars_pct']:.1f} % of its $,"
-            f" lost {s['lost_pct']:.1f} % of cloud GPU-h, multi-node p95 {s['multi_p95_h']:.1f} h vs 1-GPU p95"
+            f" lost {s['lost_pct']:.1f} % of cloud GPU-h, multi-node p95 {s['multi_p95_h']:.1f} h,"
+            f" 8-GPU p95 {s['eight_p95_min']:.1f} min vs 1-GPU p95"
             f" {s['one_gpu_p95_min']:.1f} min (big-job {s['big_x']:.1f}x), deadline misses {s['misses']:.1f}"
             f" vs {s['base_misses']:.1f}; {s['wall_s']:.0f} s")
 

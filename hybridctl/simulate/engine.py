@@ -37,6 +37,11 @@ ORIGIN = 1793577600.0
 """2026-11-02 00:00 UTC, a Monday: where a trace with relative times starts (budget periods are
 calendar periods)."""
 
+RETRIES_PER_TICK = 4
+"""Autoscaler passes within one tick while launches are refused: the controller's autoscaler
+passes again as soon as a launch is refused (`Autoscaler.launch` wakes it), so the refused tasks
+ask another pool within seconds, not a tick later. Bounded: each refusal backs its pool off."""
+
 
 @dataclass(frozen=True)
 class NodeGroup:
@@ -223,6 +228,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
     pending: dict[int, _Job] = {}
     ends: list[tuple[float, int, int]] = []
     backoff: dict[str, float] = {}
+    gang_backoff: dict[str, tuple[float, int]] = {}
     spend: dict[float, float] = {}
     period = limits.budget_period if limits else "month"
     owners = bool(limits and (limits.user_budget_usd or limits.group_budget_usd))
@@ -374,13 +380,16 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                 job.nodes = tuple(p.node for p in ps)
                 job.cloud = any(nodes[p.node].site == "cloud" for p in ps)
                 heapq.heappush(ends, (t + job.tj.duration - job.saved, job_id, job.run))
-        # The autoscaler's pass.
-        cloud_nodes = [n for n in nodes.values() if n.site == "cloud"]
-        if limits is not None and (pending or cloud_nodes):
+        # The autoscaler's pass. A refused launch wakes the controller's autoscaler at once
+        # (Autoscaler.launch), so the tasks it was for try another pool within this tick.
+        for _round in range(RETRIES_PER_TICK):
+            cloud_nodes = [n for n in nodes.values() if n.site == "cloud"]
+            if limits is None or not (pending or cloud_nodes):
+                break
             if len(lengths) != sampled:
                 sampled, sample = len(lengths), length_sample(lengths[-RUN_LENGTHS_RECENT:])
             c0 = time.perf_counter()
-            world = _world(pending, nodes, cloud_nodes, market, strategy, t, origin, backoff,
+            world = _world(pending, nodes, cloud_nodes, market, strategy, t, origin, backoff, gang_backoff,
                            spend.get(burst.period_start(origin + t, period), 0.0), jobs, limits, shares.value,
                            sample, _owner_spent(owner_spend, burst.period_start(origin + t, period)) if owners else {})
             dec = burst.decide(world, limits, policy, origin + t)
@@ -402,6 +411,7 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                 for job_id in list(n.jobs):
                     stop(jobs[job_id], t, t, killed=True)
                 gone(n, t)
+            retry = False
             groups: dict[int, list[burst.LaunchRequest]] = {}
             for req in dec.launches:
                 groups.setdefault(req.group, []).append(req)
@@ -411,9 +421,15 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                 why = market.refuse(o, t, held, len(reqs))
                 if why:
                     refusals += 1
-                    # As the controller: a pool that refused k nodes rests k times as long
-                    # (Autoscaler.backoff).
-                    backoff[o.pool] = t + backoff_s * len(reqs) + origin
+                    # As the controller (Autoscaler.backoff): a pool that refused k > 1 nodes is
+                    # not asked for k or more for k times as long; one that refused one node, not at all.
+                    if len(reqs) > 1:
+                        gang_backoff[o.pool] = (t + backoff_s * len(reqs) + origin, len(reqs))
+                        backoff.pop(o.pool, None)
+                    else:
+                        backoff[o.pool] = t + backoff_s + origin
+                        gang_backoff.pop(o.pool, None)
+                    retry = True
                     continue
                 for _ in reqs:
                     counter += 1
@@ -425,6 +441,8 @@ def run(trace: Sequence[TraceJob], fleet: Sequence[NodeGroup], strategy: Strateg
                         n.reclaim = at
                         n.notice = max(t, at - market.notice(o))
                     nodes[name] = n
+            if not retry:
+                break
         if t < horizon:
             busy_gpu_s += tick * sum(n.gpus - len(n.free) for n in nodes.values() if n.site == "onprem")
         if ai >= len(arrivals) and not pending and not ends and not any(n.site == "cloud" for n in nodes.values()):
@@ -514,7 +532,8 @@ def _cluster(up: Sequence[_Node], every: Iterable[_Node], jobs: dict[int, _Job],
 
 
 def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[_Node], market: Market,
-           strategy: Strategy, t: float, origin: float, backoff: dict[str, float], spent: float,
+           strategy: Strategy, t: float, origin: float, backoff: dict[str, float],
+           gang_backoff: dict[str, tuple[float, int]], spent: float,
            jobs: dict[int, _Job], limits: burst.Limits, limit_use: float = 1.0,
            run_lengths: tuple[float, ...] = (), owner_spent: dict[tuple[str, str], float] | None = None) -> burst.World:
     visible = [n for n in nodes.values() if n.ready <= t and not n.draining and not n.retiring]
@@ -571,4 +590,5 @@ def _world(pending: dict[int, _Job], nodes: dict[str, _Node], cloud_nodes: list[
         no_recall=frozenset((j.tj.id, 0) for j in jobs.values() if j.recalled and j.start is not None),
         ran={(j.tj.id, 0): j.longest for j in pending.values() if j.longest > 0}, run_lengths=run_lengths,
         owner_spent=owner_spent or {},
+        gang_backoff={p: b for p, b in gang_backoff.items() if b[0] > origin + t},
     )

@@ -227,6 +227,17 @@ def test_a_recalled_cloud_job_finishes_on_prem_and_its_node_goes_back() -> None:
     assert recalled == ["0", "1 (0.9)"]
 
 
+def test_a_refused_launch_asks_the_next_pool_within_the_tick() -> None:
+    """The controller's autoscaler passes again as soon as a launch is refused (its `wake`), so
+    the simulator does too: the job rents in pool B in the tick pool A refused it, and starts once
+    B's node booted (120 s), not a tick (60 s) later."""
+    m = ScriptedMarket([replace(A, price_hourly=9.0), B], refused=(A.pool,))
+    lim = replace(RENT, reclaim_per_h=0.0)
+    r = run([job()], FLEET, Strategy("hybrid", onprem=False, limits=lim), m)  # type: ignore[arg-type]
+    assert m.refusals == [A.pool] and r.unfinished == 0
+    assert r.waits[0] == 120.0
+
+
 class CappedMarket(ScriptedMarket):
     """Spot pools that hold 3 nodes at most (as the simulated market's 8-GPU spot pools)."""
 
