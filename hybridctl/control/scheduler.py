@@ -26,6 +26,10 @@ WORLD_PATHS = ("$.environment", "$.file_mounts")
 """The spec paths that say what a job needs on a node (core/locality.Need)."""
 REQUIRES_IMAGE = frozenset({"podman"})
 """What an `image_id: docker:` job requires of its node: the agent runs images with podman."""
+NO_CLOUD_NODES = "no cloud nodes yet"
+"""`schedule.plan`'s reason for a placement-cloud task while the fleet has no cloud node..."""
+NO_CLOUD_NODES_OFF = "no cloud nodes: bursting is off (cloud.enabled), so none will be rented"
+"""...and what it says instead while bursting is off."""
 
 
 def policy(settings: Settings) -> Policy:
@@ -200,8 +204,15 @@ class Scheduler:
         return dataclasses.replace(view, nodes=nodes), out
 
     def _requires_reasons(self, decision: ScheduleDecision) -> ScheduleDecision:
-        """A task that waits for a node offering what it requires: say whether bursting can help."""
-        if self.cloud_runtimes is None or not any(w.reason.startswith("requires:") for w in decision.waiting):
+        """A task that waits for a node offering what it requires: say whether bursting can help.
+        One that waits for cloud nodes while bursting is off: say that none will come."""
+        if self.cloud_runtimes is None:
+            if not any(w.reason == NO_CLOUD_NODES for w in decision.waiting):
+                return decision
+            return dataclasses.replace(decision, waiting=tuple(
+                dataclasses.replace(w, reason=NO_CLOUD_NODES_OFF) if w.reason == NO_CLOUD_NODES else w
+                for w in decision.waiting))
+        if not any(w.reason.startswith("requires:") for w in decision.waiting):
             return decision
         waiting = []
         for w in decision.waiting:

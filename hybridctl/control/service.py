@@ -179,6 +179,11 @@ class Controller(CloudRequests):
                     f"ask an admin (group {self.settings.admin_group}) or use a lower --priority"
                 )
             self._check_fits(job.resources, job.num_nodes, job.placement)
+            if job.placement == "cloud" and not self.settings.cloud.enabled and \
+                    not any(n.site == "cloud" for n in self._fleet_shape()):
+                off = ("placement: cloud, but bursting is off (cloud.enabled) and no cloud node is up:"
+                       " the job waits until an admin turns bursting on")
+                warnings += [off] if off not in warnings else []
             if job.image and self.fleet is not None:  # nodes say in hello what they can run it with
                 cloud = self.settings.cloud
                 why = image_refusal(job.image, self.fleet.runtimes(), cloud.runtimes if cloud.enabled else ())
