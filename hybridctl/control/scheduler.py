@@ -203,7 +203,7 @@ class Scheduler:
         out = [dataclasses.replace(t, requires=known[t.job_id]) if known.get(t.job_id) else t for t in pending]
         return dataclasses.replace(view, nodes=nodes), out
 
-    def _requires_reasons(self, decision: ScheduleDecision) -> ScheduleDecision:
+    def _cloud_reasons(self, decision: ScheduleDecision) -> ScheduleDecision:
         """A task that waits for a node offering what it requires: say whether bursting can help.
         One that waits for cloud nodes while bursting is off: say that none will come."""
         if self.cloud_runtimes is None:
@@ -284,7 +284,7 @@ class Scheduler:
             pending = self._off_spot(pending)
         view, pending = self.with_locality(view, pending)
         view, pending = self.with_requirements(view, pending)
-        decision = self._requires_reasons(plan_within(view, pending, self.policy, self.cloud_gate))
+        decision = self._cloud_reasons(plan_within(view, pending, self.policy, self.cloud_gate))
         if view.locality is not None:
             self._remember_sources(decision, pending, now)
         if decision.placements:

@@ -178,12 +178,8 @@ class Controller(CloudRequests):
                     f"priority {job.priority} is above {limit}, the most a non-admin may set; "
                     f"ask an admin (group {self.settings.admin_group}) or use a lower --priority"
                 )
-            self._check_fits(job.resources, job.num_nodes, job.placement)
-            if job.placement == "cloud" and not self.settings.cloud.enabled and \
-                    not any(n.site == "cloud" for n in self._fleet_shape()):
-                off = ("placement: cloud, but bursting is off (cloud.enabled) and no cloud node is up:"
-                       " the job waits until an admin turns bursting on")
-                warnings += [off] if off not in warnings else []
+            said = self._check_fits(job.resources, job.num_nodes, job.placement)
+            warnings += [said] if said and said not in warnings else []
             if job.image and self.fleet is not None:  # nodes say in hello what they can run it with
                 cloud = self.settings.cloud
                 why = image_refusal(job.image, self.fleet.runtimes(), cloud.runtimes if cloud.enabled else ())
@@ -219,19 +215,25 @@ class Controller(CloudRequests):
             self._shape_cache = (self.store.fleet_version, shape)
         return shape
 
-    def _check_fits(self, resources: Resources, num_nodes: int, placement: str) -> None:
+    def _check_fits(self, resources: Resources, num_nodes: int, placement: str) -> str:
+        """Refuse a job no node of its placement can ever hold (Unschedulable); return a warning
+        for one that waits for nodes that will not come ('' if none)."""
         nodes = [n for n in self._fleet_shape() if placement == "any" or n.site == placement]
         if not nodes:
-            return
+            if placement == "cloud" and not self.settings.cloud.enabled:
+                return ("placement: cloud, but bursting is off (cloud.enabled) and no cloud node is up:"
+                        " the job waits until an admin turns bursting on")
+            return ""
         msg = sched.never_fits(nodes, resources, num_nodes)
         if msg and placement != "onprem" and self.cloud is not None:
             # The cloud nodes up now are not all the cloud: a job that fits an offer's node is
             # rented for (num_nodes of it); before, one cloud node up refused a 2-node cloud job.
             offers = self.cloud.offers
             if not offers or any(sched.never_fits([o.view("offer")], resources, 1) is None for o in offers):
-                return
+                return ""
         if msg:
             raise Unschedulable(f"job refused: {msg}")
+        return ""
 
     def op_queue(
         self, caller: Caller, all: bool = False, user: str | None = None, states: Sequence[str] = (),
