@@ -51,6 +51,8 @@ def test_a_one_chunk_change_moves_one_chunk_and_the_next_attempt_resumes_from_it
             return False
 
     wait_for(lambda: holds(v1), 60, what=f"the first sync of job {job} (log: {lab.ctl.log})")
+    # The copy is in place a moment before the sync is logged.
+    wait_for(lambda: synced(lab, job), 10, what="the first sync logged")
     assert synced(lab, job) == [SIZE]  # the first sync: the whole file
     (lab.drop / "go1").touch()
     wait_for(lambda: holds(v2), 60, what=f"the sync of the changed checkpoint (log: {lab.ctl.log})")
