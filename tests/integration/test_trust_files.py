@@ -183,7 +183,8 @@ def test_a_lying_agent_cannot_make_the_controller_write_outside_the_jobs_store(
         assert not (world_base / ".abs_target.part").exists()
         if ckpt.exists():
             assert [p.name for p in ckpt.rglob("*") if p.name != ".hybridctl-manifest.json"] == []
-        assert "not a path inside the job's directory" in lab.ctl.log.read_text()
+        wait_for(lambda: "not a path inside the job's directory" in lab.ctl.log.read_text(), 30,
+                 what="the lie logged")  # the node marks its lie before the controller reads it
         lab.ctl.cli("cancel", job, check=True)
     finally:
         lab.ctl.stop()
