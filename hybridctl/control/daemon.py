@@ -296,10 +296,6 @@ class Daemon:
             return json.dumps({"ok": True, "result": result}).encode() + b"\n"
         except HybridctlError as exc:
             return _error(exc)
-        except TypeError as exc:  # arguments the op does not take
-            if self.bad_requests.allow(who.uid, "bad requests"):
-                log.warning("bad request from uid %d (%s): %s: %s", who.uid, who.user, op, exc)
-            return _error(BadRequest(f"bad request: {exc}"))
         except Exception as exc:  # a bug: log it whole (within the budget), tell the client in one line
             if self.internal_errors.allow(who.uid, "internal errors"):
                 # Argument names, never values: a submit carries envs and secrets.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import inspect
 import logging
 import math
@@ -25,7 +26,7 @@ from hybridctl.control.checks import request_flag, request_list, request_mapping
 from hybridctl.control.cloud_requests import CloudRequests
 from hybridctl.control.identity import Caller, user_name
 from hybridctl.control.lifecycle import Lifecycle
-from hybridctl.control.limits import LimitExceeded, check_submit, mask_secrets, redact
+from hybridctl.control.limits import BadRequest, LimitExceeded, check_submit, mask_secrets, redact
 from hybridctl.control.nodes import check_name
 from hybridctl.control.ports import CloudView, FleetView
 from hybridctl.control.scheduler import Scheduler
@@ -119,6 +120,7 @@ class Controller(CloudRequests):
         if fn is None:
             ops = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise HybridctlError(f"unknown request {op!r}; this controller knows: {ops}")
+        _check_arguments(op, fn, args)
         return fn(caller, **args)
 
     # ---- jobs -----------------------------------------------------------------------------------
@@ -724,3 +726,23 @@ class Controller(CloudRequests):
         assert isinstance(attempt, int) and isinstance(rank, int)
         return outputs.OutputTarget(job_id, t, label, attempt, rank, num_nodes, state, latest, attempts,
                                     self.store.rank_node(job_id, t, attempt, rank))
+
+
+@functools.cache
+def _parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    return [p for name, p in inspect.signature(fn).parameters.items() if name not in ("self", "caller")]
+
+
+def _check_arguments(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
+    """Refuse, naming it, an argument `op` does not take or one it needs and did not get: any
+    local user can send either, and Python's own TypeError names a method, not the request."""
+    params = _parameters(getattr(fn, "__func__", fn))
+    names = [p.name for p in params]
+    for key in args:
+        if key not in names:
+            took = ", ".join(names) or "no arguments"
+            raise BadRequest(f"request {op!r}: unknown argument {key!r}; it takes: {took}")
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in args:
+            raise BadRequest(f"request {op!r}: argument {p.name!r} is missing")
+

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from hybridctl.config import NodeConfig, Settings
+from hybridctl.control.limits import BadRequest
 from hybridctl.control.metrics import _task_ref
 from hybridctl.control.nodes import config_record, parse_gpu_shape
 from hybridctl.control.service import Controller
@@ -138,6 +139,20 @@ def test_a_request_field_of_the_wrong_type_is_refused_naming_it(ctl: Controller,
     with pytest.raises(SpecError) as err:
         ctl.handle(ALICE, op, args)
     refused(err, field, list(args.values())[-1])  # the last one is the hostile one
+
+
+@pytest.mark.parametrize("op, args, said", [
+    ("cancel", {"job": "1"}, "request 'cancel': unknown argument 'job'; it takes: jobs, all_mine, reason"),
+    ("ping", {"verbose": True}, "request 'ping': unknown argument 'verbose'; it takes: no arguments"),
+    ("show", {}, "request 'show': argument 'job' is missing"),
+    ("drain", {"reason": "disk"}, "request 'drain': argument 'node' is missing"),
+])
+def test_an_argument_a_request_does_not_take_or_lacks_is_refused_naming_it(
+        ctl: Controller, op: str, args: dict[str, Any], said: str) -> None:
+    # Python's TypeError named a method ("Controller.op_cancel() got an unexpected keyword argument").
+    with pytest.raises(BadRequest) as err:
+        ctl.handle(ROOT, op, args)
+    assert err.value.message == said and err.value.exit_code == ExitCode.USAGE
 
 
 def test_a_submit_flag_that_submit_does_not_take_is_refused_naming_it(ctl: Controller) -> None:
