@@ -195,10 +195,14 @@ class _Gang:
     none. Providers rent one node per call, so the k-th can be refused after k-1 are up; those
     go back at once (as one EC2 RunInstances with MinCount=k refuses them all), rather than idle
     for `burst.idle_timeout` while the policy rents the task k nodes in another pool. That next
-    pass runs once the whole gang is settled, so it never counts the leftovers as held."""
+    pass runs once the whole gang is settled, so it never counts the leftovers as held. A node
+    whose bootstrap fails sinks the gang too: the policy covers a gang with k nodes or none, so
+    the k-1 that joined would only idle (`failed`; each goes back once it has joined, if idle)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
+        self.names: list[str] = []
+        self.failed = ""  # why a launched member never joined
         self.refused = ""
         self.asked = 0  # launch calls answered (refused, failed or not)
         self.settled = 0  # members refused, or given back for a refused sibling
@@ -334,6 +338,7 @@ class Autoscaler:
             self._busy.add(name)
             self.store.cloud_add_instance(f"launch:{name}", req.offer.provider, name, req.offer.to_dict(), req.tasks, now)
             gang = gangs.setdefault(req.group, _Gang(sizes[req.group]))
+            gang.names.append(name)
             self._spawn(name, self.launch(name, req, gang))
         return decision
 
@@ -545,7 +550,8 @@ class Autoscaler:
                 finally:
                     self._settled(gang)
                 return
-        await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout)
+        if await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout, gang) and gang.failed:
+            await self.scale_down(name, gang.failed, failed=True)  # joined after a sibling failed
 
     def _settled(self, gang: _Gang) -> None:
         """A refused member, or one given back for a refused sibling, is done: once all k are,
@@ -563,21 +569,30 @@ class Autoscaler:
                              row["launched_at"] + self.cfg.bootstrap_timeout)
 
     async def bootstrap(self, iid: str, name: str, offer: burst.Offer, provider: CloudProvider,
-                        deadline: float) -> None:
+                        deadline: float, gang: _Gang | None = None) -> bool:
         """Wait for the instance, reach it over SSH, start its agent if needed, and wait for it to
-        join the fleet. On failure or timeout: terminate it and back its pool off."""
+        join the fleet. On failure or timeout: terminate it, back its pool off, sink its `gang`
+        (the members that joined go back; those still bootstrapping, once they join), and return
+        False."""
         try:
             await asyncio.wait_for(self._join(iid, name, offer, provider), max(1.0, deadline - self.clock()))
+            return True
         except (asyncio.TimeoutError, HybridctlError) as exc:
             why = exc.message if isinstance(exc, HybridctlError) else (
                 f"did not join the fleet within cloud.bootstrap_timeout ({self.cfg.bootstrap_timeout:.0f}s)")
             log.error("cloud node %s (%s): bootstrap failed: %s; terminating it", name, iid, why)
+            if gang is not None and gang.k > 1 and not gang.failed:
+                gang.failed = f"another node of its {gang.k}-node gang failed its bootstrap: {why}"
+                for sibling in gang.names:
+                    if sibling != name and sibling not in self._busy:  # in _busy: still bootstrapping
+                        self._spawn(sibling, self.scale_down(sibling, gang.failed, failed=True))
             now = self.clock()
             self.backoff(offer.pool, f"bootstrap failed: {why}", now)
             # Draining until terminated: if the provider refuses the termination, the next pass retries.
             self.store.cloud_update_instance(iid, now, state=CloudNodeState.DRAINING, reason=f"bootstrap failed: {why}")
             await self.give_back(iid, name, f"bootstrap failed: {why}", failed=True)
             self.wake.set()
+            return False
 
     async def _join(self, iid: str, name: str, offer: burst.Offer, provider: CloudProvider) -> None:
         known = self.settings.known_hosts_path
@@ -643,9 +658,10 @@ class Autoscaler:
 
     # ---- giving back -----------------------------------------------------------------------------
 
-    async def scale_down(self, node: str, reason: str, force: bool = False) -> None:
+    async def scale_down(self, node: str, reason: str, force: bool = False, failed: bool = False) -> None:
         """Drain and terminate a cloud node. Without `force` only while it holds nothing (the
-        scheduler may have just placed work there); with it (budget), its jobs are requeued."""
+        scheduler may have just placed work there); with it (budget), its jobs are requeued.
+        `failed`: it never served what it was rented for (its row ends FAILED)."""
         row = self.row(node)
         if row is None:
             return
@@ -657,7 +673,7 @@ class Autoscaler:
         log.info("cloud node %s: giving back: %s", node, reason)
         if held:
             await self.evict(node, reason, JobStatus.PREEMPTED)
-        await self.give_back(row["instance_id"], node, reason)
+        await self.give_back(row["instance_id"], node, reason, failed=failed)
 
     async def evict(self, node: str, reason: str, status: JobStatus, grace: float | None = None,
                     notice: bool = False) -> None:

@@ -190,6 +190,65 @@ async def test_a_gang_whose_last_node_is_refused_gives_the_others_back_at_once(c
     assert scaler.wake.is_set()  # the next pass rents the job elsewhere without waiting a poll
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["before-the-others-joined", "after-the-others-joined"])
+async def test_a_gang_whose_node_fails_its_bootstrap_gives_the_joined_ones_back_at_once(cloud: Cloud,
+                                                                                       late: bool) -> None:
+    """All 3 nodes of a 3-node job launched; 2 joined the fleet, the 3rd ended before it could be
+    reached (before or after the others joined). The 2 joined ones are of no use to the job alone
+    (the next pass rents it 3 nodes, not 1), so they go back at once, not after idling for
+    `burst.idle_timeout`."""
+    import threading
+
+    from hybridctl.cloud.base import LaunchSpec
+    from tests.unit.control.fakes import FakeAgent
+
+    parts, scaler, provider = cloud
+    lock = threading.Lock()
+    calls: list[str] = []
+    plain = provider.launch
+
+    def third_lost(spec: LaunchSpec) -> Instance:
+        with lock:
+            calls.append(spec.name)
+            inst = plain(spec)
+            if len(calls) == 3:  # launched, then gone before it could be reached
+                if not late:
+                    provider.instances[inst.id] = lost(inst)
+            else:  # up at once, an agent already running
+                parts.agents[spec.name] = parts.connect.agents[spec.name] = FakeAgent(spec.name)
+                provider.instances[inst.id] = Instance(inst.id, "fake", spec.name, InstanceState.RUNNING, inst.tags,
+                                                       host="127.0.0.1", host_key="ssh-ed25519 AAAAtest",
+                                                       agent_socket="/run/agent.sock")
+            return provider.instances[inst.id]
+
+    def lost(inst: Instance) -> Instance:
+        return Instance(inst.id, "fake", inst.name, InstanceState.TERMINATED, inst.tags, reason="no capacity after all")
+
+    provider.launch = third_lost  # type: ignore[method-assign]
+    now = parts.clock()
+    await scaler.refresh_offers(now)
+    parts.ctl.cloud = scaler
+    try:
+        parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+        await scaler.tick()
+        if late:
+            await wait_for_async(lambda: len(calls) == 3 and sum(r["state"] is CloudNodeState.UP for r in
+                                                                 parts.store.cloud_instances() if r["node"] in calls) == 2,
+                                 what="two of the gang joined")
+            third = next(i for i in provider.instances.values() if i.name == calls[2])
+            provider.instances[third.id] = lost(third)
+        await wait_for_async(lambda: len(calls) == 3 and not scaler._tasks, what="the gang's launches settled")
+    finally:
+        await stop_sessions(parts.fleet)
+    rows = {r["node"]: r for r in parts.store.cloud_instances(live=False) if r["node"] in calls}
+    assert all(r["state"] is CloudNodeState.FAILED for r in rows.values()), rows
+    assert sorted(provider.terminated) == sorted(i.id for i in provider.instances.values() if i.name in calls)
+    joined = [rows[n] for n in calls[:2]]
+    assert all(r["ready_at"] is not None for r in joined), joined  # they did join the fleet first
+    assert all("3-node gang" in r["reason"] and "ended before it could be reached" in r["reason"] for r in joined), joined
+    assert not {n.name for n in parts.store.nodes()} & set(calls)
+
+
 async def test_a_multi_node_cloud_job_is_taken_when_offers_hold_its_nodes(cloud: Cloud) -> None:
     """Submit checks a job against the nodes that exist, and with bursting on, against the offers
     too: one cloud node up used to refuse a 3-node cloud job ("only 1 node can ever hold")."""
