@@ -197,16 +197,19 @@ class _Gang:
     for `burst.idle_timeout` while the policy rents the task k nodes in another pool. That next
     pass runs once the whole gang is settled, so it never counts the leftovers as held. A node
     whose bootstrap fails sinks the gang too: the policy covers a gang with k nodes or none, so
-    the k-1 that joined would only idle (`failed`; each goes back once it has joined, if idle)."""
+    the k-1 that joined would only idle (each goes back once it has joined, if idle)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
         self.names: list[str] = []
-        self.failed = ""  # why a launched member never joined
+        self.sunk = ""  # why the members go back: set once, by the first loss
         self.refused = ""
         self.asked = 0  # launch calls answered (refused, failed or not)
         self.settled = 0  # members refused, or given back for a refused sibling
         self.answered = asyncio.Event()
+
+    def sink(self, what: str) -> None:
+        self.sunk = self.sunk or f"another node of its {self.k}-node gang {what}"
 
     def answer(self, refused: str = "") -> None:
         self.refused = self.refused or refused
@@ -272,15 +275,38 @@ class Autoscaler:
             self.wake.clear()
 
     def adopt(self) -> None:
-        """After a restart: cloud nodes get cloud sessions, and interrupted launches are settled."""
+        """After a restart: cloud nodes get cloud sessions, and interrupted launches are settled.
+        The members of a gang (rows of one pass for the same task) are settled together: if one
+        was still launching, the others go back; if not, they bootstrap as one `_Gang` again."""
         now = self.clock()
-        for row in self.store.cloud_instances():
+        rows = self.store.cloud_instances()
+        starting = (CloudNodeState.LAUNCHING, CloudNodeState.BOOTSTRAPPING)
+        batches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            if row["state"] in starting and row["for_tasks"]:
+                batches[(tuple(row["for_tasks"]), row["launched_at"])] = []
+        gangs: dict[str, _Gang] = {}
+        if batches:
+            for row in self.store.cloud_instances(live=False):  # with the members already refused
+                key = (tuple(row["for_tasks"]), row["launched_at"])
+                if key in batches:
+                    batches[key].append(row)
+        for batch in batches.values():
+            if len(batch) > 1:  # a task's k nodes of one pass: a packed node is one row for several tasks
+                gang = _Gang(len(batch))
+                gang.names = [r["node"] for r in batch]
+                if lost := next((r for r in batch if r["state"] not in starting), None):
+                    gang.sink(f"was refused: {lost['reason'] or lost['state'].value}")
+                elif any(r["state"] == CloudNodeState.LAUNCHING for r in batch):
+                    gang.sink("was still being launched when the controller restarted")
+                gangs.update((r["node"], gang) for r in batch)
+        for row in rows:
             if row["state"] == CloudNodeState.LAUNCHING:
                 # The provider may or may not have made it; the leak sweep terminates it if it did.
                 self.store.cloud_update_instance(row["instance_id"], now, state=CloudNodeState.FAILED, ended_at=now,
                                                  reason="controller restarted during the launch")
             elif row["state"] == CloudNodeState.BOOTSTRAPPING and row["node"] not in self._busy:  # (a supervised rerun)
-                self._spawn(row["node"], self._resume(row))
+                self._spawn(row["node"], self._resume(row, gangs.get(row["node"])))
             elif row["state"] in (CloudNodeState.UP, CloudNodeState.DRAINING):
                 self.start_session(row["node"])
                 if row["offer"].get("declared_shape"):
@@ -543,15 +569,13 @@ class Autoscaler:
         if gang.k > 1:
             await gang.answered.wait()  # each sibling's launch call answers (or raises) in bounded time
             if gang.refused:
-                why = f"another node of its {gang.k}-node gang was refused: {gang.refused}"
-                self.store.cloud_update_instance(inst.id, self.clock(), state=CloudNodeState.DRAINING, reason=why)
+                gang.sink(f"was refused: {gang.refused}")
                 try:
-                    await self.give_back(inst.id, name, why, failed=True)
+                    await self._sunk(inst.id, name, gang.sunk)
                 finally:
                     self._settled(gang)
                 return
-        if await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout, gang) and gang.failed:
-            await self.scale_down(name, gang.failed, failed=True)  # joined after a sibling failed
+        await self.bootstrap(inst.id, name, offer, provider, now + self.cfg.bootstrap_timeout, gang)
 
     def _settled(self, gang: _Gang) -> None:
         """A refused member, or one given back for a refused sibling, is done: once all k are,
@@ -560,39 +584,47 @@ class Autoscaler:
         if gang.settled >= gang.k:
             self.wake.set()
 
-    async def _resume(self, row: dict[str, Any]) -> None:
+    async def _resume(self, row: dict[str, Any], gang: _Gang | None = None) -> None:
         offer = burst.Offer.from_dict(row["offer"])
         provider = self.providers.get(row["provider"])
         if provider is None:
             return
+        if gang is not None and gang.sunk:
+            await self._sunk(row["instance_id"], row["node"], gang.sunk)
+            return
         await self.bootstrap(row["instance_id"], row["node"], offer, provider,
-                             row["launched_at"] + self.cfg.bootstrap_timeout)
+                             row["launched_at"] + self.cfg.bootstrap_timeout, gang)
+
+    async def _sunk(self, iid: str, name: str, why: str) -> None:
+        """A gang member given back before it joined, for a sibling's loss."""
+        self.store.cloud_update_instance(iid, self.clock(), state=CloudNodeState.DRAINING, reason=why)
+        await self.give_back(iid, name, why, failed=True)
 
     async def bootstrap(self, iid: str, name: str, offer: burst.Offer, provider: CloudProvider,
-                        deadline: float, gang: _Gang | None = None) -> bool:
+                        deadline: float, gang: _Gang | None = None) -> None:
         """Wait for the instance, reach it over SSH, start its agent if needed, and wait for it to
-        join the fleet. On failure or timeout: terminate it, back its pool off, sink its `gang`
-        (the members that joined go back; those still bootstrapping, once they join), and return
-        False."""
+        join the fleet. On failure or timeout: terminate it, back its pool off, and sink its `gang`
+        (the members that joined go back now, those still bootstrapping once they join)."""
         try:
             await asyncio.wait_for(self._join(iid, name, offer, provider), max(1.0, deadline - self.clock()))
-            return True
         except (asyncio.TimeoutError, HybridctlError) as exc:
             why = exc.message if isinstance(exc, HybridctlError) else (
                 f"did not join the fleet within cloud.bootstrap_timeout ({self.cfg.bootstrap_timeout:.0f}s)")
             log.error("cloud node %s (%s): bootstrap failed: %s; terminating it", name, iid, why)
-            if gang is not None and gang.k > 1 and not gang.failed:
-                gang.failed = f"another node of its {gang.k}-node gang failed its bootstrap: {why}"
+            if gang is not None and gang.k > 1 and not gang.sunk:
+                gang.sink(f"failed its bootstrap: {why}")
                 for sibling in gang.names:
                     if sibling != name and sibling not in self._busy:  # in _busy: still bootstrapping
-                        self._spawn(sibling, self.scale_down(sibling, gang.failed, failed=True))
+                        self._spawn(sibling, self.scale_down(sibling, gang.sunk, failed=True))
             now = self.clock()
             self.backoff(offer.pool, f"bootstrap failed: {why}", now)
             # Draining until terminated: if the provider refuses the termination, the next pass retries.
             self.store.cloud_update_instance(iid, now, state=CloudNodeState.DRAINING, reason=f"bootstrap failed: {why}")
             await self.give_back(iid, name, f"bootstrap failed: {why}", failed=True)
             self.wake.set()
-            return False
+            return
+        if gang is not None and gang.sunk:
+            await self.scale_down(name, gang.sunk, failed=True)  # joined after a sibling was lost
 
     async def _join(self, iid: str, name: str, offer: burst.Offer, provider: CloudProvider) -> None:
         known = self.settings.known_hosts_path

@@ -249,6 +249,49 @@ async def test_a_gang_whose_node_fails_its_bootstrap_gives_the_joined_ones_back_
     assert not {n.name for n in parts.store.nodes()} & set(calls)
 
 
+@pytest.mark.parametrize("third", ["launching", "refused", "lost"])
+async def test_a_gang_interrupted_by_a_restart_still_stands_or_falls_together(cloud: Cloud, third: str) -> None:
+    """The controller restarted while a 3-node job's nodes were being rented: 2 launched and
+    bootstrapping, the 3rd still launching (its outcome unknown: FAILED), already refused, or
+    launched and then lost. The 2 are of no use alone, so they go back at once; before, `adopt`
+    resumed each as a plain launch and they idled until `burst.idle_timeout`."""
+    from tests.unit.control.fakes import FakeAgent
+
+    parts, scaler, provider = cloud
+    now = parts.clock()
+    await scaler.refresh_offers(now)
+    parts.ctl.cloud = scaler
+    job = parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    names = ["cloud-g1", "cloud-g2", "cloud-g3"]
+    for i, name in enumerate(names):
+        parts.store.cloud_add_instance(f"launch:{name}", "fake", name, OFFER.to_dict(), [(job, 0)], now)
+        if third != "lost" and i == 2:
+            if third == "refused":
+                parts.store.cloud_update_instance(f"launch:{name}", now, state=CloudNodeState.FAILED, ended_at=now,
+                                                  reason="InsufficientInstanceCapacity")
+            continue
+        iid = f"i-g{i + 1}"
+        parts.store.cloud_update_instance(f"launch:{name}", now, new_id=iid, state=CloudNodeState.BOOTSTRAPPING)
+        if i < 2:
+            parts.agents[name] = parts.connect.agents[name] = FakeAgent(name)
+            provider.instances[iid] = Instance(iid, "fake", name, InstanceState.RUNNING, {}, host="127.0.0.1",
+                                               host_key="ssh-ed25519 AAAAtest", agent_socket="/run/agent.sock")
+        else:
+            provider.instances[iid] = Instance(iid, "fake", name, InstanceState.TERMINATED, {}, reason="reclaimed")
+    try:
+        scaler.adopt()
+        await wait_for_async(lambda: not scaler._tasks, what="the adopted launches settled")
+    finally:
+        await stop_sessions(parts.fleet)
+    rows = {r["node"]: r for r in parts.store.cloud_instances(live=False) if r["node"] in names}
+    assert [rows[n]["state"] for n in names] == [CloudNodeState.FAILED] * 3, rows
+    assert sorted(provider.terminated)[:2] == ["i-g1", "i-g2"]
+    said = {"launching": "was still being launched when the controller restarted",
+            "refused": "was refused: InsufficientInstanceCapacity", "lost": "failed its bootstrap: instance i-g3 ended"}
+    assert all(f"3-node gang {said[third]}" in rows[n]["reason"] for n in names[:2]), [rows[n]["reason"] for n in names]
+    assert not {n.name for n in parts.store.nodes()} & set(names)
+
+
 async def test_a_multi_node_cloud_job_is_taken_when_offers_hold_its_nodes(cloud: Cloud) -> None:
     """Submit checks a job against the nodes that exist, and with bursting on, against the offers
     too: one cloud node up used to refuse a 3-node cloud job ("only 1 node can ever hold")."""
