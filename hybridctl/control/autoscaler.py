@@ -296,7 +296,7 @@ class Autoscaler:
                 gang = _Gang(len(batch))
                 gang.names = [r["node"] for r in batch]
                 if lost := next((r for r in batch if r["state"] not in starting), None):
-                    gang.sink(f"was refused: {lost['reason'] or lost['state'].value}")
+                    gang.sink(f"did not come up: {lost['reason'] or lost['state'].value}")
                 elif any(r["state"] == CloudNodeState.LAUNCHING for r in batch):
                     gang.sink("was still being launched when the controller restarted")
                 gangs.update((r["node"], gang) for r in batch)

@@ -745,4 +745,3 @@ def _check_arguments(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> N
     for p in params:
         if p.default is inspect.Parameter.empty and p.name not in args:
             raise BadRequest(f"request {op!r}: argument {p.name!r} is missing")
-

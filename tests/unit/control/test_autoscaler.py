@@ -287,7 +287,7 @@ async def test_a_gang_interrupted_by_a_restart_still_stands_or_falls_together(cl
     assert [rows[n]["state"] for n in names] == [CloudNodeState.FAILED] * 3, rows
     assert sorted(provider.terminated)[:2] == ["i-g1", "i-g2"]
     said = {"launching": "was still being launched when the controller restarted",
-            "refused": "was refused: InsufficientInstanceCapacity", "lost": "failed its bootstrap: instance i-g3 ended"}
+            "refused": "did not come up: InsufficientInstanceCapacity", "lost": "failed its bootstrap: instance i-g3 ended"}
     assert all(f"3-node gang {said[third]}" in rows[n]["reason"] for n in names[:2]), [rows[n]["reason"] for n in names]
     assert not {n.name for n in parts.store.nodes()} & set(names)
 
