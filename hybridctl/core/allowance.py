@@ -85,10 +85,12 @@ class Purses:
 
 
 def share(node_gpus: int, node_cpus: float, gpus: int, cpus: float) -> float:
-    """The share of a node one rank pays for, as `cloud/cost.split` books it: its GPUs over the
-    node's, or on a node without GPUs its CPUs over the node's (a rank without GPUs on a GPU node
-    pays nothing: its time there is the node's idle time, the lab's)."""
-    if node_gpus:
+    """The share of a node one rank pays for (`cloud/cost.split` books it so): its GPUs over the
+    node's, or, for a rank without GPUs, its CPUs over the node's, on a GPU node too. A rank
+    without GPUs used to pay nothing on a GPU node, so a CPU-only job rented one past its
+    owner's budget. Where the shares of the ranks on a node add up to more than the whole
+    (every GPU taken and a CPU-only rank beside them), the books scale them down to it."""
+    if node_gpus and gpus:
         return min(1.0, gpus / node_gpus)
     return min(1.0, cpus / node_cpus) if node_cpus else 1.0
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from hybridctl.cloud.cost import Held, split
+from hybridctl.cloud.cost import Held, hourly_by_job, split
 from hybridctl.core import burst
 from hybridctl.core.burst import CloudNode, Freeing, Limits, Offer, World, decide
 from hybridctl.core.model import ClusterView, GpuSlot, NodeView, PendingTask, Policy, Resources
@@ -277,3 +277,14 @@ def test_cost_split_adds_up_and_keeps_idle_time_apart() -> None:
     by = {c.user: c.usd for c in charges}
     assert by == pytest.approx({"alice": 0.5, "bob": 0.75, "": 0.75})
     assert sum(by.values()) == pytest.approx(2.0)
+
+
+def test_a_rank_without_gpus_pays_its_cpus_on_a_gpu_node_and_the_whole_is_never_passed() -> None:
+    # It used to pay nothing there: a CPU-only job rented a GPU node past its owner's budget.
+    alone = split(8.0, NOW, NOW + 3600, 8, 96, [Held(1, 0, "alice", 0, 24, NOW, None)])
+    assert {c.user: c.usd for c in alone} == pytest.approx({"alice": 2.0, "": 6.0})
+    # Beside ranks that took every GPU the shares come to 1.25 of the node: all are scaled to 1.
+    full = [Held(1, 0, "alice", 0, 24, NOW, None), Held(2, 0, "bob", 8, 8, NOW, None)]
+    by = {c.user: c.usd for c in split(8.0, NOW, NOW + 3600, 8, 96, full)}
+    assert by == pytest.approx({"alice": 1.6, "bob": 6.4})
+    assert {c.user: c.usd for c in hourly_by_job(8.0, 8, 96, full)} == pytest.approx(by)

@@ -151,17 +151,28 @@ def test_what_the_plan_placed_is_charged_by_the_gpus_it_took_and_unknown_nodes_w
                                                alternatives=(("H100", 1), ("A100", 4)), ordered=True))
     d = plan_within(ClusterView((FULL, CLOUD)), [alt], Policy(), gate(7.0))
     assert not d.placements and "this run needs $8.00 more" in d.waiting[0].reason
-    # A node the decision did not price (rented since) is not taken; a task without GPUs pays no
-    # share of a GPU node (as cloud/cost.split books it), so it goes.
+    # A node the decision did not price (rented since) is not taken by a budgeted owner's task,
+    # one without GPUs included.
     other = replace(CLOUD, name="c9")
     closed = closed_gate({"*": 100.0}, {}, "month")
     assert closed is not None
-    d = plan_within(ClusterView((FULL, other)), [task(1), replace(task(2), resources=Resources(gpus=0, cpus=1))],
-                    Policy(), closed)
-    assert [p.job_id for p in d.placements] == [2]
-    assert d.waiting[0].reason == ("cloud: its owner has a cloud budget of their own, and the burst policy has"
-                                   " not priced this cloud node yet")
+    d = plan_within(ClusterView((replace(FULL, cpus_free=0), other)),
+                    [task(1), replace(task(2), resources=Resources(gpus=0, cpus=1))], Policy(), closed)
+    assert d.placements == () and {w.job_id for w in d.waiting} == {1, 2}
+    assert {w.reason for w in d.waiting} == {"cloud: its owner has a cloud budget of their own, and the burst"
+                                             " policy has not priced this cloud node yet"}
     assert closed_gate({}, {}, "month") is None
+
+
+def test_a_task_without_gpus_cannot_rent_a_gpu_node_past_its_owners_budget() -> None:
+    # 8 of a node's 96 CPUs for 10 h at $8/h: $6.67 of alice's $5. It used to pay nothing.
+    cpu_only = replace(task(1, hours=10), resources=Resources(gpus=0, cpus=8))
+    cluster = ClusterView((replace(FULL, cpus_free=0),))
+    d = decide_([cpu_only], replace(BASE, user_budget_usd={"alice": 5.0}), [SPOT8], cluster=cluster)
+    assert launched_for(d) == set()
+    assert "this run needs $6.67 more (cloud.burst.user_budget_usd)" in d.blocked[0].reason
+    assert launched_for(decide_([cpu_only], replace(BASE, user_budget_usd={"alice": 7.0}), [SPOT8],
+                                cluster=cluster)) == {1}
 
 
 DAY = replace(BASE, budget_period="day")
