@@ -4,15 +4,18 @@ fleet (`Fleet.start_session`, `stop_session`)."""
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import pytest
 
-from hybridctl.cloud.base import CloudNodeState, Instance, InstanceState
-from hybridctl.control.autoscaler import CloudSession
+from hybridctl.cloud.base import CloudNodeState, Instance, InstanceState, LaunchSpec
+from hybridctl.control.autoscaler import Autoscaler, CloudSession
 from hybridctl.control.fleet import NodeSession
 from hybridctl.core.model import JobStatus, NodeState
 from tests.unit.control.autoscaler_kit import IID, NODE, Cloud, cloud, on_cloud_node  # noqa: F401 - the fixture
-from tests.unit.control.fakes import OFFER
-from tests.unit.control.parts import stop_sessions
+from tests.unit.control.fakes import OFFER, FakeAgent, FakeProvider
+from tests.unit.control.parts import Parts, stop_sessions
 from tests.waiting import wait_for_async
 
 S = JobStatus
@@ -96,7 +99,7 @@ async def test_a_pool_that_refuses_a_gang_rests_as_many_times_longer(cloud: Clou
     (the launches of one `group`), so a multi-node job walks on through its spot pools to
     on-demand rather than finding the first pool live again (tests/unit/test_simulate.py has the
     walk). Through the autoscaler's own pass: the policy rents, the provider refuses."""
-    from hybridctl.cloud.base import CapacityError, LaunchSpec
+    from hybridctl.cloud.base import CapacityError
 
     parts, scaler, provider = cloud
     asked: list[str] = []
@@ -120,7 +123,7 @@ async def test_a_pool_that_refuses_a_gang_rests_as_many_times_longer(cloud: Clou
 async def test_a_pool_that_refused_a_gang_still_rents_one_node(cloud: Cloud) -> None:
     """A pool that refused 3 nodes at once is closed to 3 nodes or more, not to one: a 1-node job
     rents there on the next pass, while the gang waits (there is no other pool)."""
-    from hybridctl.cloud.base import CapacityError, LaunchSpec
+    from hybridctl.cloud.base import CapacityError
 
     parts, scaler, provider = cloud
     plain = provider.launch
@@ -153,31 +156,51 @@ async def test_a_pool_that_refused_a_gang_still_rents_one_node(cloud: Cloud) -> 
     assert decision.launches[0].offer.pool == OFFER.pool
 
 
+def answer_launches(provider: FakeProvider, answer: Callable[[int, LaunchSpec], Instance]) -> list[str]:
+    """`provider.launch` answers its n-th call (from 1) with `answer(n, spec)`; the names asked, in order."""
+    lock = threading.Lock()  # launches run in threads
+    calls: list[str] = []
+
+    def launch(spec: LaunchSpec) -> Instance:
+        with lock:
+            calls.append(spec.name)
+            return answer(len(calls), spec)
+
+    provider.launch = launch  # type: ignore[method-assign]
+    return calls
+
+
+def up_with_an_agent(parts: Parts, inst: Instance) -> Instance:
+    """`inst` running, reachable, its host key known and an agent already listening."""
+    parts.agents[inst.name] = parts.connect.agents[inst.name] = FakeAgent(inst.name)
+    return Instance(inst.id, "fake", inst.name, InstanceState.RUNNING, inst.tags, host="127.0.0.1",
+                    host_key="ssh-ed25519 AAAAtest", agent_socket="/run/agent.sock")
+
+
+async def submit_a_gang(parts: Parts, scaler: Autoscaler) -> int:
+    """A 3-node cloud job, submitted once the autoscaler knows the offers (submit checks them)."""
+    await scaler.refresh_offers(parts.clock())
+    parts.ctl.cloud = scaler
+    return parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+
+
 async def test_a_gang_whose_last_node_is_refused_gives_the_others_back_at_once(cloud: Cloud) -> None:
     """Providers rent one node per call: the 3rd node of a 3-node job refused after 2 were
     launched. Those 2 go back at once (terminated, FAILED with the reason), not after sitting idle
     for `burst.idle_timeout` while the job rents 3 nodes elsewhere, and the pool rests 3 times."""
-    import threading
-
-    from hybridctl.cloud.base import CapacityError, LaunchSpec
+    from hybridctl.cloud.base import CapacityError
 
     parts, scaler, provider = cloud
-    lock = threading.Lock()
-    calls: list[str] = []
     plain = provider.launch
 
-    def third_refused(spec: LaunchSpec) -> Instance:
-        with lock:
-            calls.append(spec.name)
-            if len(calls) == 3:
-                raise CapacityError("InsufficientInstanceCapacity: 2 of 3 fitted")
-            return plain(spec)
+    def third_refused(n: int, spec: LaunchSpec) -> Instance:
+        if n == 3:
+            raise CapacityError("InsufficientInstanceCapacity: 2 of 3 fitted")
+        return plain(spec)
 
-    provider.launch = third_refused  # type: ignore[method-assign]
+    calls = answer_launches(provider, third_refused)
     now = parts.clock()
-    await scaler.refresh_offers(now)
-    parts.ctl.cloud = scaler
-    parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    await submit_a_gang(parts, scaler)
     await scaler.tick()
     await wait_for_async(lambda: len(calls) == 3 and not scaler._tasks, what="the gang's launches settled")
     launched = [i.id for i in provider.instances.values() if i.name in calls]
@@ -197,39 +220,24 @@ async def test_a_gang_whose_node_fails_its_bootstrap_gives_the_joined_ones_back_
     reached (before or after the others joined). The 2 joined ones are of no use to the job alone
     (the next pass rents it 3 nodes, not 1), so they go back at once, not after idling for
     `burst.idle_timeout`."""
-    import threading
-
-    from hybridctl.cloud.base import LaunchSpec
-    from tests.unit.control.fakes import FakeAgent
-
     parts, scaler, provider = cloud
-    lock = threading.Lock()
-    calls: list[str] = []
     plain = provider.launch
 
-    def third_lost(spec: LaunchSpec) -> Instance:
-        with lock:
-            calls.append(spec.name)
-            inst = plain(spec)
-            if len(calls) == 3:  # launched, then gone before it could be reached
-                if not late:
-                    provider.instances[inst.id] = lost(inst)
-            else:  # up at once, an agent already running
-                parts.agents[spec.name] = parts.connect.agents[spec.name] = FakeAgent(spec.name)
-                provider.instances[inst.id] = Instance(inst.id, "fake", spec.name, InstanceState.RUNNING, inst.tags,
-                                                       host="127.0.0.1", host_key="ssh-ed25519 AAAAtest",
-                                                       agent_socket="/run/agent.sock")
-            return provider.instances[inst.id]
+    def third_lost(n: int, spec: LaunchSpec) -> Instance:
+        inst = plain(spec)
+        if n == 3:  # launched, then gone before it could be reached
+            if not late:
+                provider.instances[inst.id] = lost(inst)
+        else:
+            provider.instances[inst.id] = up_with_an_agent(parts, inst)
+        return provider.instances[inst.id]
 
     def lost(inst: Instance) -> Instance:
         return Instance(inst.id, "fake", inst.name, InstanceState.TERMINATED, inst.tags, reason="no capacity after all")
 
-    provider.launch = third_lost  # type: ignore[method-assign]
-    now = parts.clock()
-    await scaler.refresh_offers(now)
-    parts.ctl.cloud = scaler
+    calls = answer_launches(provider, third_lost)
     try:
-        parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+        await submit_a_gang(parts, scaler)
         await scaler.tick()
         if late:
             await wait_for_async(lambda: len(calls) == 3 and sum(r["state"] is CloudNodeState.UP for r in
@@ -255,13 +263,9 @@ async def test_a_gang_interrupted_by_a_restart_still_stands_or_falls_together(cl
     bootstrapping, the 3rd still launching (its outcome unknown: FAILED), already refused, or
     launched and then lost. The 2 are of no use alone, so they go back at once; before, `adopt`
     resumed each as a plain launch and they idled until `burst.idle_timeout`."""
-    from tests.unit.control.fakes import FakeAgent
-
     parts, scaler, provider = cloud
     now = parts.clock()
-    await scaler.refresh_offers(now)
-    parts.ctl.cloud = scaler
-    job = parts.submit(num_nodes=3, placement="cloud", resources={"accelerators": "A100:2", "use_spot": True})
+    job = await submit_a_gang(parts, scaler)
     names = ["cloud-g1", "cloud-g2", "cloud-g3"]
     for i, name in enumerate(names):
         parts.store.cloud_add_instance(f"launch:{name}", "fake", name, OFFER.to_dict(), [(job, 0)], now)
@@ -273,9 +277,7 @@ async def test_a_gang_interrupted_by_a_restart_still_stands_or_falls_together(cl
         iid = f"i-g{i + 1}"
         parts.store.cloud_update_instance(f"launch:{name}", now, new_id=iid, state=CloudNodeState.BOOTSTRAPPING)
         if i < 2:
-            parts.agents[name] = parts.connect.agents[name] = FakeAgent(name)
-            provider.instances[iid] = Instance(iid, "fake", name, InstanceState.RUNNING, {}, host="127.0.0.1",
-                                               host_key="ssh-ed25519 AAAAtest", agent_socket="/run/agent.sock")
+            provider.instances[iid] = up_with_an_agent(parts, Instance(iid, "fake", name, InstanceState.PENDING))
         else:
             provider.instances[iid] = Instance(iid, "fake", name, InstanceState.TERMINATED, {}, reason="reclaimed")
     try:
