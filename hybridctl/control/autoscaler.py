@@ -571,7 +571,7 @@ class Autoscaler:
             if gang.refused:
                 gang.sink(f"was refused: {gang.refused}")
                 try:
-                    await self._sunk(inst.id, name, gang.sunk)
+                    await self._never_joined(inst.id, name, gang.sunk)
                 finally:
                     self._settled(gang)
                 return
@@ -590,13 +590,15 @@ class Autoscaler:
         if provider is None:
             return
         if gang is not None and gang.sunk:
-            await self._sunk(row["instance_id"], row["node"], gang.sunk)
+            await self._never_joined(row["instance_id"], row["node"], gang.sunk)
             return
         await self.bootstrap(row["instance_id"], row["node"], offer, provider,
                              row["launched_at"] + self.cfg.bootstrap_timeout, gang)
 
-    async def _sunk(self, iid: str, name: str, why: str) -> None:
-        """A gang member given back before it joined, for a sibling's loss."""
+    async def _never_joined(self, iid: str, name: str, why: str) -> None:
+        """Give back an instance that never served (its bootstrap failed, or a gang sibling was
+        lost), FAILED. Draining until terminated: if the provider refuses the termination, the
+        next pass retries."""
         self.store.cloud_update_instance(iid, self.clock(), state=CloudNodeState.DRAINING, reason=why)
         await self.give_back(iid, name, why, failed=True)
 
@@ -616,11 +618,8 @@ class Autoscaler:
                 for sibling in gang.names:
                     if sibling != name and sibling not in self._busy:  # in _busy: still bootstrapping
                         self._spawn(sibling, self.scale_down(sibling, gang.sunk, failed=True))
-            now = self.clock()
-            self.backoff(offer.pool, f"bootstrap failed: {why}", now)
-            # Draining until terminated: if the provider refuses the termination, the next pass retries.
-            self.store.cloud_update_instance(iid, now, state=CloudNodeState.DRAINING, reason=f"bootstrap failed: {why}")
-            await self.give_back(iid, name, f"bootstrap failed: {why}", failed=True)
+            self.backoff(offer.pool, f"bootstrap failed: {why}", self.clock())
+            await self._never_joined(iid, name, f"bootstrap failed: {why}")
             self.wake.set()
             return
         if gang is not None and gang.sunk:
