@@ -1,8 +1,8 @@
 """The controller learns a job's length from its earlier attempts (`cloud.burst.lindy`): a job
-without a time limit whose spot node was reclaimed after 3h 10m is requeued; the autoscaler's world
+without a time limit whose spot node was reclaimed after 5h 10m is requeued; the autoscaler's world
 carries that run (`World.ran`, from `Store.stopped_runs`), so the burst policy prices the next
-attempt at 2 x 3h 10m and keeps it off spot (a reclaim would throw away too much of a run that
-long), where with `lindy` 0 it would go back to spot at the assumed hour; `show` says why.
+attempt at 2 x 5h 10m and keeps it off spot (a reclaim would throw away about a third of a run
+that long, past `max_spot_loss`), where with `lindy` 0 it would go back to spot at the assumed hour; `show` says why.
 In-process: the autoscaler with its fake provider and agent, a real store and scheduler."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.unit.control.fakes import OFFER
 from tests.unit.control.parts import ALICE, stop_sessions
 from tests.waiting import wait_for_async
 
-RAN = 3 * 3600.0 + 600.0  # 3h 10m
+RAN = 5 * 3600.0 + 600.0  # 5h 10m
 ON_DEMAND = replace(OFFER, spot=False, price_hourly=3.0)
 
 
@@ -57,7 +57,7 @@ async def test_a_reclaimed_run_without_limit_is_priced_at_lindy_times_what_it_ra
         assert (job, 0) in learnt.no_spot
         [req] = learnt.launches
         assert not req.offer.spot and req.tasks == ((job, 0),)
-        assert "earlier attempt ran 3.2 h" in req.why, req.why  # why it is on-demand
+        assert "earlier attempt ran 5.2 h" in req.why, req.why  # why it is on-demand
 
         forgetful = replace(scaler.limits, lindy=0.0)  # the same world, attempts teach nothing
         blind = burst.decide(scaler.world(now), forgetful, parts.scheduler.policy, now)
@@ -67,7 +67,7 @@ async def test_a_reclaimed_run_without_limit_is_priced_at_lindy_times_what_it_ra
         shown = parts.ctl.op_show(ALICE, str(job))
         assert shown["earlier_run"] == {
             "task": 0, "ran_s": RAN, "expected_s": 2 * RAN,
-            "text": "ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m"}
+            "text": "ran 5h 10m in an earlier attempt without finishing: expected ≥ 10h 20m"}
         scaler.limits = forgetful
         assert scaler.world(now).ran == {}  # not read when off
     finally:
@@ -109,7 +109,7 @@ def test_show_prints_the_earlier_run_line(lindy: float, limit: str | None, shown
         monkeypatch.setattr(common, "client", show_client(parts.ctl, ALICE))
         assert main(["show", str(job)]) == 0
         out = capsys.readouterr().out
-        line = "  earlier    ran 3h 10m in an earlier attempt without finishing: expected ≥ 6h 20m"
+        line = "  earlier    ran 5h 10m in an earlier attempt without finishing: expected ≥ 10h 20m"
         assert (line in out.splitlines()) is shown, out
         assert ("earlier" in out) is shown
     finally:
