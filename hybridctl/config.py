@@ -161,7 +161,7 @@ class BurstConfig:
     """Largest expected fraction of a job's run time spot reclaims may throw away (a job under it
     still goes on-demand where its expected loss costs more than spot saves). 0.2 rather than 0.1
     (session 15, bench/RESULTS.md): on the generated hard weeks 0.2-2.2 points less of
-    all-on-demand's $ at the same p95 (week 31: 1.20x against 1.16x), with 1.5-2.6 % of cloud
+    all-on-demand's $ at the same p95 (week 31: 1.20x against 1.16x), with 0.9-2.6 % of cloud
     GPU-hours lost; above it the loss climbs (0.3: 1.8-2.4 %, no cap: 2.7-3.4 %) for ~1 point more."""
     reclaim_per_h: float = 0.05
     """Spot reclaims per node-hour assumed where the catalog gives no rate (`interruptions:`)."""
