@@ -14,7 +14,8 @@ def add_parser(sub: Any) -> None:
     cl = sub.add_parser("cloud", help="cloud bursting: nodes, spend and limits, offers, cost",
                         description="Cloud bursting: rented nodes, spend against the limits, offers and cost.")
     csub = cl.add_subparsers(dest="cloud_cmd", metavar="ACTION", required=True)
-    st = csub.add_parser("status", help="cloud nodes, spend against the limits, why a burst is held back")
+    st = csub.add_parser("status", help="cloud nodes, spend against the limits, why a burst is held back,"
+                                        " each spot pool's reclaims")
     st.add_argument("--all", action="store_true", help="also the nodes already given back (terminated, failed)")
     st.add_argument("--json", action="store_true")
     of = csub.add_parser("offers", help="instance offers, cheapest first")
@@ -67,6 +68,8 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 
 OWNERS_SHOWN = 8
 """Users and groups with budgets of their own that `cloud status` lists (the most used first)."""
+POOLS_SHOWN = 8
+"""Spot pools whose reclaim record `cloud status` lists (the highest observed rate first)."""
 
 
 def status_text(d: dict[str, Any]) -> str:
@@ -117,6 +120,17 @@ def status_text(d: dict[str, Any]) -> str:
         now = time.time()
         lines += [f"  {b['pool']}{'' if b.get('nodes', 1) <= 1 else ' (for ' + str(b['nodes']) + ' nodes or more)'}"
                   f" for {o.duration(b['until'] - now)}: {b['reason']}" for b in d["backoffs"]]
+    record = d.get("reclaims") or []
+    if record:
+        lines.append("")
+        lines.append(f"spot reclaims since {o.when(d['reclaims_since'])} (what each pool did; what a reclaim"
+                     " there is priced at):")
+        for r in record[:POOLS_SHOWN]:
+            seen = f"{r['per_node_hour']:.3f}/h" if r["per_node_hour"] is not None else "-"
+            lines.append(f"  {r['pool']}: {r['reclaims']} in {r['node_hours']:.1f} node-h ({seen});"
+                         f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']})")
+        if len(record) > POOLS_SHOWN:
+            lines.append(f"  … {len(record) - POOLS_SHOWN} more pools (--json lists all)")
     for leak in d["leaks"][-5:]:
         lines.append(f"  leak terminated: {leak['provider']} {leak['instance_id']} ({leak['name'] or 'unnamed'})"
                      f" at {o.when(leak['at'])}")

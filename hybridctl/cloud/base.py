@@ -141,13 +141,24 @@ class Instance:
         return self.state in (InstanceState.PENDING, InstanceState.RUNNING)
 
 
+SPOT_RECLAIM = "spot preemption"
+
+
 @dataclass(frozen=True)
 class Notice:
     """The provider will reclaim `instance_id` at `at` (seconds since the epoch)."""
 
     instance_id: str
     at: float
-    reason: str = "spot preemption"
+    reason: str = SPOT_RECLAIM
+
+
+def reclaimed(reason: str) -> bool:
+    """Whether the reason an instance was given back for (`cloud_instances.reason`) records a spot
+    reclaim: a notice's ('spot preemption of gpu-3 (aws) at 10:02:11'), or an instance found gone
+    that its provider calls preempted ('gone: preempted'). Written by the controller from what the
+    provider said, never from what a node says."""
+    return reason.startswith(SPOT_RECLAIM) or (reason.startswith("gone: ") and "preempt" in reason.lower())
 
 
 class CloudProvider(abc.ABC):

@@ -26,6 +26,9 @@ from hybridctl.core.locality import dur_text, size_text
 from hybridctl.core.model import Resources, task_label
 from hybridctl.store.sqlite import Store
 
+RECLAIM_RECORD_S = 30 * 86400.0
+"""How far back `cloud status` counts each spot pool's reclaims (pools change)."""
+
 
 class CloudRequests:
     """What `Controller` needs for these: its store, settings, clock, scheduler and cloud view."""
@@ -99,7 +102,23 @@ class CloudRequests:
                          for p, (u, why, n) in sorted(self.store.cloud_backoffs(now).items())],
             "leaks": list(scaler.leaks) if scaler is not None else [],
             "owners": self._owner_budgets(caller, lim, since, last.gate if last else None),
+            "reclaims": self._reclaim_record(lim, now), "reclaims_since": now - RECLAIM_RECORD_S,
         }
+
+    def _reclaim_record(self, lim: burst.Limits, now: float) -> list[dict[str, Any]]:
+        """Each spot pool the controller held nodes in over the last `RECLAIM_RECORD_S`: node-hours,
+        reclaims, the rate they make, and the rate the burst policy prices a reclaim at there (the
+        catalog's `interruptions:`, else `burst.reclaim_per_h`), highest observed rate first. Seen
+        next to each other, a pool that reclaims more than its price assumes shows."""
+        stated = {o.pool: o.reclaim_per_h for o in self._cloud_offers() if o.spot}
+        out = []
+        for pool, (hours, reclaims) in self.store.cloud_spot_record(now - RECLAIM_RECORD_S, now).items():
+            rate = stated.get(pool)
+            out.append({"pool": pool, "node_hours": round(hours, 3), "reclaims": reclaims,
+                        "per_node_hour": round(reclaims / hours, 4) if hours > 0 else None,
+                        "priced_per_node_hour": rate if rate is not None else lim.reclaim_per_h,
+                        "priced_from": "catalog" if rate is not None else "burst.reclaim_per_h"})
+        return sorted(out, key=lambda r: (-(r["per_node_hour"] or 0.0), -r["node_hours"], r["pool"]))
 
     def _owner_budgets(self, caller: Caller, lim: burst.Limits, since: str,
                        gate: CloudGate | None) -> list[dict[str, Any]]:

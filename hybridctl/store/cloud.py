@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from hybridctl.cloud.base import GONE, CloudNodeState
+from hybridctl.cloud.base import GONE, CloudNodeState, reclaimed
+from hybridctl.core.offers import Offer
 from hybridctl.store.base import Tables
 from hybridctl.store.rows import CloudAllocation
 
@@ -115,6 +116,21 @@ class CloudTables(Tables):
         """$ spent on days from `day` (YYYY-MM-DD, UTC) on."""
         row = self.conn.execute("SELECT COALESCE(SUM(usd), 0) FROM cloud_spend WHERE day >= ?", (day,)).fetchone()
         return float(row[0])
+
+    def cloud_spot_record(self, since: float, now: float) -> dict[str, tuple[float, int]]:
+        """Spot pool -> (node-hours its instances were held between `since` and `now`, how many of
+        them ended in a reclaim since `since`): what the burst policy learns each pool's reclaim
+        rate from (`World.reclaims_seen`)."""
+        out: dict[str, tuple[float, int]] = {}
+        for offer, launched, ended, state, reason in self.conn.execute(
+                "SELECT offer, launched_at, ended_at, state, reason FROM cloud_instances"
+                " WHERE json_extract(offer, '$.spot') AND COALESCE(ended_at, ?) >= ?"
+                " AND instance_id NOT LIKE 'launch:%'", (now, since)):
+            pool = Offer.from_dict(json.loads(offer)).pool
+            held = max(0.0, min(now, ended if ended is not None else now) - max(launched, since)) / 3600.0
+            h, k = out.get(pool, (0.0, 0))
+            out[pool] = (h + held, k + (state == CloudNodeState.TERMINATED.value and reclaimed(reason)))
+        return out
 
     def cloud_owner_spent_since(self, day: str) -> dict[tuple[str, str], float]:
         """$ spent on days from `day` on per ('user', name) and ('group', name)."""

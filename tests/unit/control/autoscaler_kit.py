@@ -4,12 +4,13 @@ test_checkpoint_release.py: a fake provider, a fake agent on the cloud node's se
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from hybridctl.cloud.base import TAG_CLUSTER, CloudNodeState, Instance, InstanceState
+from hybridctl.cloud.base import TAG_CLUSTER, CloudNodeState, Instance, InstanceState, Notice
 from hybridctl.config import CloudConfig, FleetConfig, Settings
 from hybridctl.control.autoscaler import Autoscaler
 from hybridctl.core.model import JobStatus, NodeState
@@ -57,3 +58,19 @@ async def on_cloud_node(parts: Parts, scaler: Autoscaler) -> tuple[int, str]:
     parts.fleet.kick(NODE)
     await wait_for_async(lambda: parts.state(job) is JobStatus.RUNNING, what="the launch on the cloud node")
     return job, job_key(job, 0, 0, 0)
+
+
+async def reclaimed_after(cloud: Cloud, seconds: float) -> int:
+    """A 2-GPU spot job without a time limit RUNNING on the cloud node, reclaimed `seconds` into
+    its run (a spot notice: PREEMPTED, SIGTERM, requeued once its processes are gone), and the
+    node given back."""
+    parts, scaler, provider = cloud
+    job, _key = await on_cloud_node(parts, scaler)
+    parts.clock.t += seconds
+    row: dict[str, Any] = {"node": NODE, "instance_id": IID, "provider": "fake"}
+    reclaim = asyncio.create_task(scaler.preempt(row, Notice(IID, parts.clock() + 120)))
+    await wait_for_async(lambda: parts.agents[NODE].ops("cancel"), what="the cancel sent to the cloud node")
+    parts.fleet.kick(NODE)
+    await asyncio.wait_for(reclaim, 30)
+    assert parts.state(job) is JobStatus.PENDING and IID in provider.terminated
+    return job

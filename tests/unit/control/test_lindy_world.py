@@ -2,43 +2,24 @@
 without a time limit whose spot node was reclaimed after 5h 10m is requeued; the autoscaler's world
 carries that run (`World.ran`, from `Store.stopped_runs`), so the burst policy prices the next
 attempt at 2 x 5h 10m and keeps it off spot (a reclaim would throw away about a third of a run
-that long, past `max_spot_loss`), where with `lindy` 0 it would go back to spot at the assumed hour; `show` says why.
-In-process: the autoscaler with its fake provider and agent, a real store and scheduler."""
+that long, past `max_spot_loss`), where with `lindy` 0 it would go back to spot at the assumed
+hour; `show` says why. In-process: the autoscaler with its fake provider and agent, a real store and scheduler."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from hybridctl.cloud.base import Notice
 from hybridctl.core import burst
 from hybridctl.core.model import JobStatus
-from tests.unit.control.autoscaler_kit import IID, NODE, Cloud, cloud, on_cloud_node  # noqa: F401 - the fixture
+from tests.unit.control.autoscaler_kit import Cloud, cloud, reclaimed_after  # noqa: F401 - the fixture
 from tests.unit.control.fakes import OFFER
 from tests.unit.control.parts import ALICE, stop_sessions
-from tests.waiting import wait_for_async
 
 RAN = 5 * 3600.0 + 600.0  # 5h 10m
 ON_DEMAND = replace(OFFER, spot=False, price_hourly=3.0)
-
-
-async def reclaimed_after(cloud: Cloud, seconds: float) -> int:  # noqa: F811
-    """A 2-GPU spot job without a time limit RUNNING on the cloud node, reclaimed `seconds` into
-    its run (a spot notice: PREEMPTED, SIGTERM, requeued once its processes are gone), and the
-    node given back."""
-    parts, scaler, provider = cloud
-    job, _key = await on_cloud_node(parts, scaler)
-    parts.clock.t += seconds
-    row: dict[str, Any] = {"node": NODE, "instance_id": IID, "provider": "fake"}
-    reclaim = asyncio.create_task(scaler.preempt(row, Notice(IID, parts.clock() + 120)))
-    await wait_for_async(lambda: parts.agents[NODE].ops("cancel"), what="the cancel sent to the cloud node")
-    parts.fleet.kick(NODE)
-    await asyncio.wait_for(reclaim, 30)
-    assert parts.state(job) is JobStatus.PENDING and IID in provider.terminated
-    return job
 
 
 async def test_a_reclaimed_run_without_limit_is_priced_at_lindy_times_what_it_ran(cloud: Cloud) -> None:  # noqa: F811
