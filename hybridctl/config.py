@@ -261,7 +261,7 @@ class SimulatedCloudConfig:
     capacity_errors: tuple[str, ...] = ()
     """Instance types (or zone/type) that always answer with a capacity error."""
     preemption_rate_per_h: float = 0.0
-    """Expected spot reclaims per machine-hour (0 = none)."""
+    """Expected reclaims per spot machine-hour (0 = none); on-demand machines are never reclaimed."""
     preemption_warning: float = 120.0
     """Seconds of notice before a reclaim."""
     price_drift: float = 0.2

@@ -127,7 +127,8 @@ def status_text(d: dict[str, Any]) -> str:
                      " there is priced at):")
         for r in record[:POOLS_SHOWN]:
             seen = f"{r['per_node_hour']:.3f}/h" if r["per_node_hour"] is not None else "-"
-            lines.append(f"  {r['pool']}: {r['reclaims']} in {r['node_hours']:.1f} node-h ({seen});"
+            held = f"{r['node_hours']:.1f}" if r["node_hours"] >= 10 else f"{r['node_hours']:.2f}"
+            lines.append(f"  {r['pool']}: {r['reclaims']} in {held} node-h ({seen});"
                          f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']})")
         if len(record) > POOLS_SHOWN:
             lines.append(f"  … {len(record) - POOLS_SHOWN} more pools (--json lists all)")

@@ -130,7 +130,8 @@ class SimulatedProvider(CloudProvider):
                                    " (about 100 characters at most); set a shorter cloud.simulated.dir")
             base.mkdir(parents=True)
             now = self.clock()
-            after = preempt_after(self.preemption_rate_per_h, spec.name, self.seed)
+            # The spot market reclaims; on-demand machines stay until given back.
+            after = preempt_after(self.preemption_rate_per_h, spec.name, self.seed) if offer.spot else None
             rec: dict[str, Any] = {
                 "id": iid, "name": spec.name, "tags": {**spec.tags, TAG_NODE: spec.name}, "offer": offer.to_dict(),
                 "pool": offer.pool, "launched_at": now, "state": InstanceState.PENDING, "reason": "", "pid": None,

@@ -192,3 +192,23 @@ def test_simulated_preemption_gives_notice_then_reclaims(tmp_path: Path, client_
     gone = p.describe(inst.id)
     assert gone.state == "terminated" and gone.reason == "preempted"
     assert p.list({}) == []
+
+
+def test_simulated_on_demand_machines_are_never_reclaimed(tmp_path: Path, client_key: Path) -> None:
+    """`preemption_rate_per_h` is the spot market's: a cloud does not reclaim on-demand machines
+    (it did here, so the demo's and the tests' on-demand nodes were requeued like spot ones)."""
+    from hybridctl.cloud.simulated import SimulatedProvider
+
+    t = [1_700_000_000.0]
+    p = SimulatedProvider(tmp_path / "sim", small_catalog(), launch_delay=0.0, preemption_rate_per_h=3600.0,
+                          preemption_warning=60.0, agent_interval=0.5, clock=lambda: t[0])
+    offer = min((o for o in p.offers(True) if not o.spot and o.instance_type != "sim.a100x2"),
+                key=lambda o: o.price_hourly)
+    inst = p.launch(spec(offer, "cnode-od"))
+    try:
+        rec = p._read(inst.id)
+        assert rec is not None and rec["preempt_at"] is None
+        t[0] += 10 * 3600  # ten hours at 3600 reclaims an hour
+        assert p.preemption_notices([inst.id]) == [] and p.describe(inst.id).alive
+    finally:
+        p.terminate(inst.id)

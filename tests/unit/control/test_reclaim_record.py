@@ -37,7 +37,7 @@ async def test_a_reclaim_of_a_spot_node_shows_in_its_pools_record(cloud: Cloud) 
         assert (r["priced_per_node_hour"], r["priced_from"]) == (0.08, "catalog")
         status = parts.ctl.op_cloud_status(ALICE)
         text = status_text(status)
-        assert f"  {OFFER.pool}: 1 in {r['node_hours']:.1f} node-h ({r['per_node_hour']:.3f}/h);" \
+        assert f"  {OFFER.pool}: 1 in {r['node_hours']:.2f} node-h ({r['per_node_hour']:.3f}/h);" \
                " priced at 0.08/h (catalog)" in text, text
     finally:
         await stop_sessions(parts.fleet)
