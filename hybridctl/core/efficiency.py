@@ -95,7 +95,8 @@ class Efficiency:
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    """The q-th percentile, `q` in 0..100 (simulate/engine.percentile takes a fraction), by linear
+    interpolation; None for no values."""
     if not values:
         return None
     ordered = sorted(values)

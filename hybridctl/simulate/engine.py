@@ -200,7 +200,8 @@ class LimitUse:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (0 for no values)."""
+    """Nearest-rank percentile, `q` a fraction (0.95 = p95; core/efficiency.percentile takes 95);
+    0 for no values."""
     if not values:
         return 0.0
     s = sorted(values)
