@@ -119,8 +119,8 @@ class CloudTables(Tables):
 
     def cloud_spot_record(self, since: float, now: float) -> dict[str, tuple[float, int]]:
         """Spot pool -> (node-hours its instances were held between `since` and `now`, how many of
-        them ended in a reclaim since `since`): what the burst policy learns each pool's reclaim
-        rate from (`World.reclaims_seen`)."""
+        them ended in a reclaim since `since`, on the provider's word: `cloud.base.reclaimed`), as
+        `cloud status` shows it next to the rate the burst policy prices a reclaim at there."""
         out: dict[str, tuple[float, int]] = {}
         for offer, launched, ended, state, reason in self.conn.execute(
                 "SELECT offer, launched_at, ended_at, state, reason FROM cloud_instances"

@@ -3,7 +3,8 @@ without a time limit whose spot node was reclaimed after 5h 10m is requeued; the
 carries that run (`World.ran`, from `Store.stopped_runs`), so the burst policy prices the next
 attempt at 2 x 5h 10m and keeps it off spot (a reclaim would throw away about a third of a run
 that long, past `max_spot_loss`), where with `lindy` 0 it would go back to spot at the assumed
-hour; `show` says why. In-process: the autoscaler with its fake provider and agent, a real store and scheduler."""
+hour; `show` says why. In-process: the autoscaler with its fake provider and agent, a real store
+and scheduler."""
 
 from __future__ import annotations
 

@@ -33,9 +33,9 @@ async def test_a_reclaim_of_a_spot_node_shows_in_its_pools_record(cloud: Cloud) 
         assert r["per_node_hour"] == round(1 / r["node_hours"], 4)
         assert status["reclaims_since"] == parts.clock() - RECLAIM_RECORD_S
         scaler.offers = [replace(OFFER, reclaim_per_h=0.08)]  # the catalog states one
-        [r] = parts.ctl.op_cloud_status(ALICE)["reclaims"]
-        assert (r["priced_per_node_hour"], r["priced_from"]) == (0.08, "catalog")
         status = parts.ctl.op_cloud_status(ALICE)
+        [r] = status["reclaims"]
+        assert (r["priced_per_node_hour"], r["priced_from"]) == (0.08, "catalog")
         text = status_text(status)
         assert f"  {OFFER.pool}: 1 in {r['node_hours']:.2f} node-h ({r['per_node_hour']:.3f}/h);" \
                " priced at 0.08/h (catalog)" in text, text
