@@ -78,6 +78,14 @@ def spend_text(status: dict[str, Any]) -> Text:
         t.append(f"\nnearest its budget: {o['kind']} {o['name']} {cells.money(o['spent_usd'])} spent"
                  f" ({cells.money(o.get('used_usd', o['spent_usd']))} with running jobs) of"
                  f" {cells.money(o['budget_usd'])}{more}")
+    # The spot pool that reclaimed the most above the rate a reclaim there is priced at (the list
+    # is by observed rate, highest first): the catalog's `interruptions:` may want fixing.
+    worst = next((r for r in status.get("reclaims") or []
+                  if r["per_node_hour"] is not None and r["per_node_hour"] > r["priced_per_node_hour"]), None)
+    if worst:
+        t.append(f"\nreclaims above their price: {worst['pool']} {worst['reclaims']} in {worst['node_hours']:.2f}"
+                 f" node-h ({worst['per_node_hour']:.3f}/h, priced at {worst['priced_per_node_hour']:g}/h;"
+                 " cloud status lists all)", "yellow")
     for provider, error in sorted((status.get("errors") or {}).items()):
         t.append(f"\n{provider}: {error}", "bold red")
     for note in status.get("notes") or []:
