@@ -126,9 +126,9 @@ def status_text(d: dict[str, Any]) -> str:
         lines.append(f"spot reclaims since {o.when(d['reclaims_since'])} (what each pool did; what a reclaim"
                      " there is priced at):")
         for r in record[:POOLS_SHOWN]:
-            seen = f"{r['per_node_hour']:.3f}/h" if r["per_node_hour"] is not None else "-"
             held = f"{r['node_hours']:.1f}" if r["node_hours"] >= 10 else f"{r['node_hours']:.2f}"
-            lines.append(f"  {r['pool']}: {r['reclaims']} in {held} node-h ({seen});"
+            seen = f" ({r['per_node_hour']:.3f}/h)" if r["node_hours"] >= 1 else ""  # no rate from minutes
+            lines.append(f"  {r['pool']}: {r['reclaims']} in {held} node-h{seen};"
                          f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']})")
         if len(record) > POOLS_SHOWN:
             lines.append(f"  … {len(record) - POOLS_SHOWN} more pools (--json lists all)")

@@ -30,3 +30,8 @@ def test_a_pool_reclaiming_above_its_price_is_on_the_spend_line() -> None:
     assert spend_text(status).plain.splitlines()[-1] == (
         "reclaims above their price: aws/us-east-1a/p4d.24xlarge/spot 6 in 40.00 node-h (0.150/h, priced at"
         " 0.06/h; cloud status lists all)")
+    short = {**loud, "node_hours": 0.01, "reclaims": 1, "per_node_hour": 100.0}  # one in 36 s: no rate
+    status["reclaims"] = [short]
+    assert spend_text(status).plain.splitlines()[-1] == (
+        "reclaims above their price: aws/us-east-1a/p4d.24xlarge/spot 1 in 0.01 node-h (priced at 0.06/h;"
+        " cloud status lists all)")

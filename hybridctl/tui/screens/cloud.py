@@ -83,9 +83,9 @@ def spend_text(status: dict[str, Any]) -> Text:
     worst = next((r for r in status.get("reclaims") or []
                   if r["per_node_hour"] is not None and r["per_node_hour"] > r["priced_per_node_hour"]), None)
     if worst:
+        rate = f"{worst['per_node_hour']:.3f}/h, " if worst["node_hours"] >= 1 else ""  # no rate from minutes
         t.append(f"\nreclaims above their price: {worst['pool']} {worst['reclaims']} in {worst['node_hours']:.2f}"
-                 f" node-h ({worst['per_node_hour']:.3f}/h, priced at {worst['priced_per_node_hour']:g}/h;"
-                 " cloud status lists all)", "yellow")
+                 f" node-h ({rate}priced at {worst['priced_per_node_hour']:g}/h; cloud status lists all)", "yellow")
     for provider, error in sorted((status.get("errors") or {}).items()):
         t.append(f"\n{provider}: {error}", "bold red")
     for note in status.get("notes") or []:
