@@ -313,6 +313,7 @@ class FakeApi:
             "blocked": [{"job": "17", "reason": "needs H100:8; no offer within max_hourly_usd $20/h"}],
             "covered": [{"job": "15", "node": "aws-g5-1"}],
             "notes": [], "last_pass": self.now - 3, "backoffs": [], "leaks": [], "owners": [],
+            "reclaims": [], "reclaims_since": self.now - 30 * 86400,
         }
 
     def op_cloud_offers(self, gpus: str | None = None, spot: bool | None = None) -> list[dict[str, Any]]:
