@@ -153,12 +153,20 @@ class Notice:
     reason: str = SPOT_RECLAIM
 
 
+def says_reclaimed(why: str) -> bool:
+    """Whether a provider's reason for an instance's end (`Instance.reason`) is a spot reclaim:
+    'preempted' (the simulated cloud's, GCP's word) or AWS's state reasons
+    Server.SpotInstanceTermination and Server.SpotInstanceShutdown."""
+    w = why.lower()
+    return "preempt" in w or "spotinstancetermination" in w or "spotinstanceshutdown" in w
+
+
 def reclaimed(reason: str) -> bool:
     """Whether the reason an instance was given back for (`cloud_instances.reason`) records a spot
     reclaim: a notice's ('spot preemption of gpu-3 (aws) at 10:02:11'), or an instance found gone
-    that its provider calls preempted ('gone: preempted'). Written by the controller from what the
-    provider said, never from what a node says."""
-    return reason.startswith(SPOT_RECLAIM) or (reason.startswith("gone: ") and "preempt" in reason.lower())
+    whose provider says it was reclaimed ('gone: preempted'). Written by the controller from what
+    the provider said, never from what a node says."""
+    return reason.startswith(SPOT_RECLAIM) or (reason.startswith("gone: ") and says_reclaimed(reason))
 
 
 class CloudProvider(abc.ABC):

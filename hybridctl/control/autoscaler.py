@@ -32,6 +32,7 @@ from hybridctl.cloud.base import (
     InstanceState,
     LaunchSpec,
     Notice,
+    says_reclaimed,
 )
 from hybridctl.cloud.bootstrap import BootstrapFailed, install_agent, pin, pin_first_contact
 from hybridctl.cloud.transfer import TransferError, download, output_dir, owner_of, upload
@@ -807,7 +808,7 @@ class Autoscaler:
                     continue
                 why = inst.reason or "terminated outside hybridctl"
                 log.warning("cloud node %s (%s) is gone: %s", r["node"], r["instance_id"], why)
-                status = JobStatus.PREEMPTED if "preempt" in why else JobStatus.NODE_LOST
+                status = JobStatus.PREEMPTED if says_reclaimed(why) else JobStatus.NODE_LOST
                 await self.evict(r["node"], f"cloud node {r['node']} is gone: {why}", status, grace=0)
                 await self.give_back(r["instance_id"], r["node"], f"gone: {why}")
             for inst in listed:

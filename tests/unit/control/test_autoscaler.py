@@ -4,6 +4,8 @@ fleet (`Fleet.start_session`, `stop_session`)."""
 
 from __future__ import annotations
 
+import json
+
 import threading
 from typing import Callable
 
@@ -81,16 +83,28 @@ async def test_evict_with_notice_preempts_then_requeues_once_the_node_confirms(c
         await stop_sessions(parts.fleet)
 
 
-async def test_a_node_gone_under_us_loses_its_jobs_and_is_given_back(cloud: Cloud) -> None:
+@pytest.mark.parametrize("why, cause", [
+    ("preempted", "preemption"),
+    # What EC2's StateReason says of a spot interruption found after the fact (no notice seen).
+    ("Server.SpotInstanceTermination: Spot instance termination", "preemption"),
+    ("Client.UserInitiatedShutdown: User initiated shutdown", "node loss"),
+])
+async def test_a_node_gone_under_us_loses_its_jobs_and_is_given_back(cloud: Cloud, why: str, cause: str) -> None:
+    """Its jobs are requeued as preempted where the provider says the spot market took it, else as
+    lost with their node; a reclaim enters the pool's record (`cloud status`)."""
     parts, scaler, provider = cloud
     try:
         job, key = await on_cloud_node(parts, scaler)
-        provider.instances[IID] = Instance(IID, "fake", NODE, InstanceState.TERMINATED, reason="preempted")
+        provider.instances[IID] = Instance(IID, "fake", NODE, InstanceState.TERMINATED, reason=why)
         await scaler.sync_instances(parts.clock())
     finally:
         await stop_sessions(parts.fleet)
     assert parts.state(job) is S.PENDING
     assert NODE not in {n.name for n in parts.store.nodes()} and provider.terminated == [IID]
+    [(causes,)] = parts.store.conn.execute("SELECT recovery_causes FROM tasks WHERE job_id=?", (job,))
+    assert json.loads(causes) == {cause: 1}
+    [(_hours, reclaims)] = parts.store.cloud_spot_record(parts.clock() - 3600, parts.clock()).values()
+    assert reclaims == (cause == "preemption")
 
 
 @pytest.mark.parametrize("nodes", [1, 3])
