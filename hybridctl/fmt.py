@@ -26,6 +26,14 @@ def duration(seconds: float | None) -> str:
     return f"{m}:{s:02d}"
 
 
+def reclaim_rate(pool: Mapping[str, Any]) -> str:
+    """A spot pool's observed reclaims per node-hour from `cloud status`'s record ('0.150/h'), or
+    '' below an hour of node time: one reclaim in 36 s is no rate."""
+    if pool["node_hours"] < 1 or pool["per_node_hour"] is None:
+        return ""
+    return f"{pool['per_node_hour']:.3f}/h"
+
+
 def when(ts: float | None) -> str:
     if ts is None:
         return ""

@@ -127,7 +127,7 @@ def status_text(d: dict[str, Any]) -> str:
                      " there is priced at):")
         for r in record[:POOLS_SHOWN]:
             held = f"{r['node_hours']:.1f}" if r["node_hours"] >= 10 else f"{r['node_hours']:.2f}"
-            seen = f" ({r['per_node_hour']:.3f}/h)" if r["node_hours"] >= 1 else ""  # no rate from minutes
+            seen = f" ({o.reclaim_rate(r)})" if o.reclaim_rate(r) else ""
             lines.append(f"  {r['pool']}: {r['reclaims']} in {held} node-h{seen};"
                          f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']})")
         if len(record) > POOLS_SHOWN:

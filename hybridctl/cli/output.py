@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, Iterable, Sequence
 
-from hybridctl.fmt import duration, gpus_text, job_label, when  # noqa: F401  (re-exported: shared with the TUI)
+from hybridctl.fmt import duration, gpus_text, job_label, reclaim_rate, when  # noqa: F401  (re-exported: shared with the TUI)
 
 
 def emit_json(data: Any) -> None:

@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 
 from hybridctl.core.errors import HybridctlError
+from hybridctl.fmt import reclaim_rate
 from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.screens.base import ViewScreen
@@ -83,7 +84,7 @@ def spend_text(status: dict[str, Any]) -> Text:
     worst = next((r for r in status.get("reclaims") or []
                   if r["per_node_hour"] is not None and r["per_node_hour"] > r["priced_per_node_hour"]), None)
     if worst:
-        rate = f"{worst['per_node_hour']:.3f}/h, " if worst["node_hours"] >= 1 else ""  # no rate from minutes
+        rate = f"{reclaim_rate(worst)}, " if reclaim_rate(worst) else ""
         t.append(f"\nreclaims above their price: {worst['pool']} {worst['reclaims']} in {worst['node_hours']:.2f}"
                  f" node-h ({rate}priced at {worst['priced_per_node_hour']:g}/h; cloud status lists all)", "yellow")
     for provider, error in sorted((status.get("errors") or {}).items()):
