@@ -132,6 +132,10 @@ class CloudGate:
     decisions: a task is charged once)."""
     held: dict[TaskKey, str] = field(default_factory=dict)
     """Tasks `check` took off cloud nodes, with why: kept off them until the next decision."""
+    avoid: Mapping[TaskKey, frozenset[str]] = field(default_factory=dict)
+    """Held cloud nodes the decision found too dear for a task's owners, where it sent the task to
+    a node they can pay: the scheduler keeps it off them too (else it would take the dear share
+    there, be refused by `check`, and never reach the node rented for it)."""
 
     def why_not(self, key: TaskKey) -> str | None:
         """Why a task stays off cloud nodes until the next decision (None: it may go)."""
@@ -187,6 +191,9 @@ def plan_within(view: ClusterView, tasks: Sequence[PendingTask], policy: Policy,
     waiting: list[Waiting] = []
     for t in tasks:
         why = gate.why_not((t.job_id, t.task)) if t.placement != "onprem" else None
+        dear = gate.avoid.get((t.job_id, t.task))
+        if dear:
+            t = replace(t, avoid_nodes=t.avoid_nodes | dear)
         if why is None:
             out.append(t)
         elif t.placement == "any":

@@ -789,10 +789,11 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         fits = deadline is not None and wait + limits.deadline_margin * runtime < deadline - now - runtime
         return deadline is not None and not fits, wait
 
-    def owners_pay(t: PendingTask, hourly: float, pressing: bool | None = None) -> bool:
+    def owners_pay(t: PendingTask, hourly: float, pressing: bool | None = None, refuse: bool = True) -> bool:
         """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run
-        (`_owner_run_s`; then it is theirs); else `t` is refused, with the budget in words. The
-        deadline reserve is for a `pressing` task (`pressed`, where the caller has not said)."""
+        (`_owner_run_s`; then it is theirs); else, with `refuse`, `t` is refused, with the budget
+        in words. The deadline reserve is for a `pressing` task (`pressed`, where the caller has
+        not said)."""
         if purses is None or not purses.budgeted(t.user, t.group):
             return True
         limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
@@ -800,6 +801,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         due = pressing if pressing is not None else (
             (t.job_id, t.task) in world.deadlines and pressed(t, waitable(t))[0])
         why = purses.refusal(t.user, t.group, usd, due, limit is None)
+        if why and not refuse:
+            return False
         if why:
             refused[(t.job_id, t.task)] = why
             blocked.append(Blocked(t.job_id, t.task, why))
@@ -809,12 +812,21 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         return True
 
     room: list[list] = []  # per node rented in this pass: [model, free GPUs, CPUs, memory, $/h, GPUs, CPUs]
+    dear: dict[TaskKey, frozenset[str]] = {}  # held nodes too dear for a task's owners (CloudGate.avoid)
     for t in as_cloud:
         key = (t.job_id, t.task)
-        if key in held_cover:
-            if purses is not None and not owners_pay(t, sum(  # by the GPUs (candidate) it was placed with
-                    _share_hourly(held[p.node].offer, len(p.gpus), p.cpus) for p in held_cover[key] if p.node in held)):
-                continue
+        cover = held_cover.get(key)
+        # A held node whose share (by the GPUs, or candidate, it was placed with) its owners
+        # cannot pay: another held node may cover it, else it may rent one they can pay; it keeps
+        # off the dear ones (so does the scheduler: the gate's `avoid`). Bounded: each try adds
+        # at least one held node to what it avoids.
+        while cover and purses is not None and not owners_pay(t, sum(
+                _share_hourly(held[p.node].offer, len(p.gpus), p.cpus) for p in cover if p.node in held), refuse=False):
+            dear[key] = dear.get(key, frozenset()) | {p.node for p in cover}
+            t = replace(t, avoid_nodes=t.avoid_nodes | dear[key])
+            cover = [p for p in plan(_view(cluster, cloud_views), [*accepted, t], policy).placements
+                     if (p.job_id, p.task) == key]
+        if cover:
             accepted.append(t)
             continue
         if not t.requires <= world.cloud_features:  # a rented node could never take it
@@ -1011,7 +1023,7 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
                  if not c.draining}
         gate = CloudGate(cloud_ok, purses, refused, nodes,
                          max((o.price_hourly for o in world.offers), default=math.inf),
-                         _owner_run_s(None, now, limits), frozenset(world.deadlines))
+                         _owner_run_s(None, now, limits), frozenset(world.deadlines), avoid=dear)
     return BurstDecision(tuple(kept), tuple(scale), tuple(blocked), covered, tuple(notes), hourly_now, tuple(drain),
                          frozenset(no_spot), recall, weighed, gate)
 

@@ -420,6 +420,9 @@ class PendingTask:
     requires: frozenset[str] = frozenset()
     """Node features it needs (`{"podman"}` for an `image_id: docker:` job): `plan` places it only
     on nodes whose `NodeView.features` hold them all."""
+    avoid_nodes: frozenset[str] = frozenset()
+    """Nodes `plan` must not place it on: held cloud nodes whose share its owners' budget cannot
+    pay, while a cheaper node can (the burst decision's `CloudGate.avoid`)."""
 
 
 @dataclass(frozen=True)

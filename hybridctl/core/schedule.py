@@ -217,10 +217,14 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
                 lacks = lacking[t.requires] = frozenset(
                     i for i, n in enumerate(fleet.nodes) if not t.requires <= n.features)
             avoid = avoid | lacks if avoid is not None else lacks
+        if t.avoid_nodes:  # held nodes its owners cannot pay: passed over always, as a lack is
+            dear = frozenset(node_ix[n] for n in t.avoid_nodes if n in node_ix)
+            lacks = lacks | dear if lacks is not None else dear
+            avoid = avoid | dear if avoid is not None else dear
         for cand in fit.candidates(res) if res.alternatives else ():  # the first candidate that fits now
             k = (cand.gpus, cand.gpu_type, cand.cpus, cand.memory_mb, t.num_nodes, t.placement)
             if avoid is not None:
-                k = (*k, avoid_tag, t.requires)  # type: ignore[assignment]
+                k = (*k, avoid_tag, t.requires, t.avoid_nodes)  # type: ignore[assignment]
             s = shapes.get(k) or shapes.setdefault(
                 k, _Shape(fleet, cand, t.num_nodes, t.placement, avoid, lacks, t.requires))
             if k not in full and s.reason is None and s.find(fleet, Misses()) is not None:
@@ -234,7 +238,7 @@ def plan(view: ClusterView, pending: Sequence[PendingTask], policy: Policy) -> S
         if t.exclusive:  # its own shape: its reasons are not those of a sharing task
             key = (*key, "exclusive")  # type: ignore[assignment]
         if avoid is not None:
-            key = (*key, avoid_tag, t.requires)  # type: ignore[assignment]
+            key = (*key, avoid_tag, t.requires, t.avoid_nodes)  # type: ignore[assignment]
         shape = shapes.get(key)
         if shape is None:
             shape = shapes[key] = _Shape(fleet, res, t.num_nodes, t.placement, avoid, lacks, t.requires)

@@ -251,6 +251,44 @@ def test_on_a_held_node_too_an_owners_deadline_reserve_is_for_a_pressing_deadlin
     kw = dict(cluster=ClusterView((prem, replace(SPOT8.view("c1"), site="cloud"))), freeing=frees, offers=[SPOT8],
               cloud=[held])
     roomy = decide_([task(1, hours=9.5)], limits, deadlines={(1, 0): NOW + 30 * 86400}, **kw)  # $9.50 of 1/8 node
-    assert roomy.covered == {} and "20% kept for jobs with a deadline" in roomy.blocked[0].reason
+    # Not on the held node; a node of its own would cost the same, so it waits within its slack.
+    assert roomy.covered == {} and not roomy.launches and not roomy.blocked
+    assert roomy.gate is not None and roomy.gate.avoid == {(1, 0): frozenset({"c1"})} and not roomy.gate.refused
+    assert "1 task wait on-prem" in roomy.notes[0]
     late = decide_([task(1, hours=9.5)], limits, deadlines={(1, 0): NOW + 12 * 3600}, **kw)
     assert late.covered == {(1, 0): "c1"} and not late.blocked
+
+
+OD8 = Offer("simulated", "a100x8-od", "r1", "z-a", "A100", 8, 96, 1152 * 1024, False, 32.00)
+
+
+def test_a_task_its_owners_cannot_pay_on_a_held_node_rents_one_they_can_and_keeps_off_the_dear_one() -> None:
+    """A held on-demand node's share (1/8 of $32/h for 10 h: $40) is past alice's $20, a spot
+    node of her own ($1/h: $10) is not. It used to be refused and wait; it rents the cheap node,
+    the scheduler keeps it off the dear one until then (else it would take the share there, be
+    refused by the gate, and never reach its node), and the next decision covers it with the node
+    rented for it rather than renting again."""
+    limits = replace(BASE, user_budget_usd={"alice": 20.0})
+    c1 = CloudNode("c1", OD8, NOW - 3600, up=True, idle_since=NOW - 60)
+    c1_view = replace(OD8.view("c1"), site="cloud")
+    d = decide_([task(1, hours=10)], limits, offers=[SPOT1, OD8], cloud=[c1], cluster=ClusterView((FULL, c1_view)))
+    assert d.covered == {} and not d.blocked
+    assert [(r.offer.instance_type, r.tasks) for r in d.launches] == [("a100x1", ((1, 0),))]
+    assert d.gate is not None and d.gate.avoid == {(1, 0): frozenset({"c1"})} and d.gate.cloud_ok == {(1, 0): 10.0}
+    # The scheduler's pass before the node is up: not on c1 (on-prem is full), and nothing charged.
+    s = plan_within(ClusterView((FULL, c1_view)), [task(1, hours=10)], Policy(), d.gate)
+    assert s.placements == () and [w.job_id for w in s.waiting] == [1]
+    assert d.gate.purses.used == {("user", "alice"): 10.0, ("group", "vision"): 10.0}
+    # The next decision, the node rented for it booting: covered by it, no second rental.
+    c2 = CloudNode("c2", SPOT1, NOW, up=False)
+    again = decide_([task(1, hours=10)], limits, offers=[SPOT1, OD8], cloud=[c1, c2],
+                    cluster=ClusterView((FULL, c1_view)))
+    assert again.covered == {(1, 0): "c2"} and not again.launches and not again.blocked and again.gate is not None
+    # Up: the scheduler places it there and charges nothing more than the decision took.
+    c2_view = replace(SPOT1.view("c2"), site="cloud")
+    s = plan_within(ClusterView((FULL, c1_view, c2_view)), [task(1, hours=10)], Policy(), again.gate)
+    assert [p.node for p in s.placements] == ["c2"]
+    assert again.gate.purses.used == {("user", "alice"): 10.0, ("group", "vision"): 10.0}
+    # Where no node she can pay exists, it is refused as before, with the cheapest price named.
+    none = decide_([task(1, hours=10)], limits, offers=[OD8], cloud=[c1], cluster=ClusterView((FULL, c1_view)))
+    assert none.covered == {} and not none.launches and "this run needs $40.00 more" in none.blocked[0].reason
