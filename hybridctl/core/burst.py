@@ -789,11 +789,12 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         fits = deadline is not None and wait + limits.deadline_margin * runtime < deadline - now - runtime
         return deadline is not None and not fits, wait
 
-    def owners_pay(t: PendingTask, hourly: float, pressing: bool | None = None, refuse: bool = True) -> bool:
+    def owners_pay(t: PendingTask, hourly: float, pressing: bool | None = None, refuse: bool = True,
+                   take: bool = True) -> bool:
         """Whether `t`'s owners can pay its share of its nodes (`hourly`, $/h) for its run
-        (`_owner_run_s`; then it is theirs); else, with `refuse`, `t` is refused, with the budget
-        in words. The deadline reserve is for a `pressing` task (`pressed`, where the caller has
-        not said)."""
+        (`_owner_run_s`; then, with `take`, it is theirs); else, with `refuse`, `t` is refused,
+        with the budget in words. The deadline reserve is for a `pressing` task (`pressed`, where
+        the caller has not said)."""
         if purses is None or not purses.budgeted(t.user, t.group):
             return True
         limit = t.runtime_s if t.runtime_s is not None and not t.estimated else None
@@ -807,6 +808,8 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
             refused[(t.job_id, t.task)] = why
             blocked.append(Blocked(t.job_id, t.task, why))
             return False
+        if not take:
+            return True
         purses.take(t.user, t.group, usd)
         cloud_ok[(t.job_id, t.task)] = usd
         return True
@@ -819,11 +822,18 @@ def decide(world: World, limits: Limits, policy: Policy, now: float) -> BurstDec
         # A held node whose share (by the GPUs, or candidate, it was placed with) its owners
         # cannot pay: another held node may cover it, else it may rent one they can pay; it keeps
         # off the dear ones (so does the scheduler: the gate's `avoid`). Bounded: each try adds
-        # at least one held node to what it avoids.
+        # at least one held node to what it avoids, and the plan is made again only while some
+        # other held node's share (however the node is filled) is one they could pay.
         while cover and purses is not None and not owners_pay(t, sum(
                 _share_hourly(held[p.node].offer, len(p.gpus), p.cpus) for p in cover if p.node in held), refuse=False):
             dear[key] = dear.get(key, frozenset()) | {p.node for p in cover}
             t = replace(t, avoid_nodes=t.avoid_nodes | dear[key])
+            others = [held[v.name].offer for v in cloud_views if v.name in held and v.name not in t.avoid_nodes]
+            fewest = min([t.resources.gpus, *(g for _m, g in t.resources.alternatives)])  # of its candidates
+            if not others or not owners_pay(t, max(t.num_nodes, 1) * min(
+                    _share_hourly(o, fewest, t.resources.cpus) for o in others), refuse=False, take=False):
+                cover = None
+                break
             cover = [p for p in plan(_view(cluster, cloud_views), [*accepted, t], policy).placements
                      if (p.job_id, p.task) == key]
         if cover:

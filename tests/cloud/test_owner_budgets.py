@@ -292,3 +292,18 @@ def test_a_task_its_owners_cannot_pay_on_a_held_node_rents_one_they_can_and_keep
     # Where no node she can pay exists, it is refused as before, with the cheapest price named.
     none = decide_([task(1, hours=10)], limits, offers=[OD8], cloud=[c1], cluster=ClusterView((FULL, c1_view)))
     assert none.covered == {} and not none.launches and "this run needs $40.00 more" in none.blocked[0].reason
+
+
+def test_a_task_too_dear_on_one_held_node_takes_another_held_node_it_can_pay() -> None:
+    """c1 (on-demand, one GPU busy) is the tighter fit, so the plan tries it first: $40 of alice's
+    $20. c2 (idle spot, $8/h for 8 GPUs) costs her $10: covered there, nothing rented."""
+    limits = replace(BASE, user_budget_usd={"alice": 20.0})
+    c1 = CloudNode("c1", OD8, NOW - 3600, up=True)
+    c2 = CloudNode("c2", SPOT8, NOW - 3600, up=True, idle_since=NOW - 60)
+    busy = OD8.view("c1")
+    busy = replace(busy, site="cloud", gpus=(replace(busy.gpus[0], free=False), *busy.gpus[1:]))
+    running = (RunningTask(9, 0, "bob", 0, "c1", (0,), 1, 0, NOW - 600),)
+    cluster = ClusterView((FULL, busy, replace(SPOT8.view("c2"), site="cloud")), running=running)
+    d = decide_([task(1, hours=10)], limits, offers=[SPOT1, OD8, SPOT8], cloud=[c1, c2], cluster=cluster)
+    assert d.covered == {(1, 0): "c2"} and not d.launches and not d.blocked
+    assert d.gate is not None and d.gate.avoid == {(1, 0): frozenset({"c1"})} and d.gate.cloud_ok == {(1, 0): 10.0}
