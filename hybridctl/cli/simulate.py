@@ -359,6 +359,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
           + (f" ({demand / cap:.0%} of the fleet's {cap:,.0f})" if cap else "") + f"; market seed {args.seed}")
     print()
     print(report.table(results))
+    for line in report.money_lines(results):
+        print(line)
     for line in report.owner_lines(results, lim):
         print(line)
     print("\nsimulated in " + ", ".join(f"{r.strategy} {r.wall_s:.1f}s" for r in results), file=sys.stderr)

@@ -68,6 +68,27 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(rows)
 
 
+def money_lines(results: Sequence[Result], top: int = 4) -> list[str]:
+    """Per strategy that paid for cloud nodes: where the money went, the dearest first: nodes
+    while they held jobs, by the jobs' size class and market (a node's hour split evenly among its
+    jobs), then what nodes cost while booting or idle. It shows where a `burst:` setting would
+    move money: gangs on on-demand, say, or nodes kept idle too long."""
+    out = []
+    for r in results:
+        if r.dollars <= 0:
+            continue
+        parts = sorted(((c, usd) for c, usd in r.dollars_by_class.items() if usd > 0), key=lambda p: (-p[1], p[0]))
+        shown = [f"{c} ${usd:,.0f} ({usd / r.dollars:.0%})" for c, usd in parts[:top]]
+        rest = sum(usd for _c, usd in parts[top:])
+        if rest > 0:
+            shown.append(f"other jobs ${rest:,.0f} ({rest / r.dollars:.0%})")
+        idle = r.dollars - sum(usd for _c, usd in parts)
+        if idle >= 0.5:
+            shown.append(f"booting or idle ${idle:,.0f} ({idle / r.dollars:.0%})")
+        out.append(f"{r.strategy}: cloud $ by job size and market: " + ", ".join(shown))
+    return out
+
+
 def owner_lines(results: Sequence[Result], limits: burst.Limits) -> list[str]:
     """Under owner budgets (`user_budget_usd`, `group_budget_usd`), per strategy: the owner that
     came nearest their budget in one period, and how many passed theirs."""

@@ -190,9 +190,29 @@ def test_cli_replays_a_csv_and_rejects_bad_input(tmp_path, capsys) -> None:  # t
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and [r["strategy"] for r in out["results"]] == ["on-prem only", "hybridctl"]
     assert out["results"][0]["unfinished"] == 0
+    assert main(["simulate", str(csv_path), "--fleet", str(fleet), "--strategy", "all on-demand"]) == 0
+    assert "all on-demand: cloud $ by job size and market: 8 GPUs on-demand $" in capsys.readouterr().out
     fleet.write_text("nodes:\n  - {name: a, count: 1, gpus: eight, model: X}\n")
     assert main(["simulate", str(csv_path), "--fleet", str(fleet)]) == 2
     assert "nodes[0]" in capsys.readouterr().err
+
+
+def test_where_the_money_went_adds_up_to_what_was_paid(capsys) -> None:  # type: ignore[no-untyped-def]
+    # A 2-node gang and a 1-GPU job on on-demand nodes: each node's hours while it held a job go
+    # to its job's class; boot and the idle timeout are the rest.
+    jobs = [job(1, nodes=2), job(2, gpus=1, duration=1800.0)]
+    r = run(jobs, FLEET, Strategy("od", onprem=False, limits=RENT), ScriptedMarket([OD]))  # type: ignore[arg-type]
+    assert set(r.dollars_by_class) == {"multi-node on-demand", "1 GPU on-demand"}
+    gang, small = r.dollars_by_class["multi-node on-demand"], r.dollars_by_class["1 GPU on-demand"]
+    assert gang == pytest.approx(2 * 30.0, rel=0.05) and small == pytest.approx(15.0, rel=0.1)
+    idle = r.dollars - gang - small
+    assert idle > 0
+    (line,) = report.money_lines([r, replace(r, strategy="on-prem only", dollars=0.0, dollars_by_class={})])
+    assert line == (f"od: cloud $ by job size and market: multi-node on-demand ${gang:,.0f} ({gang / r.dollars:.0%}),"
+                    f" 1 GPU on-demand ${small:,.0f} ({small / r.dollars:.0%}),"
+                    f" booting or idle ${idle:,.0f} ({idle / r.dollars:.0%})")
+    (short,) = report.money_lines([r], top=1)
+    assert f"other jobs ${small:,.0f}" in short
 
 
 def test_limit_use_is_the_median_share_of_their_limit_finished_runs_used() -> None:
