@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from hybridctl.core.model import ClusterView, PendingTask, Placement, Policy, ScheduleDecision, Waiting
+from hybridctl.core.backfill import listing
 from hybridctl.core.schedule import plan
 
 Owner = tuple[str, str]
@@ -218,6 +219,12 @@ def plan_within(view: ClusterView, tasks: Sequence[PendingTask], policy: Policy,
         placements = tuple(p for p in placements if (p.job_id, p.task) not in dropped)
         waiting += [Waiting(k[0], k[1], why) for k, why in dropped.items()]
     for w in d.waiting:
-        why = gate.why_not((w.job_id, w.task))
+        key = (w.job_id, w.task)
+        why = gate.why_not(key)
+        dear = gate.avoid.get(key)
+        if dear:  # the plan's reason counts only the nodes it may use: say why not the others
+            off = (f"kept off {listing(sorted(dear))}: its share there is past its owners' cloud budget"
+                   " (cloud.burst.user_budget_usd, group_budget_usd)")
+            why = f"{off}; {why}" if why else off
         waiting.append(replace(w, reason=f"{w.reason}; {why}") if why else w)
     return replace(d, placements=placements, waiting=tuple(waiting))

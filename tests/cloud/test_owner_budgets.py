@@ -278,6 +278,8 @@ def test_a_task_its_owners_cannot_pay_on_a_held_node_rents_one_they_can_and_keep
     # The scheduler's pass before the node is up: not on c1 (on-prem is full), and nothing charged.
     s = plan_within(ClusterView((FULL, c1_view)), [task(1, hours=10)], Policy(), d.gate)
     assert s.placements == () and [w.job_id for w in s.waiting] == [1]
+    assert s.waiting[0].reason.endswith("; kept off c1: its share there is past its owners' cloud budget"
+                                        " (cloud.burst.user_budget_usd, group_budget_usd)")
     assert d.gate.purses.used == {("user", "alice"): 10.0, ("group", "vision"): 10.0}
     # The next decision, the node rented for it booting: covered by it, no second rental.
     c2 = CloudNode("c2", SPOT1, NOW, up=False)

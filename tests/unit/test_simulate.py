@@ -14,7 +14,7 @@ from hybridctl.cli.main import main
 from hybridctl.config import ConfigError
 from hybridctl.core import burst
 from hybridctl.core.burst import Offer
-from hybridctl.simulate import engine, report, trace
+from hybridctl.simulate import report, trace
 from hybridctl.simulate.engine import NodeGroup, Strategy, run
 from hybridctl.simulate.market import MarketModel
 from hybridctl.simulate.trace import TraceJob
