@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
-from hybridctl.core.model import ClusterView, PendingTask, Placement, Policy, ScheduleDecision, Waiting
 from hybridctl.core.backfill import listing
+from hybridctl.core.model import ClusterView, PendingTask, Placement, Policy, ScheduleDecision, Waiting
 from hybridctl.core.schedule import plan
 
 Owner = tuple[str, str]
