@@ -127,7 +127,8 @@ def status_text(d: dict[str, Any]) -> str:
                      " there is priced at):")
         for r in record[:POOLS_SHOWN]:
             held = f"{r['node_hours']:.1f}" if r["node_hours"] >= 10 else f"{r['node_hours']:.2f}"
-            seen = f" ({o.reclaim_rate(r)})" if o.reclaim_rate(r) else ""
+            rate = o.reclaim_rate(r)
+            seen = f" ({rate})" if rate else ""
             lines.append(f"  {r['pool']}: {r['reclaims']} in {held} node-h{seen};"
                          f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']})")
         if len(record) > POOLS_SHOWN:

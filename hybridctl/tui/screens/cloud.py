@@ -84,7 +84,8 @@ def spend_text(status: dict[str, Any]) -> Text:
     worst = next((r for r in status.get("reclaims") or []
                   if r["per_node_hour"] is not None and r["per_node_hour"] > r["priced_per_node_hour"]), None)
     if worst:
-        rate = f"{reclaim_rate(worst)}, " if reclaim_rate(worst) else ""
+        rate = reclaim_rate(worst)
+        rate = f"{rate}, " if rate else ""
         t.append(f"\nreclaims above their price: {worst['pool']} {worst['reclaims']} in {worst['node_hours']:.2f}"
                  f" node-h ({rate}priced at {worst['priced_per_node_hour']:g}/h; cloud status lists all)", "yellow")
     for provider, error in sorted((status.get("errors") or {}).items()):

@@ -5,7 +5,6 @@ fleet (`Fleet.start_session`, `stop_session`)."""
 from __future__ import annotations
 
 import json
-
 import threading
 from typing import Callable
 
