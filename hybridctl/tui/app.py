@@ -8,12 +8,13 @@ import asyncio
 import functools
 import signal
 import time
-from typing import Any, Callable, ClassVar, Sequence
+from typing import IO, Any, Callable, ClassVar, Sequence
 
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
+from textual.driver import Driver
 from textual.worker import Worker, WorkerState
 
 from hybridctl.core.errors import ControllerUnavailable, HybridctlError
@@ -31,6 +32,37 @@ from hybridctl.tui.screens.waste import WasteScreen
 
 NODES = Request.of("nodes", "nodes")
 PING = Request.of("ping", "ping")
+
+
+class _HungUpTerminal:
+    """The terminal as Textual's writer thread writes to it, where a write to a terminal that has
+    hung up (EIO: the SSH session dropped, the window closed) is dropped instead of raised.
+
+    Textual's writer thread dies on the first failed write, and its queue holds only 30: the next
+    repaints fill it and the event loop then blocks in `Queue.put` for good, deaf to SIGTERM and
+    SIGHUP (Textual issue 6692 describes the same hang reached through `suspend`). A closed
+    `scripts/demo` window left its lab running that way."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+
+    def write(self, text: str) -> int:
+        try:
+            return self._file.write(text)
+        except (OSError, ValueError):  # nobody is there to read it
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except (OSError, ValueError):
+            pass
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def isatty(self) -> bool:
+        return True
 
 
 class HybridApp(App[None]):
@@ -78,6 +110,24 @@ class HybridApp(App[None]):
         """Signals that end the session the way `q` does (`main` passes SIGTERM and SIGHUP)."""
         self.signalled = False
         """One of `exit_on` arrived while no event-loop handler was installed (`note_signal`)."""
+
+    def get_driver_class(self) -> type[Driver]:
+        base = super().get_driver_class()
+        try:
+            from textual.drivers.linux_driver import LinuxDriver
+        except ImportError:  # Windows: its driver writes through console calls
+            return base
+        if not issubclass(base, LinuxDriver):
+            return base
+
+        class HangupSafeDriver(base):  # type: ignore[valid-type,misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                file = getattr(self, "_file", None)
+                if file is not None:  # where Textual's writer thread writes (sys.__stderr__)
+                    self._file = _HungUpTerminal(file)
+
+        return HangupSafeDriver
 
     def note_signal(self, *_: Any) -> None:
         """The Python-level handler for `exit_on` before mount and after unmount: it only notes
