@@ -253,7 +253,8 @@ class SimulatedCloudConfig:
     catalog with drifting spot prices, capacity limits and preemptions (`cloud.simulated`)."""
 
     dir: str = ""
-    """Where its machines live; empty = <home>/cloud/simulated."""
+    """Where its machines live; empty = `<home>-simulated` beside the state directory (e.g.
+    /var/lib/hybridctl-simulated): others pass through it (0711) to their jobs' directories."""
     launch_delay: float = 5.0
     """Seconds from launch until a machine is reported running."""
     capacity_per_pool: int = 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hybridctl.cloud.base import CloudProvider
+from hybridctl.cloud.base import CloudProvider, LaunchFailed
 from hybridctl.cloud.catalog import Catalog, load
 from hybridctl.config import ConfigError, Settings
 
@@ -29,13 +29,19 @@ def build(settings: Settings) -> dict[str, CloudProvider]:
             from hybridctl.cloud.simulated import SimulatedProvider
 
             s = cfg.simulated
-            root = Path(s.dir).expanduser() if s.dir else settings.home_path / "cloud" / "simulated"
-            out[name] = SimulatedProvider(
-                root, cat, launch_delay=s.launch_delay, capacity_per_pool=s.capacity_per_pool,
-                capacity_errors=s.capacity_errors, preemption_rate_per_h=s.preemption_rate_per_h,
-                preemption_warning=s.preemption_warning, price_drift=s.price_drift, seed=s.seed,
-                agent_interval=s.agent_interval, agent_config=s.agent_config,
-            )
+            # Beside the state directory, not in it: that one stays 0700 (make_private), and other
+            # users' jobs must reach their working directories on the machines.
+            home = settings.home_path
+            root = Path(s.dir).expanduser() if s.dir else home.with_name(f"{home.name}-simulated")
+            try:
+                out[name] = SimulatedProvider(
+                    root, cat, launch_delay=s.launch_delay, capacity_per_pool=s.capacity_per_pool,
+                    capacity_errors=s.capacity_errors, preemption_rate_per_h=s.preemption_rate_per_h,
+                    preemption_warning=s.preemption_warning, price_drift=s.price_drift, seed=s.seed,
+                    agent_interval=s.agent_interval, agent_config=s.agent_config,
+                )
+            except LaunchFailed as exc:  # its directory is unsafe: a setting to change
+                raise ConfigError(exc.message) from None
         elif name == "aws":
             try:
                 from hybridctl.cloud.aws import AwsProvider

@@ -48,6 +48,33 @@ def spot_price(base: float, pool: str, t: float, drift: float, seed: int = 0) ->
     return round(base * (1.0 + drift * math.sin(2 * math.pi * t / DRIFT_PERIOD_S + phase)), 4)
 
 
+def _machine_dir(path: Path, parents: bool = False, new: bool = False) -> None:
+    """Make `path` a directory of this user's that others may pass through (0711) but not list,
+    as a server's `/` and `/var/lib` are: the machine's agent runs each job as its owner, in a
+    working directory under the machine's state directory, which that user must reach (the
+    controller's umask is 077). Its files stay the controller's own (0600). A directory another
+    user owns or may write to is refused: its owner could swap in links."""
+    import stat
+
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(0o711)
+    except FileExistsError:
+        if new:
+            raise
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise LaunchFailed(f"cloud.simulated.dir: {path} belongs to uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o};"
+                               f" the simulated machines need a directory of this user's (uid {os.geteuid()})"
+                               " that no one else may write to")
+        os.fchmod(fd, 0o711)
+    finally:
+        os.close(fd)
+
+
 def preempt_after(rate_per_h: float, key: str, seed: int = 0) -> float | None:
     """Seconds after launch at which a machine is reclaimed (exponential, seeded), or None."""
     if rate_per_h <= 0:
@@ -94,7 +121,8 @@ class SimulatedProvider(CloudProvider):
         `agent.json`; the machine sets its socket, state dir, name, GPUs and intervals itself."""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
-        (root / "i").mkdir(parents=True, exist_ok=True)
+        _machine_dir(root, parents=True)
+        _machine_dir(root / "i")
 
     # ---- the port ----------------------------------------------------------------------------
 
@@ -128,7 +156,7 @@ class SimulatedProvider(CloudProvider):
             if len(str(base / "agent.sock")) > 100:
                 raise LaunchFailed(f"simulated: {base} is too deep for the agent's Unix socket path"
                                    " (about 100 characters at most); set a shorter cloud.simulated.dir")
-            base.mkdir(parents=True)
+            _machine_dir(base, new=True)
             now = self.clock()
             # The spot market reclaims; on-demand machines stay until given back.
             after = preempt_after(self.preemption_rate_per_h, spec.name, self.seed) if offer.spot else None

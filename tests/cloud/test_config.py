@@ -70,6 +70,32 @@ def test_bad_cloud_settings_name_the_key(tmp_path: Path, text: str, message: str
     assert message in err.value.message
 
 
+def test_simulated_machines_live_beside_the_private_home_and_others_may_only_pass_through(tmp_path: Path) -> None:
+    """The state directory stays 0700 (`paths.make_private`), so the simulated machines, where
+    other users' jobs run, cannot live in it: by default they sit beside it, in directories
+    others may pass through but not list. A directory others may write to is refused."""
+    import os
+    import stat
+
+    from hybridctl.cloud.providers import build
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"home: {tmp_path / 'state'}")
+    sim = build(config.load(path, env={}))["simulated"]
+    assert sim.root == tmp_path / "state-simulated"  # type: ignore[attr-defined]
+    for d in (sim.root, sim.root / "i"):  # type: ignore[attr-defined]
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o711, d
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    path.write_text(f"cloud: {{simulated: {{dir: {shared}}}}}")
+    with pytest.raises(ConfigError) as err:
+        build(config.load(path, env={}))
+    assert err.value.message.startswith(f"cloud.simulated.dir: {shared} belongs to uid {os.geteuid()} with mode 0777")
+    assert not (shared / "i").exists()
+
+
 def test_catalog_errors_name_the_file_and_key(tmp_path: Path) -> None:
     from hybridctl.cloud import catalog
 

@@ -56,9 +56,7 @@ def test_workdir_is_read_as_the_submitter_and_outputs_never_through_links(cloud:
 
     stolen = submit_as_nobody(lab, as_user, "--placement", "cloud", "--gpus", "A100:1", "--workdir", str(private),
                               "--", "cat secret.txt")
-    # Run by the controller's own user: simulated machines are children of the controller, whose
-    # umask (077) leaves their directories closed to other uids. Links in the output directory
-    # must still be skipped, not followed.
+    # Links in the output directory must be skipped, not followed (nobody's own jobs are below).
     outputs = lab.submit(
         "--placement", "cloud", "--gpus", "A100:1", "--workdir", str(mine), "--",
         f'cat input.txt; O="$HYBRIDCTL_OUTPUT_DIR"; echo result > "$O/out.txt"; mkdir "$O/d"; echo x > "$O/d/y";'
@@ -79,3 +77,26 @@ def test_workdir_is_read_as_the_submitter_and_outputs_never_through_links(cloud:
     for path in (lab.ctl.home / "outputs").rglob("*"):
         if path.is_file():
             assert b"TOPSECRET" not in path.read_bytes(), path
+
+
+def test_a_job_of_another_user_runs_on_a_simulated_machine_and_cannot_read_its_keys(cloud: Any) -> None:
+    """The simulated machines are the default provider's: another user's job must run there as on
+    a server (it failed "cannot enter working directory": the machines' directories were 0700,
+    the controller's umask), and the machine's own files (host key, authorized keys, records)
+    must stay closed to it."""
+    lab, as_user, base = cloud
+    mine = base / "nobody-work"
+    mine.mkdir()
+    (mine / "input.txt").write_text("payload\n")
+    job = submit_as_nobody(
+        lab, as_user, "--placement", "cloud", "--gpus", "A100:1", "--workdir", str(mine), "--",
+        'id -un; cat input.txt; M="${PWD%%/state/*}"; ls "$M"; cat "$M/ssh_host_key" "$M/authorized_keys"'
+        ' "$M/instance.json"; ls "$M/state/jobs"; echo result > "$HYBRIDCTL_OUTPUT_DIR/out.txt"; echo END')
+    t = lab.wait_state(job, "FAILED", "SUCCEEDED", timeout=120)
+    assert t["state"] == "SUCCEEDED", lab.ctl.cli_json("show", job)["events"][-1]
+    out = lab.ctl.cli("logs", job, check=True).stdout
+    assert out.startswith("nobody\npayload\n") and out.rstrip().endswith("END"), out
+    err = lab.ctl.cli("logs", job, "--stderr", check=True).stdout
+    assert err.count("Permission denied") == 5, err  # the machine's listing, its 3 files, the jobs' listing
+    assert "PRIVATE KEY" not in out + err and "ssh-ed25519" not in out + err
+    assert (lab.ctl.home / "outputs" / f"{job}.a0.r0" / "out.txt").read_text() == "result\n"
