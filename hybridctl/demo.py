@@ -71,7 +71,8 @@ class DemoLab:
         for i in range(1, self.nodes + 1):
             name = f"node{i:02d}"
             model = MODELS[(i - 1) % len(MODELS)]
-            proc, info = simnode.start(self.base / name, name, f"{self.gpus}:{model}", Path(f"{key}.pub"))
+            proc, info = simnode.start(self.base / name, name, f"{self.gpus}:{model}", Path(f"{key}.pub"),
+                                       with_parent=True)
             self.procs.append(proc)
             keys.pin(self.home / "known_hosts", info["port"], info["host_key"])
             # cpus: a server's cores, not this machine's (the agent would report os.cpu_count()).
@@ -97,8 +98,11 @@ class DemoLab:
             say(f"  cloud: simulated spot market, up to 3 nodes, budget ${BUDGET_USD:.0f}/day")
         (self.base / "config.yaml").write_text(yaml.safe_dump(config))
         log = open(self.home / "controller.log", "ab")
+        # The lab ends with the demo, even one killed with SIGKILL (its rented machines end by
+        # their orphan timeout): a lab left behind would hold ports and CPUs with no one to stop it.
         self.controller = subprocess.Popen([sys.executable, "-m", "hybridctl.cli.main", "server"], env=self.env(),
-                                           stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+                                           stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                           preexec_fn=simnode.ends_with_parent())
         log.close()
         deadline = time.monotonic() + 60
         while True:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import asyncssh
 import psutil
@@ -155,11 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def ends_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child sent SIGTERM when the process that started it dies, even
+    by SIGKILL (Linux's PR_SET_PDEATHSIG; None elsewhere). For what lives only as long as its
+    starter, as the demo's lab does; not for the simulated cloud's machines, which outlive a
+    controller restart as real instances do."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def start(base: Path, name: str, gpus: str, authorized_keys: Path, interval: float = 1.0,
-          timeout: float = 60.0, orphan_timeout: float = 0.0,
-          agent_config: Path | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+          timeout: float = 60.0, orphan_timeout: float = 0.0, agent_config: Path | None = None,
+          with_parent: bool = False) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start a simulated machine as a child process; return it and its node.json once ready.
-    `agent_config`: a config file for its agent (the machine sets socket, state dir, name, GPUs)."""
+    `agent_config`: a config file for its agent (the machine sets socket, state dir, name, GPUs).
+    `with_parent`: the machine ends when this process dies (`ends_with_parent`)."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "node.json").unlink(missing_ok=True)
     log = open(base / "node.log", "ab")
@@ -168,6 +189,7 @@ def start(base: Path, name: str, gpus: str, authorized_keys: Path, interval: flo
          "--authorized-keys", str(authorized_keys), "--interval", str(interval),
          "--orphan-timeout", str(orphan_timeout)] + (["--agent-config", str(agent_config)] if agent_config else []),
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=ends_with_parent() if with_parent else None,
     )
     log.close()
     deadline = time.monotonic() + timeout

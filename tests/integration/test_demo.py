@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +73,9 @@ def test_ctrl_c_leaves_no_process_socket_or_temp_dir() -> None:
                 p.kill()
 
 
-def _ctrl_c_while_bursting(p: subprocess.Popen[str]) -> None:
+def controller_up(p: subprocess.Popen[str]) -> tuple[str, threading.Thread]:
+    """Follow the demo's stderr until its controller is up; return its state directory and the
+    thread that goes on reading (join it once the demo has ended)."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
@@ -82,7 +86,11 @@ def _ctrl_c_while_bursting(p: subprocess.Popen[str]) -> None:
         return any("controller up" in line for line in lines)
 
     wait_for(ready, 120, what="demo controller up")
-    base = re.search(r"state in (\S+)", "".join(lines)).group(1)  # type: ignore[union-attr]
+    return re.search(r"state in (\S+)", "".join(lines)).group(1), reader  # type: ignore[union-attr]
+
+
+def _ctrl_c_while_bursting(p: subprocess.Popen[str]) -> None:
+    base, reader = controller_up(p)
 
     def cloud_nodes_up() -> bool:  # Ctrl-C while spot nodes are rented: they must go too
         with Client(Path(base) / "home" / "hybridctl.sock") as c:
@@ -110,3 +118,45 @@ def test_without_a_terminal_the_demo_says_why_instead_of_running_without_its_tui
     assert res.returncode == 1
     assert "needs a terminal" in res.stderr and "--headless" in res.stderr
     assert "state in" not in res.stderr  # nothing was started
+
+
+def test_a_demo_killed_with_sigkill_takes_its_lab_with_it() -> None:
+    """No cleanup code runs after SIGKILL (an out-of-memory kill, `kill -9`): the controller and
+    the simulated servers must still end, not run on with no one left to stop them."""
+    p = demo("--duration", "600", "--nodes", "2", "--gpus", "2", "--no-cloud")
+    base, reader = "", None
+    lab: list[psutil.Process] = []
+    try:
+        base, reader = controller_up(p)
+        lab = psutil.Process(p.pid).children(recursive=True)  # controller, servers, agents, jobs
+        cmds = [" ".join(c.cmdline()) for c in lab]
+        assert sum("hybridctl.cli.main server" in c for c in cmds) == 1 and sum("hybridctl.sim.node" in c for c in cmds) == 2
+
+        def alive() -> list[str]:
+            out = []
+            for c in lab:
+                with contextlib.suppress(psutil.Error):
+                    if c.is_running() and c.status() != psutil.STATUS_ZOMBIE:
+                        out.append(" ".join(c.cmdline()))
+            return out + leftovers(base)
+
+        p.kill()
+        p.wait(timeout=30)
+        try:
+            wait_for(lambda: not alive(), 60, what="every process of the killed demo's lab gone")
+        except TimeoutError:
+            raise AssertionError(f"still running: {alive()}") from None
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+        for proc in [*lab, *(q for q in psutil.process_iter(["cmdline"])  # a failed test must not leave
+                              if base and base in " ".join(q.info["cmdline"] or []))]:  # the lab running
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if reader is not None:
+            reader.join(timeout=30)
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+        if base:
+            shutil.rmtree(base, ignore_errors=True)  # the demo could not remove its state directory
