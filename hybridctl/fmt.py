@@ -34,6 +34,28 @@ def reclaim_rate(pool: Mapping[str, Any]) -> str:
     return f"{pool['per_node_hour']:.3f}/h"
 
 
+def reclaims_above_price(pool: Mapping[str, Any], chance: float = 0.05) -> bool:
+    """Whether a spot pool reclaimed more than the rate a reclaim there is priced at can explain:
+    at that rate over its node-hours, so many reclaims or more would come by chance less than
+    `chance` of the time (a Poisson tail). Two reclaims where 1.2 were expected are chance (34 %);
+    one within 36 s at 0.06/h is not (0.06 %), though it makes no rate to print (`reclaim_rate`).
+    Reclaims that come as one pool event count one by one, so an event of several nodes weighs
+    more than it should: the flag says where to look, `cloud status` says what happened."""
+    import math
+
+    k = int(pool.get("reclaims") or 0)
+    expected = float(pool["priced_per_node_hour"]) * float(pool["node_hours"])
+    if k <= expected:
+        return False
+    if expected <= 0:
+        return True
+    term = below = math.exp(-expected)  # P(N = 0), then P(N < k) term by term
+    for i in range(1, k):
+        term *= expected / i
+        below += term
+    return 1.0 - below < chance
+
+
 def when(ts: float | None) -> str:
     if ts is None:
         return ""

@@ -14,7 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 
 from hybridctl.core.errors import HybridctlError
-from hybridctl.fmt import reclaim_rate
+from hybridctl.fmt import reclaim_rate, reclaims_above_price
 from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.screens.base import ViewScreen
@@ -79,10 +79,10 @@ def spend_text(status: dict[str, Any]) -> Text:
         t.append(f"\nnearest its budget: {o['kind']} {o['name']} {cells.money(o['spent_usd'])} spent"
                  f" ({cells.money(o.get('used_usd', o['spent_usd']))} with running jobs) of"
                  f" {cells.money(o['budget_usd'])}{more}")
-    # The spot pool that reclaimed the most above the rate a reclaim there is priced at (the list
-    # is by observed rate, highest first): the catalog's `interruptions:` may want fixing.
+    # The spot pool that reclaimed the most (the list is by observed rate, highest first) beyond
+    # what its priced rate explains by chance: the catalog's `interruptions:` may want fixing.
     worst = next((r for r in status.get("reclaims") or []
-                  if r["per_node_hour"] is not None and r["per_node_hour"] > r["priced_per_node_hour"]), None)
+                  if r["per_node_hour"] is not None and reclaims_above_price(r)), None)
     if worst:
         rate = reclaim_rate(worst)
         rate = f"{rate}, " if rate else ""
