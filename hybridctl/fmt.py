@@ -5,6 +5,7 @@ the CLI's fast path may import it."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Mapping
 
@@ -41,8 +42,6 @@ def reclaims_above_price(pool: Mapping[str, Any], chance: float = 0.05) -> bool:
     one within 36 s at 0.06/h is not (0.06 %), though it makes no rate to print (`reclaim_rate`).
     Reclaims that come as one pool event count one by one, so an event of several nodes weighs
     more than it should: the flag says where to look, `cloud status` says what happened."""
-    import math
-
     k = int(pool.get("reclaims") or 0)
     expected = float(pool["priced_per_node_hour"]) * float(pool["node_hours"])
     if k <= expected:

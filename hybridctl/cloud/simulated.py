@@ -67,9 +67,10 @@ def _machine_dir(path: Path, parents: bool = False, new: bool = False) -> None:
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise LaunchFailed(f"cloud.simulated.dir: {path} belongs to uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o};"
-                               f" the simulated machines need a directory of this user's (uid {os.geteuid()})"
-                               " that no one else may write to")
+            mode = stat.S_IMODE(st.st_mode)
+            raise LaunchFailed(f"cloud.simulated.dir: {path} belongs to uid {st.st_uid} with mode {mode:04o}; the"
+                               f" simulated machines need a directory of this user's (uid {os.geteuid()}) that no one"
+                               " else may write to")
         os.fchmod(fd, 0o711)
     finally:
         os.close(fd)

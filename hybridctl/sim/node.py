@@ -159,7 +159,8 @@ def ends_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` that has the child sent SIGTERM when the process that started it dies, even
     by SIGKILL (Linux's PR_SET_PDEATHSIG; None elsewhere). For what lives only as long as its
     starter, as the demo's lab does; not for the simulated cloud's machines, which outlive a
-    controller restart as real instances do."""
+    controller restart as real instances do. Linux ties the signal to the starting thread: start
+    from a thread that lives as long as the process (the demo's main thread)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes

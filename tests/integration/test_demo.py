@@ -130,7 +130,8 @@ def test_a_demo_killed_with_sigkill_takes_its_lab_with_it() -> None:
         base, reader = controller_up(p)
         lab = psutil.Process(p.pid).children(recursive=True)  # controller, servers, agents, jobs
         cmds = [" ".join(c.cmdline()) for c in lab]
-        assert sum("hybridctl.cli.main server" in c for c in cmds) == 1 and sum("hybridctl.sim.node" in c for c in cmds) == 2
+        assert sum("hybridctl.cli.main server" in c for c in cmds) == 1
+        assert sum("hybridctl.sim.node" in c for c in cmds) == 2
 
         def alive() -> list[str]:
             out = []
