@@ -17,6 +17,16 @@ def catalog(settings: Settings) -> Catalog:
     return load(Path(c).expanduser() if c else None)
 
 
+def simulated_root(settings: Settings) -> Path:
+    """Where the simulated provider's machines live: `cloud.simulated.dir`, else beside the state
+    directory (`<home>-simulated`, /var/lib/hybridctl-simulated under the shipped unit, which makes
+    both its StateDirectory), not in it: that one stays 0700 (`paths.make_private`), and other
+    users' jobs must reach their working directories on the machines."""
+    s = settings.cloud.simulated
+    home = settings.home_path
+    return Path(s.dir).expanduser() if s.dir else home.with_name(f"{home.name}-simulated")
+
+
 def build(settings: Settings) -> dict[str, CloudProvider]:
     """name -> provider for every entry of `cloud.providers`; ConfigError names a bad entry."""
     cfg = settings.cloud
@@ -29,10 +39,7 @@ def build(settings: Settings) -> dict[str, CloudProvider]:
             from hybridctl.cloud.simulated import SimulatedProvider
 
             s = cfg.simulated
-            # Beside the state directory, not in it: that one stays 0700 (make_private), and other
-            # users' jobs must reach their working directories on the machines.
-            home = settings.home_path
-            root = Path(s.dir).expanduser() if s.dir else home.with_name(f"{home.name}-simulated")
+            root = simulated_root(settings)
             try:
                 out[name] = SimulatedProvider(
                     root, cat, launch_delay=s.launch_delay, capacity_per_pool=s.capacity_per_pool,

@@ -285,8 +285,10 @@ def installed_controller(script: Script, release: Release, prefix: list[str]) ->
     service = unit_service(REPO / "config/hybridctl.service", script)
     env = dict(line.split("=", 1) for line in service["Environment"].splitlines())
     home = Path(env["HYBRIDCTL_HOME"])
-    assert home == script.path("/var/lib") / service["StateDirectory"]
-    home.mkdir(mode=int(service.get("StateDirectoryMode", "0755"), 8), parents=True)
+    states = [script.path("/var/lib") / d for d in service["StateDirectory"].split()]
+    assert home == states[0]
+    for d in states:
+        d.mkdir(mode=int(service.get("StateDirectoryMode", "0755"), 8), parents=True)
     if "RuntimeDirectory" in service:
         script.path("/run").joinpath(service["RuntimeDirectory"]).mkdir(
             mode=int(service.get("RuntimeDirectoryMode", "0755"), 8), parents=True)

@@ -150,6 +150,22 @@ def test_the_shipped_unit_keeps_state_private() -> None:
     assert "HYBRIDCTL_SOCKET=/run/hybridctl/controller.sock" in unit
 
 
+def test_the_shipped_unit_lets_the_controller_write_where_it_writes_by_default() -> None:
+    """ProtectSystem=strict makes /var read-only but for the unit's state directories: the state
+    and the default simulated cloud (beside it) must both be among them."""
+    from hybridctl import config
+    from hybridctl.cloud.providers import simulated_root
+
+    unit = (Path(__file__).resolve().parents[2] / "config" / "hybridctl.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    env = dict(line.split("=", 1)[1].split("=", 1) for line in unit.splitlines() if line.startswith("Environment="))
+    assert settings["ProtectSystem"] == "strict"
+    writable = [Path("/var/lib") / d for d in settings["StateDirectory"].split()]
+    assert writable == [Path(p) for p in settings["ReadWritePaths"].split()]
+    s = config.Settings(home=env["HYBRIDCTL_HOME"])
+    assert s.home_path in writable and simulated_root(s) in writable
+
+
 def test_key_files_are_never_readable_by_others_not_even_for_a_moment(tmp_path: Path) -> None:
     """Watch every chmod and file creation: the private key must be 0600 from its creation."""
     from hybridctl.sim.keys import client_key
