@@ -63,7 +63,11 @@ def _machine_dir(path: Path, parents: bool = False, new: bool = False) -> None:
     except FileExistsError:
         if new:
             raise
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:  # a link (ELOOP), a file
+        raise LaunchFailed(f"cloud.simulated.dir: {path} is not a directory of its own (a link is not followed):"
+                           f" {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):

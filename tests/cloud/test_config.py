@@ -94,6 +94,11 @@ def test_simulated_machines_live_beside_the_private_home_and_others_may_only_pas
         build(config.load(path, env={}))
     assert err.value.message.startswith(f"cloud.simulated.dir: {shared} belongs to uid {os.geteuid()} with mode 0777")
     assert not (shared / "i").exists()
+    (tmp_path / "link").symlink_to(tmp_path / "state-simulated")  # a link is not followed
+    path.write_text(f"cloud: {{simulated: {{dir: {tmp_path / 'link'}}}}}")
+    with pytest.raises(ConfigError) as err:
+        build(config.load(path, env={}))
+    assert err.value.message.startswith(f"cloud.simulated.dir: {tmp_path / 'link'} is not a directory of its own")
 
 
 def test_catalog_errors_name_the_file_and_key(tmp_path: Path) -> None:
