@@ -17,6 +17,7 @@ import os
 import random
 import secrets
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -53,11 +54,10 @@ def _machine_dir(path: Path, parents: bool = False, new: bool = False) -> None:
     as a server's `/` and `/var/lib` are: the machine's agent runs each job as its owner, in a
     working directory under the machine's state directory, which that user must reach (the
     controller's umask is 077). Its files stay the controller's own (0600). A directory another
-    user owns or may write to is refused: its owner could swap in links."""
-    import stat
-
-    if parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    user owns or may write to is refused: its owner could swap in links. With `parents`, the
+    directories it makes above it are the same (under umask 077 they would stop everyone else)."""
+    if parents and not path.parent.exists():
+        _machine_dir(path.parent, parents=True)
     try:
         path.mkdir(0o711)
     except FileExistsError:

@@ -94,6 +94,11 @@ def test_simulated_machines_live_beside_the_private_home_and_others_may_only_pas
         build(config.load(path, env={}))
     assert err.value.message.startswith(f"cloud.simulated.dir: {shared} belongs to uid {os.geteuid()} with mode 0777")
     assert not (shared / "i").exists()
+    deep = tmp_path / "made" / "for" / "it"  # what it makes above its dir, others pass through too
+    path.write_text(f"cloud: {{simulated: {{dir: {deep}}}}}")
+    build(config.load(path, env={}))
+    for d in (tmp_path / "made", tmp_path / "made" / "for", deep, deep / "i"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o711, d
     (tmp_path / "link").symlink_to(tmp_path / "state-simulated")  # a link is not followed
     path.write_text(f"cloud: {{simulated: {{dir: {tmp_path / 'link'}}}}}")
     with pytest.raises(ConfigError) as err:
