@@ -124,13 +124,16 @@ def status_text(d: dict[str, Any]) -> str:
     if record:
         lines.append("")
         lines.append(f"spot reclaims since {o.when(d['reclaims_since'])} (what each pool did; what a reclaim"
-                     " there is priced at):")
+                     " there is priced at; set a pool's rate with its type's `interruptions:` in"
+                     " cloud.catalog):")
         for r in record[:POOLS_SHOWN]:
             held = f"{r['node_hours']:.1f}" if r["node_hours"] >= 10 else f"{r['node_hours']:.2f}"
             rate = o.reclaim_rate(r)
             seen = f" ({rate})" if rate else ""
+            above = ("; ABOVE ITS PRICE: so many would come by chance less than 5 % of the time"
+                     if r.get("above_price") else "")
             lines.append(f"  {r['pool']}: {r['reclaims']} in {held} node-h{seen};"
-                         f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']})")
+                         f" priced at {r['priced_per_node_hour']:g}/h ({r['priced_from']}){above}")
         if len(record) > POOLS_SHOWN:
             lines.append(f"  … {len(record) - POOLS_SHOWN} more pools (--json lists all)")
     for leak in d["leaks"][-5:]:

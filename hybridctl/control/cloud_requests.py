@@ -24,6 +24,7 @@ from hybridctl.core.fields import parse_accelerators
 from hybridctl.core.forecast import expected_end
 from hybridctl.core.locality import dur_text, size_text
 from hybridctl.core.model import Resources, task_label
+from hybridctl.fmt import reclaims_above_price
 from hybridctl.store.sqlite import Store
 
 RECLAIM_RECORD_S = 30 * 86400.0
@@ -109,15 +110,19 @@ class CloudRequests:
         """Each spot pool the controller held nodes in over the last `RECLAIM_RECORD_S`: node-hours,
         reclaims, the rate they make, and the rate the burst policy prices a reclaim at there (the
         catalog's `interruptions:`, else `burst.reclaim_per_h`), highest observed rate first. Seen
-        next to each other, a pool that reclaims more than its price assumes shows."""
+        next to each other, a pool that reclaims more than its price assumes shows; `above_price`
+        marks one whose count chance at the priced rate explains less than 5 % of the time
+        (`fmt.reclaims_above_price`), the same mark the CLI and the TUI show."""
         stated = {o.pool: o.reclaim_per_h for o in self._cloud_offers() if o.spot}
         out = []
         for pool, (hours, reclaims) in self.store.cloud_spot_record(now - RECLAIM_RECORD_S, now).items():
             rate = stated.get(pool)
-            out.append({"pool": pool, "node_hours": round(hours, 3), "reclaims": reclaims,
-                        "per_node_hour": round(reclaims / hours, 4) if hours > 0 else None,
-                        "priced_per_node_hour": rate if rate is not None else lim.reclaim_per_h,
-                        "priced_from": "catalog" if rate is not None else "burst.reclaim_per_h"})
+            row = {"pool": pool, "node_hours": round(hours, 3), "reclaims": reclaims,
+                   "per_node_hour": round(reclaims / hours, 4) if hours > 0 else None,
+                   "priced_per_node_hour": rate if rate is not None else lim.reclaim_per_h,
+                   "priced_from": "catalog" if rate is not None else "burst.reclaim_per_h"}
+            row["above_price"] = row["per_node_hour"] is not None and reclaims_above_price(row)
+            out.append(row)
         return sorted(out, key=lambda r: (-(r["per_node_hour"] or 0.0), -r["node_hours"], r["pool"]))
 
     def _owner_budgets(self, caller: Caller, lim: burst.Limits, since: str,

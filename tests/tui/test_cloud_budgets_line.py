@@ -18,21 +18,24 @@ def test_the_budget_nearest_its_end_is_on_the_spend_line() -> None:
 
 
 def test_a_pool_reclaiming_above_its_price_is_on_the_spend_line() -> None:
+    """The controller marks a pool `above_price` (`fmt.reclaims_above_price`, tested with its
+    cases in test_fmt_reclaims and end to end in test_reclaim_record); the line names the first
+    marked pool, not the one with the highest rate."""
     status = FakeApi(cloud=True).op_cloud_status()
     assert "reclaims above" not in spend_text(status).plain
     quiet = {"pool": "aws/us-east-1b/p4d.24xlarge/spot", "node_hours": 90.0, "reclaims": 2,
-             "per_node_hour": 0.0222, "priced_per_node_hour": 0.06, "priced_from": "catalog"}
+             "per_node_hour": 0.0222, "priced_per_node_hour": 0.06, "priced_from": "catalog", "above_price": False}
     status["reclaims"] = [quiet]
     assert "reclaims above" not in spend_text(status).plain  # below its price: nothing to fix
     loud = {**quiet, "pool": "aws/us-east-1a/p4d.24xlarge/spot", "node_hours": 40.0, "reclaims": 6,
-            "per_node_hour": 0.15}
-    status["reclaims"] = [loud, quiet]
+            "per_node_hour": 0.15, "above_price": True}
+    # Above the price, but within chance: 2 where 1.2 were expected come 34 % of the time.
+    chance = {**loud, "pool": "aws/us-east-1c/p4d.24xlarge/spot", "node_hours": 10.0, "reclaims": 2,
+              "per_node_hour": 0.2, "above_price": False}
+    status["reclaims"] = [chance, loud, quiet]
     assert spend_text(status).plain.splitlines()[-1] == (
         "reclaims above their price: aws/us-east-1a/p4d.24xlarge/spot 6 in 40.00 node-h (0.150/h, priced at"
         " 0.06/h; cloud status lists all)")
-    # Above the price, but within chance: 1.2 reclaims expected in 20 node-h at 0.06/h, and 2 or
-    # more come 34 % of the time. (6 where 2.4 were expected, above, come 3.6 % of the time.)
-    chance = {**loud, "node_hours": 20.0, "reclaims": 2, "per_node_hour": 0.1}
     status["reclaims"] = [chance, quiet]
     assert "reclaims above" not in spend_text(status).plain
     short = {**loud, "node_hours": 0.01, "reclaims": 1, "per_node_hour": 100.0}  # one in 36 s: no rate

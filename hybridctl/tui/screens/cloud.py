@@ -14,7 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 
 from hybridctl.core.errors import HybridctlError
-from hybridctl.fmt import reclaim_rate, reclaims_above_price
+from hybridctl.fmt import reclaim_rate
 from hybridctl.tui import cells
 from hybridctl.tui.data import Request, State
 from hybridctl.tui.screens.base import ViewScreen
@@ -81,8 +81,7 @@ def spend_text(status: dict[str, Any]) -> Text:
                  f" {cells.money(o['budget_usd'])}{more}")
     # The spot pool that reclaimed the most (the list is by observed rate, highest first) beyond
     # what its priced rate explains by chance: the catalog's `interruptions:` may want fixing.
-    worst = next((r for r in status.get("reclaims") or []
-                  if r["per_node_hour"] is not None and reclaims_above_price(r)), None)
+    worst = next((r for r in status.get("reclaims") or [] if r.get("above_price")), None)
     if worst:
         rate = reclaim_rate(worst)
         rate = f"{rate}, " if rate else ""
