@@ -8,7 +8,9 @@ wave overfills the fleet, so the controller bursts to spot nodes; the market rec
 nodes go idle and are scaled down. Then it opens the TUI, or with `--headless` runs for
 `--duration` seconds and prints a summary. Everything it started is stopped and its temporary
 directory removed on exit: `q`, `:q` or Ctrl-C in the TUI, Ctrl-C or SIGTERM headless, SIGHUP (a
-closed terminal) in both. A TUI that cannot start is an error, never a quiet headless run."""
+closed terminal) in both. A TUI that cannot start is an error, never a quiet headless run. A demo
+killed outright (SIGKILL, the OOM killer) takes its lab with it but cannot remove its directory:
+the next demo of the same user removes it (`sweep_killed`)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,57 @@ from hybridctl.sim import node as simnode
 
 MODELS = ["A100", "A100", "L40S", "RTX4090"]
 BUDGET_USD = 25.0
+PREFIX = "hybridctl-demo-"
+LIVE = "demo.pid"
+"""In a running demo's directory: its pid and that process's start time (pids are reused)."""
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line[stat_line.rindex(")") + 2:].split()[19]
+
+
+def _end_machines(cloud_dir: Path) -> None:
+    """Terminate the simulated spot machines a demo's controller left running (a controller leaves
+    rented nodes to the next one, as with a real cloud; a demo's lab has no next one)."""
+    if not cloud_dir.is_dir():
+        return
+    from hybridctl.cloud import catalog
+    from hybridctl.cloud.simulated import SimulatedProvider
+
+    market = SimulatedProvider(cloud_dir, catalog.load())
+    for inst in market.list({}):
+        market.terminate(inst.id)
+
+
+def sweep_killed(tmp: Path) -> list[Path]:
+    """Remove the directories demos of this user left in `tmp` when they were killed outright:
+    each `hybridctl-demo-*` that is a real directory of this uid and whose `demo.pid` names a
+    process that is gone (or another process with that pid). A running demo's, another user's, a
+    link, and one kept with `--keep` (it has no `demo.pid`) are left alone. Their spot machines
+    are terminated first. Returns what was removed."""
+    removed = []
+    for d in sorted(tmp.glob(PREFIX + "*")):
+        try:
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(d / LIVE, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                pid, started = f.read().split()
+            if _started(int(pid)) == started:
+                continue
+        except (OSError, ValueError):
+            continue
+        with contextlib.suppress(Exception):  # a damaged record must not stop the new demo
+            _end_machines(d / "cloud")
+        shutil.rmtree(d, ignore_errors=True)  # fd-based: never follows a link inside it
+        removed.append(d)
+    return removed
 
 
 @dataclass
@@ -136,13 +190,7 @@ class DemoLab:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if self.cloud_dir.exists():  # the spot nodes still rented: a controller leaves them running
-            from hybridctl.cloud import catalog
-            from hybridctl.cloud.simulated import SimulatedProvider
-
-            market = SimulatedProvider(self.cloud_dir, catalog.load())
-            for inst in market.list({}):
-                market.terminate(inst.id)
+        _end_machines(self.cloud_dir)
 
 
 def _tui() -> Callable[..., int]:
@@ -357,7 +405,9 @@ def summary(lab: DemoLab, started: float) -> dict[str, Any]:
 def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float = 60.0, as_json: bool = False,
         rate_per_min: float | None = None, keep: bool = False, readonly: bool = False, cloud: bool = True) -> int:
     tui = None if headless else _tui()
-    base = Path(tempfile.mkdtemp(prefix="hybridctl-demo-"))
+    swept = sweep_killed(Path(tempfile.gettempdir()))
+    base = Path(tempfile.mkdtemp(prefix=PREFIX))
+    (base / LIVE).write_text(f"{os.getpid()} {_started(os.getpid())}\n")
     lab = DemoLab(base, nodes, gpus)
     lab.home.mkdir(parents=True)
     def say(msg: str) -> None:  # progress goes to stderr; stdout carries only the summary
@@ -370,6 +420,9 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
+        if swept:
+            say(f"hybridctl demo: removed {len(swept)} {'directory' if len(swept) == 1 else 'directories'} left by"
+                f" killed demos: {', '.join(map(str, swept))}")
         say(f"hybridctl demo: state in {base}")
         lab.start(say, cloud=cloud)
         say(f"controller up. From another shell:\n  HYBRIDCTL_SOCKET={lab.socket} hybridctl queue --all\n"
@@ -418,6 +471,8 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
             say("hybridctl demo: stopping the lab and removing its state...")
         lab.stop()
         if keep:
+            with contextlib.suppress(OSError):
+                (base / LIVE).unlink()  # kept on purpose: not a later demo's to remove
             with contextlib.suppress(OSError):
                 say(f"kept {base}")
         else:

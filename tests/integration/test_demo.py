@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from hybridctl.control.client import Client
+from hybridctl.demo import sweep_killed
 from tests.conftest import ctrl_c_reaches_it
 from tests.waiting import wait_for
 
@@ -147,6 +148,10 @@ def test_a_demo_killed_with_sigkill_takes_its_lab_with_it() -> None:
             wait_for(lambda: not alive(), 60, what="every process of the killed demo's lab gone")
         except TimeoutError:
             raise AssertionError(f"still running: {alive()}") from None
+        # Its directory stays (no one was left to remove it) until the next demo of this user.
+        assert Path(base).is_dir()
+        assert Path(base) in sweep_killed(Path(base).parent)
+        assert not Path(base).exists()
     finally:
         if p.poll() is None:
             p.kill()
