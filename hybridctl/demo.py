@@ -72,8 +72,11 @@ def sweep_killed(tmp: Path) -> list[Path]:
     each `hybridctl-demo-*` that is a real directory of this uid and whose `demo.pid` names a
     process that is gone (or another process with that pid). A running demo's, another user's, a
     link, and one kept with `--keep` (it has no `demo.pid`) are left alone. Their spot machines
-    are terminated first. Returns what was removed."""
-    removed = []
+    are terminated first. Returns what was removed. Without /proc (not Linux) nothing is: a
+    process's start time cannot be read, so a running demo could not be told from a killed one."""
+    removed: list[Path] = []
+    if _started(os.getpid()) is None:
+        return removed
     for d in sorted(tmp.glob(PREFIX + "*")):
         try:
             st = os.lstat(d)
@@ -407,7 +410,9 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
     tui = None if headless else _tui()
     swept = sweep_killed(Path(tempfile.gettempdir()))
     base = Path(tempfile.mkdtemp(prefix=PREFIX))
-    (base / LIVE).write_text(f"{os.getpid()} {_started(os.getpid())}\n")
+    born = _started(os.getpid())
+    if born is not None:  # what sweep_killed reads (Linux)
+        (base / LIVE).write_text(f"{os.getpid()} {born}\n")
     lab = DemoLab(base, nodes, gpus)
     lab.home.mkdir(parents=True)
     def say(msg: str) -> None:  # progress goes to stderr; stdout carries only the summary
