@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import yaml
 
 from hybridctl.control.client import Client
@@ -46,12 +47,11 @@ LIVE = "demo.pid"
 
 
 def _started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None."""
+    """When process `pid` started (psutil's create time, to 10 ms), or None: gone or unreadable."""
     try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.Error, OSError):
         return None
-    return stat_line[stat_line.rindex(")") + 2:].split()[19]
 
 
 def _end_machines(cloud_dir: Path) -> None:
@@ -72,8 +72,8 @@ def sweep_killed(tmp: Path) -> list[Path]:
     each `hybridctl-demo-*` that is a real directory of this uid and whose `demo.pid` names a
     process that is gone (or another process with that pid). A running demo's, another user's, a
     link, and one kept with `--keep` (it has no `demo.pid`) are left alone. Their spot machines
-    are terminated first. Returns what was removed. Without /proc (not Linux) nothing is: a
-    process's start time cannot be read, so a running demo could not be told from a killed one."""
+    are terminated first. Returns what was removed. Where this process's start time cannot be
+    read, nothing is: a running demo could not be told from a killed one."""
     removed: list[Path] = []
     if _started(os.getpid()) is None:
         return removed
@@ -411,7 +411,7 @@ def run(nodes: int = 4, gpus: int = 8, headless: bool = False, duration: float =
     swept = sweep_killed(Path(tempfile.gettempdir()))
     base = Path(tempfile.mkdtemp(prefix=PREFIX))
     born = _started(os.getpid())
-    if born is not None:  # what sweep_killed reads (Linux)
+    if born is not None:  # what sweep_killed reads
         (base / LIVE).write_text(f"{os.getpid()} {born}\n")
     lab = DemoLab(base, nodes, gpus)
     lab.home.mkdir(parents=True)

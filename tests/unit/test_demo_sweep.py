@@ -56,7 +56,7 @@ def test_another_users_killed_demo_is_theirs_to_remove(tmp_path: Path) -> None:
     assert theirs.is_dir()
 
 
-def test_without_proc_nothing_is_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_start_times_nothing_is_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where a process's start time cannot be read, a running demo looks like a killed one."""
     killed = _demo_dir(tmp_path, "killed", 2**22 + 1, "1")
     monkeypatch.setattr(demo, "_started", lambda pid: None)
